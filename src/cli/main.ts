@@ -1,0 +1,183 @@
+#!/usr/bin/env node
+/** The `keyfence` command: serve, check-config, hash-key (SPEC §1). */
+import { text } from "node:stream/consumers";
+import { ENV, formatListen, loadConfig, type Config } from "../config/config.js";
+import { secretHash } from "../policy/credential.js";
+import { parseKeysFile } from "../store/keysfile.js";
+import { StoreLoadError } from "../store/store.js";
+import { formatProblem, type Problem } from "../util/yaml.js";
+import { readFile } from "node:fs/promises";
+import { createLogger, startSidecar, VERSION } from "./sidecar.js";
+
+const USAGE = `usage: keyfence [serve] [--config FILE]
+       keyfence check-config [--config FILE]
+       keyfence hash-key [SECRET]      (or the secret on stdin)
+       keyfence --version
+
+--config defaults to $${ENV.config}, then config/keyfence.yaml.
+Environment overrides: ${ENV.listen}, ${ENV.upstream}, ${ENV.adminListen}.`;
+
+/** Parsed command line. */
+interface Args {
+  command: string;
+  config: string | undefined;
+  rest: string[];
+}
+
+function parseArgs(argv: readonly string[]): Args | string {
+  let command: string | undefined;
+  let config: string | undefined;
+  const rest: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i] as string;
+    if (a === "--config" || a === "-c") {
+      const v = argv[++i];
+      if (v === undefined) return "--config needs a file";
+      config = v;
+    } else if (a.startsWith("--config=")) config = a.slice("--config=".length);
+    else if (a === "--help" || a === "-h") command = "help";
+    else if (a === "--version" || a === "-v") command = "version";
+    else if (a.startsWith("-") && a !== "-") return `unknown option ${a}`;
+    else if (command === undefined) command = a;
+    else rest.push(a);
+  }
+  return { command: command ?? "serve", config, rest };
+}
+
+function printProblems(problems: readonly Problem[]): void {
+  for (const p of problems) process.stderr.write(`${formatProblem(p)}\n`);
+}
+
+async function configOrExit(args: Args): Promise<Config | undefined> {
+  const path = args.config ?? process.env[ENV.config] ?? "config/keyfence.yaml";
+  const r = await loadConfig(path);
+  if (!r.ok) {
+    printProblems(r.problems);
+    return undefined;
+  }
+  return r.config;
+}
+
+async function checkConfig(args: Args): Promise<number> {
+  const config = await configOrExit(args);
+  if (!config) return 1;
+  let keysText: string;
+  try {
+    keysText = await readFile(config.keys.file, "utf8");
+  } catch (err) {
+    printProblems([
+      {
+        file: config.keys.displayName,
+        line: 1,
+        col: 1,
+        path: "",
+        message: `cannot read the keys file: ${(err as Error).message}`,
+      },
+    ]);
+    return 1;
+  }
+  const keys = parseKeysFile(config.keys.displayName, keysText, config.keys.maxEntries);
+  if (!keys.ok) {
+    printProblems(keys.problems);
+    return 1;
+  }
+  for (const w of config.warnings) process.stderr.write(`warning: ${w}\n`);
+  const restricted = keys.keys.filter((k) => k.ipAllowList.length > 0).length;
+  const entries = keys.keys.reduce((n, k) => n + k.ipAllowList.length, 0);
+  const trust = config.trustedProxies;
+  process.stdout.write(
+    [
+      `${config.file}: OK`,
+      `  listen           ${formatListen(config.listen)} -> upstream ${config.upstream.href}`,
+      `  mode             ${config.mode}`,
+      `  trusted_proxies  ${trust.none ? "none" : trust.ranges.length > 0 ? trust.ranges.join(", ") : "hop count"}`,
+      `  keys             ${config.keys.displayName}: ${keys.keys.length} keys, ${restricted} restricted, ${entries} allow-list entries`,
+      `  unknown/missing  ${config.keys.unknown}/${config.keys.missing}`,
+      `  admin            ${config.admin ? `${formatListen(config.admin.listen)}, ${config.admin.operators.length} operators` : "off"}`,
+      "",
+    ].join("\n"),
+  );
+  return 0;
+}
+
+async function hashKey(args: Args): Promise<number> {
+  let secret = args.rest[0];
+  if (secret === undefined || secret === "-") {
+    secret = (await text(process.stdin)).replace(/\r?\n$/, "");
+  }
+  if (secret === "") {
+    process.stderr.write("hash-key: the secret is empty\n");
+    return 1;
+  }
+  process.stdout.write(`${secretHash(secret)}\n`);
+  return 0;
+}
+
+async function serve(args: Args): Promise<number | undefined> {
+  const config = await configOrExit(args);
+  if (!config) return 1;
+  const log = createLogger();
+  let sidecar;
+  try {
+    sidecar = await startSidecar(config, log);
+  } catch (err) {
+    if (err instanceof StoreLoadError) {
+      printProblems(err.problems);
+      for (const p of err.problems)
+        log.fatal({ event: "start_failed", file: p.file, line: p.line, col: p.col }, formatProblem(p));
+    } else {
+      process.stderr.write(`keyfence: cannot start: ${(err as Error).message}\n`);
+      log.fatal({ event: "start_failed", err }, "cannot start");
+    }
+    return 1;
+  }
+  const running = sidecar;
+  const stop = (signal: string): void => {
+    log.info({ event: "signal", signal }, `received ${signal}`);
+    running.stop().then(
+      () => process.exit(0),
+      (err: unknown) => {
+        log.fatal({ err }, "error while stopping");
+        process.exit(1);
+      },
+    );
+  };
+  process.once("SIGTERM", () => stop("SIGTERM"));
+  process.once("SIGINT", () => stop("SIGINT"));
+  return undefined;
+}
+
+async function main(argv: readonly string[]): Promise<number | undefined> {
+  const args = parseArgs(argv);
+  if (typeof args === "string") {
+    process.stderr.write(`keyfence: ${args}\n${USAGE}\n`);
+    return 2;
+  }
+  switch (args.command) {
+    case "serve":
+      return serve(args);
+    case "check-config":
+      return checkConfig(args);
+    case "hash-key":
+      return hashKey(args);
+    case "version":
+      process.stdout.write(`keyfence ${VERSION}\n`);
+      return 0;
+    case "help":
+      process.stdout.write(`${USAGE}\n`);
+      return 0;
+    default:
+      process.stderr.write(`keyfence: unknown command ${args.command}\n${USAGE}\n`);
+      return 2;
+  }
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    if (code !== undefined) process.exitCode = code;
+  },
+  (err: unknown) => {
+    process.stderr.write(`keyfence: ${(err as Error).stack ?? String(err)}\n`);
+    process.exitCode = 1;
+  },
+);

@@ -1,0 +1,125 @@
+/**
+ * Wiring: one running sidecar (store, metrics, proxy listener, admin listener)
+ * from a validated configuration, and its orderly stop.
+ */
+import { readFileSync } from "node:fs";
+import pino, { type Logger } from "pino";
+import { Registry } from "prom-client";
+import { AdminServer } from "../admin/server.js";
+import { formatListen, type Config } from "../config/config.js";
+import { Metrics } from "../metrics/metrics.js";
+import { ProxyServer } from "../proxy/server.js";
+import { FileKeyStore } from "../store/filestore.js";
+import { formatProblem } from "../util/yaml.js";
+
+/** The package version, read once. */
+export const VERSION: string = (() => {
+  try {
+    const pkg = JSON.parse(readFileSync(new URL("../../../package.json", import.meta.url), "utf8")) as {
+      version?: string;
+    };
+    return pkg.version ?? "0.0.0";
+  } catch {
+    return "0.0.0";
+  }
+})();
+
+/** A running sidecar. */
+export interface Sidecar {
+  readonly proxyAddress: { host: string; port: number };
+  readonly adminAddress: { host: string; port: number } | undefined;
+  readonly store: FileKeyStore;
+  readonly metrics: Metrics;
+  /** Drains in-flight requests (bounded by `drain_timeout_ms`) and closes everything. */
+  stop(): Promise<void>;
+}
+
+/** Creates the JSON-lines logger (stdout unless a destination is given). */
+export function createLogger(destination?: NodeJS.WritableStream): Logger {
+  const level = process.env["KEYFENCE_LOG_LEVEL"] ?? "info";
+  return pino(
+    { level, base: { service: "keyfence" }, timestamp: pino.stdTimeFunctions.isoTime },
+    destination ?? pino.destination({ dest: 1, sync: true }),
+  );
+}
+
+/** Starts a sidecar; rejects (after logging each problem) when the keys file is invalid or a port is taken. */
+export async function startSidecar(config: Config, log: Logger): Promise<Sidecar> {
+  const store = new FileKeyStore({
+    file: config.keys.file,
+    displayName: config.keys.displayName,
+    maxEntries: config.keys.maxEntries,
+  });
+  const registry = new Registry();
+  const metrics = new Metrics(registry, { version: VERSION, cache: store.matcherCache });
+  store.subscribe({
+    change: (snap, cause) => {
+      metrics.snapshotInstalled(snap.size, snap.entries, cause === "reload");
+      if (cause === "reload")
+        log.info({ event: "store_reloaded", keys: snap.size, entries: snap.entries }, "keys file reloaded");
+    },
+    reloadFailed: (problems) => {
+      metrics.reloadFailed();
+      for (const p of problems) {
+        log.error({ event: "store_reload_failed", file: p.file, line: p.line, col: p.col }, formatProblem(p));
+      }
+      log.error(
+        { event: "store_reload_failed", problems: problems.length },
+        "keys file change refused; the last good version keeps serving",
+      );
+    },
+  });
+  const snap = await store.load();
+
+  const proxy = new ProxyServer({ config, store, metrics, log });
+  let admin: AdminServer | undefined;
+  let adminAddress: { host: string; port: number } | undefined;
+  const proxyAddress = await proxy.listen(config.listen.host, config.listen.port);
+  try {
+    if (config.admin) {
+      admin = new AdminServer({ registry, log });
+      adminAddress = await admin.listen(config.admin.listen.host, config.admin.listen.port);
+    }
+  } catch (err) {
+    await proxy.drain(0);
+    throw err;
+  }
+  store.watch();
+  for (const w of config.warnings) log.warn({ event: "risky_setting" }, w);
+  log.info(
+    {
+      event: "listening",
+      proxy: formatListen(proxyAddress),
+      admin: adminAddress ? formatListen(adminAddress) : null,
+      upstream: config.upstream.href,
+      mode: config.mode,
+      keys: snap.size,
+      allow_list_entries: snap.entries,
+      keys_file: config.keys.displayName,
+      trusted_proxies: config.trustedProxies.none
+        ? "none"
+        : config.trustedProxies.ranges.length > 0
+          ? config.trustedProxies.ranges
+          : "hop count",
+    },
+    `keyfence ${VERSION} listening on http://${formatListen(proxyAddress)}${adminAddress ? `, admin on http://${formatListen(adminAddress)}` : ""}`,
+  );
+
+  let stopping: Promise<void> | undefined;
+  return {
+    proxyAddress,
+    adminAddress,
+    store,
+    metrics,
+    stop() {
+      stopping ??= (async () => {
+        log.info({ event: "draining", timeout_ms: config.drainTimeoutMs }, "stopping: draining in-flight requests");
+        const { cut } = await proxy.drain(config.drainTimeoutMs);
+        await admin?.close();
+        await store.close();
+        log.info({ event: "stopped", cut_connections: cut }, "stopped");
+      })();
+      return stopping;
+    },
+  };
+}

@@ -1,0 +1,335 @@
+/**
+ * The configuration file (SPEC §2): schema, defaults, environment overrides and
+ * warnings about risky settings. Every problem is returned at once, located.
+ */
+import { readFile } from "node:fs/promises";
+import { isAbsolute, relative, resolve, dirname } from "node:path";
+import { compileTrust, type CompiledTrust } from "../clientip/resolve.js";
+import { parseIp } from "../ip/address.js";
+import { DEFAULT_MAX_ENTRIES } from "../ip/list.js";
+import type { Mode } from "../policy/decide.js";
+import { SHA256_HEX } from "../store/keysfile.js";
+import { YamlFile, type Problem, type YamlPath } from "../util/yaml.js";
+
+/** A host and port to listen on. */
+export interface ListenAddress {
+  readonly host: string;
+  readonly port: number;
+}
+
+/** An operator of the management API. */
+export interface Operator {
+  readonly name: string;
+  readonly tokenSha256: string;
+  readonly totpSecret: string | undefined;
+}
+
+/** The validated configuration, with defaults applied and paths made absolute. */
+export interface Config {
+  /** Absolute path of the configuration file. */
+  readonly file: string;
+  readonly listen: ListenAddress;
+  readonly upstream: URL;
+  readonly trustedProxies: CompiledTrust;
+  readonly pingPath: string;
+  readonly mode: Mode;
+  readonly upstreamTimeoutMs: number;
+  readonly drainTimeoutMs: number;
+  readonly keys: {
+    /** Absolute path of the keys file. */
+    readonly file: string;
+    /** How messages name the keys file. */
+    readonly displayName: string;
+    readonly unknown: "forward" | "reject";
+    readonly missing: "forward" | "reject";
+    readonly maxEntries: number;
+  };
+  readonly admin: { readonly listen: ListenAddress; readonly operators: readonly Operator[] } | undefined;
+  /** Risky but valid settings, to log at start. */
+  readonly warnings: readonly string[];
+}
+
+/** Environment variables that override the file (so containers need no file edits). */
+export const ENV = {
+  config: "KEYFENCE_CONFIG",
+  listen: "KEYFENCE_LISTEN",
+  upstream: "KEYFENCE_UPSTREAM",
+  adminListen: "KEYFENCE_ADMIN_LISTEN",
+} as const;
+
+const TOP_FIELDS = [
+  "listen",
+  "upstream",
+  "trusted_proxies",
+  "ping_path",
+  "mode",
+  "upstream_timeout_ms",
+  "drain_timeout_ms",
+  "keys",
+  "admin",
+];
+const BASE32 = /^(?:[A-Z2-7]{8})*(?:[A-Z2-7]{2}={6}|[A-Z2-7]{4}={4}|[A-Z2-7]{5}={3}|[A-Z2-7]{7}=|[A-Z2-7]*)$/;
+
+/** Shows `file` relative to the working directory when it lies below it. */
+export function displayPath(file: string): string {
+  const rel = relative(process.cwd(), file);
+  return rel !== "" && !rel.startsWith("..") && !isAbsolute(rel) ? rel : file;
+}
+
+/** Parses `host:port` (`[v6]:port` for IPv6); returns undefined when malformed. */
+export function parseListen(s: string): ListenAddress | undefined {
+  const m = /^(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9.-]+)):(0|[1-9][0-9]{0,4})$/.exec(s);
+  if (!m) return undefined;
+  const port = Number(m[3]);
+  if (port > 65535) return undefined;
+  if (m[1] !== undefined) {
+    const ip = parseIp(m[1]);
+    return ip === undefined ? undefined : { host: m[1], port };
+  }
+  const host = m[2] as string;
+  if (/^[0-9.]+$/.test(host) && parseIp(host) === undefined) return undefined;
+  return { host, port };
+}
+
+/** True for loopback hosts (127.0.0.0/8, ::1, localhost). */
+export function isLoopback(host: string): boolean {
+  if (host === "localhost") return true;
+  const ip = parseIp(host);
+  if (ip === undefined) return false;
+  if (ip.family === 4) return ip.w3 >>> 24 === 127;
+  return ip.w0 === 0 && ip.w1 === 0 && ip.w2 === 0 && ip.w3 === 1;
+}
+
+/** Formats a listen address for logs and URLs. */
+export function formatListen(a: ListenAddress): string {
+  return a.host.includes(":") ? `[${a.host}]:${a.port}` : `${a.host}:${a.port}`;
+}
+
+/** The result of loading a configuration. */
+export type ConfigResult =
+  { readonly ok: true; readonly config: Config } | { readonly ok: false; readonly problems: Problem[] };
+
+/** Reads and validates a configuration file, applying `env` overrides. */
+export async function loadConfig(path: string, env: NodeJS.ProcessEnv = process.env): Promise<ConfigResult> {
+  const file = resolve(path);
+  const name = displayPath(file);
+  let text: string;
+  try {
+    text = await readFile(file, "utf8");
+  } catch (err) {
+    return {
+      ok: false,
+      problems: [
+        { file: name, line: 1, col: 1, path: "", message: `cannot read the configuration: ${(err as Error).message}` },
+      ],
+    };
+  }
+  return parseConfig(file, text, env);
+}
+
+/** Validates configuration text; `file` is its absolute path (paths inside are relative to it). */
+export function parseConfig(file: string, text: string, env: NodeJS.ProcessEnv = {}): ConfigResult {
+  const y = new YamlFile(displayPath(file), text);
+  const root = y.value();
+  if (y.problems.length > 0) return { ok: false, problems: y.problems };
+  const top = y.mapping([], root ?? {}, TOP_FIELDS) ?? {};
+  const warnings: string[] = [];
+  const envProblems: Problem[] = [];
+  const fromEnv = (key: string, value: unknown): unknown => {
+    const v = env[key];
+    return v === undefined || v === "" ? value : v;
+  };
+  const envFail = (variable: string, value: string, message: string): void => {
+    envProblems.push({ file: "(environment)", line: 0, col: 0, path: variable, value, message });
+  };
+
+  const listenAt = (path: YamlPath, raw: unknown, variable: string): ListenAddress | undefined => {
+    if (typeof raw !== "string" || parseListen(raw) === undefined) {
+      const message = 'must be "host:port" (an IPv6 host in brackets: "[::]:8080"), port 0-65535';
+      if (env[variable]) envFail(variable, env[variable] ?? "", message);
+      else y.fail(path, message, raw);
+      return undefined;
+    }
+    return parseListen(raw);
+  };
+
+  const listen = listenAt(["listen"], fromEnv(ENV.listen, top["listen"] ?? "127.0.0.1:8080"), ENV.listen);
+
+  let upstream: URL | undefined;
+  const upstreamRaw = fromEnv(ENV.upstream, top["upstream"]);
+  if (upstreamRaw === undefined) y.fail([], 'missing field "upstream" (the URL of the protected service)');
+  else {
+    const why = checkUpstream(upstreamRaw);
+    if (typeof why === "string") {
+      if (env[ENV.upstream]) envFail(ENV.upstream, env[ENV.upstream] ?? "", why);
+      else y.fail(["upstream"], why, upstreamRaw);
+    } else upstream = why;
+  }
+
+  let trustedProxies: CompiledTrust | undefined;
+  const tp = top["trusted_proxies"] ?? [];
+  if (typeof tp === "number") {
+    if (!Number.isInteger(tp) || tp < 0 || tp > 64)
+      y.fail(["trusted_proxies"], "a hop count must be an integer from 0 to 64", tp);
+    else trustedProxies = compileTrust(tp) as CompiledTrust;
+  } else if (!Array.isArray(tp)) {
+    y.fail(["trusted_proxies"], "must be a list of names, addresses and CIDR ranges, or a hop count", tp);
+  } else {
+    const compiled = compileTrust(tp);
+    if (Array.isArray(compiled)) for (const p of compiled) y.fail(["trusted_proxies", p.index], p.reason, p.value);
+    else {
+      trustedProxies = compiled;
+      for (const c of compiled.catchAll) {
+        warnings.push(
+          `trusted_proxies trusts every address (${c}): any client can then choose its own IP with X-Forwarded-For`,
+        );
+      }
+    }
+  }
+
+  const pingPath = top["ping_path"] ?? "/_keyfence/ping";
+  if (typeof pingPath !== "string" || !/^\/[\x21-\x7e]*$/.test(pingPath) || /[?#]/.test(pingPath)) {
+    y.fail(["ping_path"], "must be an absolute path such as /_keyfence/ping (no query)", pingPath);
+  }
+  const mode = top["mode"] ?? "enforce";
+  if (mode !== "enforce" && mode !== "report") y.fail(["mode"], 'must be "enforce" or "report"', mode);
+  if (mode === "report") warnings.push("mode is report: denials are logged and counted but requests are forwarded");
+
+  const positiveInt = (field: string, value: unknown, min: number, max: number): number => {
+    if (typeof value !== "number" || !Number.isInteger(value) || value < min || value > max) {
+      y.fail([field], `must be an integer from ${min} to ${max}`, value);
+      return min;
+    }
+    return value;
+  };
+  const upstreamTimeoutMs = positiveInt("upstream_timeout_ms", top["upstream_timeout_ms"] ?? 30000, 1, 3_600_000);
+  const drainTimeoutMs = positiveInt("drain_timeout_ms", top["drain_timeout_ms"] ?? 10000, 0, 3_600_000);
+
+  const keysRaw = top["keys"];
+  let keys: Config["keys"] | undefined;
+  if (keysRaw === undefined) y.fail([], 'missing field "keys" (with at least keys.file)');
+  else {
+    const k = y.mapping(["keys"], keysRaw, ["file", "unknown", "missing", "max_entries"]);
+    if (k !== undefined) {
+      const f = k["file"];
+      if (f === undefined) y.fail(["keys"], 'missing field "file" (the keys file, relative to this file)');
+      else if (typeof f !== "string" || f === "") y.fail(["keys", "file"], "must be a path", f);
+      for (const field of ["unknown", "missing"] as const) {
+        const v = k[field];
+        if (v !== undefined && v !== "forward" && v !== "reject")
+          y.fail(["keys", field], 'must be "forward" or "reject"', v);
+      }
+      const me = k["max_entries"] ?? DEFAULT_MAX_ENTRIES;
+      if (typeof me !== "number" || !Number.isInteger(me) || me < 1 || me > 1_000_000) {
+        y.fail(["keys", "max_entries"], "must be an integer from 1 to 1000000", me);
+      }
+      if (typeof f === "string" && f !== "") {
+        const abs = resolve(dirname(file), f);
+        keys = {
+          file: abs,
+          displayName: displayPath(abs),
+          unknown: (k["unknown"] as "forward" | "reject" | undefined) ?? "forward",
+          missing: (k["missing"] as "forward" | "reject" | undefined) ?? "forward",
+          maxEntries: typeof me === "number" ? me : DEFAULT_MAX_ENTRIES,
+        };
+      }
+    }
+  }
+
+  let admin: Config["admin"];
+  const adminRaw = top["admin"];
+  if (adminRaw !== undefined && adminRaw !== null) {
+    const a = y.mapping(["admin"], adminRaw, ["listen", "operators"]);
+    if (a !== undefined) {
+      const al = listenAt(
+        ["admin", "listen"],
+        fromEnv(ENV.adminListen, a["listen"] ?? "127.0.0.1:9090"),
+        ENV.adminListen,
+      );
+      const operators = readOperators(y, a["operators"]);
+      if (al !== undefined) {
+        admin = { listen: al, operators };
+        if (!isLoopback(al.host)) {
+          warnings.push(
+            `the admin listener ${formatListen(al)} is not on loopback: the management API and /metrics are reachable from the network`,
+          );
+        }
+      }
+    }
+  }
+
+  const problems = [...y.sortedProblems(), ...envProblems];
+  if (problems.length > 0 || !listen || !upstream || !trustedProxies || !keys) {
+    return { ok: false, problems };
+  }
+  return {
+    ok: true,
+    config: {
+      file,
+      listen,
+      upstream,
+      trustedProxies,
+      pingPath: pingPath as string,
+      mode: mode as Mode,
+      upstreamTimeoutMs,
+      drainTimeoutMs,
+      keys,
+      admin,
+      warnings,
+    },
+  };
+}
+
+function checkUpstream(raw: unknown): URL | string {
+  const message = 'must be an http:// or https:// URL such as "http://127.0.0.1:3000"';
+  if (typeof raw !== "string") return message;
+  let url: URL;
+  try {
+    url = new URL(raw);
+  } catch {
+    return message;
+  }
+  if (url.protocol !== "http:" && url.protocol !== "https:") return message;
+  if (url.username || url.password) return "must not carry credentials";
+  if (url.search || url.hash || raw.includes("?") || raw.includes("#")) return "must not have a query or fragment";
+  return url;
+}
+
+function readOperators(y: YamlFile, raw: unknown): Operator[] {
+  if (raw === undefined || raw === null) return [];
+  if (!Array.isArray(raw)) {
+    y.fail(["admin", "operators"], "must be a list of operators", raw);
+    return [];
+  }
+  const out: Operator[] = [];
+  const names = new Set<string>();
+  raw.forEach((o: unknown, i) => {
+    const at = ["admin", "operators", i];
+    const m = y.mapping(at, o, ["name", "token_sha256", "totp_secret"]);
+    if (m === undefined) return;
+    const name = m["name"];
+    if (typeof name !== "string" || !/^[A-Za-z0-9_.@-]{1,64}$/.test(name)) {
+      y.fail([...at, "name"], "must be 1 to 64 characters of A-Z, a-z, 0-9, _ . @ -", name);
+    } else if (names.has(name)) y.fail([...at, "name"], "duplicate operator name", name);
+    else names.add(name);
+    const token = m["token_sha256"];
+    if (typeof token !== "string" || !SHA256_HEX.test(token)) {
+      y.fail(
+        [...at, "token_sha256"],
+        "must be 64 lowercase hex digits, the SHA-256 of the token (see `keyfence hash-key`)",
+      );
+    }
+    const totp = m["totp_secret"];
+    if (totp !== undefined && (typeof totp !== "string" || !BASE32.test(totp) || totp.replace(/=+$/, "").length < 16)) {
+      // Not quoted: it is a secret.
+      y.fail(
+        [...at, "totp_secret"],
+        "must be an RFC 4648 base32 secret (A-Z, 2-7) of at least 16 characters (80 bits)",
+      );
+    }
+    if (typeof name === "string" && typeof token === "string") {
+      out.push({ name, tokenSha256: token, totpSecret: typeof totp === "string" ? totp : undefined });
+    }
+  });
+  return out;
+}

@@ -1,0 +1,192 @@
+/**
+ * Prometheus metrics. The registry is injected; every metric is documented
+ * where it is created. Labels are bounded enums: never a secret, a key id or
+ * a client address.
+ */
+import { collectDefaultMetrics, Counter, Gauge, Histogram, type Registry } from "prom-client";
+import type { Outcome } from "../policy/decide.js";
+import type { MatcherCache } from "../store/snapshot.js";
+
+/** Every decision label value, so each series exists from the start (at 0). */
+export const OUTCOMES: readonly Outcome[] = [
+  "allowed",
+  "denied",
+  "would_deny",
+  "unknown_key",
+  "missing_key",
+  "invalid_client_ip",
+  "bad_request",
+];
+
+/** How a proxied request ended, the `outcome` label of the request histogram. */
+export type RequestOutcome = "forwarded" | "answered" | "upstream_error" | "aborted";
+
+/** Upstream failure kinds. */
+export type UpstreamErrorKind = "connect" | "timeout" | "reset";
+
+/** Sub-millisecond buckets for the enforcement step alone. */
+const DECISION_BUCKETS = [1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3];
+/** Buckets for whole requests: from 100 µs (keyfence's own answers) to upstream timeouts. */
+const REQUEST_BUCKETS = [1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
+
+/** All keyfence metrics on one registry. */
+export class Metrics {
+  private readonly decisions: Record<Outcome, Counter.Internal>;
+  private readonly requestDuration: Record<RequestOutcome, Histogram.Internal<"outcome">>;
+  private readonly decisionDuration: Histogram;
+  private readonly upstreamErrors: Record<UpstreamErrorKind, Counter.Internal>;
+  private readonly inflight: Gauge;
+  private readonly reloads: Record<"success" | "failure", Counter.Internal>;
+  private readonly lastReload: Gauge;
+  private readonly keys: Gauge;
+  private readonly entries: Gauge;
+
+  constructor(
+    readonly registry: Registry,
+    options: { version: string; cache?: MatcherCache; defaultMetrics?: boolean },
+  ) {
+    const registers = [registry];
+    /** keyfence_decisions_total{decision}: one per enforcement decision (SPEC §5). */
+    const decisions = new Counter({
+      name: "keyfence_decisions_total",
+      help: "Enforcement decisions by result.",
+      labelNames: ["decision"],
+      registers,
+    });
+    this.decisions = Object.fromEntries(OUTCOMES.map((o) => [o, decisions.labels(o)])) as Record<
+      Outcome,
+      Counter.Internal
+    >;
+    for (const o of OUTCOMES) this.decisions[o].inc(0);
+
+    /** keyfence_request_duration_seconds{outcome}: the whole proxied request, from headers in to response end. */
+    const requestDuration = new Histogram({
+      name: "keyfence_request_duration_seconds",
+      help: "Duration of proxied requests, by how they ended.",
+      labelNames: ["outcome"],
+      buckets: REQUEST_BUCKETS,
+      registers,
+    });
+    const outcomes: RequestOutcome[] = ["forwarded", "answered", "upstream_error", "aborted"];
+    this.requestDuration = Object.fromEntries(outcomes.map((o) => [o, requestDuration.labels(o)])) as Record<
+      RequestOutcome,
+      Histogram.Internal<"outcome">
+    >;
+
+    /** keyfence_decision_duration_seconds: the enforcement step alone (bearer, hash, lookup, client IP, match). */
+    this.decisionDuration = new Histogram({
+      name: "keyfence_decision_duration_seconds",
+      help: "Time spent deciding one request.",
+      buckets: DECISION_BUCKETS,
+      registers,
+    });
+
+    /** keyfence_upstream_errors_total{kind}: forwarded requests that failed upstream. */
+    const upstreamErrors = new Counter({
+      name: "keyfence_upstream_errors_total",
+      help: "Upstream failures by kind (connect, timeout, reset).",
+      labelNames: ["kind"],
+      registers,
+    });
+    this.upstreamErrors = {
+      connect: upstreamErrors.labels("connect"),
+      timeout: upstreamErrors.labels("timeout"),
+      reset: upstreamErrors.labels("reset"),
+    };
+    for (const c of Object.values(this.upstreamErrors)) c.inc(0);
+
+    /** keyfence_inflight_requests: requests being handled by the proxy listener now. */
+    this.inflight = new Gauge({ name: "keyfence_inflight_requests", help: "Proxied requests in flight.", registers });
+
+    /** keyfence_store_reloads_total{result}: key store reloads after external changes. */
+    const reloads = new Counter({
+      name: "keyfence_store_reloads_total",
+      help: "Key store reloads by result (success, failure).",
+      labelNames: ["result"],
+      registers,
+    });
+    this.reloads = { success: reloads.labels("success"), failure: reloads.labels("failure") };
+    this.reloads.success.inc(0);
+    this.reloads.failure.inc(0);
+
+    /** keyfence_store_last_reload_timestamp_seconds: when the snapshot in force was installed. */
+    this.lastReload = new Gauge({
+      name: "keyfence_store_last_reload_timestamp_seconds",
+      help: "Unix time at which the key snapshot in force was installed.",
+      registers,
+    });
+    /** keyfence_keys: keys in the snapshot in force. */
+    this.keys = new Gauge({ name: "keyfence_keys", help: "Keys in the store.", registers });
+    /** keyfence_allow_list_entries: allow-list entries over all keys. */
+    this.entries = new Gauge({
+      name: "keyfence_allow_list_entries",
+      help: "Allow-list entries over all keys.",
+      registers,
+    });
+
+    const cache = options.cache;
+    /** keyfence_matcher_cache_hits_total / _misses_total: compiled allow-list lookups. */
+    new Counter({
+      name: "keyfence_matcher_cache_hits_total",
+      help: "Allow-list matcher lookups served from the cache.",
+      registers,
+      collect() {
+        this.reset();
+        if (cache) this.inc(cache.hits);
+      },
+    });
+    new Counter({
+      name: "keyfence_matcher_cache_misses_total",
+      help: "Allow-list matchers compiled on demand.",
+      registers,
+      collect() {
+        this.reset();
+        if (cache) this.inc(cache.misses);
+      },
+    });
+    /** keyfence_build_info{version,node}: constant 1. */
+    new Gauge({
+      name: "keyfence_build_info",
+      help: "Build information.",
+      labelNames: ["version", "node"],
+      registers,
+    })
+      .labels(options.version, process.version)
+      .set(1);
+    if (options.defaultMetrics !== false) collectDefaultMetrics({ register: registry });
+  }
+
+  /** Counts one decision and how long it took. */
+  decision(outcome: Outcome, seconds: number): void {
+    this.decisions[outcome].inc();
+    this.decisionDuration.observe(seconds);
+  }
+
+  /** Records a finished request. */
+  request(outcome: RequestOutcome, seconds: number): void {
+    this.requestDuration[outcome].observe(seconds);
+  }
+
+  /** Counts an upstream failure of a forwarded request. */
+  upstreamError(kind: UpstreamErrorKind): void {
+    this.upstreamErrors[kind].inc();
+  }
+
+  /** Moves the in-flight gauge. */
+  inflightDelta(delta: 1 | -1): void {
+    this.inflight.inc(delta);
+  }
+
+  /** Records a snapshot installed (at load, reload or write). */
+  snapshotInstalled(keys: number, entries: number, reloaded: boolean): void {
+    if (reloaded) this.reloads.success.inc();
+    this.lastReload.set(Date.now() / 1000);
+    this.keys.set(keys);
+    this.entries.set(entries);
+  }
+
+  /** Counts a refused reload. */
+  reloadFailed(): void {
+    this.reloads.failure.inc();
+  }
+}

@@ -1,0 +1,234 @@
+/**
+ * Forwarding an allowed request to the upstream over an undici keep-alive
+ * pool: hop-by-hop headers stripped, X-Forwarded-* set, bodies streamed both
+ * ways with backpressure, the upstream request aborted when the client leaves.
+ */
+import type { IncomingMessage, ServerResponse } from "node:http";
+import { Pool, type Dispatcher } from "undici";
+import type { ClientIp } from "../clientip/resolve.js";
+import { answer, hasBody } from "./respond.js";
+
+/** Headers that describe one connection, never forwarded (RFC 9110 §7.6.1, plus the legacy proxy ones). */
+export const HOP_BY_HOP = new Set([
+  "connection",
+  "keep-alive",
+  "proxy-connection",
+  "transfer-encoding",
+  "te",
+  "trailer",
+  "upgrade",
+  "proxy-authorization",
+  "proxy-authenticate",
+]);
+
+/** How a forwarded request ended, for metrics and logs. */
+export type ForwardResult = "ok" | "connect" | "timeout" | "reset" | "aborted";
+
+/** Upstream connection settings. */
+export interface ForwarderOptions {
+  readonly upstream: URL;
+  /** No response headers within this time: 504. Also the idle limit between body chunks. */
+  readonly timeoutMs: number;
+  /** Most upstream connections kept at once. */
+  readonly connections?: number;
+}
+
+/** The X-Forwarded-For value; Node joins repeated header lines with ", ", so they read as one list. */
+export function forwardedFor(req: IncomingMessage): string | undefined {
+  const h = req.headers["x-forwarded-for"];
+  return typeof h === "string" || h === undefined ? h : h.join(", ");
+}
+
+/** Names listed in a Connection header (lowercase), or undefined when there are none. */
+export function connectionTokens(value: string | undefined): Set<string> | undefined {
+  if (value === undefined) return undefined;
+  const out = new Set<string>();
+  for (const t of value.split(",")) {
+    const name = t.trim().toLowerCase();
+    if (name !== "") out.add(name);
+  }
+  return out;
+}
+
+/**
+ * Builds the request headers for the upstream from the client's raw headers
+ * (order, case and repeats kept). `keepUpgrade` keeps Connection/Upgrade for
+ * WebSocket handshakes.
+ */
+export function upstreamHeaders(req: IncomingMessage, client: ClientIp, keepUpgrade = false): string[] {
+  const raw = req.rawHeaders;
+  const listed = connectionTokens(req.headers.connection);
+  const out: string[] = [];
+  let proto: string | undefined;
+  let host: string | undefined;
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i] as string;
+    const lower = name.toLowerCase();
+    if (lower === "x-forwarded-for" || lower === "expect") continue;
+    if (HOP_BY_HOP.has(lower) || listed?.has(lower)) {
+      if (!(keepUpgrade && (lower === "connection" || lower === "upgrade"))) continue;
+    }
+    if (lower === "x-forwarded-proto" || lower === "x-forwarded-host") {
+      if (!client.peerTrusted) continue;
+      if (lower === "x-forwarded-proto") proto = raw[i + 1];
+      else host = raw[i + 1];
+    }
+    out.push(name, raw[i + 1] as string);
+  }
+  const xff = forwardedFor(req);
+  out.push("x-forwarded-for", xff === undefined || xff === "" ? client.peer : `${xff}, ${client.peer}`);
+  if (proto === undefined) out.push("x-forwarded-proto", "http");
+  if (host === undefined && req.headers.host !== undefined) out.push("x-forwarded-host", req.headers.host);
+  return out;
+}
+
+/** The path to request upstream: the upstream's path prefix plus the request target. */
+export function upstreamPath(prefix: string, target: string): string {
+  return prefix === "" ? target : prefix + target;
+}
+
+/** Response headers that must not travel back to the client. */
+function responseHeaders(raw: readonly (Buffer | string)[]): string[] {
+  const out: string[] = [];
+  let listed: Set<string> | undefined;
+  for (let i = 0; i < raw.length; i += 2) {
+    if (String(raw[i]).toLowerCase() === "connection") listed = connectionTokens(String(raw[i + 1]));
+  }
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = String(raw[i]);
+    const lower = name.toLowerCase();
+    if (HOP_BY_HOP.has(lower) || listed?.has(lower)) continue;
+    out.push(name, raw[i + 1] === undefined ? "" : String(raw[i + 1]));
+  }
+  return out;
+}
+
+/** Classifies an undici error. */
+export function classify(err: Error): ForwardResult {
+  const code = (err as { code?: string }).code ?? "";
+  if (code === "UND_ERR_HEADERS_TIMEOUT" || code === "UND_ERR_BODY_TIMEOUT" || code === "UND_ERR_CONNECT_TIMEOUT") {
+    return "timeout";
+  }
+  if (code === "UND_ERR_ABORTED" || err.name === "AbortError") return "aborted";
+  if (
+    code === "ECONNREFUSED" ||
+    code === "ENOTFOUND" ||
+    code === "EAI_AGAIN" ||
+    code === "EHOSTUNREACH" ||
+    code === "ENETUNREACH"
+  ) {
+    return "connect";
+  }
+  return "reset";
+}
+
+class ClientGone extends Error {
+  constructor() {
+    super("client closed the connection");
+    this.name = "AbortError";
+  }
+}
+
+/** Sends allowed requests upstream over one keep-alive pool. */
+export class Forwarder {
+  private readonly pool: Pool;
+  private readonly prefix: string;
+
+  constructor(private readonly options: ForwarderOptions) {
+    const u = options.upstream;
+    this.prefix = u.pathname === "/" ? "" : u.pathname.replace(/\/$/, "");
+    this.pool = new Pool(u.origin, {
+      connections: options.connections ?? 256,
+      pipelining: 1,
+      headersTimeout: options.timeoutMs,
+      bodyTimeout: options.timeoutMs,
+      connectTimeout: Math.min(options.timeoutMs, 10_000),
+      keepAliveTimeout: 4_000,
+    });
+  }
+
+  /** The upstream path prefix ("" when none). */
+  get pathPrefix(): string {
+    return this.prefix;
+  }
+
+  /** Forwards `req` and streams the answer into `res`; `done` reports how it ended (once). */
+  forward(
+    req: IncomingMessage,
+    res: ServerResponse,
+    client: ClientIp,
+    target: string,
+    done: (result: ForwardResult) => void,
+  ): void {
+    let controller: Dispatcher.DispatchController | undefined;
+    let finished = false;
+    const finish = (result: ForwardResult): void => {
+      if (finished) return;
+      finished = true;
+      done(result);
+    };
+    res.once("close", () => {
+      if (!res.writableFinished) {
+        controller?.abort(new ClientGone());
+        finish("aborted");
+      }
+    });
+    const opts: Dispatcher.DispatchOptions = {
+      path: upstreamPath(this.prefix, target),
+      method: req.method as Dispatcher.HttpMethod,
+      headers: upstreamHeaders(req, client),
+      body: hasBody(req.headers) ? req : null,
+    };
+    const handler: Dispatcher.DispatchHandler = {
+      onRequestStart: (c) => {
+        controller = c;
+        if (res.destroyed) c.abort(new ClientGone());
+      },
+      onResponseStart: (c, statusCode, _headers, statusMessage) => {
+        const raw = (c.rawHeaders ?? []) as (Buffer | string)[];
+        res.writeHead(statusCode, statusMessage ?? "", responseHeaders(raw));
+      },
+      onResponseData: (c, chunk) => {
+        if (!res.write(chunk)) {
+          c.pause();
+          res.once("drain", () => c.resume());
+        }
+      },
+      onResponseEnd: (c) => {
+        const trailers = c.rawTrailers as (Buffer | string)[] | null | undefined;
+        if (trailers && trailers.length > 0) {
+          const flat = responseHeaders(trailers);
+          const tuples: [string, string][] = [];
+          for (let i = 0; i < flat.length; i += 2) tuples.push([flat[i] as string, flat[i + 1] as string]);
+          res.addTrailers(tuples);
+        }
+        res.end();
+        finish("ok");
+      },
+      onResponseError: (_c, err) => {
+        const result = classify(err);
+        if (result === "aborted" || res.destroyed) {
+          finish("aborted");
+          return;
+        }
+        if (!res.headersSent) {
+          answer(res, result === "timeout" ? "upstream_timeout" : "upstream_unavailable");
+        } else {
+          res.destroy(err);
+        }
+        finish(result);
+      },
+    };
+    this.pool.dispatch(opts, handler);
+  }
+
+  /** Closes idle upstream connections and waits for in-flight ones. */
+  async close(): Promise<void> {
+    await this.pool.close();
+  }
+
+  /** Drops every upstream connection now. */
+  async destroy(): Promise<void> {
+    await this.pool.destroy();
+  }
+}

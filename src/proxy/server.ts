@@ -1,0 +1,266 @@
+/**
+ * The public listener: reads the credential and the client IP, asks the policy
+ * for a decision, then forwards (HTTP or upgrade) or answers with the JSON of
+ * SPEC §4. Nothing else decides.
+ */
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import type { Socket } from "node:net";
+import { performance } from "node:perf_hooks";
+import type { Duplex } from "node:stream";
+import type { Logger } from "pino";
+import { resolveClientIp } from "../clientip/resolve.js";
+import type { Config } from "../config/config.js";
+import type { Metrics, RequestOutcome } from "../metrics/metrics.js";
+import { secretHash, readBearer } from "../policy/credential.js";
+import { decide, type Credential, type Decision } from "../policy/decide.js";
+import type { KeyStore } from "../store/store.js";
+import { forwardedFor, Forwarder, type ForwardResult } from "./forward.js";
+import { answer, answerSocket, messageOf, statusOf, type AnswerReason } from "./respond.js";
+import { pipeUpgrade } from "./upgrade.js";
+
+/** What the proxy listener needs. */
+export interface ProxyDeps {
+  readonly config: Config;
+  readonly store: KeyStore;
+  readonly metrics: Metrics;
+  readonly log: Logger;
+}
+
+/** Server limits, chosen deliberately (see README "Hardening"). */
+export const SERVER_LIMITS = {
+  /** Request line plus headers. */
+  maxHeaderSize: 16 * 1024,
+  /** Slow-header clients (slowloris) are cut off after this. */
+  headersTimeout: 20_000,
+  /** A whole request, body included, must arrive within this. */
+  requestTimeout: 300_000,
+  /** Idle keep-alive connections: above the 60 s idle timeout of common load balancers. */
+  keepAliveTimeout: 65_000,
+} as const;
+
+const STATUS_TEXT: Record<number, string> = { 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden" };
+
+/** Reads the request target as origin-form path and query; undefined when it is neither origin- nor absolute-form. */
+export function requestTarget(url: string | undefined): string | undefined {
+  if (url === undefined || url === "") return undefined;
+  if (url.charCodeAt(0) === 47) return url;
+  if (!/^https?:\/\//i.test(url)) return undefined;
+  try {
+    const u = new URL(url);
+    return u.pathname + u.search;
+  } catch {
+    return undefined;
+  }
+}
+
+function pathOf(target: string): string {
+  const q = target.indexOf("?");
+  return q < 0 ? target : target.slice(0, q);
+}
+
+/** The public proxy listener. */
+export class ProxyServer {
+  readonly server: Server;
+  private readonly forwarder: Forwarder;
+  private readonly upgraded = new Set<Socket | Duplex>();
+  private readonly settings: Parameters<typeof decide>[2];
+  private active = 0;
+  private idleWaiters: Array<() => void> = [];
+
+  constructor(private readonly deps: ProxyDeps) {
+    const c = deps.config;
+    this.settings = { mode: c.mode, unknown: c.keys.unknown, missing: c.keys.missing };
+    this.forwarder = new Forwarder({ upstream: c.upstream, timeoutMs: c.upstreamTimeoutMs });
+    this.server = createServer({
+      maxHeaderSize: SERVER_LIMITS.maxHeaderSize,
+      headersTimeout: SERVER_LIMITS.headersTimeout,
+      requestTimeout: SERVER_LIMITS.requestTimeout,
+      keepAliveTimeout: SERVER_LIMITS.keepAliveTimeout,
+    });
+    this.server.on("request", (req: IncomingMessage, res: ServerResponse) => this.handle(req, res));
+    this.server.on("upgrade", (req: IncomingMessage, socket: Duplex, head: Buffer) =>
+      this.handleUpgrade(req, socket, head),
+    );
+    this.server.on("clientError", (err: NodeJS.ErrnoException, socket: Socket) => clientError(err, socket));
+  }
+
+  /** Starts listening; resolves with the bound address. */
+  listen(host: string, port: number): Promise<{ host: string; port: number }> {
+    return new Promise((resolve, reject) => {
+      this.server.once("error", reject);
+      this.server.listen(port, host, () => {
+        this.server.off("error", reject);
+        const a = this.server.address();
+        resolve(typeof a === "object" && a !== null ? { host: a.address, port: a.port } : { host, port });
+      });
+    });
+  }
+
+  /**
+   * Stops accepting, lets in-flight requests finish for up to `timeoutMs`,
+   * then cuts what remains (upgraded connections included).
+   */
+  async drain(timeoutMs: number): Promise<{ cut: number }> {
+    const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    this.server.closeIdleConnections();
+    const idle = this.active === 0 ? Promise.resolve() : new Promise<void>((r) => this.idleWaiters.push(r));
+    let timer: NodeJS.Timeout | undefined;
+    const timedOut = new Promise<"timeout">((r) => {
+      timer = setTimeout(() => r("timeout"), timeoutMs);
+    });
+    const result = await Promise.race([idle.then(() => "idle" as const), timedOut]);
+    clearTimeout(timer);
+    const cut = result === "timeout" ? this.active + this.upgraded.size : this.upgraded.size;
+    for (const s of this.upgraded) s.destroy();
+    this.server.closeAllConnections();
+    await closed;
+    await this.forwarder.destroy();
+    return { cut };
+  }
+
+  private begin(): void {
+    this.active++;
+    this.deps.metrics.inflightDelta(1);
+  }
+
+  private end(): void {
+    this.active--;
+    this.deps.metrics.inflightDelta(-1);
+    if (this.active === 0 && this.idleWaiters.length > 0) {
+      const waiters = this.idleWaiters;
+      this.idleWaiters = [];
+      for (const w of waiters) w();
+    }
+  }
+
+  /** Reads credential and client IP, and decides; counts the decision. */
+  private decideFor(req: IncomingMessage): Decision {
+    const t0 = performance.now();
+    const bearer = readBearer(req.rawHeaders);
+    const credential: Credential =
+      bearer.kind === "token"
+        ? { kind: "key", key: this.deps.store.snapshot.lookup(secretHash(bearer.token)) }
+        : bearer;
+    const client = resolveClientIp(req.socket.remoteAddress, forwardedFor(req), this.deps.config.trustedProxies);
+    const decision = decide(credential, client, this.settings);
+    this.deps.metrics.decision(decision.outcome, (performance.now() - t0) / 1000);
+    if (decision.reason === "ip_not_allowed" || decision.reason === "invalid_client_ip") {
+      this.deps.log.warn(
+        {
+          event: decision.forward ? "would_deny" : "denied",
+          reason: decision.reason,
+          key_id: decision.keyId,
+          client_ip: client.text,
+          peer_ip: client.peer,
+          method: req.method,
+          path: pathOf(req.url ?? ""),
+          mode: decision.mode,
+        },
+        decision.forward ? "request would be denied (report mode): forwarded" : "request denied",
+      );
+    }
+    return decision;
+  }
+
+  private handle(req: IncomingMessage, res: ServerResponse): void {
+    const t0 = performance.now();
+    this.begin();
+    let outcome: RequestOutcome = "answered";
+    res.once("close", () => {
+      this.deps.metrics.request(outcome, (performance.now() - t0) / 1000);
+      this.end();
+    });
+    const target = requestTarget(req.url);
+    if (target === undefined) {
+      this.deps.metrics.decision("bad_request", 0);
+      answer(res, "bad_request", "", { message: "request target must be a path" });
+      return;
+    }
+    const decision = this.decideFor(req);
+    if (pathOf(target) === this.deps.config.pingPath) {
+      this.ping(res, decision);
+      return;
+    }
+    if (!decision.forward) {
+      answer(res, decision.reason ?? "bad_request", decision.client.text);
+      return;
+    }
+    outcome = "forwarded";
+    this.forwarder.forward(req, res, decision.client, target, (result: ForwardResult) => {
+      if (result === "ok") return;
+      if (result === "aborted") {
+        outcome = "aborted";
+        return;
+      }
+      outcome = "upstream_error";
+      this.deps.metrics.upstreamError(result);
+      this.deps.log.error(
+        { event: "upstream_error", kind: result, method: req.method, path: pathOf(target) },
+        "upstream request failed",
+      );
+    });
+  }
+
+  private ping(res: ServerResponse, d: Decision): void {
+    if (d.outcome === "bad_request") return answer(res, d.reason ?? "bad_request");
+    if (d.outcome === "missing_key") return answer(res, "missing_api_key");
+    if (d.outcome === "unknown_key") return answer(res, "invalid_api_key");
+    if (!d.forward) return answer(res, d.reason ?? "bad_request", d.client.text);
+    if (d.outcome === "would_deny" && d.reason !== undefined) {
+      return answer(res, "pong", "", {
+        message: "pong",
+        mode: "report",
+        would_deny: { reason: d.reason, status: statusOf(d.reason), message: messageOf(d.reason, d.client.text) },
+      });
+    }
+    answer(res, "pong");
+  }
+
+  private handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
+    const target = requestTarget(req.url);
+    const decision = this.decideFor(req);
+    let reason: AnswerReason | undefined = decision.forward ? undefined : (decision.reason ?? "bad_request");
+    if (target === undefined) reason = "bad_request";
+    else if (pathOf(target) === this.deps.config.pingPath) reason = decision.forward ? "pong" : reason;
+    if (reason !== undefined || target === undefined) {
+      const r = reason ?? "bad_request";
+      const status = statusOf(r);
+      answerSocket(socket, status, r, messageOf(r, decision.client.text), STATUS_TEXT[status] ?? "OK");
+      return;
+    }
+    this.upgraded.add(socket);
+    socket.once("close", () => this.upgraded.delete(socket));
+    const up = pipeUpgrade(
+      req,
+      socket,
+      head,
+      decision.client,
+      target,
+      {
+        upstream: this.deps.config.upstream,
+        prefix: this.forwarder.pathPrefix,
+        timeoutMs: this.deps.config.upstreamTimeoutMs,
+      },
+      (result) => {
+        if (result === "connect" || result === "timeout" || result === "reset") this.deps.metrics.upstreamError(result);
+      },
+    );
+    this.upgraded.add(up);
+    up.once("close", () => this.upgraded.delete(up));
+  }
+}
+
+/** Answers malformed HTTP with JSON where the socket still allows it; never throws. */
+function clientError(err: NodeJS.ErrnoException, socket: Socket): void {
+  if (!socket.writable || err.code === "ECONNRESET") {
+    socket.destroy();
+    return;
+  }
+  if (err.code === "HPE_HEADER_OVERFLOW") {
+    answerSocket(socket, 431, "bad_request", "request headers too large", "Request Header Fields Too Large");
+  } else if (err.code === "ERR_HTTP_REQUEST_TIMEOUT") {
+    answerSocket(socket, 408, "bad_request", "request timed out", "Request Timeout");
+  } else {
+    answerSocket(socket, 400, "bad_request", "malformed HTTP request", "Bad Request");
+  }
+}

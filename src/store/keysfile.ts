@@ -1,0 +1,163 @@
+/** The YAML keys file (SPEC §3): parsing and validation into key records, every problem located. */
+import { parseAllowList } from "../ip/list.js";
+import type { Mode } from "../policy/decide.js";
+import { YamlFile, type Problem } from "../util/yaml.js";
+
+/** One API key as stored: never the secret, only its SHA-256. */
+export interface KeyRecord {
+  readonly id: string;
+  readonly name: string;
+  readonly secretSha256: string;
+  readonly scopes: readonly string[];
+  /** Canonical, deduplicated entries; empty means no restriction. */
+  readonly ipAllowList: readonly string[];
+  /** The key's own mode; undefined inherits the global `mode`. */
+  readonly mode: Mode | undefined;
+  readonly createdAt: string | undefined;
+  readonly updatedAt: string | undefined;
+}
+
+/** Allowed key ids. */
+export const KEY_ID = /^[A-Za-z0-9_-]{1,64}$/;
+/** A SHA-256 in lowercase hex. */
+export const SHA256_HEX = /^[0-9a-f]{64}$/;
+/** Allowed scope names (e.g. `messages:send`, `api_keys:write`). */
+export const SCOPE = /^[A-Za-z0-9_.:*-]{1,128}$/;
+const RFC3339 = /^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$/;
+
+/** Field names a key entry may have. */
+export const KEY_FIELDS = [
+  "id",
+  "name",
+  "secret_sha256",
+  "scopes",
+  "ip_allow_list",
+  "mode",
+  "created_at",
+  "updated_at",
+] as const;
+
+/** True when `s` is an RFC 3339 timestamp that names a real instant. */
+export function isRfc3339(s: string): boolean {
+  return RFC3339.test(s) && !Number.isNaN(Date.parse(s));
+}
+
+/** The result of reading a keys file: records when valid, problems otherwise. */
+export type KeysFileResult =
+  | { readonly ok: true; readonly keys: KeyRecord[]; readonly source: YamlFile }
+  | { readonly ok: false; readonly problems: Problem[] };
+
+/** Parses and validates the text of a keys file; `name` is how messages refer to it. */
+export function parseKeysFile(name: string, text: string, maxEntries: number): KeysFileResult {
+  const y = new YamlFile(name, text);
+  const root = y.value();
+  if (y.problems.length > 0) return { ok: false, problems: y.problems };
+  if (root === null || root === undefined) {
+    y.fail([], 'the keys file is empty; write "keys: []" for a store without keys');
+    return { ok: false, problems: y.problems };
+  }
+  const top = y.mapping([], root, ["keys"]);
+  const keys: KeyRecord[] = [];
+  if (top !== undefined) {
+    const list = top["keys"];
+    if (list === undefined) y.fail([], 'missing field "keys"');
+    else if (list === null) {
+      // `keys:` with nothing under it: no keys.
+    } else if (!Array.isArray(list)) y.fail(["keys"], "must be a list of keys", list);
+    else {
+      const ids = new Map<string, number>();
+      const hashes = new Map<string, number>();
+      list.forEach((raw: unknown, i) => {
+        const fields = raw !== null && typeof raw === "object" ? (raw as Record<string, unknown>) : {};
+        const id = fields["id"];
+        const hash = fields["secret_sha256"];
+        if (typeof id === "string") {
+          const seen = ids.get(id);
+          if (seen !== undefined) y.fail(["keys", i, "id"], `duplicate id (also keys[${seen}])`, id);
+          else ids.set(id, i);
+        }
+        if (typeof hash === "string" && SHA256_HEX.test(hash)) {
+          const seen = hashes.get(hash);
+          if (seen !== undefined) y.fail(["keys", i, "secret_sha256"], `the same secret as keys[${seen}]`);
+          else hashes.set(hash, i);
+        }
+        const rec = readKey(y, i, raw, maxEntries);
+        if (rec !== undefined) keys.push(rec);
+      });
+    }
+  }
+  if (y.problems.length > 0) return { ok: false, problems: y.sortedProblems() };
+  return { ok: true, keys, source: y };
+}
+
+function readKey(y: YamlFile, i: number, raw: unknown, maxEntries: number): KeyRecord | undefined {
+  const at = ["keys", i] as const;
+  const before = y.problems.length;
+  const m = y.mapping(at, raw, KEY_FIELDS);
+  if (m === undefined) return undefined;
+  const id = m["id"];
+  if (id === undefined) y.fail(at, 'missing field "id"');
+  else if (typeof id !== "string" || !KEY_ID.test(id)) {
+    y.fail([...at, "id"], "must be 1 to 64 characters of A-Z, a-z, 0-9, _ and -", id);
+  }
+  const name = m["name"];
+  if (name !== undefined && (typeof name !== "string" || name.length === 0 || name.length > 200)) {
+    y.fail([...at, "name"], "must be a non-empty string of at most 200 characters", name);
+  }
+  const secret = m["secret_sha256"];
+  if (secret === undefined) y.fail(at, 'missing field "secret_sha256"');
+  else if (typeof secret !== "string" || !SHA256_HEX.test(secret)) {
+    // Never quote it: a plaintext secret pasted here by mistake must not reach a log.
+    y.fail(
+      [...at, "secret_sha256"],
+      "must be 64 lowercase hex digits, the SHA-256 of the secret (see `keyfence hash-key`)",
+    );
+  }
+  const scopes = m["scopes"];
+  if (scopes !== undefined && scopes !== null) {
+    if (!Array.isArray(scopes)) y.fail([...at, "scopes"], "must be a list of scope names", scopes);
+    else {
+      scopes.forEach((s: unknown, k) => {
+        if (typeof s !== "string" || !SCOPE.test(s)) {
+          y.fail([...at, "scopes", k], "must be a scope name such as messages:send", s);
+        }
+      });
+    }
+  }
+  let ipAllowList: readonly string[] = [];
+  const list = m["ip_allow_list"];
+  if (list !== undefined && list !== null) {
+    if (!Array.isArray(list)) {
+      y.fail([...at, "ip_allow_list"], "must be a list of addresses and CIDR ranges", list);
+    } else {
+      const parsed = parseAllowList(list, maxEntries);
+      if (Array.isArray(parsed)) {
+        for (const p of parsed) {
+          const path = p.index === null ? [...at, "ip_allow_list"] : [...at, "ip_allow_list", p.index];
+          y.fail(path, p.reason, p.value);
+        }
+      } else ipAllowList = parsed.entries;
+    }
+  }
+  const mode = m["mode"];
+  if (mode !== undefined && mode !== "enforce" && mode !== "report") {
+    y.fail([...at, "mode"], 'must be "enforce" or "report"', mode);
+  }
+  for (const field of ["created_at", "updated_at"] as const) {
+    const v = m[field];
+    if (v !== undefined && (typeof v !== "string" || !isRfc3339(v))) {
+      y.fail([...at, field], "must be an RFC 3339 timestamp such as 2026-11-27T10:00:00Z", v);
+    }
+  }
+  if (y.problems.length > before) return undefined;
+  return {
+    id: id as string,
+    name: typeof name === "string" ? name : (id as string),
+    secretSha256: secret as string,
+    scopes: Array.isArray(scopes) ? (scopes as string[]) : [],
+    ipAllowList,
+    mode: mode as Mode | undefined,
+    createdAt: m["created_at"] as string | undefined,
+    updatedAt: m["updated_at"] as string | undefined,
+  };
+}

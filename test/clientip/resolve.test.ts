@@ -1,0 +1,245 @@
+import assert from "node:assert/strict";
+import type { IncomingMessage } from "node:http";
+import { describe, test } from "node:test";
+import fc from "fast-check";
+import proxyaddr from "proxy-addr";
+import { compileTrust, forwardedEntries, resolveClientIp, type CompiledTrust } from "../../src/clientip/resolve.js";
+import { formatIp, parseIp } from "../../src/ip/address.js";
+
+function trust(setting: unknown[] | number): CompiledTrust {
+  const t = compileTrust(setting);
+  if (Array.isArray(t)) throw new Error(JSON.stringify(t));
+  return t;
+}
+
+describe("forwardedEntries", () => {
+  const cases: Array<[string, string[]]> = [
+    ["", []],
+    ["1.2.3.4", ["1.2.3.4"]],
+    ["1.2.3.4, 5.6.7.8", ["5.6.7.8", "1.2.3.4"]],
+    ["1.2.3.4,5.6.7.8 ,  9.9.9.9", ["9.9.9.9", "5.6.7.8", "1.2.3.4"]],
+    [" , ,1.2.3.4,, ", ["1.2.3.4"]],
+    ["\t1.2.3.4\t", ["1.2.3.4"]],
+    ["garbage, 1.2.3.4", ["1.2.3.4", "garbage"]],
+  ];
+  for (const [header, expected] of cases) {
+    test(JSON.stringify(header), () => assert.deepEqual(forwardedEntries(header), expected));
+  }
+});
+
+describe("resolveClientIp: tables", () => {
+  const cases: Array<{
+    desc: string;
+    trust: unknown[] | number;
+    peer: string;
+    xff?: string;
+    client: string;
+    valid?: boolean;
+    peerTrusted?: boolean;
+  }> = [
+    {
+      desc: "no trust: the peer, whatever XFF says",
+      trust: [],
+      peer: "203.0.113.9",
+      xff: "1.1.1.1",
+      client: "203.0.113.9",
+    },
+    { desc: "no trust, mapped peer canonicalized", trust: [], peer: "::ffff:127.0.0.1", client: "127.0.0.1" },
+    {
+      desc: "untrusted peer: spoofed XFF ignored",
+      trust: ["10.0.0.0/8"],
+      peer: "203.0.113.9",
+      xff: "1.1.1.1",
+      client: "203.0.113.9",
+    },
+    {
+      desc: "trusted peer: rightmost XFF entry",
+      trust: ["10.0.0.0/8"],
+      peer: "10.0.0.1",
+      xff: "1.1.1.1, 198.51.100.2",
+      client: "198.51.100.2",
+      peerTrusted: true,
+    },
+    {
+      desc: "spoofed left-most entries never count",
+      trust: ["10.0.0.0/8"],
+      peer: "10.0.0.1",
+      xff: "6.6.6.6, 10.0.0.5, 198.51.100.2",
+      client: "198.51.100.2",
+    },
+    {
+      desc: "chain of trusted proxies walked to the first untrusted",
+      trust: ["10.0.0.0/8"],
+      peer: "10.0.0.1",
+      xff: "6.6.6.6, 198.51.100.2, 10.0.0.9, 10.0.0.5",
+      client: "198.51.100.2",
+    },
+    {
+      desc: "all trusted: the left-most",
+      trust: ["10.0.0.0/8"],
+      peer: "10.0.0.1",
+      xff: "10.1.1.1, 10.0.0.2",
+      client: "10.1.1.1",
+    },
+    {
+      desc: "trusted peer without XFF: the peer",
+      trust: ["loopback"],
+      peer: "127.0.0.1",
+      client: "127.0.0.1",
+      peerTrusted: true,
+    },
+    { desc: "names: loopback covers ::1", trust: ["loopback"], peer: "::1", xff: "2001:db8::7", client: "2001:db8::7" },
+    {
+      desc: "names: uniquelocal",
+      trust: ["uniquelocal"],
+      peer: "192.168.1.1",
+      xff: "203.0.113.1",
+      client: "203.0.113.1",
+    },
+    { desc: "names: linklocal", trust: ["linklocal"], peer: "fe80::1", xff: "203.0.113.1", client: "203.0.113.1" },
+    {
+      desc: "hop count 1: the rightmost entry",
+      trust: 1,
+      peer: "203.0.113.9",
+      xff: "6.6.6.6, 198.51.100.2",
+      client: "198.51.100.2",
+    },
+    {
+      desc: "hop count 2",
+      trust: 2,
+      peer: "203.0.113.9",
+      xff: "6.6.6.6, 198.51.100.2, 10.9.9.9",
+      client: "198.51.100.2",
+    },
+    {
+      desc: "hop count beyond the list: the left-most",
+      trust: 5,
+      peer: "203.0.113.9",
+      xff: "198.51.100.2",
+      client: "198.51.100.2",
+    },
+    { desc: "hop count 0 trusts nobody", trust: 0, peer: "203.0.113.9", xff: "198.51.100.2", client: "203.0.113.9" },
+    {
+      desc: "garbage entry is an untrusted hop of unknown address",
+      trust: ["10.0.0.0/8"],
+      peer: "10.0.0.1",
+      xff: "198.51.100.2, not-an-ip",
+      client: "not-an-ip",
+      valid: false,
+    },
+    {
+      desc: "octal entry is never read as 127.0.0.1 (nor trusted)",
+      trust: ["loopback"],
+      peer: "127.0.0.1",
+      xff: "1.2.3.4, 0177.0.0.1",
+      client: "0177.0.0.1",
+      valid: false,
+    },
+    {
+      desc: "short form 127.1 is garbage",
+      trust: ["loopback"],
+      peer: "127.0.0.1",
+      xff: "127.1",
+      client: "127.1",
+      valid: false,
+    },
+    {
+      desc: "address with port is garbage",
+      trust: ["loopback"],
+      peer: "127.0.0.1",
+      xff: "1.2.3.4:80",
+      client: "1.2.3.4:80",
+      valid: false,
+    },
+    {
+      desc: "mapped XFF entry canonicalized and trusted as IPv4",
+      trust: ["10.0.0.0/8"],
+      peer: "10.0.0.1",
+      xff: "198.51.100.2, ::ffff:10.0.0.3",
+      client: "198.51.100.2",
+    },
+    {
+      desc: "IPv6 client canonicalized",
+      trust: ["loopback"],
+      peer: "127.0.0.1",
+      xff: "2001:DB8:0::1",
+      client: "2001:db8::1",
+    },
+    {
+      desc: "catch-all trust: the left-most",
+      trust: ["0.0.0.0/0"],
+      peer: "203.0.113.9",
+      xff: "6.6.6.6, 7.7.7.7",
+      client: "6.6.6.6",
+    },
+  ];
+  for (const c of cases) {
+    test(c.desc, () => {
+      const r = resolveClientIp(c.peer, c.xff, trust(c.trust));
+      assert.equal(r.text, c.client);
+      assert.equal(r.ip !== undefined, c.valid ?? true);
+      if (c.peerTrusted !== undefined) assert.equal(r.peerTrusted, c.peerTrusted);
+    });
+  }
+});
+
+describe("compileTrust", () => {
+  test("rejects loose or invalid entries, each with its index", () => {
+    const r = compileTrust(["10.0.0.0/8", "0177.0.0.1", "10.0.0.1/8", "lan", 5]);
+    assert.ok(Array.isArray(r));
+    assert.deepEqual(
+      r.map((p) => p.index),
+      [1, 2, 3, 4],
+    );
+  });
+  test("reports catch-all entries for a warning", () => {
+    const t = trust(["::/0", "10.0.0.0/8"]);
+    assert.deepEqual(t.catchAll, ["::/0"]);
+  });
+});
+
+describe("resolveClientIp: property against proxy-addr on well-formed input", () => {
+  const v4 = fc.tuple(fc.nat(255), fc.nat(255), fc.nat(255), fc.nat(255)).map((p) => p.join("."));
+  // A small universe so that trusted and untrusted addresses both occur often.
+  const addr = fc.oneof(
+    v4,
+    fc.constantFrom(
+      "10.0.0.1",
+      "10.0.0.2",
+      "127.0.0.1",
+      "192.168.0.9",
+      "::1",
+      "fe80::1",
+      "2001:db8::5",
+      "::ffff:10.0.0.7",
+      "fd00::3",
+    ),
+  );
+  const trustSetting = fc.oneof(
+    fc.nat(4),
+    fc.subarray(["loopback", "linklocal", "uniquelocal", "10.0.0.0/8", "2001:db8::/32", "198.51.100.0/24", "::1"]),
+  );
+  test("same client as proxy-addr (canonicalized)", () => {
+    fc.assert(
+      fc.property(addr, fc.array(addr, { maxLength: 6 }), trustSetting, (peer, chain, setting) => {
+        const xff = chain.length > 0 ? chain.join(", ") : undefined;
+        const req = {
+          socket: { remoteAddress: peer },
+          connection: { remoteAddress: peer },
+          headers: xff === undefined ? {} : { "x-forwarded-for": xff },
+        } as unknown as IncomingMessage;
+        const reference = typeof setting === "number" ? (_a: string, i: number) => i < setting : [...setting];
+        const expected = proxyaddr(req, reference);
+        const ours = resolveClientIp(peer, xff, trust(typeof setting === "number" ? setting : [...setting]));
+        const canonical = formatIp(
+          parseIp(expected) ??
+            (() => {
+              throw new Error(`reference gave ${expected}`);
+            })(),
+        );
+        assert.equal(ours.text, canonical);
+      }),
+      { numRuns: 3000 },
+    );
+  });
+});
