@@ -14,7 +14,14 @@ const files = readdirSync(root, { recursive: true })
   .map((f) => join(root, f));
 const r = spawnSync(
   process.execPath,
-  ["--test", "--test-concurrency=2", "--test-reporter=./test/reporter.mjs", ...files],
+  [
+    "--test",
+    "--test-concurrency=2",
+    "--test-timeout=120000",
+    "--test-force-exit",
+    "--test-reporter=./test/reporter.mjs",
+    ...files,
+  ],
   { stdio: "inherit" },
 );
 process.exit(r.status ?? 1);

@@ -1,13 +1,14 @@
 /**
- * The admin listener: health, metrics, and (issue 3) the management API.
- * The public listener never answers these routes.
+ * The admin listener: health, metrics, the management API and the dashboard.
+ * A small router (exact paths and `:param` segments) with JSON errors; the
+ * public listener never answers these routes.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { Logger } from "pino";
 import type { Registry } from "prom-client";
 import { readBearer } from "../policy/credential.js";
-import { SERVER_LIMITS } from "../proxy/server.js";
-import { sendJson } from "../util/http.js";
+import { SERVER_LIMITS, sendJson } from "../util/http.js";
+import { ApiError } from "./errors.js";
 
 /** What the admin listener needs. */
 export interface AdminDeps {
@@ -15,12 +16,28 @@ export interface AdminDeps {
   readonly log: Logger;
 }
 
-type Handler = (req: IncomingMessage, res: ServerResponse) => void | Promise<void>;
+/** Path parameters of a matched route. */
+export type Params = Readonly<Record<string, string>>;
+
+/** A route handler; throwing an {@link ApiError} answers it as JSON. */
+export type Handler = (req: IncomingMessage, res: ServerResponse, params: Params, url: URL) => void | Promise<void>;
+
+interface Route {
+  readonly segments: readonly string[];
+  readonly methods: Partial<Record<string, Handler>>;
+}
+
+/** Answers an API error as JSON with its reason header. */
+export function sendError(res: ServerResponse, err: ApiError): void {
+  // Do not read the rest of a body that was refused for its size.
+  if (err.status === 413) res.shouldKeepAlive = false;
+  sendJson(res, err.status, err.body(), { "x-keyfence-reason": err.code, ...err.headers });
+}
 
 /** The admin listener. */
 export class AdminServer {
   readonly server: Server;
-  private readonly routes = new Map<string, Partial<Record<string, Handler>>>();
+  private readonly routes: Route[] = [];
 
   constructor(private readonly deps: AdminDeps) {
     this.server = createServer({
@@ -37,18 +54,29 @@ export class AdminServer {
     });
     this.server.on("request", (req: IncomingMessage, res: ServerResponse) => {
       this.dispatch(req, res).catch((err: unknown) => {
-        this.deps.log.error({ err, event: "admin_error", path: req.url }, "admin request failed");
+        if (err instanceof ApiError) {
+          sendError(res, err);
+          return;
+        }
+        this.deps.log.error(
+          { err, event: "admin_error", method: req.method, path: (req.url ?? "").split("?")[0] },
+          "admin request failed",
+        );
         sendJson(res, 500, { message: "internal error" });
       });
     });
     this.server.on("clientError", (_err, socket) => socket.destroy());
   }
 
-  /** Registers a handler for an exact path and method. */
+  /** Registers a handler; `path` segments starting with ":" capture a parameter. */
   route(path: string, method: string, handler: Handler): void {
-    const byMethod = this.routes.get(path) ?? {};
-    byMethod[method] = handler;
-    this.routes.set(path, byMethod);
+    const segments = path.split("/");
+    let r = this.routes.find((x) => x.segments.join("/") === segments.join("/"));
+    if (r === undefined) {
+      r = { segments, methods: {} };
+      this.routes.push(r);
+    }
+    r.methods[method] = handler;
   }
 
   /** Starts listening; resolves with the bound address. */
@@ -70,36 +98,48 @@ export class AdminServer {
     await closed;
   }
 
+  private match(path: string): { route: Route; params: Record<string, string> } | undefined {
+    const parts = path.split("/");
+    outer: for (const route of this.routes) {
+      if (route.segments.length !== parts.length) continue;
+      const params: Record<string, string> = {};
+      for (let i = 0; i < parts.length; i++) {
+        const seg = route.segments[i] as string;
+        const part = parts[i] as string;
+        if (seg.startsWith(":")) {
+          if (part === "") continue outer;
+          try {
+            params[seg.slice(1)] = decodeURIComponent(part);
+          } catch {
+            continue outer;
+          }
+        } else if (seg !== part) continue outer;
+      }
+      return { route, params };
+    }
+    return undefined;
+  }
+
   private async dispatch(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const bearer = readBearer(req.rawHeaders);
     if (bearer.kind === "invalid" && bearer.reason === "multiple_authorization") {
-      sendJson(
-        res,
-        400,
-        { message: "multiple Authorization headers" },
-        { "x-keyfence-reason": "multiple_authorization" },
-      );
-      return;
+      throw new ApiError(400, "multiple_authorization", "multiple Authorization headers");
     }
-    const url = req.url ?? "/";
-    const q = url.indexOf("?");
-    const path = q < 0 ? url : url.slice(0, q);
-    const byMethod = this.routes.get(path);
-    if (byMethod === undefined) {
-      sendJson(res, 404, { message: "not found" });
-      return;
+    let url: URL;
+    try {
+      url = new URL(req.url ?? "/", "http://admin.invalid");
+    } catch {
+      throw new ApiError(400, "invalid_request", "malformed request target");
     }
+    const found = this.match(url.pathname);
+    if (found === undefined) throw new ApiError(404, "not_found", "not found");
     const method = req.method === "HEAD" ? "GET" : (req.method ?? "GET");
-    const handler = byMethod[method];
+    const handler = found.route.methods[method];
     if (handler === undefined) {
-      sendJson(
-        res,
-        405,
-        { message: `method ${req.method ?? ""} not allowed` },
-        { allow: Object.keys(byMethod).join(", ") },
-      );
-      return;
+      throw new ApiError(405, "method_not_allowed", `method ${req.method ?? ""} not allowed`, undefined, {
+        allow: Object.keys(found.route.methods).join(", "),
+      });
     }
-    await handler(req, res);
+    await handler(req, res, found.params, url);
   }
 }

@@ -3,9 +3,16 @@
  * from a validated configuration, and its orderly stop.
  */
 import { readFileSync } from "node:fs";
+import { basename, dirname, extname, join } from "node:path";
 import pino, { type Logger } from "pino";
 import { Registry } from "prom-client";
+import { registerApi } from "../admin/api.js";
+import { AuditLog } from "../admin/audit.js";
+import { Authenticator } from "../admin/auth.js";
+import { Confirmations } from "../admin/confirm.js";
+import { KeysService } from "../admin/keys.js";
 import { AdminServer } from "../admin/server.js";
+import { FailureThrottle } from "../admin/throttle.js";
 import { formatListen, type Config } from "../config/config.js";
 import { Metrics } from "../metrics/metrics.js";
 import { ProxyServer } from "../proxy/server.js";
@@ -23,6 +30,18 @@ export const VERSION: string = (() => {
     return "0.0.0";
   }
 })();
+
+/** Files kept next to the keys file: the audit log and the confirmation-code state. */
+export function sideFiles(keysFile: string): { audit: string; otpState: string } {
+  const stem = basename(keysFile, extname(keysFile));
+  return {
+    audit: join(dirname(keysFile), `${stem}.audit.jsonl`),
+    otpState: join(dirname(keysFile), `${stem}.otp-state.json`),
+  };
+}
+
+/** Failed authentications allowed per client IP per minute before 429. */
+export const AUTH_FAILURES_PER_MINUTE = 10;
 
 /** A running sidecar. */
 export interface Sidecar {
@@ -78,6 +97,16 @@ export async function startSidecar(config: Config, log: Logger): Promise<Sidecar
   try {
     if (config.admin) {
       admin = new AdminServer({ registry, log });
+      const files = sideFiles(config.keys.file);
+      const audit = new AuditLog(files.audit);
+      const throttle = new FailureThrottle({ maxFailures: AUTH_FAILURES_PER_MINUTE, windowMs: 60_000 });
+      registerApi(admin, {
+        keys: new KeysService({ store, audit, maxEntries: config.keys.maxEntries, log }),
+        audit,
+        auth: new Authenticator(config.admin.operators, store, throttle),
+        confirmations: new Confirmations(files.otpState),
+        trust: config.trustedProxies,
+      });
       adminAddress = await admin.listen(config.admin.listen.host, config.admin.listen.port);
     }
   } catch (err) {

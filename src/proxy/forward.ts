@@ -6,6 +6,7 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { Pool, type Dispatcher } from "undici";
 import type { ClientIp } from "../clientip/resolve.js";
+import { forwardedFor } from "../util/http.js";
 import { answer, hasBody } from "./respond.js";
 
 /** Headers that describe one connection, never forwarded (RFC 9110 §7.6.1, plus the legacy proxy ones). */
@@ -31,12 +32,6 @@ export interface ForwarderOptions {
   readonly timeoutMs: number;
   /** Most upstream connections kept at once. */
   readonly connections?: number;
-}
-
-/** The X-Forwarded-For value; Node joins repeated header lines with ", ", so they read as one list. */
-export function forwardedFor(req: IncomingMessage): string | undefined {
-  const h = req.headers["x-forwarded-for"];
-  return typeof h === "string" || h === undefined ? h : h.join(", ");
 }
 
 /** Names listed in a Connection header (lowercase), or undefined when there are none. */

@@ -14,8 +14,10 @@ import type { Metrics, RequestOutcome } from "../metrics/metrics.js";
 import { secretHash, readBearer } from "../policy/credential.js";
 import { decide, type Credential, type Decision } from "../policy/decide.js";
 import type { KeyStore } from "../store/store.js";
-import { forwardedFor, Forwarder, type ForwardResult } from "./forward.js";
-import { answer, answerSocket, messageOf, statusOf, type AnswerReason } from "./respond.js";
+import { forwardedFor, SERVER_LIMITS } from "../util/http.js";
+import { Forwarder, type ForwardResult } from "./forward.js";
+import { messageOf, statusOf, type AnswerReason } from "../policy/answers.js";
+import { answer, answerSocket } from "./respond.js";
 import { pipeUpgrade } from "./upgrade.js";
 
 /** What the proxy listener needs. */
@@ -25,18 +27,6 @@ export interface ProxyDeps {
   readonly metrics: Metrics;
   readonly log: Logger;
 }
-
-/** Server limits, chosen deliberately (see README "Hardening"). */
-export const SERVER_LIMITS = {
-  /** Request line plus headers. */
-  maxHeaderSize: 16 * 1024,
-  /** Slow-header clients (slowloris) are cut off after this. */
-  headersTimeout: 20_000,
-  /** A whole request, body included, must arrive within this. */
-  requestTimeout: 300_000,
-  /** Idle keep-alive connections: above the 60 s idle timeout of common load balancers. */
-  keepAliveTimeout: 65_000,
-} as const;
 
 const STATUS_TEXT: Record<number, string> = { 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden" };
 

@@ -8,7 +8,8 @@ import type { Duplex } from "node:stream";
 import { connect as tlsConnect } from "node:tls";
 import type { ClientIp } from "../clientip/resolve.js";
 import { classify, upstreamHeaders, upstreamPath, type ForwardResult } from "./forward.js";
-import { answerSocket, messageOf } from "./respond.js";
+import { messageOf } from "../policy/answers.js";
+import { answerSocket } from "./respond.js";
 
 /** Where and how to open upgraded connections. */
 export interface UpgradeTarget {

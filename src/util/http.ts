@@ -1,5 +1,5 @@
 /** Small HTTP helpers shared by both listeners. */
-import type { OutgoingHttpHeaders, ServerResponse } from "node:http";
+import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from "node:http";
 
 /** Writes a JSON answer that is never cached; a response already started is cut instead. */
 export function sendJson(res: ServerResponse, status: number, body: unknown, headers: OutgoingHttpHeaders = {}): void {
@@ -15,4 +15,22 @@ export function sendJson(res: ServerResponse, status: number, body: unknown, hea
     ...headers,
   });
   res.end(text);
+}
+
+/** Server limits, chosen deliberately (see README "Hardening"). */
+export const SERVER_LIMITS = {
+  /** Request line plus headers. */
+  maxHeaderSize: 16 * 1024,
+  /** Slow-header clients (slowloris) are cut off after this. */
+  headersTimeout: 20_000,
+  /** A whole request, body included, must arrive within this. */
+  requestTimeout: 300_000,
+  /** Idle keep-alive connections: above the 60 s idle timeout of common load balancers. */
+  keepAliveTimeout: 65_000,
+} as const;
+
+/** The X-Forwarded-For value; Node joins repeated header lines with ", ", so they read as one list. */
+export function forwardedFor(req: IncomingMessage): string | undefined {
+  const h = req.headers["x-forwarded-for"];
+  return typeof h === "string" || h === undefined ? h : h.join(", ");
 }

@@ -33,7 +33,10 @@ export interface TestSidecar {
   logText(): string;
   /** Replaces the keys file the way editors do (write a temp file, rename). */
   writeKeys(keys: TestKey[] | string): void;
-  stop(): Promise<void>;
+  /** Stops the sidecar; its directory is removed unless `keep`. */
+  stop(opts?: { keep?: boolean }): Promise<void>;
+  /** Starts a new sidecar on the same directory (a restart); this one must be stopped with `keep`. */
+  restart(): Promise<TestSidecar>;
 }
 
 /** The keys-file YAML for `keys`. */
@@ -53,14 +56,16 @@ export function keysYaml(keys: TestKey[]): string {
 /** Starts a sidecar in front of `upstream` with `keys`; `config` adds or overrides top-level fields. */
 export async function startTestSidecar(opts: {
   upstream: string;
-  keys: TestKey[];
+  keys: TestKey[] | string;
   config?: Record<string, unknown>;
   keysConfig?: Record<string, unknown>;
   admin?: Record<string, unknown> | false;
+  /** Reuse this directory and its keys file (a restart). */
+  dir?: string;
 }): Promise<TestSidecar> {
-  const dir = mkdtempSync(join(tmpdir(), "keyfence-test-"));
+  const dir = opts.dir ?? mkdtempSync(join(tmpdir(), "keyfence-test-"));
   const keysFile = join(dir, "keys.yaml");
-  writeFileSync(keysFile, keysYaml(opts.keys));
+  if (opts.dir === undefined) writeFileSync(keysFile, typeof opts.keys === "string" ? opts.keys : keysYaml(opts.keys));
   const configFile = join(dir, "keyfence.yaml");
   const doc: Record<string, unknown> = {
     listen: "127.0.0.1:0",
@@ -102,9 +107,12 @@ export async function startTestSidecar(opts: {
       writeFileSync(tmp, typeof keys === "string" ? keys : keysYaml(keys));
       renameSync(tmp, keysFile);
     },
-    async stop() {
+    async stop(stopOpts) {
       await sidecar.stop();
-      rmSync(dir, { recursive: true, force: true });
+      if (!stopOpts?.keep) rmSync(dir, { recursive: true, force: true });
+    },
+    restart() {
+      return startTestSidecar({ ...opts, dir });
     },
   };
 }

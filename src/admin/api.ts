@@ -1,0 +1,127 @@
+/**
+ * The management API routes (SPEC §5) on the admin listener: authentication,
+ * pagination, confirmation headers, and the mapping of service results to
+ * status codes.
+ */
+import type { IncomingMessage } from "node:http";
+import { resolveClientIp, type ClientIp, type CompiledTrust } from "../clientip/resolve.js";
+import { StoreConflictError } from "../store/store.js";
+import { forwardedFor, sendJson } from "../util/http.js";
+import type { AuditLog } from "./audit.js";
+import type { Authenticator, Caller } from "./auth.js";
+import { readJson } from "./body.js";
+import type { Confirmations } from "./confirm.js";
+import { ApiError, invalid } from "./errors.js";
+import type { ChangeContext, KeysService } from "./keys.js";
+import type { AdminServer } from "./server.js";
+
+/** Header carrying the RFC 6238 code for confirmed changes. */
+export const OTP_HEADER = "x-keyfence-otp";
+
+/** What the API routes need. */
+export interface ApiDeps {
+  readonly keys: KeysService;
+  readonly audit: AuditLog;
+  readonly auth: Authenticator;
+  readonly confirmations: Confirmations;
+  readonly trust: CompiledTrust;
+}
+
+/** Resolves the client IP of an admin request exactly as the proxy does. */
+export function clientOf(req: IncomingMessage, trust: CompiledTrust): ClientIp {
+  return resolveClientIp(req.socket.remoteAddress, forwardedFor(req), trust);
+}
+
+/** Reads `limit` (1–1000, default 100) and `cursor` from the query. */
+export function pageParams(url: URL): { limit: number; cursor: string | undefined } {
+  const raw = url.searchParams.get("limit");
+  const limit = raw === null ? 100 : /^[1-9][0-9]{0,3}$/.test(raw) ? Number(raw) : NaN;
+  if (!(limit >= 1 && limit <= 1000)) {
+    throw invalid([{ field: "limit", message: `must be an integer from 1 to 1000, got ${JSON.stringify(raw)}` }]);
+  }
+  return { limit, cursor: url.searchParams.get("cursor") ?? undefined };
+}
+
+/** The confirmation step for token callers: operators with a TOTP secret send a code in `X-Keyfence-OTP`. */
+export function tokenConfirm(
+  req: IncomingMessage,
+  caller: Caller,
+  client: ClientIp,
+  deps: Pick<ApiDeps, "confirmations" | "auth">,
+): () => Promise<boolean> {
+  return async () => {
+    if (caller.kind !== "operator" || caller.operator.totpSecret === undefined) return false;
+    const raw = req.headers[OTP_HEADER];
+    const code = (Array.isArray(raw) ? raw[0] : raw)?.trim() ?? "";
+    if (code === "") throw new ApiError(403, "confirmation_required", "confirmation required");
+    const check = await deps.confirmations.consume(caller.operator.name, caller.operator.totpSecret, code);
+    if (check !== "ok") {
+      deps.auth.throttle.fail(client.text);
+      throw new ApiError(403, "invalid_confirmation_code", "invalid confirmation code");
+    }
+    return true;
+  };
+}
+
+/** Keeps a body error as the body, for the service to raise after its 404 check (SPEC §5 check order). */
+function deferred(err: unknown): ApiError {
+  if (err instanceof ApiError) return err;
+  throw err;
+}
+
+/** Maps store conflicts to 409. */
+async function conflictsAs409<T>(work: Promise<T>): Promise<T> {
+  try {
+    return await work;
+  } catch (err) {
+    if (err instanceof StoreConflictError)
+      throw new ApiError(409, "conflict", err.message, undefined, {}, { cause: err });
+    throw err;
+  }
+}
+
+/** Registers `/v1/api-keys` and `/v1/audit` on the admin listener. */
+export function registerApi(admin: AdminServer, deps: ApiDeps): void {
+  const context = (req: IncomingMessage): { caller: Caller; client: ClientIp } => {
+    const client = clientOf(req, deps.trust);
+    return { caller: deps.auth.authenticate(req, client), client };
+  };
+  const change = (req: IncomingMessage): ChangeContext => {
+    const { caller, client } = context(req);
+    return { caller, client, confirm: tokenConfirm(req, caller, client, deps) };
+  };
+
+  admin.route("/v1/api-keys", "GET", (req, res, _p, url) => {
+    context(req);
+    const { limit, cursor } = pageParams(url);
+    sendJson(res, 200, deps.keys.list(limit, cursor));
+  });
+  admin.route("/v1/api-keys", "POST", async (req, res) => {
+    const ctx = change(req);
+    const body = await readJson(req).catch(deferred);
+    sendJson(res, 201, await conflictsAs409(deps.keys.create(body, ctx)));
+  });
+  admin.route("/v1/api-keys/:id", "GET", (req, res, p) => {
+    context(req);
+    sendJson(res, 200, deps.keys.get(p["id"] ?? ""));
+  });
+  admin.route("/v1/api-keys/:id", "PATCH", async (req, res, p) => {
+    const ctx = change(req);
+    const body = await readJson(req).catch(deferred);
+    sendJson(res, 200, await conflictsAs409(deps.keys.update(p["id"] ?? "", body, ctx)));
+  });
+  admin.route("/v1/api-keys/:id", "DELETE", async (req, res, p) => {
+    const ctx = change(req);
+    await conflictsAs409(deps.keys.delete(p["id"] ?? "", ctx));
+    res.writeHead(204, { "cache-control": "no-store" });
+    res.end();
+  });
+  admin.route("/v1/audit", "GET", async (req, res, _p, url) => {
+    context(req);
+    const { limit, cursor } = pageParams(url);
+    const before = cursor === undefined ? undefined : /^[1-9][0-9]*$/.test(cursor) ? Number(cursor) : NaN;
+    if (Number.isNaN(before))
+      throw invalid([{ field: "cursor", message: `not a cursor from this endpoint: ${JSON.stringify(cursor)}` }]);
+    sendJson(res, 200, await deps.audit.page(limit, before));
+  });
+}

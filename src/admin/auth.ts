@@ -1,0 +1,99 @@
+/**
+ * Who is calling the management API: an operator (token matched by SHA-256 in
+ * constant time) or an API key with `api_keys:write`, itself held to its own
+ * allow list (never softened by report mode). Failed attempts are throttled
+ * per client IP.
+ */
+import { timingSafeEqual } from "node:crypto";
+import type { IncomingMessage } from "node:http";
+import type { ClientIp } from "../clientip/resolve.js";
+import type { Operator } from "../config/config.js";
+import { readBearer, secretHash } from "../policy/credential.js";
+import { messageOf } from "../policy/answers.js";
+import type { KeyRecord } from "../store/keysfile.js";
+import type { KeyStore } from "../store/store.js";
+import { ApiError } from "./errors.js";
+import type { FailureThrottle } from "./throttle.js";
+
+/** The scope that lets an API key manage keys. */
+export const WRITE_SCOPE = "api_keys:write";
+
+/** An authenticated caller. */
+export type Caller =
+  | { readonly kind: "operator"; readonly operator: Operator; readonly via: "token" | "session" }
+  | { readonly kind: "key"; readonly record: KeyRecord };
+
+/** Authenticates management API callers. */
+export class Authenticator {
+  private readonly operatorHashes: Array<{ operator: Operator; hash: Buffer }>;
+
+  constructor(
+    operators: readonly Operator[],
+    private readonly store: KeyStore,
+    readonly throttle: FailureThrottle,
+  ) {
+    this.operatorHashes = operators.map((operator) => ({ operator, hash: Buffer.from(operator.tokenSha256, "hex") }));
+  }
+
+  /** Throws 429 while `client` is throttled. */
+  checkThrottle(client: ClientIp): void {
+    const wait = this.throttle.retryAfter(client.text);
+    if (wait > 0) {
+      throw new ApiError(429, "too_many_attempts", "too many failed attempts; try again later", undefined, {
+        "retry-after": String(wait),
+      });
+    }
+  }
+
+  /** The operator whose token hashes to `tokenHash`, compared in constant time against every operator. */
+  operatorByTokenHash(tokenHash: string): Operator | undefined {
+    const candidate = Buffer.from(tokenHash, "hex");
+    let found: Operator | undefined;
+    for (const { operator, hash } of this.operatorHashes) {
+      if (timingSafeEqual(hash, candidate) && found === undefined) found = operator;
+    }
+    return found;
+  }
+
+  /** Authenticates a bearer token from `req`; throws the 400/401/403/429 to answer otherwise. */
+  authenticate(req: IncomingMessage, client: ClientIp): Caller {
+    this.checkThrottle(client);
+    const bearer = readBearer(req.rawHeaders);
+    if (bearer.kind === "invalid") {
+      throw new ApiError(400, bearer.reason, messageOf(bearer.reason));
+    }
+    if (bearer.kind === "missing") {
+      throw new ApiError(
+        401,
+        "missing_credential",
+        "missing credential: send Authorization: Bearer <token>",
+        undefined,
+        {
+          "www-authenticate": 'Bearer realm="keyfence-admin"',
+        },
+      );
+    }
+    const hash = secretHash(bearer.token);
+    const operator = this.operatorByTokenHash(hash);
+    if (operator) return { kind: "operator", operator, via: "token" };
+    const snapshot = this.store.snapshot;
+    const policy = snapshot.lookup(hash);
+    const record = snapshot.recordByHash(hash);
+    if (policy === undefined || record === undefined) {
+      this.throttle.fail(client.text);
+      throw new ApiError(401, "invalid_credential", "invalid credential", undefined, {
+        "www-authenticate": 'Bearer realm="keyfence-admin"',
+      });
+    }
+    if (policy.restricted) {
+      if (client.ip === undefined) throw new ApiError(400, "invalid_client_ip", messageOf("invalid_client_ip"));
+      if (!policy.contains(client.ip)) {
+        throw new ApiError(403, "ip_not_allowed", messageOf("ip_not_allowed", client.text));
+      }
+    }
+    if (!record.scopes.includes(WRITE_SCOPE)) {
+      throw new ApiError(403, "missing_scope", `this API key lacks the ${WRITE_SCOPE} scope`);
+    }
+    return { kind: "key", record };
+  }
+}

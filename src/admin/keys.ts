@@ -1,0 +1,334 @@
+/**
+ * The API-key operations behind the management API and the dashboard:
+ * validation (every bad field at once, the one strict address parser),
+ * self-lockout protection, step-up confirmation, durable writes through the
+ * store, and the audit trail. Checks run in the SPEC order: 404, 400, 409,
+ * confirmation; so a failed request never uses up a confirmation code.
+ */
+import { randomBytes } from "node:crypto";
+import type { Logger } from "pino";
+import type { ClientIp } from "../clientip/resolve.js";
+import type { Cidr } from "../ip/address.js";
+import { parseAllowList } from "../ip/list.js";
+import { compileMatcher } from "../ip/matcher.js";
+import { secretHash } from "../policy/credential.js";
+import type { Mode } from "../policy/decide.js";
+import { KEY_FIELDS, SCOPE, type KeyRecord } from "../store/keysfile.js";
+import type { KeyStore } from "../store/store.js";
+import type { Actor, AuditLog } from "./audit.js";
+import type { Caller } from "./auth.js";
+import { ApiError, invalid, type FieldError } from "./errors.js";
+
+/** A key as the API shows it (never its secret or hash). */
+export interface KeyView {
+  readonly id: string;
+  readonly name: string;
+  readonly scopes: readonly string[];
+  readonly ip_allow_list: readonly string[];
+  /** The key's own mode; null inherits the global `mode`. */
+  readonly mode: Mode | null;
+  readonly created_at: string | null;
+  readonly updated_at: string | null;
+}
+
+/** The API view of a record. */
+export function view(r: KeyRecord): KeyView {
+  return {
+    id: r.id,
+    name: r.name,
+    scopes: r.scopes,
+    ip_allow_list: r.ipAllowList,
+    mode: r.mode ?? null,
+    created_at: r.createdAt ?? null,
+    updated_at: r.updatedAt ?? null,
+  };
+}
+
+/**
+ * Confirms an allow-list change: throws 403 when it may not proceed; resolves
+ * true when a second factor confirmed it, false when none is required.
+ */
+export type Confirm = () => Promise<boolean>;
+
+/** Who asks, from where, and how they confirm. */
+export interface ChangeContext {
+  readonly caller: Caller;
+  readonly client: ClientIp;
+  readonly confirm: Confirm;
+}
+
+/** Prefix of generated secrets, so leaked keys are recognisable (like `ghp_`, `sk_live_`). */
+export const SECRET_PREFIX = "kf_";
+/** Bytes of randomness in a secret (256 bits). */
+const SECRET_BYTES = 32;
+
+const CREATE_FIELDS = ["name", "scopes", "ip_allow_list", "mode"];
+const PATCH_FIELDS = ["name", "scopes", "ip_allow_list", "mode"];
+
+interface Fields {
+  name?: string;
+  scopes?: string[];
+  list?: { entries: readonly string[]; cidrs: readonly Cidr[] };
+  mode?: Mode;
+}
+
+function hasControl(s: string): boolean {
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c < 32 || c === 127) return true;
+  }
+  return false;
+}
+
+function quote(v: unknown): string {
+  return JSON.stringify(v) ?? String(v);
+}
+
+/** Validates a create or patch body; returns the fields given or every error. */
+function readFields(body: unknown, allowed: readonly string[], maxEntries: number): Fields | FieldError[] {
+  // An unreadable body (415, 413, malformed JSON) is answered at the 400 stage.
+  if (body instanceof ApiError) throw body;
+  if (body === null || typeof body !== "object" || Array.isArray(body)) {
+    return [{ field: "(body)", message: "must be a JSON object" }];
+  }
+  const b = body as Record<string, unknown>;
+  const errors: FieldError[] = [];
+  const out: Fields = {};
+  for (const k of Object.keys(b)) {
+    if (!allowed.includes(k)) {
+      const hint = (KEY_FIELDS as readonly string[]).includes(k) ? " (read-only)" : "";
+      errors.push({ field: k, message: `unknown field${hint}; allowed: ${allowed.join(", ")}` });
+    }
+  }
+  const name = b["name"];
+  if (name !== undefined && name !== null) {
+    if (typeof name !== "string" || name.trim() === "" || name.length > 200 || hasControl(name)) {
+      errors.push({
+        field: "name",
+        message: `must be a non-empty string of at most 200 characters, got ${quote(name)}`,
+      });
+    } else out.name = name;
+  }
+  const scopes = b["scopes"];
+  if (scopes !== undefined && scopes !== null) {
+    if (!Array.isArray(scopes))
+      errors.push({ field: "scopes", message: `must be a list of scope names, got ${quote(scopes)}` });
+    else {
+      scopes.forEach((s: unknown, i) => {
+        if (typeof s !== "string" || !SCOPE.test(s)) {
+          errors.push({ field: `scopes[${i}]`, message: `${quote(s)} is not a scope name such as messages:send` });
+        }
+      });
+      out.scopes = [...new Set(scopes.filter((s): s is string => typeof s === "string"))];
+    }
+  }
+  const list = b["ip_allow_list"];
+  if (list !== undefined && list !== null) {
+    if (!Array.isArray(list)) {
+      errors.push({
+        field: "ip_allow_list",
+        message: `must be a list of addresses and CIDR ranges, got ${quote(list)}`,
+      });
+    } else {
+      const parsed = parseAllowList(list, maxEntries);
+      if (Array.isArray(parsed)) {
+        for (const p of parsed) {
+          errors.push(
+            p.index === null
+              ? { field: "ip_allow_list", message: p.reason }
+              : { field: `ip_allow_list[${p.index}]`, message: `${quote(p.value)}: ${p.reason}` },
+          );
+        }
+      } else out.list = parsed;
+    }
+  }
+  const mode = b["mode"];
+  if (mode !== undefined && mode !== null) {
+    if (mode !== "enforce" && mode !== "report")
+      errors.push({ field: "mode", message: `must be "enforce" or "report", got ${quote(mode)}` });
+    else out.mode = mode;
+  }
+  return errors.length > 0 ? errors : out;
+}
+
+function sameSet(a: readonly string[], b: readonly string[]): boolean {
+  if (a.length !== b.length) return false;
+  const s = new Set(a);
+  return b.every((x) => s.has(x));
+}
+
+function now(): string {
+  return new Date().toISOString().replace(/\.\d{3}Z$/, "Z");
+}
+
+/** The audit actor of a caller. */
+export function actorOf(caller: Caller): Actor {
+  return caller.kind === "operator"
+    ? { type: "operator", id: caller.operator.name, via: caller.via }
+    : { type: "key", id: caller.record.id };
+}
+
+/** A page of keys. */
+export interface KeyPage {
+  readonly data: KeyView[];
+  readonly next_cursor: string | null;
+}
+
+/** API-key operations over a store. */
+export class KeysService {
+  constructor(
+    private readonly deps: {
+      readonly store: KeyStore;
+      readonly audit: AuditLog;
+      readonly maxEntries: number;
+      readonly log: Logger;
+    },
+  ) {}
+
+  /** Keys ordered by id, `limit` at a time, after `cursor` (an id) when given. */
+  list(limit: number, cursor?: string): KeyPage {
+    const all = this.deps.store.snapshot.records().sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+    const rest = cursor === undefined ? all : all.filter((r) => r.id > cursor);
+    const data = rest.slice(0, limit).map(view);
+    return { data, next_cursor: rest.length > limit ? (data.at(-1)?.id ?? null) : null };
+  }
+
+  /** One key, or 404. */
+  get(id: string): KeyView {
+    const r = this.deps.store.snapshot.record(id);
+    if (r === undefined) throw notFound(id);
+    return view(r);
+  }
+
+  /** Creates a key with a fresh secret; the secret is in the result only. */
+  create(body: unknown, ctx: ChangeContext): Promise<KeyView & { secret: string }> {
+    return this.deps.store.transact(async (snap) => {
+      const f = readFields(body, CREATE_FIELDS, this.deps.maxEntries);
+      const errors = Array.isArray(f) ? f : f.name === undefined ? [{ field: "name", message: "is required" }] : [];
+      if (errors.length > 0 || Array.isArray(f)) throw invalid(errors);
+      const entries = f.list?.entries ?? [];
+      const confirmed = entries.length > 0 ? await ctx.confirm() : false;
+      let id: string;
+      do id = `key_${randomBytes(10).toString("hex")}`;
+      while (snap.record(id) !== undefined);
+      const secret = SECRET_PREFIX + randomBytes(SECRET_BYTES).toString("base64url");
+      const at = now();
+      const record: KeyRecord = {
+        id,
+        name: f.name ?? id,
+        secretSha256: secretHash(secret),
+        scopes: f.scopes ?? [],
+        ipAllowList: entries,
+        mode: f.mode,
+        createdAt: at,
+        updatedAt: at,
+      };
+      return {
+        change: { kind: "create", record },
+        result: { ...view(record), secret },
+        afterCommit: () => this.record("create", ctx, undefined, record, confirmed),
+      };
+    });
+  }
+
+  /** Updates name, scopes, list and mode; omitted or null fields stay; a list replaces the old one whole. */
+  update(id: string, body: unknown, ctx: ChangeContext): Promise<KeyView> {
+    return this.deps.store.transact(async (snap) => {
+      const before = snap.record(id);
+      if (before === undefined) throw notFound(id);
+      const f = readFields(body, PATCH_FIELDS, this.deps.maxEntries);
+      if (Array.isArray(f)) throw invalid(f);
+      const listChanges = f.list !== undefined && !sameSet(f.list.entries, before.ipAllowList);
+      if (
+        f.list !== undefined &&
+        f.list.entries.length > 0 &&
+        ctx.caller.kind === "key" &&
+        ctx.caller.record.id === id
+      ) {
+        const ip = ctx.client.ip;
+        if (ip === undefined || !compileMatcher(f.list.cidrs).contains(ip)) {
+          throw new ApiError(
+            409,
+            "self_lockout",
+            `the new ip_allow_list does not admit ${ctx.client.text}, the IP this key is calling from: the key would lock itself out (include that address, or make the change with another credential)`,
+          );
+        }
+      }
+      const confirmed = listChanges ? await ctx.confirm() : false;
+      const after: KeyRecord = {
+        ...before,
+        name: f.name ?? before.name,
+        scopes: f.scopes ?? before.scopes,
+        ipAllowList: f.list?.entries ?? before.ipAllowList,
+        mode: f.mode ?? before.mode,
+        updatedAt: now(),
+      };
+      return {
+        change: { kind: "update", record: after },
+        result: view(after),
+        afterCommit: () => this.record("update", ctx, before, after, confirmed),
+      };
+    });
+  }
+
+  /** Deletes a key; a restricted key needs confirmation. */
+  delete(id: string, ctx: ChangeContext): Promise<void> {
+    return this.deps.store.transact(async (snap) => {
+      const before = snap.record(id);
+      if (before === undefined) throw notFound(id);
+      const confirmed = before.ipAllowList.length > 0 ? await ctx.confirm() : false;
+      return {
+        change: { kind: "delete", id },
+        result: undefined,
+        afterCommit: () => this.record("delete", ctx, before, undefined, confirmed),
+      };
+    });
+  }
+
+  private async record(
+    action: "create" | "update" | "delete",
+    ctx: ChangeContext,
+    before: KeyRecord | undefined,
+    after: KeyRecord | undefined,
+    confirmed: boolean,
+  ): Promise<void> {
+    const changes: Record<string, { before: unknown; after: unknown }> = {};
+    const fields = [
+      ["name", (r: KeyRecord) => r.name],
+      ["scopes", (r: KeyRecord) => r.scopes],
+      ["mode", (r: KeyRecord) => r.mode ?? null],
+    ] as const;
+    for (const [name, get] of fields) {
+      const b = before ? get(before) : null;
+      const a = after ? get(after) : null;
+      if (JSON.stringify(b) !== JSON.stringify(a)) changes[name] = { before: b, after: a };
+    }
+    const actor = actorOf(ctx.caller);
+    const keyId = (after ?? before)?.id ?? "";
+    const event = await this.deps.audit.append({
+      action,
+      actor,
+      client_ip: ctx.client.text,
+      key_id: keyId,
+      ip_allow_list: { before: before ? [...before.ipAllowList] : null, after: after ? [...after.ipAllowList] : null },
+      changes,
+      confirmed,
+    });
+    this.deps.log.info(
+      {
+        event: `key_${action}d`,
+        audit_id: event.id,
+        key_id: keyId,
+        actor: `${actor.type}:${actor.id}`,
+        client_ip: ctx.client.text,
+        ip_allow_list_before: event.ip_allow_list.before,
+        ip_allow_list_after: event.ip_allow_list.after,
+      },
+      `key ${keyId} ${action}d by ${actor.type} ${actor.id}`,
+    );
+  }
+}
+
+function notFound(id: string): ApiError {
+  return new ApiError(404, "not_found", `no API key with id ${quote(id)}`);
+}

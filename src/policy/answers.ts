@@ -1,0 +1,32 @@
+/**
+ * The answers keyfence gives itself: one table from machine-readable reason
+ * (`X-Keyfence-Reason`) to status code and message, shared by both listeners.
+ */
+import type { Reason } from "./decide.js";
+
+/** Machine-readable reasons (SPEC §4): the decision's plus the proxy's own. */
+export type AnswerReason = Reason | "upstream_unavailable" | "upstream_timeout" | "pong" | "bad_request";
+
+const TABLE: Record<AnswerReason, { status: number; message: string }> = {
+  ip_not_allowed: { status: 403, message: "source IP %s is not allowed for this API key" },
+  invalid_api_key: { status: 401, message: "invalid API key" },
+  missing_api_key: { status: 401, message: "missing API key" },
+  multiple_authorization: { status: 400, message: "multiple Authorization headers" },
+  malformed_authorization: { status: 400, message: "malformed Authorization header" },
+  invalid_client_ip: { status: 400, message: "client IP address could not be determined" },
+  upstream_unavailable: { status: 502, message: "upstream unavailable" },
+  upstream_timeout: { status: 504, message: "upstream timed out" },
+  pong: { status: 200, message: "pong" },
+  bad_request: { status: 400, message: "bad request" },
+};
+
+/** The status code keyfence answers `reason` with. */
+export function statusOf(reason: AnswerReason): number {
+  return TABLE[reason].status;
+}
+
+/** The message of `reason`; `clientIp` fills the ip_not_allowed message. */
+export function messageOf(reason: AnswerReason, clientIp = ""): string {
+  const m = TABLE[reason].message;
+  return reason === "ip_not_allowed" ? m.replace("%s", clientIp) : m;
+}
