@@ -10,6 +10,7 @@ import { forwardedFor, sendJson } from "../util/http.js";
 import type { AuditLog } from "./audit.js";
 import type { Authenticator, Caller } from "./auth.js";
 import { readJson } from "./body.js";
+import type { SourceTracker } from "../metrics/sources.js";
 import type { Confirmations } from "./confirm.js";
 import { ApiError, invalid } from "./errors.js";
 import type { ChangeContext, KeysService } from "./keys.js";
@@ -24,6 +25,7 @@ export interface ApiDeps {
   readonly audit: AuditLog;
   readonly auth: Authenticator;
   readonly confirmations: Confirmations;
+  readonly sources: SourceTracker;
   readonly trust: CompiledTrust;
 }
 
@@ -115,6 +117,12 @@ export function registerApi(admin: AdminServer, deps: ApiDeps): void {
     await conflictsAs409(deps.keys.delete(p["id"] ?? "", ctx));
     res.writeHead(204, { "cache-control": "no-store" });
     res.end();
+  });
+  admin.route("/v1/api-keys/:id/sources", "GET", (req, res, p) => {
+    context(req);
+    const id = p["id"] ?? "";
+    deps.keys.get(id); // 404 when absent
+    sendJson(res, 200, { data: deps.sources.sources(id) });
   });
   admin.route("/v1/audit", "GET", async (req, res, _p, url) => {
     context(req);

@@ -15,6 +15,7 @@ import { AdminServer } from "../admin/server.js";
 import { FailureThrottle } from "../admin/throttle.js";
 import { formatListen, type Config } from "../config/config.js";
 import { Metrics } from "../metrics/metrics.js";
+import { SourceTracker } from "../metrics/sources.js";
 import { ProxyServer } from "../proxy/server.js";
 import { FileKeyStore } from "../store/filestore.js";
 import { formatProblem } from "../util/yaml.js";
@@ -90,7 +91,8 @@ export async function startSidecar(config: Config, log: Logger): Promise<Sidecar
   });
   const snap = await store.load();
 
-  const proxy = new ProxyServer({ config, store, metrics, log });
+  const sources = new SourceTracker();
+  const proxy = new ProxyServer({ config, store, metrics, sources, log });
   let admin: AdminServer | undefined;
   let adminAddress: { host: string; port: number } | undefined;
   const proxyAddress = await proxy.listen(config.listen.host, config.listen.port);
@@ -105,6 +107,7 @@ export async function startSidecar(config: Config, log: Logger): Promise<Sidecar
         audit,
         auth: new Authenticator(config.admin.operators, store, throttle),
         confirmations: new Confirmations(files.otpState),
+        sources,
         trust: config.trustedProxies,
       });
       adminAddress = await admin.listen(config.admin.listen.host, config.admin.listen.port);

@@ -35,6 +35,8 @@ export interface Config {
   readonly mode: Mode;
   readonly upstreamTimeoutMs: number;
   readonly drainTimeoutMs: number;
+  /** Log one line per proxied request (off by default). */
+  readonly accessLog: boolean;
   readonly keys: {
     /** Absolute path of the keys file. */
     readonly file: string;
@@ -65,6 +67,7 @@ const TOP_FIELDS = [
   "mode",
   "upstream_timeout_ms",
   "drain_timeout_ms",
+  "access_log",
   "keys",
   "admin",
 ];
@@ -204,6 +207,8 @@ export function parseConfig(file: string, text: string, env: NodeJS.ProcessEnv =
   };
   const upstreamTimeoutMs = positiveInt("upstream_timeout_ms", top["upstream_timeout_ms"] ?? 30000, 1, 3_600_000);
   const drainTimeoutMs = positiveInt("drain_timeout_ms", top["drain_timeout_ms"] ?? 10000, 0, 3_600_000);
+  const accessLog = top["access_log"] ?? false;
+  if (typeof accessLog !== "boolean") y.fail(["access_log"], "must be true or false", accessLog);
 
   const keysRaw = top["keys"];
   let keys: Config["keys"] | undefined;
@@ -273,6 +278,7 @@ export function parseConfig(file: string, text: string, env: NodeJS.ProcessEnv =
       mode: mode as Mode,
       upstreamTimeoutMs,
       drainTimeoutMs,
+      accessLog: accessLog === true,
       keys,
       admin,
       warnings,

@@ -68,6 +68,7 @@ export class Metrics {
       registers,
     });
     const outcomes: RequestOutcome[] = ["forwarded", "answered", "upstream_error", "aborted"];
+    for (const o of outcomes) requestDuration.zero({ outcome: o });
     this.requestDuration = Object.fromEntries(outcomes.map((o) => [o, requestDuration.labels(o)])) as Record<
       RequestOutcome,
       Histogram.Internal<"outcome">

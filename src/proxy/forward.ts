@@ -47,10 +47,15 @@ export function connectionTokens(value: string | undefined): Set<string> | undef
 
 /**
  * Builds the request headers for the upstream from the client's raw headers
- * (order, case and repeats kept). `keepUpgrade` keeps Connection/Upgrade for
- * WebSocket handshakes.
+ * (order, case and repeats kept), with `requestId` as X-Request-Id.
+ * `keepUpgrade` keeps Connection/Upgrade for WebSocket handshakes.
  */
-export function upstreamHeaders(req: IncomingMessage, client: ClientIp, keepUpgrade = false): string[] {
+export function upstreamHeaders(
+  req: IncomingMessage,
+  client: ClientIp,
+  requestId: string,
+  keepUpgrade = false,
+): string[] {
   const raw = req.rawHeaders;
   const listed = connectionTokens(req.headers.connection);
   const out: string[] = [];
@@ -59,7 +64,7 @@ export function upstreamHeaders(req: IncomingMessage, client: ClientIp, keepUpgr
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i] as string;
     const lower = name.toLowerCase();
-    if (lower === "x-forwarded-for" || lower === "expect") continue;
+    if (lower === "x-forwarded-for" || lower === "expect" || lower === "x-request-id") continue;
     if (HOP_BY_HOP.has(lower) || listed?.has(lower)) {
       if (!(keepUpgrade && (lower === "connection" || lower === "upgrade"))) continue;
     }
@@ -74,6 +79,7 @@ export function upstreamHeaders(req: IncomingMessage, client: ClientIp, keepUpgr
   out.push("x-forwarded-for", xff === undefined || xff === "" ? client.peer : `${xff}, ${client.peer}`);
   if (proto === undefined) out.push("x-forwarded-proto", "http");
   if (host === undefined && req.headers.host !== undefined) out.push("x-forwarded-host", req.headers.host);
+  out.push("x-request-id", requestId);
   return out;
 }
 
@@ -153,6 +159,7 @@ export class Forwarder {
     res: ServerResponse,
     client: ClientIp,
     target: string,
+    requestId: string,
     done: (result: ForwardResult) => void,
   ): void {
     let controller: Dispatcher.DispatchController | undefined;
@@ -171,7 +178,7 @@ export class Forwarder {
     const opts: Dispatcher.DispatchOptions = {
       path: upstreamPath(this.prefix, target),
       method: req.method as Dispatcher.HttpMethod,
-      headers: upstreamHeaders(req, client),
+      headers: upstreamHeaders(req, client, requestId),
       body: hasBody(req.headers) ? req : null,
     };
     const handler: Dispatcher.DispatchHandler = {
@@ -180,8 +187,12 @@ export class Forwarder {
         if (res.destroyed) c.abort(new ClientGone());
       },
       onResponseStart: (c, statusCode, _headers, statusMessage) => {
-        const raw = (c.rawHeaders ?? []) as (Buffer | string)[];
-        res.writeHead(statusCode, statusMessage ?? "", responseHeaders(raw));
+        const headers = responseHeaders((c.rawHeaders ?? []) as (Buffer | string)[]);
+        // Only writeHead's raw list keeps repeated headers (Set-Cookie): no setHeader before it.
+        if (!headers.some((h, i) => i % 2 === 0 && h.toLowerCase() === "x-request-id")) {
+          headers.push("x-request-id", requestId);
+        }
+        res.writeHead(statusCode, statusMessage ?? "", headers);
       },
       onResponseData: (c, chunk) => {
         if (!res.write(chunk)) {
@@ -207,7 +218,7 @@ export class Forwarder {
           return;
         }
         if (!res.headersSent) {
-          answer(res, result === "timeout" ? "upstream_timeout" : "upstream_unavailable");
+          answer(res, result === "timeout" ? "upstream_timeout" : "upstream_unavailable", { requestId });
         } else {
           res.destroy(err);
         }

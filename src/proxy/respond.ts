@@ -4,15 +4,21 @@ import type { Duplex } from "node:stream";
 import { messageOf, statusOf, type AnswerReason } from "../policy/answers.js";
 import { sendJson } from "../util/http.js";
 
-/** Writes a keyfence answer: JSON body, reason header, never cached. */
-export function answer(
-  res: ServerResponse,
-  reason: AnswerReason,
-  clientIp = "",
-  body: Record<string, unknown> = { message: messageOf(reason, clientIp) },
-  status = statusOf(reason),
-): void {
+/** What an answer may carry besides its reason. */
+export interface AnswerOptions {
+  /** Fills the ip_not_allowed message. */
+  readonly clientIp?: string;
+  /** Replaces the default `{"message": ...}` body. */
+  readonly body?: Record<string, unknown>;
+  readonly requestId?: string;
+}
+
+/** Writes a keyfence answer: JSON body, reason header, request id, never cached. */
+export function answer(res: ServerResponse, reason: AnswerReason, opts: AnswerOptions = {}): void {
+  const status = statusOf(reason);
+  const body = opts.body ?? { message: messageOf(reason, opts.clientIp) };
   const headers: OutgoingHttpHeaders = { "x-keyfence-reason": reason };
+  if (opts.requestId !== undefined) headers["x-request-id"] = opts.requestId;
   if (status === 401) headers["www-authenticate"] = 'Bearer realm="keyfence"';
   const req = res.req as IncomingMessage | undefined;
   // An unread request body would be drained before the next request on this

@@ -3,6 +3,7 @@
  * for a decision, then forwards (HTTP or upgrade) or answers with the JSON of
  * SPEC §4. Nothing else decides.
  */
+import { randomUUID } from "node:crypto";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { Socket } from "node:net";
 import { performance } from "node:perf_hooks";
@@ -11,6 +12,7 @@ import type { Logger } from "pino";
 import { resolveClientIp } from "../clientip/resolve.js";
 import type { Config } from "../config/config.js";
 import type { Metrics, RequestOutcome } from "../metrics/metrics.js";
+import type { SourceTracker } from "../metrics/sources.js";
 import { secretHash, readBearer } from "../policy/credential.js";
 import { decide, type Credential, type Decision } from "../policy/decide.js";
 import type { KeyStore } from "../store/store.js";
@@ -25,6 +27,7 @@ export interface ProxyDeps {
   readonly config: Config;
   readonly store: KeyStore;
   readonly metrics: Metrics;
+  readonly sources: SourceTracker;
   readonly log: Logger;
 }
 
@@ -41,6 +44,14 @@ export function requestTarget(url: string | undefined): string | undefined {
   } catch {
     return undefined;
   }
+}
+
+const REQUEST_ID = /^[A-Za-z0-9._:@/+=-]{1,128}$/;
+
+/** The client's X-Request-Id when it is one plain token of at most 128 characters; a fresh UUID otherwise. */
+export function requestIdOf(req: IncomingMessage): string {
+  const h = req.headers["x-request-id"];
+  return typeof h === "string" && REQUEST_ID.test(h) ? h : randomUUID();
 }
 
 function pathOf(target: string): string {
@@ -123,8 +134,8 @@ export class ProxyServer {
     }
   }
 
-  /** Reads credential and client IP, and decides; counts the decision. */
-  private decideFor(req: IncomingMessage): Decision {
+  /** Reads credential and client IP, and decides; counts, logs and remembers the decision. */
+  private decideFor(req: IncomingMessage, requestId: string): Decision {
     const t0 = performance.now();
     const bearer = readBearer(req.rawHeaders);
     const credential: Credential =
@@ -134,10 +145,15 @@ export class ProxyServer {
     const client = resolveClientIp(req.socket.remoteAddress, forwardedFor(req), this.deps.config.trustedProxies);
     const decision = decide(credential, client, this.settings);
     this.deps.metrics.decision(decision.outcome, (performance.now() - t0) / 1000);
-    if (decision.reason === "ip_not_allowed" || decision.reason === "invalid_client_ip") {
+    const refused = decision.reason === "ip_not_allowed" || decision.reason === "invalid_client_ip";
+    if (decision.keyId !== undefined && client.ip !== undefined) {
+      this.deps.sources.record(decision.keyId, client.ip, refused);
+    }
+    if (refused) {
       this.deps.log.warn(
         {
           event: decision.forward ? "would_deny" : "denied",
+          request_id: requestId,
           reason: decision.reason,
           key_id: decision.keyId,
           client_ip: client.text,
@@ -155,60 +171,85 @@ export class ProxyServer {
   private handle(req: IncomingMessage, res: ServerResponse): void {
     const t0 = performance.now();
     this.begin();
-    let outcome: RequestOutcome = "answered";
+    const requestId = requestIdOf(req);
+    const state: { outcome: RequestOutcome; decision?: Decision } = { outcome: "answered" };
     res.once("close", () => {
-      this.deps.metrics.request(outcome, (performance.now() - t0) / 1000);
+      const { outcome, decision } = state;
+      const seconds = (performance.now() - t0) / 1000;
+      this.deps.metrics.request(outcome, seconds);
+      if (this.deps.config.accessLog) {
+        this.deps.log.info(
+          {
+            event: "access",
+            request_id: requestId,
+            method: req.method,
+            path: pathOf(req.url ?? ""),
+            status: res.statusCode,
+            outcome,
+            decision: decision?.outcome,
+            key_id: decision?.keyId,
+            client_ip: decision?.client.text,
+            duration_ms: Math.round(seconds * 1e6) / 1000,
+          },
+          "request",
+        );
+      }
       this.end();
     });
     const target = requestTarget(req.url);
     if (target === undefined) {
       this.deps.metrics.decision("bad_request", 0);
-      answer(res, "bad_request", "", { message: "request target must be a path" });
+      answer(res, "bad_request", { body: { message: "request target must be a path" }, requestId });
       return;
     }
-    const decision = this.decideFor(req);
+    const decision = this.decideFor(req, requestId);
+    state.decision = decision;
     if (pathOf(target) === this.deps.config.pingPath) {
-      this.ping(res, decision);
+      this.ping(res, decision, requestId);
       return;
     }
     if (!decision.forward) {
-      answer(res, decision.reason ?? "bad_request", decision.client.text);
+      answer(res, decision.reason ?? "bad_request", { clientIp: decision.client.text, requestId });
       return;
     }
-    outcome = "forwarded";
-    this.forwarder.forward(req, res, decision.client, target, (result: ForwardResult) => {
+    state.outcome = "forwarded";
+    this.forwarder.forward(req, res, decision.client, target, requestId, (result: ForwardResult) => {
       if (result === "ok") return;
       if (result === "aborted") {
-        outcome = "aborted";
+        state.outcome = "aborted";
         return;
       }
-      outcome = "upstream_error";
+      state.outcome = "upstream_error";
       this.deps.metrics.upstreamError(result);
       this.deps.log.error(
-        { event: "upstream_error", kind: result, method: req.method, path: pathOf(target) },
+        { event: "upstream_error", request_id: requestId, kind: result, method: req.method, path: pathOf(target) },
         "upstream request failed",
       );
     });
   }
 
-  private ping(res: ServerResponse, d: Decision): void {
-    if (d.outcome === "bad_request") return answer(res, d.reason ?? "bad_request");
-    if (d.outcome === "missing_key") return answer(res, "missing_api_key");
-    if (d.outcome === "unknown_key") return answer(res, "invalid_api_key");
-    if (!d.forward) return answer(res, d.reason ?? "bad_request", d.client.text);
-    if (d.outcome === "would_deny" && d.reason !== undefined) {
-      return answer(res, "pong", "", {
-        message: "pong",
-        mode: "report",
-        would_deny: { reason: d.reason, status: statusOf(d.reason), message: messageOf(d.reason, d.client.text) },
-      });
-    }
-    answer(res, "pong");
+  private ping(res: ServerResponse, d: Decision, requestId: string): void {
+    let reason: AnswerReason;
+    if (d.outcome === "bad_request") reason = d.reason ?? "bad_request";
+    else if (d.outcome === "missing_key") reason = "missing_api_key";
+    else if (d.outcome === "unknown_key") reason = "invalid_api_key";
+    else if (!d.forward) reason = d.reason ?? "bad_request";
+    else reason = "pong";
+    const body =
+      d.outcome === "would_deny" && d.reason !== undefined
+        ? {
+            message: "pong",
+            mode: "report",
+            would_deny: { reason: d.reason, status: statusOf(d.reason), message: messageOf(d.reason, d.client.text) },
+          }
+        : undefined;
+    answer(res, reason, { clientIp: d.client.text, body, requestId });
   }
 
   private handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
     const target = requestTarget(req.url);
-    const decision = this.decideFor(req);
+    const requestId = requestIdOf(req);
+    const decision = this.decideFor(req, requestId);
     let reason: AnswerReason | undefined = decision.forward ? undefined : (decision.reason ?? "bad_request");
     if (target === undefined) reason = "bad_request";
     else if (pathOf(target) === this.deps.config.pingPath) reason = decision.forward ? "pong" : reason;
@@ -226,6 +267,7 @@ export class ProxyServer {
       head,
       decision.client,
       target,
+      requestId,
       {
         upstream: this.deps.config.upstream,
         prefix: this.forwarder.pathPrefix,

@@ -25,6 +25,7 @@ export function pipeUpgrade(
   head: Buffer,
   clientIp: ClientIp,
   target: string,
+  requestId: string,
   to: UpgradeTarget,
   done: (result: ForwardResult) => void,
 ): Socket {
@@ -60,7 +61,7 @@ export function pipeUpgrade(
     report(result);
   };
 
-  const headers = upstreamHeaders(req, clientIp, true);
+  const headers = upstreamHeaders(req, clientIp, requestId, true);
   let text = `${req.method ?? "GET"} ${upstreamPath(to.prefix, target)} HTTP/1.1\r\n`;
   for (let i = 0; i < headers.length; i += 2) text += `${headers[i]}: ${headers[i + 1]}\r\n`;
   text += "\r\n";
