@@ -44,14 +44,24 @@ export function pageParams(url: URL): { limit: number; cursor: string | undefine
   return { limit, cursor: url.searchParams.get("cursor") ?? undefined };
 }
 
-/** The confirmation step for token callers: operators with a TOTP secret send a code in `X-Keyfence-OTP`. */
-export function tokenConfirm(
+/**
+ * The confirmation step of a caller: a dashboard session must have re-confirmed
+ * within the window; a token operator with a TOTP secret sends a code in
+ * `X-Keyfence-OTP`; everyone else needs none.
+ */
+export function confirmFor(
   req: IncomingMessage,
   caller: Caller,
   client: ClientIp,
   deps: Pick<ApiDeps, "confirmations" | "auth">,
 ): () => Promise<boolean> {
   return async () => {
+    if (caller.kind === "operator" && caller.via === "session") {
+      if (!deps.auth.sessions.recentlyConfirmed(caller.session)) {
+        throw new ApiError(403, "confirmation_required", "confirmation required");
+      }
+      return true;
+    }
     if (caller.kind !== "operator" || caller.operator.totpSecret === undefined) return false;
     const raw = req.headers[OTP_HEADER];
     const code = (Array.isArray(raw) ? raw[0] : raw)?.trim() ?? "";
@@ -90,7 +100,7 @@ export function registerApi(admin: AdminServer, deps: ApiDeps): void {
   };
   const change = (req: IncomingMessage): ChangeContext => {
     const { caller, client } = context(req);
-    return { caller, client, confirm: tokenConfirm(req, caller, client, deps) };
+    return { caller, client, confirm: confirmFor(req, caller, client, deps) };
   };
 
   admin.route("/v1/api-keys", "GET", (req, res, _p, url) => {

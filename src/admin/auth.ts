@@ -13,6 +13,7 @@ import { messageOf } from "../policy/answers.js";
 import type { KeyRecord } from "../store/keysfile.js";
 import type { KeyStore } from "../store/store.js";
 import { ApiError } from "./errors.js";
+import { readCookie, SESSION_COOKIE, type Session, type SessionStore } from "./sessions.js";
 import type { FailureThrottle } from "./throttle.js";
 
 /** The scope that lets an API key manage keys. */
@@ -20,8 +21,40 @@ export const WRITE_SCOPE = "api_keys:write";
 
 /** An authenticated caller. */
 export type Caller =
-  | { readonly kind: "operator"; readonly operator: Operator; readonly via: "token" | "session" }
+  | { readonly kind: "operator"; readonly operator: Operator; readonly via: "token" }
+  | { readonly kind: "operator"; readonly operator: Operator; readonly via: "session"; readonly session: Session }
   | { readonly kind: "key"; readonly record: KeyRecord };
+
+const SAFE_METHODS = new Set(["GET", "HEAD", "OPTIONS"]);
+
+/**
+ * True unless the request names another origin. Browsers send `Origin: null`
+ * for form posts from pages with `Referrer-Policy: no-referrer`; that proves
+ * nothing either way, so the CSRF token decides.
+ */
+export function sameOrigin(req: IncomingMessage): boolean {
+  const origin = req.headers.origin;
+  if (origin === undefined || origin === "null") return true;
+  try {
+    return new URL(origin).host === req.headers.host;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Checks a cookie-authenticated change: the CSRF token must match and the
+ * Origin, when the browser sends one, must be this admin listener's.
+ */
+export function checkCsrf(req: IncomingMessage, session: Session, formToken?: string): void {
+  if (!sameOrigin(req)) throw new ApiError(403, "csrf_failed", "cross-origin request refused");
+  const sent = formToken ?? req.headers["x-csrf-token"];
+  const token = typeof sent === "string" ? Buffer.from(sent) : Buffer.alloc(0);
+  const expected = Buffer.from(session.csrf);
+  if (token.length !== expected.length || !timingSafeEqual(token, expected)) {
+    throw new ApiError(403, "csrf_failed", "missing or wrong CSRF token; reload the page");
+  }
+}
 
 /** Authenticates management API callers. */
 export class Authenticator {
@@ -31,6 +64,7 @@ export class Authenticator {
     operators: readonly Operator[],
     private readonly store: KeyStore,
     readonly throttle: FailureThrottle,
+    readonly sessions: SessionStore,
   ) {
     this.operatorHashes = operators.map((operator) => ({ operator, hash: Buffer.from(operator.tokenSha256, "hex") }));
   }
@@ -63,6 +97,11 @@ export class Authenticator {
       throw new ApiError(400, bearer.reason, messageOf(bearer.reason));
     }
     if (bearer.kind === "missing") {
+      const session = this.sessions.get(readCookie(req.headers.cookie, SESSION_COOKIE));
+      if (session !== undefined) {
+        if (!SAFE_METHODS.has(req.method ?? "GET")) checkCsrf(req, session);
+        return { kind: "operator", operator: session.operator, via: "session", session };
+      }
       throw new ApiError(
         401,
         "missing_credential",

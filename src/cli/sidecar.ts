@@ -12,8 +12,10 @@ import { Authenticator } from "../admin/auth.js";
 import { Confirmations } from "../admin/confirm.js";
 import { KeysService } from "../admin/keys.js";
 import { AdminServer } from "../admin/server.js";
+import { registerDashboard } from "../admin/dashboard/routes.js";
+import { SessionStore } from "../admin/sessions.js";
 import { FailureThrottle } from "../admin/throttle.js";
-import { formatListen, type Config } from "../config/config.js";
+import { formatListen, isLoopback, type Config } from "../config/config.js";
 import { Metrics } from "../metrics/metrics.js";
 import { SourceTracker } from "../metrics/sources.js";
 import { ProxyServer } from "../proxy/server.js";
@@ -102,13 +104,26 @@ export async function startSidecar(config: Config, log: Logger): Promise<Sidecar
       const files = sideFiles(config.keys.file);
       const audit = new AuditLog(files.audit);
       const throttle = new FailureThrottle({ maxFailures: AUTH_FAILURES_PER_MINUTE, windowMs: 60_000 });
-      registerApi(admin, {
-        keys: new KeysService({ store, audit, maxEntries: config.keys.maxEntries, log }),
+      const sessions = new SessionStore({
+        idleMs: config.admin.sessionIdleMs,
+        maxAgeMs: config.admin.sessionMaxAgeMs,
+        confirmWindowMs: config.admin.confirmWindowMs,
+      });
+      const auth = new Authenticator(config.admin.operators, store, throttle, sessions);
+      const keys = new KeysService({ store, audit, maxEntries: config.keys.maxEntries, log });
+      const confirmations = new Confirmations(files.otpState);
+      registerApi(admin, { keys, audit, auth, confirmations, sources, trust: config.trustedProxies });
+      registerDashboard(admin, {
+        keys,
         audit,
-        auth: new Authenticator(config.admin.operators, store, throttle),
-        confirmations: new Confirmations(files.otpState),
+        auth,
+        sessions,
+        confirmations,
         sources,
         trust: config.trustedProxies,
+        secureCookie: !isLoopback(config.admin.listen.host),
+        globalMode: config.mode,
+        log,
       });
       adminAddress = await admin.listen(config.admin.listen.host, config.admin.listen.port);
     }

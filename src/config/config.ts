@@ -46,7 +46,18 @@ export interface Config {
     readonly missing: "forward" | "reject";
     readonly maxEntries: number;
   };
-  readonly admin: { readonly listen: ListenAddress; readonly operators: readonly Operator[] } | undefined;
+  readonly admin:
+    | {
+        readonly listen: ListenAddress;
+        readonly operators: readonly Operator[];
+        /** Dashboard sessions end after this long without a request. */
+        readonly sessionIdleMs: number;
+        /** Dashboard sessions end this long after sign-in, whatever happens. */
+        readonly sessionMaxAgeMs: number;
+        /** How long a dashboard re-confirmation allows allow-list changes. */
+        readonly confirmWindowMs: number;
+      }
+    | undefined;
   /** Risky but valid settings, to log at start. */
   readonly warnings: readonly string[];
 }
@@ -244,7 +255,13 @@ export function parseConfig(file: string, text: string, env: NodeJS.ProcessEnv =
   let admin: Config["admin"];
   const adminRaw = top["admin"];
   if (adminRaw !== undefined && adminRaw !== null) {
-    const a = y.mapping(["admin"], adminRaw, ["listen", "operators"]);
+    const a = y.mapping(["admin"], adminRaw, [
+      "listen",
+      "operators",
+      "session_idle_timeout_s",
+      "session_max_age_s",
+      "confirm_window_s",
+    ]);
     if (a !== undefined) {
       const al = listenAt(
         ["admin", "listen"],
@@ -252,8 +269,19 @@ export function parseConfig(file: string, text: string, env: NodeJS.ProcessEnv =
         ENV.adminListen,
       );
       const operators = readOperators(y, a["operators"]);
+      const seconds = (field: string, fallback: number, max: number): number => {
+        const v = a[field] ?? fallback;
+        if (typeof v !== "number" || !Number.isInteger(v) || v < 1 || v > max) {
+          y.fail(["admin", field], `must be an integer number of seconds from 1 to ${max}`, v);
+          return fallback * 1000;
+        }
+        return v * 1000;
+      };
+      const sessionIdleMs = seconds("session_idle_timeout_s", 1800, 86_400);
+      const sessionMaxAgeMs = seconds("session_max_age_s", 43_200, 604_800);
+      const confirmWindowMs = seconds("confirm_window_s", 300, 3600);
       if (al !== undefined) {
-        admin = { listen: al, operators };
+        admin = { listen: al, operators, sessionIdleMs, sessionMaxAgeMs, confirmWindowMs };
         if (!isLoopback(al.host)) {
           warnings.push(
             `the admin listener ${formatListen(al)} is not on loopback: the management API and /metrics are reachable from the network`,

@@ -4,35 +4,22 @@ import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { Secret, TOTP } from "otpauth";
 import { parseKeysFile } from "../../src/store/keysfile.js";
 import { bearer, send, type Reply, type Send } from "../helpers/http.js";
 import { OpenApi } from "../helpers/openapi.js";
 import { startTestSidecar, type TestKey, type TestSidecar } from "../helpers/sidecar.js";
+import { awayFromStepBoundary, code } from "../helpers/totp.js";
 import { startUpstream, type Upstream } from "../helpers/upstream.js";
 
 const openapi = new OpenApi();
 const sha = (s: string): string => createHash("sha256").update(s).digest("hex");
 
-export const TOTP_SECRETS = [
+const TOTP_SECRETS = [
   "JBSWY3DPEHPK3PXPJBSWY3DP",
   "KRSXG5CTMVRXEZLUKRSXG5CT",
   "MFRGGZDFMZTWQ2LKMFRGGZDF",
   "GEZDGNBVGY3TQOJQGEZDGNBV",
 ];
-
-/** Waits while the clock is within 3 s of a 30 s TOTP step boundary, so codes computed now stay in their step. */
-export async function awayFromStepBoundary(): Promise<void> {
-  const into = Date.now() % 30_000;
-  if (into > 27_000) await new Promise((r) => setTimeout(r, 30_000 - into + 100));
-}
-
-/** The code of `secret` for the step `offset` steps from now. */
-export function code(secret: string, offset = 0): string {
-  return new TOTP({ secret: Secret.fromBase32(secret), algorithm: "SHA1", digits: 6, period: 30 }).generate({
-    timestamp: Date.now() + offset * 30_000,
-  });
-}
 
 const WRITER: TestKey = { id: "k_writer", secret: "s_writer", scopes: ["api_keys:write"], allow: ["127.0.0.1"] };
 const READER: TestKey = { id: "k_reader", secret: "s_reader", scopes: ["messages:send"] };

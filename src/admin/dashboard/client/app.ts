@@ -1,0 +1,241 @@
+/**
+ * The dashboard's only script: saves keys through the management API (with the
+ * session's CSRF token), marks invalid allow-list entries on their own line
+ * with the server's message, and asks for confirmation when the server says so.
+ * All validation happens on the server; nothing here can drift from it.
+ */
+
+interface PageData {
+  csrf: string;
+  clientIp: string;
+  totp: boolean;
+  key: { id: string } | null;
+}
+
+interface ApiErrorBody {
+  message: string;
+  errors?: Array<{ field: string; message: string }>;
+}
+
+interface KeyBody {
+  id: string;
+  name: string;
+  scopes: string[];
+  ip_allow_list: string[];
+  secret?: string;
+}
+
+const dataEl = document.getElementById("kf-data");
+const data = dataEl ? (JSON.parse(dataEl.textContent ?? "{}") as PageData) : undefined;
+
+function byId<T extends HTMLElement>(id: string): T | null {
+  return document.getElementById(id) as T | null;
+}
+
+async function call(method: string, path: string, body?: unknown): Promise<{ status: number; json: unknown }> {
+  const res = await fetch(path, {
+    method,
+    credentials: "same-origin",
+    headers: { "Content-Type": "application/json", "X-CSRF-Token": data?.csrf ?? "" },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await res.text();
+  return { status: res.status, json: text === "" ? null : (JSON.parse(text) as unknown) };
+}
+
+/** The textarea's non-empty lines, with their 1-based line numbers. */
+function entries(textarea: HTMLTextAreaElement): Array<{ line: number; text: string }> {
+  return textarea.value
+    .split("\n")
+    .map((raw, i) => ({ line: i + 1, text: raw.trim() }))
+    .filter((e) => e.text !== "");
+}
+
+/** Shows each entry on its own line, with the server's message where it was refused. */
+function renderLines(textarea: HTMLTextAreaElement, errors: Map<number, string>): void {
+  const list = byId<HTMLOListElement>("list-lines");
+  if (!list) return;
+  list.replaceChildren();
+  for (const e of entries(textarea)) {
+    const li = document.createElement("li");
+    li.dataset["line"] = String(e.line);
+    const no = document.createElement("span");
+    no.className = "no";
+    no.textContent = `line ${e.line}`;
+    const text = document.createElement("span");
+    text.textContent = e.text;
+    li.append(no, text);
+    const msg = errors.get(e.line);
+    if (msg !== undefined) {
+      li.className = "invalid";
+      const m = document.createElement("span");
+      m.className = "msg";
+      m.textContent = msg;
+      li.append(m);
+    }
+    list.append(li);
+  }
+  textarea.setAttribute("aria-invalid", errors.size > 0 ? "true" : "false");
+}
+
+let pendingConfirm: ((ok: boolean) => void) | undefined;
+
+/** Opens the confirmation dialog; resolves true once the server accepted the token (and code). */
+function askConfirmation(): Promise<boolean> {
+  const dialog = byId<HTMLDialogElement>("confirm-dialog");
+  if (!dialog) return Promise.resolve(false);
+  const error = byId("confirm-error");
+  if (error) error.textContent = "";
+  const token = byId<HTMLInputElement>("confirm-token");
+  if (token) token.value = "";
+  const code = byId<HTMLInputElement>("confirm-code");
+  if (code) code.value = "";
+  dialog.showModal();
+  token?.focus();
+  return new Promise((resolve) => {
+    pendingConfirm = resolve;
+  });
+}
+
+function setupConfirmDialog(): void {
+  const dialog = byId<HTMLDialogElement>("confirm-dialog");
+  const form = byId<HTMLFormElement>("confirm-form");
+  if (!dialog || !form) return;
+  const finish = (ok: boolean): void => {
+    dialog.close();
+    pendingConfirm?.(ok);
+    pendingConfirm = undefined;
+  };
+  byId("confirm-cancel")?.addEventListener("click", () => finish(false));
+  dialog.addEventListener("cancel", () => finish(false));
+  form.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const token = byId<HTMLInputElement>("confirm-token")?.value ?? "";
+    const code = byId<HTMLInputElement>("confirm-code")?.value ?? "";
+    void call("POST", "/session/confirm", { token, code }).then(({ status, json }) => {
+      if (status === 204) finish(true);
+      else {
+        const error = byId("confirm-error");
+        if (error) error.textContent = (json as ApiErrorBody | null)?.message ?? `failed (${status})`;
+      }
+    });
+  });
+}
+
+function setupKeyForm(): void {
+  const form = byId<HTMLFormElement>("key-form");
+  const textarea = byId<HTMLTextAreaElement>("ip_allow_list");
+  if (!form || !textarea || !data) return;
+  const formError = byId("form-error");
+  const id = form.dataset["id"] ?? "";
+  let errors = new Map<number, string>();
+  renderLines(textarea, errors);
+  textarea.addEventListener("input", () => {
+    errors = new Map();
+    renderLines(textarea, errors);
+  });
+  const addLine = (value: string): void => {
+    const existing = entries(textarea).map((e) => e.text);
+    if (existing.includes(value)) return;
+    textarea.value = textarea.value.replace(/\s*$/, "") + (textarea.value.trim() === "" ? "" : "\n") + value;
+    renderLines(textarea, errors);
+  };
+  byId("add-my-ip")?.addEventListener("click", () => addLine(data.clientIp));
+  for (const b of document.querySelectorAll<HTMLButtonElement>("button.add-source")) {
+    b.addEventListener("click", () => addLine(b.dataset["network"] ?? ""));
+  }
+
+  const save = async (): Promise<void> => {
+    if (formError) formError.textContent = "";
+    const lines = entries(textarea);
+    const name = byId<HTMLInputElement>("name")?.value.trim() ?? "";
+    const scopes = (byId<HTMLInputElement>("scopes")?.value ?? "").split(/[\s,]+/).filter((s) => s !== "");
+    const modeValue = byId<HTMLSelectElement>("mode")?.value ?? "";
+    const body: Record<string, unknown> = { name, scopes, ip_allow_list: lines.map((l) => l.text) };
+    if (modeValue !== "") body["mode"] = modeValue;
+    const { status, json } =
+      id === ""
+        ? await call("POST", "/v1/api-keys", body)
+        : await call("PATCH", `/v1/api-keys/${encodeURIComponent(id)}`, body);
+    if (status === 403 && (json as ApiErrorBody).message === "confirmation required") {
+      if (await askConfirmation()) await save();
+      else if (formError) formError.textContent = "Not saved: the change needs your confirmation.";
+      return;
+    }
+    if (status === 400) {
+      const e = json as ApiErrorBody;
+      errors = new Map();
+      const other: string[] = [];
+      for (const fe of e.errors ?? []) {
+        const m = /^ip_allow_list\[(\d+)\]$/.exec(fe.field);
+        const line = m ? lines[Number(m[1])]?.line : undefined;
+        if (line !== undefined) errors.set(line, fe.message);
+        else other.push(`${fe.field}: ${fe.message}`);
+      }
+      renderLines(textarea, errors);
+      if (formError)
+        formError.textContent =
+          other.length > 0
+            ? other.join("; ")
+            : `${errors.size} ${errors.size === 1 ? "entry needs" : "entries need"} fixing (marked below the list).`;
+      return;
+    }
+    if (status === 200 || status === 201) {
+      const k = json as KeyBody;
+      textarea.value = k.ip_allow_list.join("\n");
+      errors = new Map();
+      renderLines(textarea, errors);
+      if (k.secret !== undefined) {
+        const panel = byId("secret-panel");
+        const value = byId("secret-value");
+        const link = byId<HTMLAnchorElement>("secret-key-link");
+        if (value) value.textContent = k.secret;
+        if (link) link.href = `/keys/${encodeURIComponent(k.id)}`;
+        form.hidden = true;
+        if (panel) {
+          panel.hidden = false;
+          byId("copy-secret")?.focus();
+        }
+      } else if (formError) {
+        formError.textContent = "";
+        const note = byId("form-error");
+        if (note) note.textContent = "Saved.";
+      }
+      return;
+    }
+    if (formError) formError.textContent = (json as ApiErrorBody | null)?.message ?? `failed (${status})`;
+  };
+  form.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    void save();
+  });
+
+  byId("copy-secret")?.addEventListener("click", () => {
+    const secret = byId("secret-value")?.textContent ?? "";
+    const status = byId("copy-status");
+    navigator.clipboard.writeText(secret).then(
+      () => {
+        if (status) status.textContent = "Copied.";
+      },
+      () => {
+        if (status) status.textContent = "Copy failed: select the secret and copy it by hand.";
+      },
+    );
+  });
+
+  const del = async (): Promise<void> => {
+    const { status, json } = await call("DELETE", `/v1/api-keys/${encodeURIComponent(id)}`);
+    if (status === 403 && (json as ApiErrorBody).message === "confirmation required") {
+      if (await askConfirmation()) await del();
+      return;
+    }
+    if (status === 204) window.location.assign("/");
+    else if (formError) formError.textContent = (json as ApiErrorBody | null)?.message ?? `failed (${status})`;
+  };
+  byId("delete-key")?.addEventListener("click", () => {
+    if (window.confirm("Delete this key? Requests with it will no longer be recognised.")) void del();
+  });
+}
+
+setupConfirmDialog();
+setupKeyForm();

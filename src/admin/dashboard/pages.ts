@@ -1,0 +1,339 @@
+/** The dashboard's server-rendered pages. Every value passes through the escaping `html` template. */
+import type { AuditEvent } from "../audit.js";
+import type { KeyView } from "../keys.js";
+import type { ObservedSource } from "../../metrics/sources.js";
+import { html, jsonBlock, type SafeHtml } from "./html.js";
+
+/** Hashed asset URLs. */
+export interface Assets {
+  readonly js: string;
+  readonly css: string;
+}
+
+/** What every signed-in page knows. */
+export interface PageContext {
+  readonly assets: Assets;
+  readonly operator: string;
+  readonly csrf: string;
+  readonly clientIp: string;
+  readonly totp: boolean;
+}
+
+function layout(ctx: PageContext, title: string, body: SafeHtml, data: Record<string, unknown> = {}): SafeHtml {
+  return html`<!doctype html>
+    <html lang="en">
+      <head>
+        <meta charset="utf-8" />
+        <meta name="viewport" content="width=device-width, initial-scale=1" />
+        <title>${title} · keyfence</title>
+        <link rel="stylesheet" href="${ctx.assets.css}" />
+        <script type="module" src="${ctx.assets.js}"></script>
+      </head>
+      <body>
+        <header class="top">
+          <a class="brand" href="/">keyfence</a>
+          <nav aria-label="Main">
+            <a href="/">API keys</a><a href="/keys/new">New key</a><a href="/audit">Audit log</a>
+          </nav>
+          <span class="who">Signed in as <strong>${ctx.operator}</strong></span>
+          <form method="post" action="/session/end">
+            <input type="hidden" name="csrf" value="${ctx.csrf}" /><button type="submit">Sign out</button>
+          </form>
+        </header>
+        <main id="main">${body}</main>
+        ${confirmDialog(ctx)}
+        <script type="application/json" id="kf-data">
+          ${jsonBlock({ csrf: ctx.csrf, clientIp: ctx.clientIp, totp: ctx.totp, ...data })}
+        </script>
+      </body>
+    </html>`;
+}
+
+function confirmDialog(ctx: PageContext): SafeHtml {
+  return html`<dialog id="confirm-dialog" aria-labelledby="confirm-title">
+    <form id="confirm-form" method="dialog">
+      <h2 id="confirm-title">Confirm it is you</h2>
+      <p class="help">
+        Changing an IP allow list needs your operator token
+        again${ctx.totp ? " and a current code from your authenticator" : ""}. It stays confirmed for a few minutes.
+      </p>
+      <div class="field">
+        <label for="confirm-token">Operator token</label
+        ><input type="password" id="confirm-token" autocomplete="current-password" required />
+      </div>
+      ${ctx.totp ? html`<div class="field"><label for="confirm-code">Authenticator code</label><input type="text" id="confirm-code" inputmode="numeric" autocomplete="one-time-code" pattern="[0-9]{6}" maxlength="6" required /></div>` : ""}
+      <p class="error" id="confirm-error" role="alert"></p>
+      <div class="actions">
+        <button type="submit" class="primary" value="confirm">Confirm</button
+        ><button type="button" id="confirm-cancel">Cancel</button>
+      </div>
+    </form>
+  </dialog>`;
+}
+
+/** The sign-in page (no session). */
+export function signInPage(assets: Assets, error?: string): SafeHtml {
+  return html`<!doctype html>
+    <html lang="en">
+      <head>
+        <meta charset="utf-8" />
+        <meta name="viewport" content="width=device-width, initial-scale=1" />
+        <title>Sign in · keyfence</title>
+        <link rel="stylesheet" href="${assets.css}" />
+      </head>
+      <body>
+        <main class="signin">
+          <h1>keyfence</h1>
+          <p class="help">Sign in with your operator token to manage API keys and their IP allow lists.</p>
+          ${error ? html`<p class="error" role="alert" id="signin-error">${error}</p>` : ""}
+          <form method="post" action="/session">
+            <div class="field">
+              <label for="token">Operator token</label
+              ><input type="password" id="token" name="token" autocomplete="current-password" required autofocus />
+            </div>
+            <div class="field">
+              <label for="code">Authenticator code <span class="help">(if your operator has one)</span></label
+              ><input
+                type="text"
+                id="code"
+                name="code"
+                inputmode="numeric"
+                autocomplete="one-time-code"
+                pattern="[0-9]{6}"
+                maxlength="6"
+              />
+            </div>
+            <button type="submit" class="primary">Sign in</button>
+          </form>
+        </main>
+      </body>
+    </html>`;
+}
+
+function listSummary(k: KeyView): SafeHtml {
+  const n = k.ip_allow_list.length;
+  return n === 0 ? html`<span class="unrestricted">unrestricted</span>` : html`${n} ${n === 1 ? "entry" : "entries"}`;
+}
+
+/** The keys page: filter, table, paging. */
+export function keysPage(
+  ctx: PageContext,
+  keys: readonly KeyView[],
+  view: { q: string; page: number; pages: number; total: number; globalMode: string },
+): SafeHtml {
+  const link = (page: number): string =>
+    `/?${new URLSearchParams({ ...(view.q ? { q: view.q } : {}), page: String(page) }).toString()}`;
+  const body = html`<h1>API keys</h1>
+    <div class="toolbar">
+      <form method="get" action="/" role="search">
+        <div>
+          <label for="q">Filter by name, id or scope</label><input type="search" id="q" name="q" value="${view.q}" />
+        </div>
+        <button type="submit">Filter</button>
+      </form>
+      <a href="/keys/new">New key</a>
+    </div>
+    <p class="help">
+      ${view.total} ${view.total === 1 ? "key" : "keys"}${view.q ? html` matching “${view.q}”` : ""}. Keys without an
+      allow list work from any IP.
+    </p>
+    <table class="responsive" id="keys-table">
+      <thead>
+        <tr>
+          <th>Name</th>
+          <th>ID</th>
+          <th>Scopes</th>
+          <th>Mode</th>
+          <th>IP allow list</th>
+          <th>Last change</th>
+        </tr>
+      </thead>
+      <tbody>
+        ${keys.map(
+          (k) =>
+            html`<tr>
+              <td data-label="Name"><a href="/keys/${encodeURIComponent(k.id)}">${k.name}</a></td>
+              <td data-label="ID"><code>${k.id}</code></td>
+              <td data-label="Scopes">${k.scopes.map((s) => html`<span class="tag">${s}</span>`)}</td>
+              <td data-label="Mode">${k.mode ?? html`<span class="help">${view.globalMode} (global)</span>`}</td>
+              <td data-label="IP allow list">${listSummary(k)}</td>
+              <td data-label="Last change">${k.updated_at ?? k.created_at ?? "—"}</td>
+            </tr>`,
+        )}
+      </tbody>
+    </table>
+    ${view.pages > 1 ? html`<nav class="pager" aria-label="Pages">${view.page > 1 ? html`<a href="${link(view.page - 1)}">← Previous</a>` : ""}<span>Page ${view.page} of ${view.pages}</span>${view.page < view.pages ? html`<a href="${link(view.page + 1)}">Next →</a>` : ""}</nav>` : ""}`;
+  return layout(ctx, "API keys", body);
+}
+
+/** The create or edit form with its IP Allow List section. */
+export function keyFormPage(ctx: PageContext, key: KeyView | undefined, sources: readonly ObservedSource[]): SafeHtml {
+  const editing = key !== undefined;
+  const body = html`<h1>${editing ? html`Edit key <code>${key.id}</code>` : "New API key"}</h1>
+    <form id="key-form" novalidate data-id="${key?.id ?? ""}">
+      <div class="field">
+        <label for="name">Name</label
+        ><input type="text" id="name" name="name" required maxlength="200" value="${key?.name ?? ""}" />
+      </div>
+      <div class="field">
+        <label for="scopes">Scopes</label
+        ><input
+          type="text"
+          id="scopes"
+          name="scopes"
+          value="${key?.scopes.join(" ") ?? ""}"
+          aria-describedby="scopes-help"
+          autocapitalize="off"
+          spellcheck="false"
+        />
+        <p class="help" id="scopes-help">Separated by spaces, e.g. <code>messages:send api_keys:write</code>.</p>
+      </div>
+      <div class="field">
+        <label for="mode">Mode</label
+        ><select id="mode" name="mode">
+          <option value="" ${key?.mode == null ? " selected" : ""}>Follow the global mode</option>
+          <option value="enforce" ${key?.mode === "enforce" ? " selected" : ""}>
+            Enforce: refuse requests from other IPs
+          </option>
+          <option value="report" ${key?.mode === "report" ? " selected" : ""}>
+            Report only: log and count, forward anyway
+          </option>
+        </select>
+      </div>
+      <fieldset id="allow-list">
+        <legend>IP Allow List</legend>
+        <p class="help" id="list-help">
+          One IPv4 or IPv6 address or CIDR range per line, such as <code>203.0.113.4</code>,
+          <code>198.51.100.0/24</code> or <code>2001:db8::/48</code>.
+          <strong>An empty list means no restriction:</strong> the key then works from any IP.
+        </p>
+        <p class="current-ip">
+          Your current IP: <code id="current-ip">${ctx.clientIp}</code
+          ><button type="button" id="add-my-ip">Add my IP</button>
+        </p>
+        <label for="ip_allow_list">Entries</label>
+        <textarea
+          id="ip_allow_list"
+          name="ip_allow_list"
+          rows="8"
+          spellcheck="false"
+          autocapitalize="off"
+          autocomplete="off"
+          aria-describedby="list-help list-lines"
+        >
+${key?.ip_allow_list.join("\n") ?? ""}</textarea>
+        <ol id="list-lines" class="lines" aria-live="polite" aria-label="Entries by line"></ol>
+      </fieldset>
+      <p class="error" id="form-error" role="alert"></p>
+      <div class="actions">
+        <button type="submit" class="primary" id="save">${editing ? "Save changes" : "Create key"}</button>
+        ${editing ? html`<button type="button" class="danger" id="delete-key">Delete key</button>` : ""}
+      </div>
+    </form>
+    <section id="secret-panel" hidden aria-labelledby="secret-title">
+      <h2 id="secret-title">Copy the secret now</h2>
+      <p class="warning">
+        <strong>This secret will not be shown again.</strong> keyfence stores only its SHA-256. Store it in your secret
+        manager before you leave this page.
+      </p>
+      <div class="secret">
+        <code id="secret-value"></code><button type="button" id="copy-secret">Copy</button
+        ><span id="copy-status" role="status"></span>
+      </div>
+      <p><a id="secret-key-link" href="/">Go to the key</a></p>
+    </section>
+    ${
+      editing
+        ? html`<section aria-labelledby="sources-title">
+            <h2 id="sources-title">Observed sources</h2>
+            ${
+              sources.length === 0
+                ? html`<p class="help">No requests of this key seen since keyfence started.</p>`
+                : html`<p class="help">
+                      Networks this key was recently used from (requests since start; “would refuse” counts what the
+                      current list refuses).
+                    </p>
+                    <table class="responsive" id="sources-table">
+                      <thead>
+                        <tr>
+                          <th>Network</th>
+                          <th>Requests</th>
+                          <th>Refused</th>
+                          <th>Last seen</th>
+                          <th><span class="sr-only">Action</span></th>
+                        </tr>
+                      </thead>
+                      <tbody>
+                        ${sources.map(
+                          (s) =>
+                            html`<tr>
+                              <td data-label="Network"><code>${s.network}</code></td>
+                              <td data-label="Requests">${s.requests}</td>
+                              <td data-label="Refused">${s.denied}</td>
+                              <td data-label="Last seen">${s.last_seen}</td>
+                              <td>
+                                <button type="button" class="link add-source" data-network="${s.network}">
+                                  Add to list
+                                </button>
+                              </td>
+                            </tr>`,
+                        )}
+                      </tbody>
+                    </table>`
+            }
+          </section>`
+        : ""
+    }`;
+  return layout(ctx, editing ? `Edit ${key.name}` : "New API key", body, { key: key ?? null });
+}
+
+function diff(before: readonly string[] | null, after: readonly string[] | null): SafeHtml {
+  const b = new Set(before ?? []);
+  const a = new Set(after ?? []);
+  const added = [...a].filter((x) => !b.has(x));
+  const removed = [...b].filter((x) => !a.has(x));
+  if (added.length === 0 && removed.length === 0) return html`<span class="help">no change</span>`;
+  return html`${added.map((x) => html`<div class="add mono">+ ${x}</div>`)}${removed.map((x) => html`<div class="remove mono">− ${x}</div>`)}`;
+}
+
+/** The audit page. */
+export function auditPage(ctx: PageContext, events: readonly AuditEvent[], next: string | null): SafeHtml {
+  const body = html`<h1>Audit log</h1>
+    <p class="help">Every change to a key, newest first: who, when, from where, and the allow list before → after.</p>
+    <table class="responsive" id="audit-table">
+      <thead>
+        <tr>
+          <th>When</th>
+          <th>Who</th>
+          <th>From</th>
+          <th>Change</th>
+          <th>Key</th>
+          <th>IP allow list</th>
+        </tr>
+      </thead>
+      <tbody>
+        ${events.map(
+          (e) =>
+            html`<tr>
+              <td data-label="When">${e.time}</td>
+              <td data-label="Who">
+                ${e.actor.type}
+                <strong>${e.actor.id}</strong
+                >${e.actor.via === "session" ? " (dashboard)" : ""}${e.confirmed ? html` <span class="tag">confirmed</span>` : ""}
+              </td>
+              <td data-label="From"><code>${e.client_ip}</code></td>
+              <td data-label="Change">
+                ${e.action}${Object.entries(e.changes).map(
+                  ([field, c]) =>
+                    html`<div class="help">${field}: ${JSON.stringify(c.before)} → ${JSON.stringify(c.after)}</div>`,
+                )}
+              </td>
+              <td data-label="Key"><code>${e.key_id}</code></td>
+              <td data-label="IP allow list">${diff(e.ip_allow_list.before, e.ip_allow_list.after)}</td>
+            </tr>`,
+        )}
+      </tbody>
+    </table>
+    ${next ? html`<nav class="pager"><a href="/audit?cursor=${encodeURIComponent(next)}">Older →</a></nav>` : ""}`;
+  return layout(ctx, "Audit log", body);
+}
