@@ -10,7 +10,7 @@ import { forwardedFor, sendJson } from "../util/http.js";
 import type { AuditLog } from "./audit.js";
 import type { Authenticator, Caller } from "./auth.js";
 import { readJson } from "./body.js";
-import type { SourceTracker } from "../metrics/sources.js";
+import type { ObservedSource } from "../metrics/sources.js";
 import type { Confirmations } from "./confirm.js";
 import { ApiError, invalid } from "./errors.js";
 import type { ChangeContext, KeysService } from "./keys.js";
@@ -25,7 +25,8 @@ export interface ApiDeps {
   readonly audit: AuditLog;
   readonly auth: Authenticator;
   readonly confirmations: Confirmations;
-  readonly sources: SourceTracker;
+  /** Observed sources of a key (in a cluster: merged from every worker). */
+  readonly sources: (keyId: string) => Promise<ObservedSource[]>;
   readonly trust: CompiledTrust;
 }
 
@@ -128,11 +129,11 @@ export function registerApi(admin: AdminServer, deps: ApiDeps): void {
     res.writeHead(204, { "cache-control": "no-store" });
     res.end();
   });
-  admin.route("/v1/api-keys/:id/sources", "GET", (req, res, p) => {
+  admin.route("/v1/api-keys/:id/sources", "GET", async (req, res, p) => {
     context(req);
     const id = p["id"] ?? "";
     deps.keys.get(id); // 404 when absent
-    sendJson(res, 200, { data: deps.sources.sources(id) });
+    sendJson(res, 200, { data: await deps.sources(id) });
   });
   admin.route("/v1/audit", "GET", async (req, res, _p, url) => {
     context(req);

@@ -5,16 +5,20 @@
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { Logger } from "pino";
-import type { Registry } from "prom-client";
+import { Registry } from "prom-client";
 import { readBearer } from "../policy/credential.js";
 import { SERVER_LIMITS, sendJson } from "../util/http.js";
 import { ApiError } from "./errors.js";
 
 /** What the admin listener needs. */
 export interface AdminDeps {
-  readonly registry: Registry;
+  /** The Prometheus text of `/metrics` (in a cluster: every process merged). */
+  readonly metrics: () => Promise<string>;
   readonly log: Logger;
 }
+
+/** Content type of the Prometheus text exposition format. */
+const PROMETHEUS_CONTENT_TYPE = Registry.PROMETHEUS_CONTENT_TYPE;
 
 /** Path parameters of a matched route. */
 export type Params = Readonly<Record<string, string>>;
@@ -48,8 +52,8 @@ export class AdminServer {
     });
     this.route("/healthz", "GET", (_req, res) => sendJson(res, 200, { status: "ok" }));
     this.route("/metrics", "GET", async (_req, res) => {
-      const text = await this.deps.registry.metrics();
-      res.writeHead(200, { "content-type": this.deps.registry.contentType, "cache-control": "no-store" });
+      const text = await this.deps.metrics();
+      res.writeHead(200, { "content-type": PROMETHEUS_CONTENT_TYPE, "cache-control": "no-store" });
       res.end(text);
     });
     this.server.on("request", (req: IncomingMessage, res: ServerResponse) => {

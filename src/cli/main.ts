@@ -7,7 +7,9 @@ import { parseKeysFile } from "../store/keysfile.js";
 import { StoreLoadError } from "../store/store.js";
 import { formatProblem, type Problem } from "../util/yaml.js";
 import { readFile } from "node:fs/promises";
-import { createLogger, startSidecar, VERSION } from "./sidecar.js";
+import cluster from "node:cluster";
+import { runPrimary, runWorker } from "./cluster.js";
+import { createLogger, flushLogger, startSidecar, VERSION } from "./sidecar.js";
 
 const USAGE = `usage: keyfence [serve] [--config FILE]
        keyfence check-config [--config FILE]
@@ -117,9 +119,11 @@ async function serve(args: Args): Promise<number | undefined> {
   const config = await configOrExit(args);
   if (!config) return 1;
   const log = createLogger();
-  let sidecar;
+  let sidecar: { stop(): Promise<void> };
   try {
-    sidecar = await startSidecar(config, log);
+    if (cluster.isWorker) sidecar = await runWorker(config, log);
+    else if (config.workers > 1) sidecar = await runPrimary(config, log);
+    else sidecar = await startSidecar(config, log);
   } catch (err) {
     if (err instanceof StoreLoadError) {
       printProblems(err.problems);
@@ -129,18 +133,28 @@ async function serve(args: Args): Promise<number | undefined> {
       process.stderr.write(`keyfence: cannot start: ${(err as Error).message}\n`);
       log.fatal({ event: "start_failed", err }, "cannot start");
     }
+    await flushLogger(log);
     return 1;
   }
   const running = sidecar;
   const stop = (signal: string): void => {
     log.info({ event: "signal", signal }, `received ${signal}`);
-    running.stop().then(
-      () => process.exit(0),
-      (err: unknown) => {
-        log.fatal({ err }, "error while stopping");
-        process.exit(1);
-      },
-    );
+    running
+      .stop()
+      .then(
+        () => 0,
+        (err: unknown) => {
+          log.fatal({ err }, "error while stopping");
+          return 1;
+        },
+      )
+      .then(
+        async (code) => {
+          await flushLogger(log);
+          process.exit(code);
+        },
+        () => process.exit(1),
+      );
   };
   process.once("SIGTERM", () => stop("SIGTERM"));
   process.once("SIGINT", () => stop("SIGINT"));

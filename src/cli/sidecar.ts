@@ -17,7 +17,7 @@ import { SessionStore } from "../admin/sessions.js";
 import { FailureThrottle } from "../admin/throttle.js";
 import { formatListen, isLoopback, type Config } from "../config/config.js";
 import { Metrics } from "../metrics/metrics.js";
-import { SourceTracker } from "../metrics/sources.js";
+import { SourceTracker, type ObservedSource } from "../metrics/sources.js";
 import { ProxyServer } from "../proxy/server.js";
 import { FileKeyStore } from "../store/filestore.js";
 import { formatProblem } from "../util/yaml.js";
@@ -46,27 +46,62 @@ export function sideFiles(keysFile: string): { audit: string; otpState: string }
 /** Failed authentications allowed per client IP per minute before 429. */
 export const AUTH_FAILURES_PER_MINUTE = 10;
 
-/** A running sidecar. */
+/** A running sidecar (or one process of a cluster). */
 export interface Sidecar {
-  readonly proxyAddress: { host: string; port: number };
+  /** The proxy listener's address (undefined in a cluster primary, whose workers proxy). */
+  readonly proxyAddress: { host: string; port: number } | undefined;
   readonly adminAddress: { host: string; port: number } | undefined;
   readonly store: FileKeyStore;
   readonly metrics: Metrics;
+  readonly registry: Registry;
+  readonly sources: SourceTracker;
   /** Drains in-flight requests (bounded by `drain_timeout_ms`) and closes everything. */
   stop(): Promise<void>;
 }
 
-/** Creates the JSON-lines logger (stdout unless a destination is given). */
+/**
+ * What this process does: `single` runs the proxy and the admin listener;
+ * in a cluster the `primary` runs the admin listener and the workers proxy.
+ */
+export type Role = "single" | "primary" | "worker";
+
+/** How a cluster primary reaches its workers. */
+export interface ClusterLink {
+  /** `/metrics` of every process, merged. */
+  metrics(): Promise<string>;
+  /** A key's observed sources, merged over the workers. */
+  sources(keyId: string): Promise<ObservedSource[]>;
+  /** Makes every worker load the keys file now; resolves when all have. */
+  syncWorkers(): Promise<void>;
+}
+
+/**
+ * Creates the JSON-lines logger: stdout written asynchronously (lines written
+ * while a write is in flight go out together), so a burst of denials costs
+ * the request path no syscall each; {@link flushLogger} before exiting.
+ */
 export function createLogger(destination?: NodeJS.WritableStream): Logger {
   const level = process.env["KEYFENCE_LOG_LEVEL"] ?? "info";
   return pino(
     { level, base: { service: "keyfence" }, timestamp: pino.stdTimeFunctions.isoTime },
-    destination ?? pino.destination({ dest: 1, sync: true }),
+    destination ?? pino.destination({ dest: 1, sync: false }),
   );
 }
 
+/** Writes out buffered log lines (call before the process exits). */
+export function flushLogger(log: Logger): Promise<void> {
+  return new Promise((resolve) => {
+    log.flush(() => resolve());
+  });
+}
+
 /** Starts a sidecar; rejects (after logging each problem) when the keys file is invalid or a port is taken. */
-export async function startSidecar(config: Config, log: Logger): Promise<Sidecar> {
+export async function startSidecar(
+  config: Config,
+  log: Logger,
+  options: { role?: Role; cluster?: ClusterLink } = {},
+): Promise<Sidecar> {
+  const role = options.role ?? "single";
   const store = new FileKeyStore({
     file: config.keys.file,
     displayName: config.keys.displayName,
@@ -92,15 +127,24 @@ export async function startSidecar(config: Config, log: Logger): Promise<Sidecar
     },
   });
   const snap = await store.load();
-
   const sources = new SourceTracker();
-  const proxy = new ProxyServer({ config, store, metrics, sources, log });
+  const cluster = options.cluster;
+  if (cluster) store.onWrite(() => cluster.syncWorkers());
+
+  let proxy: ProxyServer | undefined;
+  let proxyAddress: { host: string; port: number } | undefined;
+  if (role !== "primary") {
+    proxy = new ProxyServer({ config, store, metrics, sources, log });
+    proxyAddress = await proxy.listen(config.listen.host, config.listen.port);
+  }
   let admin: AdminServer | undefined;
   let adminAddress: { host: string; port: number } | undefined;
-  const proxyAddress = await proxy.listen(config.listen.host, config.listen.port);
   try {
-    if (config.admin) {
-      admin = new AdminServer({ registry, log });
+    if (config.admin && role !== "worker") {
+      admin = new AdminServer({ metrics: cluster ? () => cluster.metrics() : () => registry.metrics(), log });
+      const sourcesOf = cluster
+        ? (id: string) => cluster.sources(id)
+        : (id: string) => Promise.resolve(sources.sources(id));
       const files = sideFiles(config.keys.file);
       const audit = new AuditLog(files.audit);
       const throttle = new FailureThrottle({ maxFailures: AUTH_FAILURES_PER_MINUTE, windowMs: 60_000 });
@@ -112,14 +156,14 @@ export async function startSidecar(config: Config, log: Logger): Promise<Sidecar
       const auth = new Authenticator(config.admin.operators, store, throttle, sessions);
       const keys = new KeysService({ store, audit, maxEntries: config.keys.maxEntries, log });
       const confirmations = new Confirmations(files.otpState);
-      registerApi(admin, { keys, audit, auth, confirmations, sources, trust: config.trustedProxies });
+      registerApi(admin, { keys, audit, auth, confirmations, sources: sourcesOf, trust: config.trustedProxies });
       registerDashboard(admin, {
         keys,
         audit,
         auth,
         sessions,
         confirmations,
-        sources,
+        sources: sourcesOf,
         trust: config.trustedProxies,
         secureCookie: !isLoopback(config.admin.listen.host),
         globalMode: config.mode,
@@ -128,29 +172,30 @@ export async function startSidecar(config: Config, log: Logger): Promise<Sidecar
       adminAddress = await admin.listen(config.admin.listen.host, config.admin.listen.port);
     }
   } catch (err) {
-    await proxy.drain(0);
+    await proxy?.drain(0);
     throw err;
   }
   store.watch();
-  for (const w of config.warnings) log.warn({ event: "risky_setting" }, w);
-  log.info(
-    {
-      event: "listening",
-      proxy: formatListen(proxyAddress),
-      admin: adminAddress ? formatListen(adminAddress) : null,
-      upstream: config.upstream.href,
-      mode: config.mode,
-      keys: snap.size,
-      allow_list_entries: snap.entries,
-      keys_file: config.keys.displayName,
-      trusted_proxies: config.trustedProxies.none
-        ? "none"
-        : config.trustedProxies.ranges.length > 0
-          ? config.trustedProxies.ranges
-          : "hop count",
-    },
-    `keyfence ${VERSION} listening on http://${formatListen(proxyAddress)}${adminAddress ? `, admin on http://${formatListen(adminAddress)}` : ""}`,
-  );
+  if (role !== "worker") {
+    for (const w of config.warnings) log.warn({ event: "risky_setting" }, w);
+  }
+  if (role === "single") {
+    log.info(
+      {
+        event: "listening",
+        proxy: proxyAddress ? formatListen(proxyAddress) : null,
+        admin: adminAddress ? formatListen(adminAddress) : null,
+        upstream: config.upstream.href,
+        mode: config.mode,
+        keys: snap.size,
+        allow_list_entries: snap.entries,
+        keys_file: config.keys.displayName,
+        workers: 1,
+        trusted_proxies: trustSummary(config),
+      },
+      `keyfence ${VERSION} listening on http://${proxyAddress ? formatListen(proxyAddress) : "-"}${adminAddress ? `, admin on http://${formatListen(adminAddress)}` : ""}`,
+    );
+  }
 
   let stopping: Promise<void> | undefined;
   return {
@@ -158,10 +203,14 @@ export async function startSidecar(config: Config, log: Logger): Promise<Sidecar
     adminAddress,
     store,
     metrics,
+    registry,
+    sources,
     stop() {
       stopping ??= (async () => {
-        log.info({ event: "draining", timeout_ms: config.drainTimeoutMs }, "stopping: draining in-flight requests");
-        const { cut } = await proxy.drain(config.drainTimeoutMs);
+        if (proxy) {
+          log.info({ event: "draining", timeout_ms: config.drainTimeoutMs }, "stopping: draining in-flight requests");
+        }
+        const cut = proxy ? (await proxy.drain(config.drainTimeoutMs)).cut : 0;
         await admin?.close();
         await store.close();
         log.info({ event: "stopped", cut_connections: cut }, "stopped");
@@ -169,4 +218,10 @@ export async function startSidecar(config: Config, log: Logger): Promise<Sidecar
       return stopping;
     },
   };
+}
+
+/** How `trusted_proxies` reads in a log line. */
+export function trustSummary(config: Config): string | readonly string[] {
+  const t = config.trustedProxies;
+  return t.none ? "none" : t.ranges.length > 0 ? t.ranges : "hop count";
 }

@@ -3,6 +3,7 @@
  * warnings about risky settings. Every problem is returned at once, located.
  */
 import { readFile } from "node:fs/promises";
+import { availableParallelism } from "node:os";
 import { isAbsolute, relative, resolve, dirname } from "node:path";
 import { compileTrust, type CompiledTrust } from "../clientip/resolve.js";
 import { parseIp } from "../ip/address.js";
@@ -37,6 +38,8 @@ export interface Config {
   readonly drainTimeoutMs: number;
   /** Log one line per proxied request (off by default). */
   readonly accessLog: boolean;
+  /** Proxy processes: 1 runs everything in one process; more (or "auto": one per core) run a cluster. */
+  readonly workers: number;
   readonly keys: {
     /** Absolute path of the keys file. */
     readonly file: string;
@@ -79,6 +82,7 @@ const TOP_FIELDS = [
   "upstream_timeout_ms",
   "drain_timeout_ms",
   "access_log",
+  "workers",
   "keys",
   "admin",
 ];
@@ -145,7 +149,7 @@ export async function loadConfig(path: string, env: NodeJS.ProcessEnv = process.
 export function parseConfig(file: string, text: string, env: NodeJS.ProcessEnv = {}): ConfigResult {
   const y = new YamlFile(displayPath(file), text);
   const root = y.value();
-  if (y.problems.length > 0) return { ok: false, problems: y.problems };
+  if (y.problemCount > 0) return { ok: false, problems: y.problems };
   const top = y.mapping([], root ?? {}, TOP_FIELDS) ?? {};
   const warnings: string[] = [];
   const envProblems: Problem[] = [];
@@ -218,6 +222,11 @@ export function parseConfig(file: string, text: string, env: NodeJS.ProcessEnv =
   };
   const upstreamTimeoutMs = positiveInt("upstream_timeout_ms", top["upstream_timeout_ms"] ?? 30000, 1, 3_600_000);
   const drainTimeoutMs = positiveInt("drain_timeout_ms", top["drain_timeout_ms"] ?? 10000, 0, 3_600_000);
+  const w = top["workers"] ?? 1;
+  let workers = 1;
+  if (w === "auto") workers = availableParallelism();
+  else if (typeof w === "number" && Number.isInteger(w) && w >= 1 && w <= 64) workers = w;
+  else y.fail(["workers"], 'must be "auto" or an integer from 1 to 64', w);
   const accessLog = top["access_log"] ?? false;
   if (typeof accessLog !== "boolean") y.fail(["access_log"], "must be true or false", accessLog);
 
@@ -307,6 +316,7 @@ export function parseConfig(file: string, text: string, env: NodeJS.ProcessEnv =
       upstreamTimeoutMs,
       drainTimeoutMs,
       accessLog: accessLog === true,
+      workers,
       keys,
       admin,
       warnings,

@@ -115,14 +115,17 @@ export class Metrics {
       name: "keyfence_store_last_reload_timestamp_seconds",
       help: "Unix time at which the key snapshot in force was installed.",
       registers,
+      aggregator: "max",
     });
     /** keyfence_keys: keys in the snapshot in force. */
-    this.keys = new Gauge({ name: "keyfence_keys", help: "Keys in the store.", registers });
+    // In a cluster every process holds the same store: merge gauges of it by max, not sum.
+    this.keys = new Gauge({ name: "keyfence_keys", help: "Keys in the store.", registers, aggregator: "max" });
     /** keyfence_allow_list_entries: allow-list entries over all keys. */
     this.entries = new Gauge({
       name: "keyfence_allow_list_entries",
       help: "Allow-list entries over all keys.",
       registers,
+      aggregator: "max",
     });
 
     const cache = options.cache;
@@ -151,6 +154,7 @@ export class Metrics {
       help: "Build information.",
       labelNames: ["version", "node"],
       registers,
+      aggregator: "first",
     })
       .labels(options.version, process.version)
       .set(1);

@@ -90,6 +90,7 @@ export class FileKeyStore implements KeyStore {
   /** Reloads and transactions run one at a time, in order. */
   private queue: Promise<unknown> = Promise.resolve();
   private readonly cache: MatcherCache;
+  private afterWrite: (() => Promise<void>) | undefined;
 
   constructor(private readonly options: FileKeyStoreOptions) {
     this.cache = options.cache ?? new MatcherCache();
@@ -103,6 +104,14 @@ export class FileKeyStore implements KeyStore {
   /** The shared matcher cache (for metrics). */
   get matcherCache(): MatcherCache {
     return this.cache;
+  }
+
+  /**
+   * Sets work to finish after each write and before the transaction resolves
+   * (a cluster primary makes every worker load the new file there).
+   */
+  onWrite(hook: () => Promise<void>): void {
+    this.afterWrite = hook;
   }
 
   /** Absolute path of the keys file. */
@@ -155,7 +164,10 @@ export class FileKeyStore implements KeyStore {
         );
       }
       const p = await plan(this.snapshot);
-      if (p.change) await this.commit(p.change);
+      if (p.change) {
+        await this.commit(p.change);
+        await this.afterWrite?.();
+      }
       if (p.afterCommit) await p.afterCommit();
       return p.result;
     });

@@ -44,14 +44,13 @@ export function isRfc3339(s: string): boolean {
 
 /** The result of reading a keys file: records when valid, problems otherwise. */
 export type KeysFileResult =
-  | { readonly ok: true; readonly keys: KeyRecord[]; readonly source: YamlFile }
-  | { readonly ok: false; readonly problems: Problem[] };
+  { readonly ok: true; readonly keys: KeyRecord[] } | { readonly ok: false; readonly problems: Problem[] };
 
 /** Parses and validates the text of a keys file; `name` is how messages refer to it. */
 export function parseKeysFile(name: string, text: string, maxEntries: number): KeysFileResult {
-  const y = new YamlFile(name, text);
+  const y = new YamlFile(name, text, { fast: true });
   const root = y.value();
-  if (y.problems.length > 0) return { ok: false, problems: y.problems };
+  if (y.problemCount > 0) return { ok: false, problems: y.problems };
   if (root === null || root === undefined) {
     y.fail([], 'the keys file is empty; write "keys: []" for a store without keys');
     return { ok: false, problems: y.problems };
@@ -86,13 +85,13 @@ export function parseKeysFile(name: string, text: string, maxEntries: number): K
       });
     }
   }
-  if (y.problems.length > 0) return { ok: false, problems: y.sortedProblems() };
-  return { ok: true, keys, source: y };
+  if (y.problemCount > 0) return { ok: false, problems: y.sortedProblems() };
+  return { ok: true, keys };
 }
 
 function readKey(y: YamlFile, i: number, raw: unknown, maxEntries: number): KeyRecord | undefined {
   const at = ["keys", i] as const;
-  const before = y.problems.length;
+  const before = y.problemCount;
   const m = y.mapping(at, raw, KEY_FIELDS);
   if (m === undefined) return undefined;
   const id = m["id"];
@@ -149,7 +148,7 @@ function readKey(y: YamlFile, i: number, raw: unknown, maxEntries: number): KeyR
       y.fail([...at, field], "must be an RFC 3339 timestamp such as 2026-11-27T10:00:00Z", v);
     }
   }
-  if (y.problems.length > before) return undefined;
+  if (y.problemCount > before) return undefined;
   return {
     id: id as string,
     name: typeof name === "string" ? name : (id as string),

@@ -95,7 +95,7 @@ export async function startTestSidecar(opts: {
   const sidecar = await startSidecar(parsed.config, createLogger(sink));
   let n = 0;
   return {
-    url: `http://127.0.0.1:${sidecar.proxyAddress.port}`,
+    url: `http://127.0.0.1:${sidecar.proxyAddress?.port ?? 0}`,
     adminUrl: sidecar.adminAddress ? `http://127.0.0.1:${sidecar.adminAddress.port}` : "",
     dir,
     keysFile,

@@ -9,7 +9,7 @@ import { readFileSync } from "node:fs";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Logger } from "pino";
 import type { CompiledTrust } from "../../clientip/resolve.js";
-import type { SourceTracker } from "../../metrics/sources.js";
+import type { ObservedSource } from "../../metrics/sources.js";
 import { secretHash } from "../../policy/credential.js";
 import type { Mode } from "../../policy/decide.js";
 import { clientOf } from "../api.js";
@@ -32,7 +32,7 @@ export interface DashboardDeps {
   readonly auth: Authenticator;
   readonly sessions: SessionStore;
   readonly confirmations: Confirmations;
-  readonly sources: SourceTracker;
+  readonly sources: (keyId: string) => Promise<ObservedSource[]>;
   readonly trust: CompiledTrust;
   /** Mark the session cookie Secure (any admin listener but plain loopback HTTP). */
   readonly secureCookie: boolean;
@@ -249,10 +249,10 @@ export function registerDashboard(admin: AdminServer, deps: DashboardDeps): void
   admin.route(
     "/keys/:id",
     "GET",
-    signedIn((req, res, s, p) => {
+    signedIn(async (req, res, s, p) => {
       const id = p["id"] ?? "";
       const key = deps.keys.get(id);
-      sendHtml(res, 200, keyFormPage(context(req, s), key, deps.sources.sources(id)));
+      sendHtml(res, 200, keyFormPage(context(req, s), key, await deps.sources(id)));
     }),
   );
   admin.route(

@@ -1,0 +1,363 @@
+/**
+ * `npm run bench`: keyfence against the proxies users already have, side by
+ * side in one run on loopback: a keep-alive upstream; keyfence (allowed and
+ * denied path, 1 and 2 workers); keyfence's own forwarder with no checks (the
+ * floor of our stack); http-proxy 1.18 and http-proxy-3 with keep-alive
+ * agents; and nginx (geo + map per-key check, upstream keepalive, one worker)
+ * when installed. Rounds are interleaved; medians are reported with requests/s,
+ * p50/p99 latency and the proxy's CPU microseconds per request.
+ *
+ * Options: --quick (1 s runs, 1 round), --rounds N, --seconds S,
+ * --connections C, --tool wrk|autocannon, --only id,id
+ */
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { secretHash } from "../src/policy/credential.js";
+import { machine, table } from "./lib.js";
+import { runAutocannon, runWrk, type LoadResult, type LoadSpec } from "./loadgen.js";
+import { cpuSeconds, freePort, have, ROOT, startLogged, startNode, type Proc } from "./procs.js";
+import { barChart } from "./svg.js";
+
+const argv = process.argv.slice(2);
+const opt = (name: string, fallback: string): string => {
+  const i = argv.indexOf(`--${name}`);
+  return i >= 0 ? (argv[i + 1] ?? fallback) : fallback;
+};
+const quick = argv.includes("--quick");
+const ROUNDS = Number(opt("rounds", quick ? "1" : "3"));
+const SECONDS = Number(opt("seconds", quick ? "1" : "5"));
+const CONNECTIONS = Number(opt("connections", "50"));
+const TOOL = opt("tool", have("wrk") ? "wrk" : "autocannon");
+const ONLY = opt("only", "")
+  .split(",")
+  .filter((s) => s !== "");
+
+/** Secrets of the benchmark keys. */
+export const ALLOWED = "kf_bench_allowed";
+export const DENIED = "kf_bench_denied";
+
+/** One contender in the comparison. */
+interface Contender {
+  readonly id: string;
+  readonly label: string;
+  readonly url: string;
+  readonly headers: Record<string, string>;
+  readonly expect: number;
+  /** Process whose CPU time is the proxy's (undefined for the upstream itself). */
+  readonly pid: number | undefined;
+}
+
+/** Writes a keyfence configuration for the benchmark in `dir`; returns the config path. */
+export function keyfenceConfig(
+  dir: string,
+  upstream: string,
+  port: number,
+  adminPort: number,
+  extra = "",
+  keysYaml?: string,
+): string {
+  writeFileSync(
+    join(dir, "keys.yaml"),
+    keysYaml ??
+      `keys:\n  - id: bench_allowed\n    secret_sha256: "${secretHash(ALLOWED)}"\n    ip_allow_list: [127.0.0.1, "::1"]\n  - id: bench_denied\n    secret_sha256: "${secretHash(DENIED)}"\n    ip_allow_list: [203.0.113.0/24]\n`,
+  );
+  const config = join(dir, "keyfence.yaml");
+  writeFileSync(
+    config,
+    `listen: "127.0.0.1:${port}"\nupstream: "${upstream}"\nkeys:\n  file: keys.yaml\n  max_entries: 100000\nadmin:\n  listen: "127.0.0.1:${adminPort}"\n${extra}`,
+  );
+  return config;
+}
+
+/** Starts keyfence from the built CLI, logging to a file; ready when /healthz answers. */
+export async function startKeyfence(
+  dir: string,
+  config: string,
+  adminPort: number,
+  name = "keyfence",
+): Promise<Proc & { startMs: number }> {
+  return startLogged(
+    name,
+    process.execPath,
+    [join(ROOT, "dist/src/cli/main.js"), "serve", "--config", config],
+    join(dir, `${name}.log`),
+    async () => {
+      try {
+        return (await fetch(`http://127.0.0.1:${adminPort}/healthz`)).ok;
+      } catch {
+        return false;
+      }
+    },
+  );
+}
+
+function nginxConfig(dir: string, port: number, upstreamPort: number): string {
+  for (const d of ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"]) mkdirSync(join(dir, d), { recursive: true });
+  const conf = join(dir, "nginx.conf");
+  writeFileSync(
+    conf,
+    `daemon off;
+master_process on;
+worker_processes 1;
+pid ${dir}/nginx.pid;
+error_log ${dir}/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path ${dir}/client_body;
+  proxy_temp_path ${dir}/proxy;
+  fastcgi_temp_path ${dir}/fastcgi;
+  uwsgi_temp_path ${dir}/uwsgi;
+  scgi_temp_path ${dir}/scgi;
+  upstream up { server 127.0.0.1:${upstreamPort}; keepalive 64; }
+  # The nginx way to pin a key to networks: geo for the client network, map over key and network.
+  geo $kf_net { default other; 127.0.0.1/32 local; }
+  map "$http_authorization|$kf_net" $kf_deny { default 1; "Bearer ${ALLOWED}|local" 0; }
+  server {
+    listen 127.0.0.1:${port};
+    location / {
+      if ($kf_deny) { return 403 '{"message":"source IP $remote_addr is not allowed for this API key"}'; }
+      proxy_pass http://up;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+    }
+  }
+}
+`,
+  );
+  return conf;
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? (s[m] ?? NaN) : ((s[m - 1] ?? NaN) + (s[m] ?? NaN)) / 2;
+}
+
+async function main(): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), "keyfence-bench-"));
+  const procs: Proc[] = [];
+  try {
+    const up = await startNode("upstream", "dist/bench/servers/upstream.js");
+    procs.push(up);
+    const upstream = `http://127.0.0.1:${up.port}`;
+    const contenders: Contender[] = [
+      { id: "direct", label: "direct to upstream", url: `${upstream}/`, headers: {}, expect: 200, pid: undefined },
+    ];
+
+    for (const workers of [1, 2]) {
+      const port = await freePort();
+      const adminPort = await freePort();
+      const wdir = join(dir, `kf${workers}`);
+      mkdirSync(wdir);
+      const config = keyfenceConfig(wdir, upstream, port, adminPort, workers > 1 ? `workers: ${workers}\n` : "");
+      let kf: Proc;
+      try {
+        kf = await startKeyfence(wdir, config, adminPort, `keyfence-${workers}w`);
+      } catch (err) {
+        process.stderr.write(
+          `skipping keyfence with ${workers} workers: ${(err as Error).message.split("\n")[0] ?? ""}\n`,
+        );
+        continue;
+      }
+      procs.push(kf);
+      const suffix = workers > 1 ? `, ${workers} workers` : "";
+      contenders.push({
+        id: `keyfence${workers > 1 ? `-${workers}w` : ""}`,
+        label: `keyfence, allowed${suffix}`,
+        url: `http://127.0.0.1:${port}/`,
+        headers: { authorization: `Bearer ${ALLOWED}` },
+        expect: 200,
+        pid: kf.pid,
+      });
+      if (workers === 1) {
+        contenders.push({
+          id: "keyfence-denied",
+          label: "keyfence, denied (403)",
+          url: `http://127.0.0.1:${port}/`,
+          headers: { authorization: `Bearer ${DENIED}` },
+          expect: 403,
+          pid: kf.pid,
+        });
+      }
+    }
+    const bare = await startNode("bare", "dist/bench/servers/bare.js", [upstream]);
+    procs.push(bare);
+    contenders.push({
+      id: "bare",
+      label: "keyfence forwarder, no checks",
+      url: `http://127.0.0.1:${bare.port}/`,
+      headers: { authorization: `Bearer ${ALLOWED}` },
+      expect: 200,
+      pid: bare.pid,
+    });
+    const hp = await startNode("http-proxy", "dist/bench/servers/httpproxy.js", [upstream]);
+    procs.push(hp);
+    contenders.push({
+      id: "http-proxy",
+      label: "http-proxy 1.18 + keep-alive agent",
+      url: `http://127.0.0.1:${hp.port}/`,
+      headers: { authorization: `Bearer ${ALLOWED}` },
+      expect: 200,
+      pid: hp.pid,
+    });
+    const hp3 = await startNode("http-proxy-3", "dist/bench/servers/httpproxy.js", [upstream, "3"]);
+    procs.push(hp3);
+    contenders.push({
+      id: "http-proxy-3",
+      label: "http-proxy-3 + keep-alive agent",
+      url: `http://127.0.0.1:${hp3.port}/`,
+      headers: { authorization: `Bearer ${ALLOWED}` },
+      expect: 200,
+      pid: hp3.pid,
+    });
+
+    if (have("nginx")) {
+      const port = await freePort();
+      const conf = nginxConfig(dir, port, up.port);
+      const ng = await startLogged("nginx", "nginx", ["-c", conf, "-p", dir], join(dir, "nginx.out"), async () => {
+        try {
+          await fetch(`http://127.0.0.1:${port}/`);
+          return true;
+        } catch {
+          return false;
+        }
+      });
+      procs.push(ng);
+      contenders.push({
+        id: "nginx",
+        label: "nginx, allowed (1 worker)",
+        url: `http://127.0.0.1:${port}/`,
+        headers: { authorization: `Bearer ${ALLOWED}` },
+        expect: 200,
+        pid: ng.pid,
+      });
+      contenders.push({
+        id: "nginx-denied",
+        label: "nginx, denied (403)",
+        url: `http://127.0.0.1:${port}/`,
+        headers: { authorization: `Bearer ${DENIED}` },
+        expect: 403,
+        pid: ng.pid,
+      });
+    } else {
+      process.stderr.write("nginx is not installed: skipping it (Debian: apt-get install nginx)\n");
+    }
+
+    const selected = ONLY.length > 0 ? contenders.filter((c) => ONLY.includes(c.id)) : contenders;
+    const runs = new Map<string, Array<LoadResult & { cpuUsPerReq: number }>>();
+    const run = TOOL === "wrk" ? runWrk : runAutocannon;
+    process.stderr.write(
+      `${machine()}; ${TOOL}, ${CONNECTIONS} connections, ${SECONDS} s per run, ${ROUNDS} interleaved rounds\n`,
+    );
+    for (const c of selected)
+      await run({ url: c.url, headers: c.headers, seconds: 1, connections: CONNECTIONS, expect: c.expect }); // warm-up
+    for (let round = 1; round <= ROUNDS; round++) {
+      for (const c of selected) {
+        const spec: LoadSpec = {
+          url: c.url,
+          headers: c.headers,
+          seconds: SECONDS,
+          connections: CONNECTIONS,
+          expect: c.expect,
+        };
+        const cpu0 = c.pid ? cpuSeconds(c.pid) : 0;
+        const r = await run(spec);
+        const cpu1 = c.pid ? cpuSeconds(c.pid) : 0;
+        const cpuUsPerReq = c.pid && r.requests > 0 ? ((cpu1 - cpu0) * 1e6) / r.requests : NaN;
+        runs.set(c.id, [...(runs.get(c.id) ?? []), { ...r, cpuUsPerReq }]);
+        process.stderr.write(
+          `round ${round}/${ROUNDS} ${c.label.padEnd(36)} ${r.rps.toFixed(0).padStart(7)} req/s  p50 ${r.p50ms.toFixed(2)} ms  p99 ${r.p99ms.toFixed(2)} ms  ${Number.isNaN(cpuUsPerReq) ? "" : `${cpuUsPerReq.toFixed(1)} µs CPU/req`}${r.unexpected + r.errors > 0 ? `  (${r.unexpected} unexpected, ${r.errors} errors)` : ""}\n`,
+        );
+      }
+    }
+    const summary = selected.map((c) => {
+      const rs = runs.get(c.id) ?? [];
+      return {
+        id: c.id,
+        label: c.label,
+        rps: median(rs.map((r) => r.rps)),
+        p50ms: median(rs.map((r) => r.p50ms)),
+        p99ms: median(rs.map((r) => r.p99ms)),
+        cpuUsPerReq: median(rs.map((r) => r.cpuUsPerReq)),
+        unexpected: rs.reduce((n, r) => n + r.unexpected, 0),
+        errors: rs.reduce((n, r) => n + r.errors, 0),
+      };
+    });
+    const by = new Map(summary.map((s) => [s.id, s]));
+    const ratio = (a: number | undefined, b: number | undefined): string =>
+      a === undefined || b === undefined || !Number.isFinite(a) || !Number.isFinite(b) || b === 0
+        ? "—"
+        : `${(a / b).toFixed(2)}×`;
+    const kf = by.get("keyfence");
+    const ratios = [
+      ["keyfence allowed CPU/req ÷ no-check forwarder", ratio(kf?.cpuUsPerReq, by.get("bare")?.cpuUsPerReq), "≤ 1.05×"],
+      ["keyfence allowed req/s ÷ http-proxy", ratio(kf?.rps, by.get("http-proxy")?.rps), "≥ 1.6×"],
+      ["keyfence allowed CPU/req ÷ nginx", ratio(kf?.cpuUsPerReq, by.get("nginx")?.cpuUsPerReq), "≤ 2×"],
+      [
+        "keyfence denied CPU/req ÷ nginx 403",
+        ratio(by.get("keyfence-denied")?.cpuUsPerReq, by.get("nginx-denied")?.cpuUsPerReq),
+        "≤ 1.5×",
+      ],
+      ["keyfence 2 workers req/s ÷ 1 worker", ratio(by.get("keyfence-2w")?.rps, kf?.rps), "—"],
+    ];
+    const md = [
+      `Machine: ${machine()}. Load: ${TOOL}, 1 thread, ${CONNECTIONS} connections, ${SECONDS} s per run, ${ROUNDS} interleaved rounds, medians. CPU is the proxy process tree's user+system time per request (from /proc).`,
+      "",
+      table(
+        ["contender", "req/s", "p50 ms", "p99 ms", "proxy CPU µs/req"],
+        summary.map((s) => [
+          s.label,
+          s.rps.toFixed(0),
+          s.p50ms.toFixed(2),
+          s.p99ms.toFixed(2),
+          Number.isFinite(s.cpuUsPerReq) ? s.cpuUsPerReq.toFixed(1) : "—",
+        ]),
+      ),
+      "",
+      table(["ratio (same run)", "measured", "target"], ratios),
+      "",
+    ].join("\n");
+    process.stdout.write(`${md}\n`);
+    const out = join(ROOT, "bench/results");
+    mkdirSync(out, { recursive: true });
+    writeFileSync(
+      join(out, "load.json"),
+      JSON.stringify(
+        {
+          machine: machine(),
+          tool: TOOL,
+          connections: CONNECTIONS,
+          seconds: SECONDS,
+          rounds: ROUNDS,
+          summary,
+          runs: Object.fromEntries(runs),
+        },
+        null,
+        2,
+      ),
+    );
+    writeFileSync(join(out, "load.md"), md);
+    writeFileSync(
+      join(out, "load.svg"),
+      barChart(
+        "keyfence vs. other proxies (loopback, 2 cores)",
+        summary.filter((s) => s.id !== "direct").map((s) => ({ label: s.label, a: s.rps, b: s.cpuUsPerReq })),
+        "requests/s (higher is better)",
+        "proxy CPU µs per request (lower is better)",
+      ),
+    );
+  } finally {
+    for (const p of procs.reverse()) await p.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+if (process.argv[1]?.endsWith("load.js")) {
+  main().catch((err: unknown) => {
+    process.stderr.write(`${(err as Error).stack ?? String(err)}\n`);
+    process.exitCode = 1;
+  });
+}

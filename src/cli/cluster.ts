@@ -1,0 +1,213 @@
+/**
+ * `workers: N` (or "auto"): a node:cluster of proxy workers sharing the public
+ * port, and a primary that runs the admin listener. Every worker loads and
+ * watches the same keys file; after each management API write the primary
+ * has every worker load it and waits for all of them before answering, so a
+ * change is in force on every worker when the API says it is. Metrics and
+ * observed sources are gathered from every process on demand.
+ */
+import cluster, { type Worker } from "node:cluster";
+import type { Logger } from "pino";
+import { AggregatorRegistry, type MetricObjectWithValues, type MetricValue } from "prom-client";
+import { formatListen, type Config } from "../config/config.js";
+import type { ObservedSource } from "../metrics/sources.js";
+import { flushLogger, startSidecar, trustSummary, VERSION, type ClusterLink, type Sidecar } from "./sidecar.js";
+
+/** A request from the primary to a worker. */
+type Request =
+  | { kf: "req"; id: number; op: "reload" | "metrics" | "stop" }
+  | { kf: "req"; id: number; op: "sources"; keyId: string };
+
+/** Messages from a worker. */
+type Reply = { kf: "res"; id: number; ok: boolean; data?: unknown; error?: string } | { kf: "ready"; port: number };
+
+/** How long the primary waits for a worker's answer (a reload of a large file included). */
+const REQUEST_TIMEOUT_MS = 30_000;
+
+/** Merges the observed sources of several workers by network. */
+export function mergeSources(lists: readonly ObservedSource[][]): ObservedSource[] {
+  const by = new Map<string, ObservedSource>();
+  for (const list of lists) {
+    for (const s of list) {
+      const prev = by.get(s.network);
+      by.set(
+        s.network,
+        prev === undefined
+          ? s
+          : {
+              network: s.network,
+              requests: prev.requests + s.requests,
+              denied: prev.denied + s.denied,
+              first_seen: prev.first_seen < s.first_seen ? prev.first_seen : s.first_seen,
+              last_seen: prev.last_seen > s.last_seen ? prev.last_seen : s.last_seen,
+            },
+      );
+    }
+  }
+  return [...by.values()].sort((a, b) => (a.last_seen < b.last_seen ? 1 : a.last_seen > b.last_seen ? -1 : 0));
+}
+
+/** Runs this process as a cluster worker: the proxy only, answering the primary's requests. */
+export async function runWorker(config: Config, log: Logger): Promise<Sidecar> {
+  const sidecar = await startSidecar(config, log.child({ worker: cluster.worker?.id }), { role: "worker" });
+  const send = (m: Reply): void => {
+    if (process.connected) process.send?.(m);
+  };
+  process.on("message", (raw: unknown) => {
+    const m = raw as Request;
+    if (m.kf !== "req") return;
+    const answer = (p: Promise<unknown>): void => {
+      p.then(
+        (data) => send({ kf: "res", id: m.id, ok: true, data }),
+        (err: unknown) => send({ kf: "res", id: m.id, ok: false, error: (err as Error).message }),
+      );
+    };
+    switch (m.op) {
+      case "reload":
+        answer(sidecar.store.reload());
+        break;
+      case "metrics":
+        answer(sidecar.registry.getMetricsAsJSON());
+        break;
+      case "sources":
+        answer(Promise.resolve(sidecar.sources.sources(m.keyId)));
+        break;
+      case "stop":
+        answer(sidecar.stop());
+        break;
+    }
+  });
+  // The primary gone means nobody can manage this worker any more.
+  process.on("disconnect", () => {
+    void sidecar
+      .stop()
+      .then(() => flushLogger(log))
+      .then(() => process.exit(0));
+  });
+  send({ kf: "ready", port: sidecar.proxyAddress?.port ?? 0 });
+  return sidecar;
+}
+
+/** Runs this process as the cluster primary: forks `config.workers` proxies, then serves the admin listener. */
+export async function runPrimary(config: Config, log: Logger): Promise<{ stop(): Promise<void> }> {
+  // Workers accept connections themselves (the kernel spreads them); the primary never relays.
+  cluster.schedulingPolicy = cluster.SCHED_NONE;
+  cluster.setupPrimary({ exec: process.argv[1] ?? "", args: process.argv.slice(2) });
+  const workers = new Set<Worker>();
+  const pending = new Map<
+    number,
+    { resolve: (v: unknown) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }
+  >();
+  let seq = 0;
+  let stopping = false;
+  let port = 0;
+
+  const request = (w: Worker, op: Request["op"], extra: { keyId?: string } = {}): Promise<unknown> =>
+    new Promise((resolve, reject) => {
+      const id = ++seq;
+      const timer = setTimeout(() => {
+        pending.delete(id);
+        reject(new Error(`worker ${w.id} did not answer ${op} within ${REQUEST_TIMEOUT_MS} ms`));
+      }, REQUEST_TIMEOUT_MS);
+      pending.set(id, { resolve, reject, timer });
+      w.send({ kf: "req", id, op, ...extra });
+    });
+
+  const fork = (): Promise<Worker> =>
+    new Promise((resolve, reject) => {
+      const w = cluster.fork({ KEYFENCE_WORKER: "1" });
+      const onExit = (code: number | null, signal: string | null): void => {
+        workers.delete(w);
+        reject(new Error(`worker exited before it was ready (code ${code ?? signal})`));
+      };
+      w.once("exit", onExit);
+      w.on("message", (m: Reply) => {
+        if (m.kf === "ready") {
+          port = m.port;
+          w.off("exit", onExit);
+          workers.add(w);
+          w.once("exit", (code, signal) => {
+            workers.delete(w);
+            if (stopping) return;
+            log.error({ event: "worker_exited", worker: w.id, code, signal }, "worker exited; starting a new one");
+            setTimeout(() => {
+              if (!stopping) fork().catch((err: unknown) => log.error({ err }, "cannot restart worker"));
+            }, 1000).unref();
+          });
+          resolve(w);
+        } else if (m.kf === "res") {
+          const p = pending.get(m.id);
+          if (!p) return;
+          pending.delete(m.id);
+          clearTimeout(p.timer);
+          if (m.ok) p.resolve(m.data);
+          else p.reject(new Error(m.error ?? "worker request failed"));
+        }
+      });
+    });
+
+  await Promise.all(Array.from({ length: config.workers }, () => fork()));
+
+  const link: ClusterLink = {
+    async metrics() {
+      const own = await sidecar.registry.getMetricsAsJSON();
+      const others = (await Promise.all([...workers].map((w) => request(w, "metrics")))) as MetricObjectWithValues<
+        MetricValue<string>
+      >[][];
+      return AggregatorRegistry.aggregate([own, ...others]).metrics();
+    },
+    async sources(keyId) {
+      return mergeSources(
+        (await Promise.all([...workers].map((w) => request(w, "sources", { keyId })))) as ObservedSource[][],
+      );
+    },
+    async syncWorkers() {
+      const results = await Promise.allSettled([...workers].map((w) => request(w, "reload")));
+      for (const r of results) {
+        if (r.status === "rejected")
+          log.error({ event: "worker_sync_failed", err: r.reason as Error }, "a worker did not confirm the reload");
+      }
+    },
+  };
+  const sidecar = await startSidecar(config, log, { role: "primary", cluster: link });
+  for (const w of config.warnings) log.debug({ event: "risky_setting" }, w);
+  const proxy = { host: config.listen.host, port };
+  log.info(
+    {
+      event: "listening",
+      proxy: formatListen(proxy),
+      admin: sidecar.adminAddress ? formatListen(sidecar.adminAddress) : null,
+      upstream: config.upstream.href,
+      mode: config.mode,
+      keys: sidecar.store.snapshot.size,
+      allow_list_entries: sidecar.store.snapshot.entries,
+      keys_file: config.keys.displayName,
+      workers: config.workers,
+      trusted_proxies: trustSummary(config),
+    },
+    `keyfence ${VERSION} listening on http://${formatListen(proxy)} with ${config.workers} workers${sidecar.adminAddress ? `, admin on http://${formatListen(sidecar.adminAddress)}` : ""}`,
+  );
+
+  return {
+    async stop() {
+      stopping = true;
+      log.info(
+        { event: "draining", timeout_ms: config.drainTimeoutMs, workers: workers.size },
+        "stopping: draining workers",
+      );
+      await Promise.all(
+        [...workers].map(
+          (w) =>
+            new Promise<void>((resolve) => {
+              w.once("exit", () => resolve());
+              request(w, "stop").then(
+                () => w.disconnect(),
+                () => w.kill("SIGKILL"),
+              );
+            }),
+        ),
+      );
+      await sidecar.stop();
+    },
+  };
+}
