@@ -15,8 +15,11 @@ import { open, readFile, rename, stat, unlink } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { isMap, isSeq, parseDocument } from "yaml";
 import type { Problem } from "../util/yaml.js";
+import { Worker } from "node:worker_threads";
 import { parseKeysFile, type KeyRecord } from "./keysfile.js";
-import { MatcherCache, Snapshot } from "./snapshot.js";
+import { editEntry, indexEntries, spliceChange, toYaml, type EntryIndex } from "./splice.js";
+import type { LoaderInput, LoaderMessage } from "./loader.js";
+import { MatcherCache, Snapshot, SnapshotBuilder } from "./snapshot.js";
 import {
   StoreConflictError,
   StoreLoadError,
@@ -29,6 +32,12 @@ import {
 
 /** How long file events are collected before one reload (editors write in bursts). */
 export const RELOAD_DEBOUNCE_MS = 100;
+
+/** Files at least this large are parsed in a worker thread and installed in slices. */
+export const WORKER_THRESHOLD_BYTES = 512 * 1024;
+
+/** Records per message from the loader thread (each takes a few milliseconds to receive). */
+const CHUNK = 2000;
 
 /** Options of {@link FileKeyStore}. */
 export interface FileKeyStoreOptions {
@@ -91,6 +100,8 @@ export class FileKeyStore implements KeyStore {
   private queue: Promise<unknown> = Promise.resolve();
   private readonly cache: MatcherCache;
   private afterWrite: (() => Promise<void>) | undefined;
+  /** Where each entry lies in `text`, for in-place edits (computed at the first write). */
+  private index: EntryIndex | undefined;
 
   constructor(private readonly options: FileKeyStoreOptions) {
     this.cache = options.cache ?? new MatcherCache();
@@ -196,6 +207,11 @@ export class FileKeyStore implements KeyStore {
   }
 
   private async read(skipUnchanged = false): Promise<ReadResult> {
+    try {
+      if ((await stat(this.options.file)).size >= WORKER_THRESHOLD_BYTES) return await this.readInWorker(skipUnchanged);
+    } catch {
+      // Missing or unreadable: the inline path reports it.
+    }
     let text: string;
     try {
       text = await readFile(this.options.file, "utf8");
@@ -210,6 +226,53 @@ export class FileKeyStore implements KeyStore {
     return this.parse(text, hash);
   }
 
+  /** Parses in a worker thread; records arrive in chunks and go into the next snapshot as they come. */
+  private readInWorker(skipUnchanged: boolean): Promise<ReadResult> {
+    return new Promise((resolve) => {
+      const input: LoaderInput = {
+        file: this.options.file,
+        displayName: this.options.displayName,
+        maxEntries: this.options.maxEntries,
+        knownHash: skipUnchanged ? this.contentHash : "",
+        chunkSize: CHUNK,
+      };
+      const worker = new Worker(new URL("./loader.js", import.meta.url), { workerData: input });
+      const builder = new SnapshotBuilder(this.cache, this.current);
+      let settled = false;
+      const settle = (r: ReadResult): void => {
+        if (settled) return;
+        settled = true;
+        resolve(r);
+        void worker.terminate();
+      };
+      worker.on("message", (m: LoaderMessage) => {
+        switch (m.type) {
+          case "chunk":
+            for (const r of m.records as KeyRecord[]) builder.add(r);
+            break;
+          case "done":
+            settle({ ok: true, snapshot: builder.finish(), hash: m.hash, text: m.text });
+            break;
+          case "unchanged":
+            settle({ ok: false, problems: [], unchanged: true });
+            break;
+          case "invalid":
+            settle({ ok: false, problems: m.problems as Problem[] });
+            break;
+          case "error":
+            settle({ ok: false, problems: [this.problem(m.message)] });
+            break;
+        }
+      });
+      worker.on("error", (err) =>
+        settle({ ok: false, problems: [this.problem(`cannot load the keys file: ${err.message}`)] }),
+      );
+      worker.on("exit", () =>
+        settle({ ok: false, problems: [this.problem("the keys file loader stopped unexpectedly")] }),
+      );
+    });
+  }
+
   private parse(text: string, hash: string): ReadResult {
     const parsed = parseKeysFile(this.options.displayName, text, this.options.maxEntries);
     if (!parsed.ok) return { ok: false, problems: parsed.problems };
@@ -220,11 +283,41 @@ export class FileKeyStore implements KeyStore {
     this.current = read.snapshot;
     this.contentHash = read.hash;
     this.text = read.text;
+    this.index = undefined;
     for (const l of this.listeners) l.change?.(read.snapshot, cause);
   }
 
-  /** Applies `change` to the YAML document, writes it atomically, then installs it. */
+  /**
+   * Applies `change` to the file text, writes it atomically, then installs it.
+   * The usual layout is edited in place (only the changed entry is parsed);
+   * any other layout goes through the whole `yaml` Document.
+   */
   private async commit(change: KeyChange): Promise<void> {
+    const ids = this.snapshot.ids();
+    this.index ??= indexEntries(this.text, ids);
+    const spliced = this.index ? spliceChange(this.text, this.index, ids, change) : undefined;
+    const text = spliced?.text ?? this.editDocument(change);
+    const hash = digest(text);
+    let snapshot: Snapshot;
+    if (text.length < WORKER_THRESHOLD_BYTES) {
+      // Small files: validate the whole result, as a reload would.
+      const read = this.parse(text, hash);
+      if (!read.ok) {
+        throw new Error(
+          `internal: the edited keys file does not validate: ${read.problems.map((p) => p.message).join("; ")}`,
+        );
+      }
+      snapshot = read.snapshot;
+    } else {
+      snapshot = this.snapshot.withChange(change);
+    }
+    await writeFileAtomic(this.options.file, text);
+    this.install({ snapshot, hash, text }, "write");
+    this.index = spliced?.index;
+  }
+
+  /** The whole-document edit, for layouts the in-place edit does not handle. */
+  private editDocument(change: KeyChange): string {
     const doc = parseDocument(this.text);
     let seq = doc.get("keys", true);
     if (!isSeq(seq)) {
@@ -237,30 +330,13 @@ export class FileKeyStore implements KeyStore {
     if (change.kind === "create") {
       seq.add(doc.createNode(toYaml(change.record)));
     } else if (change.kind === "update") {
-      const i = indexOf(change.record.id);
-      const item = items[i];
+      const item = items[indexOf(change.record.id)];
       if (!isMap(item)) throw new Error(`internal: key ${change.record.id} vanished`);
-      const before = item.toJSON() as Record<string, unknown>;
-      const defaults: Record<string, unknown> = { name: change.record.id, scopes: [], ip_allow_list: [] };
-      for (const [k, v] of Object.entries(toYaml(change.record))) {
-        const same = (x: unknown): boolean => JSON.stringify(x) === JSON.stringify(v);
-        // Untouched fields keep their node (and comments); absent defaults stay absent.
-        if (k in before ? !same(before[k]) : !same(defaults[k])) item.set(k, doc.createNode(v));
-      }
-      if (change.record.mode === undefined) item.delete("mode");
+      editEntry(doc, item, change.record);
     } else {
       seq.delete(indexOf(change.id));
     }
-    const text = doc.toString({ flowCollectionPadding: false });
-    const read = this.parse(text, digest(text));
-    if (!read.ok) {
-      // A change that would not load again is a bug: never write it.
-      throw new Error(
-        `internal: the edited keys file does not validate: ${read.problems.map((p) => p.message).join("; ")}`,
-      );
-    }
-    await writeFileAtomic(this.options.file, text);
-    this.install(read, "write");
+    return doc.toString({ flowCollectionPadding: false });
   }
 
   private emitFailed(problems: readonly Problem[]): void {
@@ -270,19 +346,4 @@ export class FileKeyStore implements KeyStore {
   private problem(message: string): Problem {
     return { file: this.options.displayName, line: 1, col: 1, path: "", message };
   }
-}
-
-/** A record as keys-file fields, in the file's usual order. */
-function toYaml(r: KeyRecord): Record<string, unknown> {
-  const out: Record<string, unknown> = {
-    id: r.id,
-    name: r.name,
-    secret_sha256: r.secretSha256,
-    scopes: [...r.scopes],
-    ip_allow_list: [...r.ipAllowList],
-  };
-  if (r.mode !== undefined) out["mode"] = r.mode;
-  if (r.createdAt !== undefined) out["created_at"] = r.createdAt;
-  if (r.updatedAt !== undefined) out["updated_at"] = r.updatedAt;
-  return out;
 }

@@ -9,6 +9,7 @@ import { IpError, parseCidr, type Cidr, type Ip } from "../ip/address.js";
 import { compileMatcher, type Matcher } from "../ip/matcher.js";
 import type { KeyPolicy } from "../policy/decide.js";
 import type { KeyRecord } from "./keysfile.js";
+import type { KeyChange } from "./store.js";
 
 /** Default number of compiled allow lists kept in memory. */
 export const DEFAULT_MATCHER_CACHE = 50_000;
@@ -74,36 +75,108 @@ function sameList(a: readonly string[], b: readonly string[]): boolean {
   return true;
 }
 
-/** One immutable generation of the key store. */
-export class Snapshot {
+/** The maps of a snapshot. */
+interface SnapshotParts {
+  readonly byHash: Map<string, StoredKey>;
+  readonly byId: Map<string, StoredKey>;
+  readonly entries: number;
+}
+
+/**
+ * Builds a snapshot record by record, so a large store can be built in slices
+ * between other work; records whose list equals the one in `previous` reuse
+ * that list's array, so its compiled matcher stays cached.
+ */
+export class SnapshotBuilder {
   private readonly byHash = new Map<string, StoredKey>();
   private readonly byId = new Map<string, StoredKey>();
+  private entries = 0;
+
+  constructor(
+    private readonly cache: MatcherCache,
+    private readonly previous?: Snapshot,
+  ) {}
+
+  /** Adds one record (validated, ids and secrets unique). */
+  add(record: KeyRecord): void {
+    let rec = record;
+    const old = this.previous?.record(rec.id);
+    if (old !== undefined && old.ipAllowList !== rec.ipAllowList && sameList(old.ipAllowList, rec.ipAllowList)) {
+      rec = { ...rec, ipAllowList: old.ipAllowList };
+    }
+    const key = new StoredKey(rec, this.cache);
+    this.byHash.set(rec.secretSha256, key);
+    this.byId.set(rec.id, key);
+    this.entries += rec.ipAllowList.length;
+  }
+
+  /** The finished snapshot; the builder must not be used afterwards. */
+  finish(): Snapshot {
+    return new Snapshot([], this.cache, this.previous, this.parts());
+  }
+
+  /** The maps built so far (for the Snapshot constructor). */
+  parts(): SnapshotParts {
+    return { byHash: this.byHash, byId: this.byId, entries: this.entries };
+  }
+}
+
+/** One immutable generation of the key store. */
+export class Snapshot {
+  private readonly byHash: Map<string, StoredKey>;
+  private readonly byId: Map<string, StoredKey>;
   /** Total allow-list entries over all keys. */
   readonly entries: number;
+  /** Monotonic generation number. */
+  readonly generation: number;
 
-  /**
-   * Builds a snapshot; records whose list equals the one in `previous` reuse
-   * that list's array, so its compiled matcher stays cached.
-   */
+  /** Builds a snapshot of `records` at once (see {@link SnapshotBuilder} for large stores). */
   constructor(
     records: readonly KeyRecord[],
     readonly cache: MatcherCache,
     previous?: Snapshot,
-    /** Monotonic generation number. */
-    readonly generation: number = (previous?.generation ?? 0) + 1,
+    built?: SnapshotParts,
   ) {
-    let entries = 0;
-    for (let rec of records) {
-      const old = previous?.byId.get(rec.id)?.record;
-      if (old !== undefined && old.ipAllowList !== rec.ipAllowList && sameList(old.ipAllowList, rec.ipAllowList)) {
-        rec = { ...rec, ipAllowList: old.ipAllowList };
+    this.generation = (previous?.generation ?? 0) + 1;
+    let parts = built;
+    if (parts === undefined) {
+      const b = new SnapshotBuilder(cache, previous);
+      for (const r of records) b.add(r);
+      parts = b.parts();
+    }
+    this.byHash = parts.byHash;
+    this.byId = parts.byId;
+    this.entries = parts.entries;
+  }
+
+  /** A new snapshot with one change applied; every other key keeps its compiled state. */
+  withChange(change: KeyChange): Snapshot {
+    const byId = new Map(this.byId);
+    const byHash = new Map(this.byHash);
+    let entries = this.entries;
+    const id = change.kind === "delete" ? change.id : change.record.id;
+    const old = byId.get(id);
+    if (old !== undefined) {
+      byHash.delete(old.record.secretSha256);
+      entries -= old.record.ipAllowList.length;
+      if (change.kind === "delete") byId.delete(id);
+    }
+    if (change.kind !== "delete") {
+      let rec = change.record;
+      if (old !== undefined && sameList(old.record.ipAllowList, rec.ipAllowList)) {
+        rec = { ...rec, ipAllowList: old.record.ipAllowList };
       }
-      const key = new StoredKey(rec, cache);
-      this.byHash.set(rec.secretSha256, key);
-      this.byId.set(rec.id, key);
+      const key = new StoredKey(rec, this.cache);
+      byId.set(id, key);
+      byHash.set(rec.secretSha256, key);
       entries += rec.ipAllowList.length;
     }
-    this.entries = entries;
+    return new Snapshot([], this.cache, this, { byHash, byId, entries });
+  }
+
+  /** Key ids in store order. */
+  ids(): string[] {
+    return [...this.byId.keys()];
   }
 
   /** The key whose secret hashes to `secretSha256`, if any. */

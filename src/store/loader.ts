@@ -1,0 +1,59 @@
+/**
+ * Worker thread that reads, parses and validates a large keys file off the
+ * main thread, then sends the records in chunks (each a few milliseconds to
+ * receive), so a reload of 100,000 keys never stalls the proxy.
+ */
+import { createHash } from "node:crypto";
+import { readFile } from "node:fs/promises";
+import { parentPort, workerData } from "node:worker_threads";
+import { parseKeysFile } from "./keysfile.js";
+
+/** What the worker is asked to load. */
+export interface LoaderInput {
+  readonly file: string;
+  readonly displayName: string;
+  readonly maxEntries: number;
+  /** Content hash of the version in force: an identical file is reported unchanged. */
+  readonly knownHash: string;
+  readonly chunkSize: number;
+}
+
+/** Messages the worker sends, in order: chunks, then one of the others. */
+export type LoaderMessage =
+  | { readonly type: "chunk"; readonly records: unknown[] }
+  | { readonly type: "done"; readonly hash: string; readonly text: string }
+  | { readonly type: "unchanged" }
+  | { readonly type: "invalid"; readonly problems: unknown[] }
+  | { readonly type: "error"; readonly message: string };
+
+async function run(input: LoaderInput): Promise<void> {
+  const post = (m: LoaderMessage): void => parentPort?.postMessage(m);
+  let text: string;
+  try {
+    text = await readFile(input.file, "utf8");
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    post({
+      type: "error",
+      message:
+        code === "ENOENT" ? "the keys file does not exist" : `cannot read the keys file: ${(err as Error).message}`,
+    });
+    return;
+  }
+  const hash = createHash("sha256").update(text).digest("hex");
+  if (hash === input.knownHash) {
+    post({ type: "unchanged" });
+    return;
+  }
+  const parsed = parseKeysFile(input.displayName, text, input.maxEntries);
+  if (!parsed.ok) {
+    post({ type: "invalid", problems: parsed.problems });
+    return;
+  }
+  for (let i = 0; i < parsed.keys.length; i += input.chunkSize) {
+    post({ type: "chunk", records: parsed.keys.slice(i, i + input.chunkSize) });
+  }
+  post({ type: "done", hash, text });
+}
+
+if (parentPort !== null) void run(workerData as LoaderInput);

@@ -1,0 +1,252 @@
+/** The file store: in-place edits, the worker-thread loader for large files, reload safety. */
+import assert from "node:assert/strict";
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { monitorEventLoopDelay } from "node:perf_hooks";
+import { after, before, describe, test } from "node:test";
+import fc from "fast-check";
+import { secretHash } from "../../src/policy/credential.js";
+import { FileKeyStore, WORKER_THRESHOLD_BYTES } from "../../src/store/filestore.js";
+import { parseKeysFile, type KeyRecord } from "../../src/store/keysfile.js";
+import { indexEntries, spliceChange } from "../../src/store/splice.js";
+import type { KeyChange } from "../../src/store/store.js";
+import { formatProblem } from "../../src/util/yaml.js";
+
+function rec(id: string, over: Partial<KeyRecord> = {}): KeyRecord {
+  return {
+    id,
+    name: id,
+    secretSha256: secretHash(`secret-${id}`),
+    scopes: [],
+    ipAllowList: [],
+    mode: undefined,
+    createdAt: undefined,
+    updatedAt: undefined,
+    ...over,
+  };
+}
+
+function records(text: string): KeyRecord[] {
+  const r = parseKeysFile("k", text, 1000);
+  if (!r.ok) throw new Error(r.problems.map(formatProblem).join("\n"));
+  return r.keys;
+}
+
+const USUAL = `# top comment
+keys:
+  # the first key
+  - id: a # trailing
+    secret_sha256: "${secretHash("secret-a")}"
+    ip_allow_list: [10.0.0.1] # office
+
+  - id: b
+    name: Bee
+    secret_sha256: "${secretHash("secret-b")}"
+    scopes:
+      - x:y
+  # the last key
+  - id: c
+    secret_sha256: "${secretHash("secret-c")}"
+`;
+
+describe("in-place edits of the keys file", () => {
+  test("indexes the usual layout, with leading comments attached to their entry", () => {
+    const idx = indexEntries(USUAL, ["a", "b", "c"]);
+    assert.ok(idx);
+    assert.equal(idx.indent, 2);
+    assert.ok(USUAL.slice(idx.starts[0], idx.bodies[0]).includes("# the first key"));
+    assert.ok(USUAL.slice(idx.starts[2], idx.bodies[2]).includes("# the last key"));
+  });
+
+  test("refuses layouts it does not understand (the document path takes them)", () => {
+    const h = secretHash("x");
+    for (const [text, ids] of [
+      [`keys: [{id: a, secret_sha256: "${h}"}]\n`, ["a"]],
+      [`keys:\n- {id: a, secret_sha256: "${h}"}\n`, ["a"]],
+      [`keys:\n\t- id: a\n`, ["a"]],
+      [`keys: []\n`, []],
+      [`keys:\n  - id: a\n    secret_sha256: "${h}"\n`, ["b"]],
+      [`keys:\n  - secret_sha256: "${h}"\n    id: a\n  - id: b\n`, ["a"]],
+    ] as Array<[string, string[]]>) {
+      assert.equal(indexEntries(text, ids), undefined, text);
+    }
+  });
+
+  test("update, create and delete touch only their entry", () => {
+    const ids = ["a", "b", "c"];
+    const idx = indexEntries(USUAL, ids)!;
+    const b = records(USUAL)[1]!;
+    const up = spliceChange(USUAL, idx, ids, {
+      kind: "update",
+      record: { ...b, name: "Bee 2", ipAllowList: ["192.0.2.0/24"] },
+    })!;
+    assert.deepEqual(
+      records(up.text).map((r) => [r.id, r.name, r.ipAllowList]),
+      [
+        ["a", "a", ["10.0.0.1"]],
+        ["b", "Bee 2", ["192.0.2.0/24"]],
+        ["c", "c", []],
+      ],
+    );
+    for (const kept of [
+      "# top comment",
+      "# the first key",
+      "- id: a # trailing",
+      "ip_allow_list: [10.0.0.1] # office",
+      "# the last key",
+      "\n\n  - id: b",
+    ]) {
+      assert.ok(up.text.includes(kept), `lost ${JSON.stringify(kept)}:\n${up.text}`);
+    }
+    const del = spliceChange(up.text, up.index, ids, { kind: "delete", id: "c" })!;
+    assert.deepEqual(
+      records(del.text).map((r) => r.id),
+      ["a", "b"],
+    );
+    assert.ok(!del.text.includes("# the last key"), "a deleted entry takes its leading comment");
+    const add = spliceChange(del.text, del.index, ["a", "b"], {
+      kind: "create",
+      record: rec("d", { ipAllowList: ["::1"] }),
+    })!;
+    assert.deepEqual(
+      records(add.text).map((r) => r.id),
+      ["a", "b", "d"],
+    );
+    assert.deepEqual(indexEntries(add.text, ["a", "b", "d"]), add.index, "the index follows the edits");
+  });
+
+  test("property: any sequence of changes done in place equals the records it describes", () => {
+    const change = fc.oneof(
+      fc.record({
+        kind: fc.constant("create" as const),
+        n: fc.nat(1000),
+        list: fc.array(fc.constantFrom("10.0.0.1", "192.0.2.0/24", "2001:db8::/48"), { maxLength: 3 }),
+      }),
+      fc.record({
+        kind: fc.constant("update" as const),
+        pick: fc.nat(),
+        name: fc
+          .string({ minLength: 1, maxLength: 12 })
+          .filter((s) => s.trim() !== "" && [...s].every((ch) => ch.charCodeAt(0) >= 32)),
+        list: fc.array(fc.constantFrom("10.0.0.2", "198.51.100.0/24"), { maxLength: 2 }),
+      }),
+      fc.record({ kind: fc.constant("delete" as const), pick: fc.nat() }),
+    );
+    fc.assert(
+      fc.property(fc.array(change, { maxLength: 12 }), (changes) => {
+        let text = USUAL;
+        let expected = records(USUAL);
+        let idx = indexEntries(
+          text,
+          expected.map((r) => r.id),
+        );
+        let created = 0;
+        for (const c of changes) {
+          const ids = expected.map((r) => r.id);
+          let kc: KeyChange;
+          if (c.kind === "create") {
+            kc = { kind: "create", record: rec(`n${created++}_${c.n}`, { ipAllowList: [...new Set(c.list)] }) };
+            expected = [...expected, kc.record];
+          } else if (expected.length === 0) continue;
+          else if (c.kind === "update") {
+            const target = expected[c.pick % expected.length]!;
+            kc = { kind: "update", record: { ...target, name: c.name, ipAllowList: [...new Set(c.list)] } };
+            const r = kc.record;
+            expected = expected.map((x) => (x.id === r.id ? r : x));
+          } else {
+            const target = expected[c.pick % expected.length]!;
+            kc = { kind: "delete", id: target.id };
+            expected = expected.filter((x) => x.id !== target.id);
+          }
+          if (idx === undefined) return; // an emptied file is the document path's job
+          const out = spliceChange(text, idx, ids, kc);
+          assert.ok(out, "splice refused a usual layout");
+          text = out.text;
+          idx = expected.length > 0 ? out.index : undefined;
+          if (expected.length > 0)
+            assert.deepEqual(
+              indexEntries(
+                text,
+                expected.map((r) => r.id),
+              ),
+              idx,
+            );
+        }
+        assert.deepEqual(
+          records(text).map((r) => [r.id, r.name, r.ipAllowList]),
+          expected.map((r) => [r.id, r.name, r.ipAllowList]),
+        );
+      }),
+      { numRuns: 300 },
+    );
+  });
+});
+
+describe("a large keys file (worker-thread loader, in-place writes)", () => {
+  let dir: string;
+  const N = 4000;
+  before(() => {
+    dir = mkdtempSync(join(tmpdir(), "keyfence-large-"));
+  });
+  after(() => rmSync(dir, { recursive: true, force: true }));
+
+  function bigFile(extra = ""): string {
+    let out = "keys:\n";
+    for (let i = 0; i < N; i++) {
+      out += `  - id: key_${i}\n    name: Key number ${i} of the large store\n    secret_sha256: "${secretHash(`s${i}`)}"\n    scopes: [messages:send]\n    ip_allow_list:\n      - 10.${i >> 8}.${i & 255}.0/24\n      - 2001:db8:${i.toString(16)}::/48\n`;
+    }
+    return out + extra;
+  }
+
+  test("loads off the main thread, writes in place, refuses a bad edit with located errors", async () => {
+    const file = join(dir, "keys.yaml");
+    writeFileSync(file, bigFile());
+    assert.ok(statSync(file).size >= WORKER_THRESHOLD_BYTES, "the file takes the worker path");
+    const store = new FileKeyStore({ file, displayName: "keys.yaml", maxEntries: 1000 });
+    const failures: string[] = [];
+    store.subscribe({ reloadFailed: (ps) => failures.push(...ps.map(formatProblem)) });
+    await store.load();
+    assert.equal(store.snapshot.size, N);
+    assert.equal(store.snapshot.lookup(secretHash("s7"))?.id, "key_7");
+
+    const updated = { ...store.snapshot.record("key_10")!, name: "Renamed", ipAllowList: ["203.0.113.0/24"] };
+    await store.transact(() => ({ change: { kind: "update", record: updated }, result: undefined }));
+    await store.transact(() => ({
+      change: { kind: "create", record: rec("fresh", { ipAllowList: ["192.0.2.1"] }) },
+      result: undefined,
+    }));
+    await store.transact(() => ({ change: { kind: "delete", id: "key_20" }, result: undefined }));
+    assert.equal(store.snapshot.size, N);
+    assert.equal(store.snapshot.record("key_10")?.name, "Renamed");
+    assert.equal(store.snapshot.record("key_20"), undefined);
+    const onDisk = records(readFileSync(file, "utf8"));
+    assert.equal(onDisk.length, N);
+    assert.deepEqual(onDisk.find((r) => r.id === "key_10")?.ipAllowList, ["203.0.113.0/24"]);
+    assert.ok(onDisk.some((r) => r.id === "fresh"));
+
+    // An invalid edit is reported with file:line:col and changes nothing.
+    writeFileSync(file, bigFile("  - id: broken\n    secret_sha256: nothex\n    ip_allow_list: [10.0.0.300]\n"));
+    const delay = monitorEventLoopDelay({ resolution: 5 });
+    delay.enable();
+    await store.reload();
+    delay.disable();
+    assert.equal(store.snapshot.size, N, "the last good version keeps serving");
+    assert.ok(
+      failures.some((f) =>
+        new RegExp(
+          `^keys\\.yaml:${N * 7 + 4}:\\d+: keys\\[${N}\\]\\.ip_allow_list\\[0\\] \\("10\\.0\\.0\\.300"\\)`,
+        ).test(f),
+      ),
+      failures.join("\n"),
+    );
+    assert.ok(delay.max / 1e6 < 200, `the event loop stalled ${delay.max / 1e6} ms`);
+
+    // A good external edit replaces the store.
+    writeFileSync(file, bigFile());
+    await store.reload();
+    assert.equal(store.snapshot.record("key_10")?.name, "Key number 10 of the large store");
+    assert.equal(store.snapshot.record("fresh"), undefined);
+    await store.close();
+  });
+});
