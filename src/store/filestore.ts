@@ -11,6 +11,7 @@
  */
 import { createHash } from "node:crypto";
 import { watch, type FSWatcher } from "node:fs";
+import type { BigIntStats } from "node:fs";
 import { open, readFile, rename, stat, unlink } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { isMap, isSeq, parseDocument } from "yaml";
@@ -49,12 +50,16 @@ export interface FileKeyStoreOptions {
   readonly cache?: MatcherCache;
 }
 
+function signature(st: BigIntStats): string {
+  return `${st.ino}:${st.size}:${st.mtimeNs}`;
+}
+
 function digest(text: string): string {
   return createHash("sha256").update(text).digest("hex");
 }
 
 type ReadResult =
-  | { ok: true; snapshot: Snapshot; hash: string; text: string }
+  | { ok: true; snapshot: Snapshot; hash: string; text: string; index?: EntryIndex | undefined }
   | { ok: false; problems: Problem[]; unchanged?: boolean };
 
 /** Writes `text` to `file` atomically: temp file, fsync, rename over, fsync the directory. */
@@ -102,6 +107,8 @@ export class FileKeyStore implements KeyStore {
   private afterWrite: (() => Promise<void>) | undefined;
   /** Where each entry lies in `text`, for in-place edits (computed at the first write). */
   private index: EntryIndex | undefined;
+  /** Inode, size and mtime of the file as our last write left it. */
+  private ownWrite: string | undefined;
 
   constructor(private readonly options: FileKeyStoreOptions) {
     this.cache = options.cache ?? new MatcherCache();
@@ -208,7 +215,12 @@ export class FileKeyStore implements KeyStore {
 
   private async read(skipUnchanged = false): Promise<ReadResult> {
     try {
-      if ((await stat(this.options.file)).size >= WORKER_THRESHOLD_BYTES) return await this.readInWorker(skipUnchanged);
+      const st = await stat(this.options.file, { bigint: true });
+      // Our own last write, untouched since: nothing to read (no hash of a large file on the main thread).
+      if (skipUnchanged && this.ownWrite !== undefined && this.ownWrite === signature(st)) {
+        return { ok: false, problems: [], unchanged: true };
+      }
+      if (st.size >= WORKER_THRESHOLD_BYTES) return await this.readInWorker(skipUnchanged);
     } catch {
       // Missing or unreadable: the inline path reports it.
     }
@@ -251,7 +263,7 @@ export class FileKeyStore implements KeyStore {
             for (const r of m.records as KeyRecord[]) builder.add(r);
             break;
           case "done":
-            settle({ ok: true, snapshot: builder.finish(), hash: m.hash, text: m.text });
+            settle({ ok: true, snapshot: builder.finish(), hash: m.hash, text: m.text, index: m.index });
             break;
           case "unchanged":
             settle({ ok: false, problems: [], unchanged: true });
@@ -279,11 +291,15 @@ export class FileKeyStore implements KeyStore {
     return { ok: true, snapshot: new Snapshot(parsed.keys, this.cache, this.current), hash, text };
   }
 
-  private install(read: { snapshot: Snapshot; hash: string; text: string }, cause: ChangeCause): void {
+  private install(
+    read: { snapshot: Snapshot; hash: string; text: string; index?: EntryIndex | undefined },
+    cause: ChangeCause,
+  ): void {
     this.current = read.snapshot;
     this.contentHash = read.hash;
     this.text = read.text;
-    this.index = undefined;
+    this.index = read.index;
+    this.ownWrite = undefined;
     for (const l of this.listeners) l.change?.(read.snapshot, cause);
   }
 
@@ -297,9 +313,10 @@ export class FileKeyStore implements KeyStore {
     this.index ??= indexEntries(this.text, ids);
     const spliced = this.index ? spliceChange(this.text, this.index, ids, change) : undefined;
     const text = spliced?.text ?? this.editDocument(change);
-    const hash = digest(text);
+    const small = text.length < WORKER_THRESHOLD_BYTES;
+    const hash = small ? digest(text) : "";
     let snapshot: Snapshot;
-    if (text.length < WORKER_THRESHOLD_BYTES) {
+    if (small) {
       // Small files: validate the whole result, as a reload would.
       const read = this.parse(text, hash);
       if (!read.ok) {
@@ -309,11 +326,13 @@ export class FileKeyStore implements KeyStore {
       }
       snapshot = read.snapshot;
     } else {
-      snapshot = this.snapshot.withChange(change);
+      // Large files: the entry was validated by the caller; copy the maps in slices.
+      snapshot = await this.snapshot.withChangeSliced(change);
     }
     await writeFileAtomic(this.options.file, text);
-    this.install({ snapshot, hash, text }, "write");
-    this.index = spliced?.index;
+    const written = signature(await stat(this.options.file, { bigint: true }));
+    this.install({ snapshot, hash, text, index: spliced?.index }, "write");
+    this.ownWrite = written;
   }
 
   /** The whole-document edit, for layouts the in-place edit does not handle. */

@@ -7,6 +7,7 @@ import { createHash } from "node:crypto";
 import { readFile } from "node:fs/promises";
 import { parentPort, workerData } from "node:worker_threads";
 import { parseKeysFile } from "./keysfile.js";
+import { indexEntries, type EntryIndex } from "./splice.js";
 
 /** What the worker is asked to load. */
 export interface LoaderInput {
@@ -21,7 +22,7 @@ export interface LoaderInput {
 /** Messages the worker sends, in order: chunks, then one of the others. */
 export type LoaderMessage =
   | { readonly type: "chunk"; readonly records: unknown[] }
-  | { readonly type: "done"; readonly hash: string; readonly text: string }
+  | { readonly type: "done"; readonly hash: string; readonly text: string; readonly index: EntryIndex | undefined }
   | { readonly type: "unchanged" }
   | { readonly type: "invalid"; readonly problems: unknown[] }
   | { readonly type: "error"; readonly message: string };
@@ -53,7 +54,15 @@ async function run(input: LoaderInput): Promise<void> {
   for (let i = 0; i < parsed.keys.length; i += input.chunkSize) {
     post({ type: "chunk", records: parsed.keys.slice(i, i + input.chunkSize) });
   }
-  post({ type: "done", hash, text });
+  post({
+    type: "done",
+    hash,
+    text,
+    index: indexEntries(
+      text,
+      parsed.keys.map((k) => k.id),
+    ),
+  });
 }
 
 if (parentPort !== null) void run(workerData as LoaderInput);

@@ -153,6 +153,27 @@ export class Snapshot {
   withChange(change: KeyChange): Snapshot {
     const byId = new Map(this.byId);
     const byHash = new Map(this.byHash);
+    const entries = this.apply(byId, byHash, change);
+    return new Snapshot([], this.cache, this, { byHash, byId, entries });
+  }
+
+  /** {@link withChange} for large stores: the maps are copied a slice at a time, yielding in between. */
+  async withChangeSliced(change: KeyChange, slice = 20_000): Promise<Snapshot> {
+    if (this.byId.size <= slice) return this.withChange(change);
+    const byId = new Map<string, StoredKey>();
+    const byHash = new Map<string, StoredKey>();
+    let n = 0;
+    for (const [id, key] of this.byId) {
+      byId.set(id, key);
+      byHash.set(key.record.secretSha256, key);
+      if (++n % slice === 0) await new Promise((r) => setImmediate(r));
+    }
+    const entries = this.apply(byId, byHash, change);
+    return new Snapshot([], this.cache, this, { byHash, byId, entries });
+  }
+
+  /** Applies `change` to copies of this snapshot's maps; returns the new entry count. */
+  private apply(byId: Map<string, StoredKey>, byHash: Map<string, StoredKey>, change: KeyChange): number {
     let entries = this.entries;
     const id = change.kind === "delete" ? change.id : change.record.id;
     const old = byId.get(id);
@@ -171,7 +192,7 @@ export class Snapshot {
       byHash.set(rec.secretSha256, key);
       entries += rec.ipAllowList.length;
     }
-    return new Snapshot([], this.cache, this, { byHash, byId, entries });
+    return entries;
   }
 
   /** Key ids in store order. */
