@@ -50,6 +50,14 @@ export interface FileKeyStoreOptions {
   readonly cache?: MatcherCache;
 }
 
+/** File bytes decoded to text only when needed. */
+class LazyText {
+  constructor(private readonly bytes: ArrayBuffer) {}
+  decode(): string {
+    return new TextDecoder().decode(this.bytes);
+  }
+}
+
 function signature(st: BigIntStats): string {
   return `${st.ino}:${st.size}:${st.mtimeNs}`;
 }
@@ -59,7 +67,7 @@ function digest(text: string): string {
 }
 
 type ReadResult =
-  | { ok: true; snapshot: Snapshot; hash: string; text: string; index?: EntryIndex | undefined }
+  | { ok: true; snapshot: Snapshot; hash: string; text: string | LazyText; index?: EntryIndex | undefined }
   | { ok: false; problems: Problem[]; unchanged?: boolean };
 
 /** Writes `text` to `file` atomically: temp file, fsync, rename over, fsync the directory. */
@@ -97,7 +105,8 @@ export async function writeFileAtomic(file: string, text: string): Promise<void>
 export class FileKeyStore implements KeyStore {
   private current: Snapshot | undefined;
   private contentHash = "";
-  private text = "";
+  /** The file text in force; a large file's stays as bytes until a write needs it. */
+  private source: string | LazyText = "";
   private readonly listeners = new Set<StoreListener>();
   private watcher: FSWatcher | undefined;
   private timer: NodeJS.Timeout | undefined;
@@ -261,9 +270,11 @@ export class FileKeyStore implements KeyStore {
         switch (m.type) {
           case "chunk":
             for (const r of m.records as KeyRecord[]) builder.add(r);
+            // Ask for the next chunk only after the event loop had its turn.
+            setImmediate(() => worker.postMessage("next"));
             break;
           case "done":
-            settle({ ok: true, snapshot: builder.finish(), hash: m.hash, text: m.text, index: m.index });
+            settle({ ok: true, snapshot: builder.finish(), hash: m.hash, text: new LazyText(m.bytes), index: m.index });
             break;
           case "unchanged":
             settle({ ok: false, problems: [], unchanged: true });
@@ -292,12 +303,12 @@ export class FileKeyStore implements KeyStore {
   }
 
   private install(
-    read: { snapshot: Snapshot; hash: string; text: string; index?: EntryIndex | undefined },
+    read: { snapshot: Snapshot; hash: string; text: string | LazyText; index?: EntryIndex | undefined },
     cause: ChangeCause,
   ): void {
     this.current = read.snapshot;
     this.contentHash = read.hash;
-    this.text = read.text;
+    this.source = read.text;
     this.index = read.index;
     this.ownWrite = undefined;
     for (const l of this.listeners) l.change?.(read.snapshot, cause);
@@ -310,8 +321,9 @@ export class FileKeyStore implements KeyStore {
    */
   private async commit(change: KeyChange): Promise<void> {
     const ids = this.snapshot.ids();
-    this.index ??= indexEntries(this.text, ids);
-    const spliced = this.index ? spliceChange(this.text, this.index, ids, change) : undefined;
+    const current = this.text();
+    this.index ??= indexEntries(current, ids);
+    const spliced = this.index ? spliceChange(current, this.index, ids, change) : undefined;
     const text = spliced?.text ?? this.editDocument(change);
     const small = text.length < WORKER_THRESHOLD_BYTES;
     const hash = small ? digest(text) : "";
@@ -337,7 +349,7 @@ export class FileKeyStore implements KeyStore {
 
   /** The whole-document edit, for layouts the in-place edit does not handle. */
   private editDocument(change: KeyChange): string {
-    const doc = parseDocument(this.text);
+    const doc = parseDocument(this.text());
     let seq = doc.get("keys", true);
     if (!isSeq(seq)) {
       seq = doc.createNode([]);
@@ -356,6 +368,11 @@ export class FileKeyStore implements KeyStore {
       seq.delete(indexOf(change.id));
     }
     return doc.toString({ flowCollectionPadding: false });
+  }
+
+  private text(): string {
+    if (typeof this.source !== "string") this.source = this.source.decode();
+    return this.source;
   }
 
   private emitFailed(problems: readonly Problem[]): void {

@@ -1,7 +1,8 @@
 /**
  * Worker thread that reads, parses and validates a large keys file off the
  * main thread, then sends the records in chunks (each a few milliseconds to
- * receive), so a reload of 100,000 keys never stalls the proxy.
+ * receive), one per request of the main thread, so a reload of 100,000 keys
+ * never stalls the proxy.
  */
 import { createHash } from "node:crypto";
 import { readFile } from "node:fs/promises";
@@ -22,7 +23,13 @@ export interface LoaderInput {
 /** Messages the worker sends, in order: chunks, then one of the others. */
 export type LoaderMessage =
   | { readonly type: "chunk"; readonly records: unknown[] }
-  | { readonly type: "done"; readonly hash: string; readonly text: string; readonly index: EntryIndex | undefined }
+  | {
+      readonly type: "done";
+      readonly hash: string;
+      /** The file's UTF-8 bytes, transferred (not copied). */
+      readonly bytes: ArrayBuffer;
+      readonly index: EntryIndex | undefined;
+    }
   | { readonly type: "unchanged" }
   | { readonly type: "invalid"; readonly problems: unknown[] }
   | { readonly type: "error"; readonly message: string };
@@ -51,18 +58,19 @@ async function run(input: LoaderInput): Promise<void> {
     post({ type: "invalid", problems: parsed.problems });
     return;
   }
+  // One chunk at a time, each when the main thread asks: Node delivers every
+  // queued message in one go, which would stall the proxy as long as all of them.
   for (let i = 0; i < parsed.keys.length; i += input.chunkSize) {
     post({ type: "chunk", records: parsed.keys.slice(i, i + input.chunkSize) });
+    await new Promise((resolve) => parentPort?.once("message", resolve));
   }
-  post({
-    type: "done",
-    hash,
+  const index = indexEntries(
     text,
-    index: indexEntries(
-      text,
-      parsed.keys.map((k) => k.id),
-    ),
-  });
+    parsed.keys.map((k) => k.id),
+  );
+  const bytes = new TextEncoder().encode(text).buffer;
+  const done: LoaderMessage = { type: "done", hash, bytes, index };
+  parentPort?.postMessage(done, [bytes]);
 }
 
 if (parentPort !== null) void run(workerData as LoaderInput);
