@@ -25,7 +25,7 @@ const opt = (name: string, fallback: string): string => {
   return i >= 0 ? (argv[i + 1] ?? fallback) : fallback;
 };
 const quick = argv.includes("--quick");
-const ROUNDS = Number(opt("rounds", quick ? "1" : "3"));
+const ROUNDS = Number(opt("rounds", quick ? "1" : "5"));
 const SECONDS = Number(opt("seconds", quick ? "1" : "5"));
 const CONNECTIONS = Number(opt("connections", "50"));
 const TOOL = opt("tool", have("wrk") ? "wrk" : "autocannon");

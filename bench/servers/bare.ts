@@ -17,3 +17,5 @@ const server = createServer((req, res) => {
 });
 server.keepAliveTimeout = 65_000;
 server.listen(0, "127.0.0.1", () => process.stdout.write(`${(server.address() as AddressInfo).port}\n`));
+
+for (const s of ["SIGTERM", "SIGINT"] as const) process.on(s, () => process.exit(0));

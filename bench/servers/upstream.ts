@@ -12,3 +12,5 @@ server.keepAliveTimeout = 65_000;
 server.listen(Number(process.argv[2] ?? 0), "127.0.0.1", () => {
   process.stdout.write(`${(server.address() as AddressInfo).port}\n`);
 });
+
+for (const s of ["SIGTERM", "SIGINT"] as const) process.on(s, () => process.exit(0));

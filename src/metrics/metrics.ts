@@ -3,7 +3,8 @@
  * where it is created. Labels are bounded enums: never a secret, a key id or
  * a client address.
  */
-import { collectDefaultMetrics, Counter, Gauge, Histogram, type Registry } from "prom-client";
+import { collectDefaultMetrics, Counter, Gauge, type Registry } from "prom-client";
+import { HistogramSeries, LeanCounter, LeanHistogram } from "./lean.js";
 import type { Outcome } from "../policy/decide.js";
 import type { MatcherCache } from "../store/snapshot.js";
 
@@ -31,9 +32,10 @@ const REQUEST_BUCKETS = [1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.
 
 /** All keyfence metrics on one registry. */
 export class Metrics {
-  private readonly decisions: Record<Outcome, Counter.Internal>;
-  private readonly requestDuration: Record<RequestOutcome, Histogram.Internal<"outcome">>;
-  private readonly decisionDuration: Histogram;
+  private readonly decisions: LeanCounter<"decision">;
+  private readonly decisionSlots: Record<Outcome, number>;
+  private readonly requestDuration: Record<RequestOutcome, HistogramSeries>;
+  private readonly decisionDuration: HistogramSeries;
   private readonly upstreamErrors: Record<UpstreamErrorKind, Counter.Internal>;
   private readonly inflight: Gauge;
   private readonly reloads: Record<"success" | "failure", Counter.Internal>;
@@ -47,40 +49,40 @@ export class Metrics {
   ) {
     const registers = [registry];
     /** keyfence_decisions_total{decision}: one per enforcement decision (SPEC §5). */
-    const decisions = new Counter({
-      name: "keyfence_decisions_total",
-      help: "Enforcement decisions by result.",
-      labelNames: ["decision"],
-      registers,
-    });
-    this.decisions = Object.fromEntries(OUTCOMES.map((o) => [o, decisions.labels(o)])) as Record<
+    this.decisions = new LeanCounter(
+      registry,
+      "keyfence_decisions_total",
+      "Enforcement decisions by result.",
+      "decision",
+      OUTCOMES,
+    );
+    this.decisionSlots = Object.fromEntries(OUTCOMES.map((o) => [o, this.decisions.slot(o)])) as Record<
       Outcome,
-      Counter.Internal
+      number
     >;
-    for (const o of OUTCOMES) this.decisions[o].inc(0);
 
     /** keyfence_request_duration_seconds{outcome}: the whole proxied request, from headers in to response end. */
-    const requestDuration = new Histogram({
-      name: "keyfence_request_duration_seconds",
-      help: "Duration of proxied requests, by how they ended.",
-      labelNames: ["outcome"],
-      buckets: REQUEST_BUCKETS,
-      registers,
-    });
     const outcomes: RequestOutcome[] = ["forwarded", "answered", "upstream_error", "aborted"];
-    for (const o of outcomes) requestDuration.zero({ outcome: o });
-    this.requestDuration = Object.fromEntries(outcomes.map((o) => [o, requestDuration.labels(o)])) as Record<
+    const requestDuration = new LeanHistogram(
+      registry,
+      "keyfence_request_duration_seconds",
+      "Duration of proxied requests, by how they ended.",
+      REQUEST_BUCKETS,
+      "outcome",
+      outcomes,
+    );
+    this.requestDuration = Object.fromEntries(outcomes.map((o) => [o, requestDuration.child(o)])) as Record<
       RequestOutcome,
-      Histogram.Internal<"outcome">
+      HistogramSeries
     >;
 
     /** keyfence_decision_duration_seconds: the enforcement step alone (bearer, hash, lookup, client IP, match). */
-    this.decisionDuration = new Histogram({
-      name: "keyfence_decision_duration_seconds",
-      help: "Time spent deciding one request.",
-      buckets: DECISION_BUCKETS,
-      registers,
-    });
+    this.decisionDuration = new LeanHistogram(
+      registry,
+      "keyfence_decision_duration_seconds",
+      "Time spent deciding one request.",
+      DECISION_BUCKETS,
+    ).child();
 
     /** keyfence_upstream_errors_total{kind}: forwarded requests that failed upstream. */
     const upstreamErrors = new Counter({
@@ -163,7 +165,7 @@ export class Metrics {
 
   /** Counts one decision and how long it took. */
   decision(outcome: Outcome, seconds: number): void {
-    this.decisions[outcome].inc();
+    this.decisions.incAt(this.decisionSlots[outcome]);
     this.decisionDuration.observe(seconds);
   }
 
