@@ -209,6 +209,11 @@ describe("management API", () => {
         401,
         "deleted keys are unknown at once",
       );
+      await new Promise((r) => setTimeout(r, 300));
+      assert.ok(
+        !kf.logs.some((l) => l["event"] === "store_reloaded" || l["event"] === "store_reload_failed"),
+        "the watcher does not take keyfence's own writes for edits",
+      );
     });
 
     test("bad input: 400 naming every bad field, quoting values; nothing changes", async () => {
