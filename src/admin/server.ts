@@ -7,7 +7,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { Logger } from "pino";
 import { Registry } from "prom-client";
 import { readBearer } from "../policy/credential.js";
-import { SERVER_LIMITS, sendJson } from "../util/http.js";
+import { listenOn, SERVER_LIMITS, sendJson } from "../util/http.js";
 import { ApiError } from "./errors.js";
 
 /** What the admin listener needs. */
@@ -85,14 +85,7 @@ export class AdminServer {
 
   /** Starts listening; resolves with the bound address. */
   listen(host: string, port: number): Promise<{ host: string; port: number }> {
-    return new Promise((resolve, reject) => {
-      this.server.once("error", reject);
-      this.server.listen(port, host, () => {
-        this.server.off("error", reject);
-        const a = this.server.address();
-        resolve(typeof a === "object" && a !== null ? { host: a.address, port: a.port } : { host, port });
-      });
-    });
+    return listenOn(this.server, host, port);
   }
 
   /** Stops the listener and its connections. */

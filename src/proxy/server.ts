@@ -16,7 +16,7 @@ import type { SourceTracker } from "../metrics/sources.js";
 import { secretHash, readBearer } from "../policy/credential.js";
 import { decide, type Credential, type Decision } from "../policy/decide.js";
 import type { KeyStore } from "../store/store.js";
-import { forwardedFor, SERVER_LIMITS } from "../util/http.js";
+import { forwardedFor, listenOn, SERVER_LIMITS } from "../util/http.js";
 import { Forwarder, type ForwardResult } from "./forward.js";
 import { messageOf, statusOf, type AnswerReason } from "../policy/answers.js";
 import { answer, answerSocket } from "./respond.js";
@@ -87,14 +87,7 @@ export class ProxyServer {
 
   /** Starts listening; resolves with the bound address. */
   listen(host: string, port: number): Promise<{ host: string; port: number }> {
-    return new Promise((resolve, reject) => {
-      this.server.once("error", reject);
-      this.server.listen(port, host, () => {
-        this.server.off("error", reject);
-        const a = this.server.address();
-        resolve(typeof a === "object" && a !== null ? { host: a.address, port: a.port } : { host, port });
-      });
-    });
+    return listenOn(this.server, host, port);
   }
 
   /**

@@ -1,5 +1,5 @@
 /** Small HTTP helpers shared by both listeners. */
-import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from "node:http";
+import type { IncomingMessage, OutgoingHttpHeaders, Server, ServerResponse } from "node:http";
 
 /** Writes a JSON answer that is never cached; a response already started is cut instead. */
 export function sendJson(res: ServerResponse, status: number, body: unknown, headers: OutgoingHttpHeaders = {}): void {
@@ -33,4 +33,16 @@ export const SERVER_LIMITS = {
 export function forwardedFor(req: IncomingMessage): string | undefined {
   const h = req.headers["x-forwarded-for"];
   return typeof h === "string" || h === undefined ? h : h.join(", ");
+}
+
+/** Starts `server` on `host:port`; resolves with the bound address (port 0 picks one), rejects when it cannot bind. */
+export function listenOn(server: Server, host: string, port: number): Promise<{ host: string; port: number }> {
+  return new Promise((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(port, host, () => {
+      server.off("error", reject);
+      const a = server.address();
+      resolve(typeof a === "object" && a !== null ? { host: a.address, port: a.port } : { host, port });
+    });
+  });
 }

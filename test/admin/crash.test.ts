@@ -1,17 +1,14 @@
 /** A kill -9 in the middle of a stream of API writes leaves a valid keys file holding every answered change. */
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { join } from "node:path";
 import { test } from "node:test";
-import { fileURLToPath } from "node:url";
 import { parseKeysFile } from "../../src/store/keysfile.js";
 import { bearer, send } from "../helpers/http.js";
 import { keysYaml } from "../helpers/sidecar.js";
-
-const BIN = resolve(fileURLToPath(import.meta.url), "../../../src/cli/main.js");
+import { spawnKeyfence } from "../helpers/spawn.js";
 
 test("kill -9 during a stream of writes: the file is old or new, never torn; answered writes are there", async () => {
   const dir = mkdtempSync(join(tmpdir(), "keyfence-crash-"));
@@ -22,27 +19,14 @@ test("kill -9 during a stream of writes: the file is old or new, never torn; ans
       join(dir, "keyfence.yaml"),
       `listen: "127.0.0.1:0"\nupstream: "http://127.0.0.1:9"\nkeys:\n  file: keys.yaml\nadmin:\n  listen: "127.0.0.1:0"\n  operators:\n    - name: ops\n      token_sha256: "${token}"\n`,
     );
-    const child = spawn(process.execPath, [BIN, "serve", "--config", join(dir, "keyfence.yaml")], {
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    let out = "";
-    const port = await new Promise<number>((res, rej) => {
-      const t = setTimeout(() => rej(new Error(`no start: ${out}`)), 10_000);
-      child.stdout.on("data", (d: Buffer) => {
-        out += d.toString();
-        const m = /"admin":"127\.0\.0\.1:(\d+)"/.exec(out);
-        if (m) {
-          clearTimeout(t);
-          res(Number(m[1]));
-        }
-      });
-    });
+    const kf = await spawnKeyfence(join(dir, "keyfence.yaml"));
+    const child = kf.child;
     const answered: string[] = [];
     let stop = false;
     const writer = async (w: number): Promise<void> => {
       for (let i = 0; !stop; i++) {
         try {
-          const r = await send(`http://127.0.0.1:${port}/v1/api-keys`, {
+          const r = await send(`${kf.admin}/v1/api-keys`, {
             method: "POST",
             headers: [bearer("tok"), ["Content-Type", "application/json"]],
             body: JSON.stringify({ name: `w${w}-${i}`, ip_allow_list: [`10.${w}.${i % 256}.0/24`] }),
@@ -57,7 +41,7 @@ test("kill -9 during a stream of writes: the file is old or new, never torn; ans
     const writers = [0, 1, 2, 3].map(writer);
     await new Promise((r) => setTimeout(r, 400));
     child.kill("SIGKILL");
-    await new Promise((r) => child.on("exit", r));
+    await kf.exited;
     stop = true;
     await Promise.all(writers);
     assert.ok(answered.length > 5, `only ${answered.length} writes answered before the kill`);

@@ -1,6 +1,6 @@
 /** SPEC §1 through the real `keyfence` executable. */
 import assert from "node:assert/strict";
-import { spawn, spawnSync } from "node:child_process";
+import { spawnSync } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
@@ -8,10 +8,10 @@ import { after, before, describe, test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { bearer, send } from "../helpers/http.js";
 import { keysYaml } from "../helpers/sidecar.js";
+import { BIN, spawnKeyfence } from "../helpers/spawn.js";
 import { startUpstream, type Upstream } from "../helpers/upstream.js";
 
 const ROOT = resolve(fileURLToPath(import.meta.url), "../../../..");
-const BIN = join(ROOT, "dist/src/cli/main.js");
 
 function run(args: string[], opts: { input?: string; env?: NodeJS.ProcessEnv; cwd?: string } = {}) {
   const r = spawnSync(process.execPath, [BIN, ...args], {
@@ -142,23 +142,10 @@ describe("keyfence serve: start-up log and SIGTERM drain", () => {
 
   for (const signal of ["SIGTERM", "SIGINT"] as const) {
     test(`${signal}: stops accepting, the slow in-flight request completes, exit 0`, async () => {
-      const child = spawn(process.execPath, [BIN, "serve", "--config", join(dir, "keyfence.yaml")], {
-        stdio: ["ignore", "pipe", "pipe"],
-      });
-      let out = "";
-      child.stdout.on("data", (d: Buffer) => (out += d.toString()));
-      const exited = new Promise<number | null>((r) => child.on("exit", (code) => r(code)));
-      const port = await new Promise<number>((resolvePort, reject) => {
-        const t = setTimeout(() => reject(new Error(`no listening line in ${out}`)), 10_000);
-        child.stdout.on("data", () => {
-          const m = /"proxy":"127\.0\.0\.1:(\d+)"/.exec(out);
-          if (m) {
-            clearTimeout(t);
-            resolvePort(Number(m[1]));
-          }
-        });
-      });
-      assert.match(out, /listening on http:\/\/127\.0\.0\.1:\d+, admin on http:\/\/127\.0\.0\.1:\d+/);
+      const kf = await spawnKeyfence(join(dir, "keyfence.yaml"));
+      const { child, exited } = kf;
+      const port = new URL(kf.proxy).port;
+      assert.match(kf.output(), /listening on http:\/\/127\.0\.0\.1:\d+, admin on http:\/\/127\.0\.0\.1:\d+/);
       const inflight = send(`http://127.0.0.1:${port}/slow/700`, { headers: [bearer("s1")] });
       await new Promise((r) => setTimeout(r, 200));
       child.kill(signal);
@@ -170,7 +157,7 @@ describe("keyfence serve: start-up log and SIGTERM drain", () => {
         send(`http://127.0.0.1:${port}/x`, { headers: [bearer("s1")], timeoutMs: 1000 }),
         "no longer accepting",
       );
-      assert.match(out, /"event":"draining"/);
+      assert.match(kf.output(), /"event":"draining"/);
     });
   }
 });

@@ -1,18 +1,16 @@
 /** `workers: 2`: every worker enforces the same snapshot; API writes reach all of them before the answer. */
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { join } from "node:path";
 import { after, before, test } from "node:test";
-import { fileURLToPath } from "node:url";
 import { processTree } from "../../bench/procs.js";
 import { bearer, send } from "../helpers/http.js";
 import { eventually, keysYaml } from "../helpers/sidecar.js";
+import { spawnKeyfence } from "../helpers/spawn.js";
 import { startUpstream, type Upstream } from "../helpers/upstream.js";
 
-const BIN = resolve(fileURLToPath(import.meta.url), "../../../src/cli/main.js");
 const sha = (s: string): string => createHash("sha256").update(s).digest("hex");
 
 let up: Upstream;
@@ -32,19 +30,11 @@ test("a 2-worker cluster: shared port, writes in force on every worker at once, 
     join(dir, "keyfence.yaml"),
     `listen: "127.0.0.1:0"\nupstream: "${up.url}"\nworkers: 2\ndrain_timeout_ms: 3000\nkeys:\n  file: keys.yaml\nadmin:\n  listen: "127.0.0.1:0"\n  operators:\n    - name: ops\n      token_sha256: "${sha("tok")}"\n`,
   );
-  const child = spawn(process.execPath, [BIN, "serve", "--config", join(dir, "keyfence.yaml")], {
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  let out = "";
-  child.stdout.on("data", (d: Buffer) => (out += d.toString()));
-  child.stderr.on("data", (d: Buffer) => (out += d.toString()));
-  const exited = new Promise<number | null>((r) => child.on("exit", (code) => r(code)));
+  const kf = await spawnKeyfence(join(dir, "keyfence.yaml"));
+  const { child, exited } = kf;
   try {
-    await eventually(() => /with 2 workers/.test(out), 15_000, `cluster start:\n${out}`);
-    const m = /"proxy":"127\.0\.0\.1:(\d+)","admin":"127\.0\.0\.1:(\d+)"/.exec(out);
-    assert.ok(m, out);
-    const proxy = `http://127.0.0.1:${m[1]}`;
-    const admin = `http://127.0.0.1:${m[2]}`;
+    assert.match(kf.output(), /with 2 workers/);
+    const { proxy, admin } = kf;
     const tree = () => processTree(child.pid ?? 0).filter((p) => p !== child.pid);
     assert.equal(tree().length, 2, "two worker processes");
 

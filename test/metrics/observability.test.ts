@@ -1,6 +1,5 @@
 /** Issue 4: exact metric deltas, request ids, logs without secrets, observed sources, dashboards against /metrics. */
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -12,6 +11,7 @@ import { parseIp } from "../../src/ip/address.js";
 import { SourceTracker } from "../../src/metrics/sources.js";
 import { bearer, send } from "../helpers/http.js";
 import { keysYaml, startTestSidecar, type TestKey, type TestSidecar } from "../helpers/sidecar.js";
+import { spawnKeyfence } from "../helpers/spawn.js";
 import { startUpstream, type Upstream } from "../helpers/upstream.js";
 
 const ROOT = resolve(fileURLToPath(import.meta.url), "../../../..");
@@ -177,28 +177,8 @@ describe("logs never hold a secret", () => {
       join(dir, "keyfence.yaml"),
       `listen: "127.0.0.1:0"\nupstream: "${up.url}"\naccess_log: true\nkeys:\n  file: keys.yaml\nadmin:\n  listen: "127.0.0.1:0"\n  operators:\n    - name: ops\n      token_sha256: "${sha("operator-token-xyz")}"\n`,
     );
-    const child = spawn(
-      process.execPath,
-      [join(ROOT, "dist/src/cli/main.js"), "serve", "--config", join(dir, "keyfence.yaml")],
-      {
-        stdio: ["ignore", "pipe", "pipe"],
-      },
-    );
-    let out = "";
-    child.stdout.on("data", (d: Buffer) => (out += d.toString()));
-    child.stderr.on("data", (d: Buffer) => (out += d.toString()));
-    const ports = await new Promise<{ proxy: number; admin: number }>((res, rej) => {
-      const t = setTimeout(() => rej(new Error(out)), 10_000);
-      child.stdout.on("data", () => {
-        const m = /"proxy":"127\.0\.0\.1:(\d+)","admin":"127\.0\.0\.1:(\d+)"/.exec(out);
-        if (m) {
-          clearTimeout(t);
-          res({ proxy: Number(m[1]), admin: Number(m[2]) });
-        }
-      });
-    });
-    const proxy = `http://127.0.0.1:${ports.proxy}`;
-    const admin = `http://127.0.0.1:${ports.admin}`;
+    const kf = await spawnKeyfence(join(dir, "keyfence.yaml"));
+    const { child, proxy, admin } = kf;
     const secrets = [
       "secret-local-123",
       "secret-office-456",
@@ -224,9 +204,11 @@ describe("logs never hold a secret", () => {
     writeFileSync(join(dir, "keys.yaml"), `keys:\n  - id: oops\n    secret_sha256: "secret-pasted-by-mistake"\n`);
     secrets.push("secret-pasted-by-mistake");
     const deadline = Date.now() + 3000;
-    while (!out.includes("store_reload_failed") && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    while (!kf.output().includes("store_reload_failed") && Date.now() < deadline)
+      await new Promise((r) => setTimeout(r, 20));
     child.kill("SIGTERM");
-    await new Promise((r) => child.on("exit", r));
+    await kf.exited;
+    const out = kf.output();
     assert.ok(
       out.includes('"event":"denied"') && out.includes('"event":"key_created"') && out.includes("store_reload_failed"),
       out,

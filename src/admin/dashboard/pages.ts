@@ -19,16 +19,20 @@ export interface PageContext {
   readonly totp: boolean;
 }
 
+function head(title: string, assets: Assets, script: boolean): SafeHtml {
+  return html`<head>
+    <meta charset="utf-8" />
+    <meta name="viewport" content="width=device-width, initial-scale=1" />
+    <title>${title} · keyfence</title>
+    <link rel="stylesheet" href="${assets.css}" />
+    ${script ? html`<script type="module" src="${assets.js}"></script>` : ""}
+  </head>`;
+}
+
 function layout(ctx: PageContext, title: string, body: SafeHtml, data: Record<string, unknown> = {}): SafeHtml {
   return html`<!doctype html>
     <html lang="en">
-      <head>
-        <meta charset="utf-8" />
-        <meta name="viewport" content="width=device-width, initial-scale=1" />
-        <title>${title} · keyfence</title>
-        <link rel="stylesheet" href="${ctx.assets.css}" />
-        <script type="module" src="${ctx.assets.js}"></script>
-      </head>
+      ${head(title, ctx.assets, true)}
       <body>
         <header class="top">
           <a class="brand" href="/">keyfence</a>
@@ -75,12 +79,7 @@ function confirmDialog(ctx: PageContext): SafeHtml {
 export function signInPage(assets: Assets, error?: string): SafeHtml {
   return html`<!doctype html>
     <html lang="en">
-      <head>
-        <meta charset="utf-8" />
-        <meta name="viewport" content="width=device-width, initial-scale=1" />
-        <title>Sign in · keyfence</title>
-        <link rel="stylesheet" href="${assets.css}" />
-      </head>
+      ${head("Sign in", assets, false)}
       <body>
         <main class="signin">
           <h1>keyfence</h1>
