@@ -170,7 +170,6 @@ export async function runPrimary(config: Config, log: Logger): Promise<{ stop():
     },
   };
   const sidecar = await startSidecar(config, log, { role: "primary", cluster: link });
-  for (const w of config.warnings) log.debug({ event: "risky_setting" }, w);
   const proxy = { host: config.listen.host, port };
   log.info(
     {
