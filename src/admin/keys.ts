@@ -263,6 +263,16 @@ export class KeysService {
         mode: f.mode ?? before.mode,
         updatedAt: now(),
       };
+      const same = (a: unknown, b: unknown): boolean => JSON.stringify(a) === JSON.stringify(b);
+      if (
+        after.name === before.name &&
+        same(after.scopes, before.scopes) &&
+        same(after.ipAllowList, before.ipAllowList) &&
+        after.mode === before.mode
+      ) {
+        // Nothing to change: no write, no audit line, updated_at stays.
+        return { result: view(before) };
+      }
       return {
         change: { kind: "update", record: after },
         result: view(after),

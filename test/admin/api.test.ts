@@ -169,6 +169,18 @@ describe("management API", () => {
         })
       ).json() as { id: string; secret: string };
       const path = `/v1/api-keys/${c.id}`;
+      const auditBefore = readFileSync(join(kf.dir, "keys.audit.jsonl"), "utf8");
+      const noop = await api(kf, "PATCH", "/v1/api-keys/{id}", {
+        path,
+        headers: [OPS],
+        json: { name: "p", ip_allow_list: ["10.0.0.0/8"] },
+      });
+      assert.equal(noop.status, 200);
+      assert.equal(
+        readFileSync(join(kf.dir, "keys.audit.jsonl"), "utf8"),
+        auditBefore,
+        "a patch that changes nothing writes nothing",
+      );
       const renamed = await api(kf, "PATCH", "/v1/api-keys/{id}", {
         path,
         headers: [OPS],

@@ -159,6 +159,11 @@ describe("dashboard in a real browser", () => {
     await page.waitForSelector("#key-form[data-id]");
     assert.equal(await page.inputValue("#ip_allow_list"), "2001:db8::/32\n198.51.100.0/24\n127.0.0.1");
     assert.ok(!(await page.content()).includes(secret), "the secret is never shown again");
+    // Observed sources (the two pings above) can be added to the list with one click.
+    assert.match((await page.textContent("#sources-table")) ?? "", /127\.0\.0\.0\/24\s*2\s*1/);
+    await page.click('button.add-source[data-network="127.0.0.0/24"]');
+    assert.equal(await page.inputValue("#ip_allow_list"), "2001:db8::/32\n198.51.100.0/24\n127.0.0.1\n127.0.0.0/24");
+    await page.fill("#ip_allow_list", "2001:db8::/32\n198.51.100.0/24\n127.0.0.1");
     await shot(page, "edit");
 
     // After the confirmation window (2 s here) a list change asks again; a rename does not.
