@@ -25,6 +25,13 @@ const WRITER: TestKey = { id: "k_writer", secret: "s_writer", scopes: ["api_keys
 const READER: TestKey = { id: "k_reader", secret: "s_reader", scopes: ["messages:send"] };
 const AWAY: TestKey = { id: "k_away", secret: "s_away", scopes: ["api_keys:write"], allow: ["203.0.113.0/24"] };
 const OPEN_WRITER: TestKey = { id: "k_openwriter", secret: "s_openwriter", scopes: ["api_keys:write"] };
+const REPORT_WRITER: TestKey = {
+  id: "k_reportwriter",
+  secret: "s_reportwriter",
+  scopes: ["api_keys:write"],
+  allow: ["203.0.113.0/24"],
+  mode: "report",
+};
 
 const OPERATORS = [
   { name: "ops", token_sha256: sha("tok_ops") },
@@ -55,7 +62,7 @@ const otp = (c: string): [string, string] => ["X-Keyfence-OTP", c];
 
 async function startAdmin(
   up: Upstream,
-  keys: TestKey[] | string = [WRITER, READER, AWAY, OPEN_WRITER],
+  keys: TestKey[] | string = [WRITER, READER, AWAY, OPEN_WRITER, REPORT_WRITER],
 ): Promise<TestSidecar> {
   return startTestSidecar({ upstream: up.url, keys, admin: { operators: OPERATORS } });
 }
@@ -85,6 +92,14 @@ describe("management API", () => {
       const unknown = await api(kf, "GET", "/v1/api-keys", { headers: [bearer("nope")], localAddress: "127.0.0.4" });
       assert.equal(unknown.status, 401);
       assert.equal(unknown.headers["x-keyfence-reason"], "invalid_credential");
+    });
+
+    test("report mode never softens the management API", async () => {
+      const r = await api(kf, "GET", "/v1/api-keys", { headers: [bearer("s_reportwriter")] });
+      assert.equal(r.status, 403);
+      assert.equal(r.body, '{"message":"source IP 127.0.0.1 is not allowed for this API key"}');
+      const proxied = await send(`${kf.url}/x`, { headers: [bearer("s_reportwriter")] });
+      assert.equal(proxied.status, 200, "while the proxy, in report mode, forwards");
     });
 
     test("a key without api_keys:write: 403", async () => {
