@@ -17,7 +17,7 @@ export function sendJson(res: ServerResponse, status: number, body: unknown, hea
   res.end(text);
 }
 
-/** Server limits, chosen deliberately (see README "Hardening"). */
+/** Server limits of both listeners, chosen deliberately (README "Hostile input"). */
 export const SERVER_LIMITS = {
   /** Request line plus headers. */
   maxHeaderSize: 16 * 1024,
