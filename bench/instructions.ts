@@ -11,7 +11,7 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "nod
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Pool } from "undici";
-import { ALLOWED, DENIED, keyfenceConfig } from "./load.js";
+import { ALLOWED, DENIED, keyfenceConfig, nginxConfig } from "./load.js";
 import { machine, table } from "./lib.js";
 import { freePort, have, ROOT, startNode } from "./procs.js";
 
@@ -126,12 +126,7 @@ async function main(): Promise<void> {
       const ngPort = await freePort();
       const ngDir = join(dir, "nginx");
       mkdirSync(ngDir);
-      const conf = join(ngDir, "nginx.conf");
-      for (const d of ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"]) mkdirSync(join(ngDir, d));
-      writeFileSync(
-        conf,
-        `daemon off;\nmaster_process off;\npid ${ngDir}/nginx.pid;\nerror_log ${ngDir}/error.log warn;\nevents { worker_connections 1024; }\nhttp {\n  access_log off;\n  client_body_temp_path ${ngDir}/client_body; proxy_temp_path ${ngDir}/proxy; fastcgi_temp_path ${ngDir}/fastcgi; uwsgi_temp_path ${ngDir}/uwsgi; scgi_temp_path ${ngDir}/scgi;\n  upstream up { server 127.0.0.1:${upstream.port}; keepalive 64; }\n  geo $kf_net { default other; 127.0.0.1/32 local; }\n  map "$http_authorization|$kf_net" $kf_deny { default 1; "Bearer ${ALLOWED}|local" 0; }\n  server {\n    listen 127.0.0.1:${ngPort};\n    location / {\n      if ($kf_deny) { return 403 '{"message":"source IP $remote_addr is not allowed for this API key"}'; }\n      proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n    }\n  }\n}\n`,
-      );
+      const conf = nginxConfig(ngDir, ngPort, upstream.port, false);
       contenders.push({
         label: "nginx, allowed",
         cmd: ["nginx", "-c", conf, "-p", ngDir],

@@ -92,13 +92,18 @@ export async function startKeyfence(
   );
 }
 
-function nginxConfig(dir: string, port: number, upstreamPort: number): string {
+/**
+ * Writes the nginx contender's configuration in `dir`: one worker (or, with
+ * `master: false`, a single process, as callgrind needs), upstream keepalive,
+ * and the per-key geo + map check; returns its path.
+ */
+export function nginxConfig(dir: string, port: number, upstreamPort: number, master = true): string {
   for (const d of ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"]) mkdirSync(join(dir, d), { recursive: true });
   const conf = join(dir, "nginx.conf");
   writeFileSync(
     conf,
     `daemon off;
-master_process on;
+master_process ${master ? "on" : "off"};
 worker_processes 1;
 pid ${dir}/nginx.pid;
 error_log ${dir}/error.log warn;

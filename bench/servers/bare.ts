@@ -6,13 +6,14 @@ import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import { resolveClientIp, compileTrust, type CompiledTrust } from "../../src/clientip/resolve.js";
 import { Forwarder } from "../../src/proxy/forward.js";
+import { forwardedFor } from "../../src/util/http.js";
 
 const upstream = new URL(process.argv[2] ?? "http://127.0.0.1:3000");
 const forwarder = new Forwarder({ upstream, timeoutMs: 30_000 });
 const trust = compileTrust([]) as CompiledTrust;
 let n = 0;
 const server = createServer((req, res) => {
-  const client = resolveClientIp(req.socket.remoteAddress, undefined, trust);
+  const client = resolveClientIp(req.socket.remoteAddress, forwardedFor(req), trust);
   forwarder.forward(req, res, client, req.url ?? "/", `bench-${n++}`, () => undefined);
 });
 server.keepAliveTimeout = 65_000;

@@ -9,9 +9,9 @@
 import cluster, { type Worker } from "node:cluster";
 import type { Logger } from "pino";
 import { AggregatorRegistry, type MetricObjectWithValues, type MetricValue } from "prom-client";
-import { formatListen, type Config } from "../config/config.js";
+import type { Config } from "../config/config.js";
 import type { ObservedSource } from "../metrics/sources.js";
-import { flushLogger, startSidecar, trustSummary, VERSION, type ClusterLink, type Sidecar } from "./sidecar.js";
+import { flushLogger, logListening, startSidecar, type ClusterLink, type Sidecar } from "./sidecar.js";
 
 /** A request from the primary to a worker. */
 type Request =
@@ -170,22 +170,12 @@ export async function runPrimary(config: Config, log: Logger): Promise<{ stop():
     },
   };
   const sidecar = await startSidecar(config, log, { role: "primary", cluster: link });
-  const proxy = { host: config.listen.host, port };
-  log.info(
-    {
-      event: "listening",
-      proxy: formatListen(proxy),
-      admin: sidecar.adminAddress ? formatListen(sidecar.adminAddress) : null,
-      upstream: config.upstream.href,
-      mode: config.mode,
-      keys: sidecar.store.snapshot.size,
-      allow_list_entries: sidecar.store.snapshot.entries,
-      keys_file: config.keys.displayName,
-      workers: config.workers,
-      trusted_proxies: trustSummary(config),
-    },
-    `keyfence ${VERSION} listening on http://${formatListen(proxy)} with ${config.workers} workers${sidecar.adminAddress ? `, admin on http://${formatListen(sidecar.adminAddress)}` : ""}`,
-  );
+  logListening(log, config, {
+    proxy: { host: config.listen.host, port },
+    admin: sidecar.adminAddress,
+    snapshot: sidecar.store.snapshot,
+    workers: config.workers,
+  });
 
   return {
     async stop() {

@@ -3,10 +3,9 @@
 import { text } from "node:stream/consumers";
 import { ENV, formatListen, loadConfig, type Config } from "../config/config.js";
 import { secretHash } from "../policy/credential.js";
-import { parseKeysFile } from "../store/keysfile.js";
+import { parseKeysFile, readKeysText } from "../store/keysfile.js";
 import { StoreLoadError } from "../store/store.js";
 import { formatProblem, type Problem } from "../util/yaml.js";
-import { readFile } from "node:fs/promises";
 import cluster from "node:cluster";
 import { runPrimary, runWorker } from "./cluster.js";
 import { createLogger, flushLogger, startSidecar, VERSION } from "./sidecar.js";
@@ -63,22 +62,12 @@ async function configOrExit(args: Args): Promise<Config | undefined> {
 async function checkConfig(args: Args): Promise<number> {
   const config = await configOrExit(args);
   if (!config) return 1;
-  let keysText: string;
-  try {
-    keysText = await readFile(config.keys.file, "utf8");
-  } catch (err) {
-    printProblems([
-      {
-        file: config.keys.displayName,
-        line: 1,
-        col: 1,
-        path: "",
-        message: `cannot read the keys file: ${(err as Error).message}`,
-      },
-    ]);
+  const read = await readKeysText(config.keys.file, config.keys.displayName);
+  if (!read.ok) {
+    printProblems(read.problems);
     return 1;
   }
-  const keys = parseKeysFile(config.keys.displayName, keysText, config.keys.maxEntries);
+  const keys = parseKeysFile(config.keys.displayName, read.text, config.keys.maxEntries);
   if (!keys.ok) {
     printProblems(keys.problems);
     return 1;

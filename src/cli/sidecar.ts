@@ -20,6 +20,7 @@ import { Metrics } from "../metrics/metrics.js";
 import { SourceTracker, type ObservedSource } from "../metrics/sources.js";
 import { ProxyServer } from "../proxy/server.js";
 import { FileKeyStore } from "../store/filestore.js";
+import type { Snapshot } from "../store/snapshot.js";
 import { formatProblem } from "../util/yaml.js";
 
 /** The package version, read once. */
@@ -180,21 +181,7 @@ export async function startSidecar(
     for (const w of config.warnings) log.warn({ event: "risky_setting" }, w);
   }
   if (role === "single") {
-    log.info(
-      {
-        event: "listening",
-        proxy: proxyAddress ? formatListen(proxyAddress) : null,
-        admin: adminAddress ? formatListen(adminAddress) : null,
-        upstream: config.upstream.href,
-        mode: config.mode,
-        keys: snap.size,
-        allow_list_entries: snap.entries,
-        keys_file: config.keys.displayName,
-        workers: 1,
-        trusted_proxies: trustSummary(config),
-      },
-      `keyfence ${VERSION} listening on http://${proxyAddress ? formatListen(proxyAddress) : "-"}${adminAddress ? `, admin on http://${formatListen(adminAddress)}` : ""}`,
-    );
+    logListening(log, config, { proxy: proxyAddress, admin: adminAddress, snapshot: snap, workers: 1 });
   }
 
   let stopping: Promise<void> | undefined;
@@ -221,7 +208,37 @@ export async function startSidecar(
 }
 
 /** How `trusted_proxies` reads in a log line. */
-export function trustSummary(config: Config): string | readonly string[] {
+function trustSummary(config: Config): string | readonly string[] {
   const t = config.trustedProxies;
   return t.none ? "none" : t.ranges.length > 0 ? t.ranges : "hop count";
+}
+
+/** The start-up line (SPEC §1: the addresses keyfence listens on), for one process or a cluster. */
+export function logListening(
+  log: Logger,
+  config: Config,
+  at: {
+    proxy: { host: string; port: number } | undefined;
+    admin: { host: string; port: number } | undefined;
+    snapshot: Snapshot;
+    workers: number;
+  },
+): void {
+  const proxy = at.proxy ? formatListen(at.proxy) : null;
+  const admin = at.admin ? formatListen(at.admin) : null;
+  log.info(
+    {
+      event: "listening",
+      proxy,
+      admin,
+      upstream: config.upstream.href,
+      mode: config.mode,
+      keys: at.snapshot.size,
+      allow_list_entries: at.snapshot.entries,
+      keys_file: config.keys.displayName,
+      workers: at.workers,
+      trusted_proxies: trustSummary(config),
+    },
+    `keyfence ${VERSION} listening on http://${proxy ?? "-"}${at.workers > 1 ? ` with ${at.workers} workers` : ""}${admin ? `, admin on http://${admin}` : ""}`,
+  );
 }

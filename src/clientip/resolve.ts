@@ -92,6 +92,8 @@ export interface ClientIp {
   readonly text: string;
   /** Whether the socket peer is a trusted proxy (then X-Forwarded-Proto/-Host are kept). */
   readonly peerTrusted: boolean;
+  /** The X-Forwarded-For value it was resolved from, as received (forwarding extends it). */
+  readonly forwardedFor: string | undefined;
 }
 
 function hop(raw: string): { ip: Ip | undefined; text: string } {
@@ -132,7 +134,7 @@ export function resolveClientIp(
 ): ClientIp {
   const peer = hop(peerRaw ?? "");
   if (trust.none || !trust.trust(peer.ip, 0)) {
-    return { peer: peer.text, ip: peer.ip, text: peer.text, peerTrusted: false };
+    return { peer: peer.text, ip: peer.ip, text: peer.text, peerTrusted: false, forwardedFor };
   }
   let current = peer;
   if (forwardedFor !== undefined) {
@@ -142,5 +144,5 @@ export function resolveClientIp(
       if (k === entries.length - 1 || !trust.trust(current.ip, k + 1)) break;
     }
   }
-  return { peer: peer.text, ip: current.ip, text: current.text, peerTrusted: true };
+  return { peer: peer.text, ip: current.ip, text: current.text, peerTrusted: true, forwardedFor };
 }

@@ -7,6 +7,29 @@
  */
 import type { MetricObjectWithValues, MetricType, MetricValueWithName, Registry } from "prom-client";
 
+/** Registers a lean metric: prom-client reads any object with name, help, type and get(); its types only list its own classes. */
+function register(registry: Registry, metric: object): void {
+  registry.registerMetric(metric as Parameters<Registry["registerMetric"]>[0]);
+}
+
+/** What prom-client's registry expects from get(), every lean metric merging by sum. */
+function exported(
+  name: string,
+  help: string,
+  type: "counter" | "histogram",
+  values: MetricValueWithName<string>[],
+): Promise<MetricObjectWithValues<MetricValueWithName<string>>> {
+  // MetricType is a type-only enum in prom-client's typings; its runtime value is the string.
+  return Promise.resolve({
+    name,
+    help,
+    type: type as unknown as MetricType,
+    values,
+    aggregator: "sum",
+    collect: () => undefined,
+  });
+}
+
 /** One labelled series of a {@link LeanHistogram}. */
 export class HistogramSeries {
   /** Per-bucket (not cumulative) counts; the last slot is +Inf. */
@@ -31,8 +54,6 @@ export class HistogramSeries {
 
 /** A histogram with series created up front, registered on `registry`. */
 export class LeanHistogram<L extends string = never> {
-  readonly type = "histogram" as const;
-  readonly aggregator = "sum" as const;
   private readonly bounds: Float64Array;
   private readonly series = new Map<string, HistogramSeries>();
 
@@ -47,7 +68,7 @@ export class LeanHistogram<L extends string = never> {
     this.bounds = Float64Array.from([...buckets].sort((a, b) => a - b));
     for (const v of labelName === undefined ? [""] : labelValues) this.series.set(v, new HistogramSeries(this.bounds));
     // prom-client reads any object with name, help, type and get(); its types only list its own classes.
-    registry.registerMetric(this as unknown as Parameters<Registry["registerMetric"]>[0]);
+    register(registry, this);
   }
 
   /** The series of a label value (or the only series). */
@@ -71,15 +92,7 @@ export class LeanHistogram<L extends string = never> {
       values.push({ metricName: `${this.name}_sum`, labels: base, value: s.sum });
       values.push({ metricName: `${this.name}_count`, labels: base, value: s.count });
     }
-    return Promise.resolve({
-      name: this.name,
-      help: this.help,
-      // MetricType is a type-only enum in prom-client's typings; its runtime value is the string.
-      type: "histogram" as unknown as MetricType,
-      values,
-      aggregator: this.aggregator,
-      collect: () => undefined,
-    });
+    return exported(this.name, this.help, "histogram", values);
   }
 
   /** Clears every series (prom-client's registry.resetMetrics). */
@@ -94,8 +107,6 @@ export class LeanHistogram<L extends string = never> {
 
 /** A counter with one label whose values are known up front. */
 export class LeanCounter<L extends string> {
-  readonly type = "counter" as const;
-  readonly aggregator = "sum" as const;
   private readonly values: Float64Array;
   private readonly index = new Map<string, number>();
 
@@ -108,7 +119,7 @@ export class LeanCounter<L extends string> {
   ) {
     this.values = new Float64Array(labelValues.length);
     labelValues.forEach((v, i) => this.index.set(v, i));
-    registry.registerMetric(this as unknown as Parameters<Registry["registerMetric"]>[0]);
+    register(registry, this);
   }
 
   /** The slot of a label value, for {@link incAt}. */
@@ -125,14 +136,8 @@ export class LeanCounter<L extends string> {
 
   /** Prometheus values, every series (zeros included). */
   get(): Promise<MetricObjectWithValues<MetricValueWithName<string>>> {
-    return Promise.resolve({
-      name: this.name,
-      help: this.help,
-      type: "counter" as unknown as MetricType,
-      values: this.labelValues.map((v, i) => ({ labels: { [this.labelName]: v }, value: this.values[i] ?? 0 })),
-      aggregator: this.aggregator,
-      collect: () => undefined,
-    });
+    const values = this.labelValues.map((v, i) => ({ labels: { [this.labelName]: v }, value: this.values[i] ?? 0 }));
+    return exported(this.name, this.help, "counter", values);
   }
 
   /** Clears every series. */

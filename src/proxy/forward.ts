@@ -6,7 +6,6 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { Pool, type Dispatcher } from "undici";
 import type { ClientIp } from "../clientip/resolve.js";
-import { forwardedFor } from "../util/http.js";
 import { answer, hasBody } from "./respond.js";
 
 /** Headers that describe one connection, never forwarded (RFC 9110 §7.6.1, plus the legacy proxy ones). */
@@ -75,7 +74,7 @@ export function upstreamHeaders(
     }
     out.push(name, raw[i + 1] as string);
   }
-  const xff = forwardedFor(req);
+  const xff = client.forwardedFor;
   out.push("x-forwarded-for", xff === undefined || xff === "" ? client.peer : `${xff}, ${client.peer}`);
   if (proto === undefined) out.push("x-forwarded-proto", "http");
   if (host === undefined && req.headers.host !== undefined) out.push("x-forwarded-host", req.headers.host);

@@ -12,12 +12,12 @@
 import { createHash } from "node:crypto";
 import { watch, type FSWatcher } from "node:fs";
 import type { BigIntStats } from "node:fs";
-import { open, readFile, rename, stat, unlink } from "node:fs/promises";
+import { open, rename, stat, unlink } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { isMap, isSeq, parseDocument } from "yaml";
 import type { Problem } from "../util/yaml.js";
 import { Worker } from "node:worker_threads";
-import { parseKeysFile, type KeyRecord } from "./keysfile.js";
+import { parseKeysFile, readKeysText, type KeyRecord } from "./keysfile.js";
 import { editEntry, indexEntries, spliceChange, toYaml, type EntryIndex } from "./splice.js";
 import type { LoaderInput, LoaderMessage } from "./loader.js";
 import { MatcherCache, Snapshot, SnapshotBuilder } from "./snapshot.js";
@@ -233,15 +233,9 @@ export class FileKeyStore implements KeyStore {
     } catch {
       // Missing or unreadable: the inline path reports it.
     }
-    let text: string;
-    try {
-      text = await readFile(this.options.file, "utf8");
-    } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code;
-      const why =
-        code === "ENOENT" ? "the keys file does not exist" : `cannot read the keys file: ${(err as Error).message}`;
-      return { ok: false, problems: [this.problem(why)] };
-    }
+    const read = await readKeysText(this.options.file, this.options.displayName);
+    if (!read.ok) return read;
+    const text = read.text;
     const hash = digest(text);
     if (skipUnchanged && hash === this.contentHash) return { ok: false, problems: [], unchanged: true };
     return this.parse(text, hash);
@@ -281,9 +275,6 @@ export class FileKeyStore implements KeyStore {
             break;
           case "invalid":
             settle({ ok: false, problems: m.problems as Problem[] });
-            break;
-          case "error":
-            settle({ ok: false, problems: [this.problem(m.message)] });
             break;
         }
       });

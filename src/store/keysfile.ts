@@ -1,5 +1,6 @@
 /** The YAML keys file (SPEC §3): parsing and validation into key records, every problem located. */
 import { parseAllowList } from "../ip/list.js";
+import { readFile } from "node:fs/promises";
 import type { Mode } from "../policy/decide.js";
 import { YamlFile, type Problem } from "../util/yaml.js";
 
@@ -45,6 +46,27 @@ export function isRfc3339(s: string): boolean {
 /** The result of reading a keys file: records when valid, problems otherwise. */
 export type KeysFileResult =
   { readonly ok: true; readonly keys: KeyRecord[] } | { readonly ok: false; readonly problems: Problem[] };
+
+/**
+ * Reads a keys file's text; a missing or unreadable file is one problem at
+ * 1:1 (every reader — start-up, reload, loader thread, check-config — says it
+ * the same way).
+ */
+export async function readKeysText(
+  file: string,
+  name: string,
+): Promise<{ readonly ok: true; readonly text: string } | { readonly ok: false; readonly problems: Problem[] }> {
+  try {
+    return { ok: true, text: await readFile(file, "utf8") };
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    const message =
+      code === "ENOENT"
+        ? "cannot read the keys file: it does not exist"
+        : `cannot read the keys file: ${(err as Error).message}`;
+    return { ok: false, problems: [{ file: name, line: 1, col: 1, path: "", message }] };
+  }
+}
 
 /** Parses and validates the text of a keys file; `name` is how messages refer to it. */
 export function parseKeysFile(name: string, text: string, maxEntries: number): KeysFileResult {

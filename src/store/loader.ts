@@ -5,9 +5,8 @@
  * never stalls the proxy.
  */
 import { createHash } from "node:crypto";
-import { readFile } from "node:fs/promises";
 import { parentPort, workerData } from "node:worker_threads";
-import { parseKeysFile } from "./keysfile.js";
+import { parseKeysFile, readKeysText } from "./keysfile.js";
 import { indexEntries, type EntryIndex } from "./splice.js";
 
 /** What the worker is asked to load. */
@@ -31,23 +30,16 @@ export type LoaderMessage =
       readonly index: EntryIndex | undefined;
     }
   | { readonly type: "unchanged" }
-  | { readonly type: "invalid"; readonly problems: unknown[] }
-  | { readonly type: "error"; readonly message: string };
+  | { readonly type: "invalid"; readonly problems: unknown[] };
 
 async function run(input: LoaderInput): Promise<void> {
   const post = (m: LoaderMessage): void => parentPort?.postMessage(m);
-  let text: string;
-  try {
-    text = await readFile(input.file, "utf8");
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    post({
-      type: "error",
-      message:
-        code === "ENOENT" ? "the keys file does not exist" : `cannot read the keys file: ${(err as Error).message}`,
-    });
+  const read = await readKeysText(input.file, input.displayName);
+  if (!read.ok) {
+    post({ type: "invalid", problems: read.problems });
     return;
   }
+  const text = read.text;
   const hash = createHash("sha256").update(text).digest("hex");
   if (hash === input.knownHash) {
     post({ type: "unchanged" });

@@ -75,6 +75,13 @@ function sameList(a: readonly string[], b: readonly string[]): boolean {
   return true;
 }
 
+/** `rec` holding `old`'s list array when the entries are the same, so the compiled matcher stays cached. */
+function sharingList(rec: KeyRecord, old: KeyRecord | undefined): KeyRecord {
+  return old !== undefined && old.ipAllowList !== rec.ipAllowList && sameList(old.ipAllowList, rec.ipAllowList)
+    ? { ...rec, ipAllowList: old.ipAllowList }
+    : rec;
+}
+
 /** The maps of a snapshot. */
 interface SnapshotParts {
   readonly byHash: Map<string, StoredKey>;
@@ -99,11 +106,7 @@ export class SnapshotBuilder {
 
   /** Adds one record (validated, ids and secrets unique). */
   add(record: KeyRecord): void {
-    let rec = record;
-    const old = this.previous?.record(rec.id);
-    if (old !== undefined && old.ipAllowList !== rec.ipAllowList && sameList(old.ipAllowList, rec.ipAllowList)) {
-      rec = { ...rec, ipAllowList: old.ipAllowList };
-    }
+    const rec = sharingList(record, this.previous?.record(record.id));
     const key = new StoredKey(rec, this.cache);
     this.byHash.set(rec.secretSha256, key);
     this.byId.set(rec.id, key);
@@ -183,10 +186,7 @@ export class Snapshot {
       if (change.kind === "delete") byId.delete(id);
     }
     if (change.kind !== "delete") {
-      let rec = change.record;
-      if (old !== undefined && sameList(old.record.ipAllowList, rec.ipAllowList)) {
-        rec = { ...rec, ipAllowList: old.record.ipAllowList };
-      }
+      const rec = sharingList(change.record, old?.record);
       const key = new StoredKey(rec, this.cache);
       byId.set(id, key);
       byHash.set(rec.secretSha256, key);

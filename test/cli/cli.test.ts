@@ -115,6 +115,9 @@ describe("keyfence CLI", () => {
     assert.equal(k.code, 1, "serve is the default command");
     assert.match(k.stderr, /badkeys\.yaml:4:21:/);
     assert.equal(run(["serve", "--config", join(dir, "nokeys.yaml")]).code, 1);
+    const viaEnv = run(["serve"], { env: { KEYFENCE_CONFIG: join(dir, "bad.yaml") } });
+    assert.equal(viaEnv.code, 1, "KEYFENCE_CONFIG names the file for serve too");
+    assert.match(viaEnv.stderr, /bad\.yaml:3:19:/);
   });
 
   test("unknown command or option: usage, exit 2", () => {

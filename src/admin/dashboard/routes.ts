@@ -9,6 +9,7 @@ import { readFileSync } from "node:fs";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Logger } from "pino";
 import type { CompiledTrust } from "../../clientip/resolve.js";
+import type { Operator } from "../../config/config.js";
 import type { ObservedSource } from "../../metrics/sources.js";
 import { secretHash } from "../../policy/credential.js";
 import type { Mode } from "../../policy/decide.js";
@@ -103,6 +104,19 @@ export function registerDashboard(admin: AdminServer, deps: DashboardDeps): void
     clientIp: clientOf(req, deps.trust).text,
     totp: s.operator.totpSecret !== undefined,
   });
+  /**
+   * The operator a token belongs to, when its code is also right (a right code
+   * is used up); undefined otherwise, counted against the client's throttle.
+   */
+  const verify = async (token: string, code: string, client: string): Promise<Operator | undefined> => {
+    const operator = token === "" ? undefined : deps.auth.operatorByTokenHash(secretHash(token));
+    const ok =
+      operator !== undefined &&
+      (operator.totpSecret === undefined ||
+        (await deps.confirmations.consume(operator.name, operator.totpSecret, code)) === "ok");
+    if (!ok) deps.auth.throttle.fail(client);
+    return ok ? operator : undefined;
+  };
   /** Runs `page` for a signed-in operator; sends others to the sign-in page. */
   const signedIn =
     (
@@ -187,13 +201,8 @@ export function registerDashboard(admin: AdminServer, deps: DashboardDeps): void
     const form = await readForm(req);
     const token = form.get("token") ?? "";
     const code = (form.get("code") ?? "").trim();
-    const operator = token === "" ? undefined : deps.auth.operatorByTokenHash(secretHash(token));
-    let ok = operator !== undefined;
-    if (operator?.totpSecret !== undefined) {
-      ok = code !== "" && (await deps.confirmations.consume(operator.name, operator.totpSecret, code)) === "ok";
-    }
-    if (!ok || operator === undefined) {
-      deps.auth.throttle.fail(client.text);
+    const operator = await verify(token, code, client.text);
+    if (operator === undefined) {
       deps.log.warn({ event: "signin_failed", client_ip: client.text }, "dashboard sign-in failed");
       sendHtml(res, 401, signInPage(assets, "Invalid token or code."));
       return;
@@ -227,13 +236,7 @@ export function registerDashboard(admin: AdminServer, deps: DashboardDeps): void
     const body = (await readJson(req)) as { token?: unknown; code?: unknown } | null;
     const token = typeof body?.token === "string" ? body.token : "";
     const code = typeof body?.code === "string" ? body.code.trim() : "";
-    const operator = token === "" ? undefined : deps.auth.operatorByTokenHash(secretHash(token));
-    let ok = operator?.name === s.operator.name;
-    if (ok && s.operator.totpSecret !== undefined) {
-      ok = (await deps.confirmations.consume(s.operator.name, s.operator.totpSecret, code)) === "ok";
-    }
-    if (!ok) {
-      deps.auth.throttle.fail(client.text);
+    if ((await verify(token, code, client.text))?.name !== s.operator.name) {
       throw new ApiError(403, "invalid_confirmation_code", "invalid token or code");
     }
     deps.sessions.confirm(s);
