@@ -2,22 +2,36 @@
  * `npm run bench:instructions`: instructions per request under valgrind's
  * callgrind, which counts instructions (all threads, JIT code included) and
  * so gives the same figure whatever the rest of the machine is doing; on a
- * noisy 2-core VM, the one cost figure that repeats. Each contender serves N1
- * then N2 requests in two runs; (I(N2) - I(N1)) / (N2 - N1) is its steady
- * per-request cost, start-up and warm-up excluded.
+ * noisy 2-core VM, the one cost figure that repeats. Each contender is warmed
+ * up, then measured over several windows of requests by reading callgrind's
+ * live counters (callgrind_control) before and after each: the steady
+ * per-request cost, start-up and warm-up (JIT compilation) excluded.
  */
-import { spawn } from "node:child_process";
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { execFile, spawn } from "node:child_process";
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Pool } from "undici";
 import { ALLOWED, DENIED, keyfenceConfig, nginxConfig } from "./load.js";
+import { profile } from "./cgnames.js";
 import { machine, table } from "./lib.js";
 import { freePort, have, ROOT, startNode } from "./procs.js";
 
 const quick = process.argv.includes("--quick");
-const N1 = quick ? 500 : 2000;
-const N2 = quick ? 1500 : 6000;
+/** `--only=REGEX` runs the contenders whose label matches (for A/B work); the results files are written only by full runs. */
+const only = process.argv.find((a) => a.startsWith("--only="))?.slice("--only=".length);
+/**
+ * `--keep=DIR` keeps each contender's callgrind output there, for
+ * callgrind_annotate: counters zeroed after warm-up, so it covers the measured
+ * windows (and the shutdown), and prints its most expensive functions per
+ * request; node runs with `--perf-basic-prof`, whose /tmp/perf-PID.map names
+ * the JIT code (bench/cgnames.ts).
+ */
+const keep = process.argv.find((a) => a.startsWith("--keep="))?.slice("--keep=".length);
+const WARMUP = quick ? 2000 : 6000;
+const WINDOW = quick ? 1000 : 3000;
+/** `--windows=N` measures N windows (median reported); 3 by default. */
+const WINDOWS = Number(process.argv.find((a) => a.startsWith("--windows="))?.slice("--windows=".length) ?? 3);
 
 /** Sends `n` requests over 8 keep-alive connections. */
 async function drive(url: string, n: number, secret: string): Promise<void> {
@@ -34,37 +48,86 @@ async function drive(url: string, n: number, secret: string): Promise<void> {
   await pool.close();
 }
 
-/** Runs `cmd` under callgrind, waits until `port()` answers, sends `n` requests, stops it; returns instructions. */
+function callgrindControl(pid: number, ...args: string[]): Promise<string> {
+  return new Promise<string>((resolve, reject) => {
+    execFile("callgrind_control", [...args, String(pid)], (err, stdout) => {
+      if (err) reject(new Error(`callgrind_control: ${err.message}`));
+      else resolve(stdout);
+    });
+  });
+}
+
+/** Instructions executed so far by the callgrind run `pid`, all threads (read live with callgrind_control). */
+async function instructionsSoFar(pid: number): Promise<number> {
+  const out = await callgrindControl(pid, "-e", "Ir");
+  let sum = 0;
+  for (const m of out.matchAll(/^\s*Th\s*\d+\s+([\d,]+)\s*$/gm)) sum += Number((m[1] ?? "0").replace(/,/g, ""));
+  if (sum === 0) throw new Error(`callgrind_control gave no counters:\n${out}`);
+  return sum;
+}
+
+/**
+ * Runs `cmd` under callgrind, waits until it answers, warms it up with WARMUP
+ * requests, then measures WINDOWS windows of WINDOW requests each by reading
+ * the live instruction counters before and after; returns the median
+ * instructions per request, warm-up and start-up excluded.
+ */
 async function count(
   dir: string,
   cmd: string[],
   port: () => number | undefined,
-  n: number,
   secret: string,
-): Promise<number> {
+  label: string,
+): Promise<{ perRequest: number; windows: number[] }> {
   const out = join(dir, `cg.${Date.now()}`);
   const log = join(dir, `cg.${Date.now()}.log`);
   const child = spawn(
     "valgrind",
     ["--tool=callgrind", `--callgrind-out-file=${out}`, "--smc-check=all-non-file", `--log-file=${log}`, ...cmd],
-    {
-      stdio: ["ignore", "pipe", "ignore"],
-    },
+    { stdio: ["ignore", "pipe", "ignore"] },
   );
   let stdout = "";
   child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
   const exited = new Promise((r) => child.once("exit", r));
-  const deadline = Date.now() + 300_000;
-  let p: number | undefined;
-  while ((p = port() ?? (Number(stdout.split("\n")[0]) || undefined)) === undefined || !(await up(p))) {
-    if (Date.now() > deadline) throw new Error(`${cmd.join(" ")} did not start`);
-    await new Promise((r) => setTimeout(r, 500));
+  try {
+    const deadline = Date.now() + 300_000;
+    let p: number | undefined;
+    while ((p = port() ?? (Number(stdout.split("\n")[0]) || undefined)) === undefined || !(await up(p))) {
+      if (Date.now() > deadline) throw new Error(`${cmd.join(" ")} did not start`);
+      await new Promise((r) => setTimeout(r, 500));
+    }
+    const url = `http://127.0.0.1:${p}`;
+    await drive(url, WARMUP, secret);
+    // The first counter read attaches vgdb; the window after it measures about
+    // twice the steady cost whatever the warm-up (seen with 2,000 to 25,000
+    // requests), so it is run and discarded.
+    await instructionsSoFar(child.pid as number);
+    await drive(url, WINDOW, secret);
+    if (keep !== undefined) await callgrindControl(child.pid as number, "--zero");
+    const windows: number[] = [];
+    for (let w = 0; w < WINDOWS; w++) {
+      const before = await instructionsSoFar(child.pid as number);
+      await drive(url, WINDOW, secret);
+      const after = await instructionsSoFar(child.pid as number);
+      windows.push((after - before) / WINDOW);
+    }
+    const sorted = [...windows].sort((x, y) => x - y);
+    return { perRequest: sorted[Math.floor(sorted.length / 2)] as number, windows };
+  } finally {
+    child.kill("SIGTERM");
+    await exited;
+    if (keep !== undefined) {
+      mkdirSync(keep, { recursive: true });
+      const kept = join(keep, `${label.replace(/[^a-z0-9]+/gi, "-")}.out`);
+      copyFileSync(out, kept);
+      const map = `/tmp/perf-${String(child.pid)}.map`;
+      if (existsSync(map)) {
+        const lines = profile(kept, map, WINDOW * WINDOWS);
+        writeFileSync(`${kept}.txt`, `${lines.join("\n")}\n`);
+        process.stderr.write(`${label}: functions by instructions per request in ${kept}.txt\n`);
+      }
+    }
   }
-  if (n > 0) await drive(`http://127.0.0.1:${p}`, n, secret);
-  child.kill("SIGTERM");
-  await exited;
-  const m = /refs:\s+([\d,]+)/.exec(readFileSync(log, "utf8"));
-  return Number((m?.[1] ?? "0").replace(/,/g, ""));
 }
 
 async function up(port: number): Promise<boolean> {
@@ -89,7 +152,13 @@ async function main(): Promise<void> {
     const kfDir = join(dir, "kf");
     mkdirSync(kfDir);
     const kfConfig = keyfenceConfig(kfDir, upstreamUrl, kfPort, await freePort());
-    const node = (script: string, ...args: string[]): string[] => [process.execPath, join(ROOT, script), ...args];
+    const nodeFlags = keep !== undefined ? ["--perf-basic-prof"] : [];
+    const node = (script: string, ...args: string[]): string[] => [
+      process.execPath,
+      ...nodeFlags,
+      join(ROOT, script),
+      ...args,
+    ];
     const contenders: Array<{ label: string; cmd: string[]; port: () => number | undefined; secret: string }> = [
       {
         label: "keyfence forwarder, no checks",
@@ -140,13 +209,14 @@ async function main(): Promise<void> {
         secret: DENIED,
       });
     }
-    const rows: Array<{ label: string; perRequest: number }> = [];
+    const rows: Array<{ label: string; perRequest: number; windows: number[] }> = [];
     for (const c of contenders) {
-      const a = await count(dir, c.cmd, c.port, N1, c.secret);
-      const b = await count(dir, c.cmd, c.port, N2, c.secret);
-      const perRequest = (b - a) / (N2 - N1);
-      rows.push({ label: c.label, perRequest });
-      process.stderr.write(`${c.label}: ${Math.round(perRequest).toLocaleString("en-US")} instructions per request\n`);
+      if (only !== undefined && !new RegExp(only, "i").test(c.label)) continue;
+      const { perRequest, windows } = await count(dir, c.cmd, c.port, c.secret, c.label);
+      rows.push({ label: c.label, perRequest, windows });
+      process.stderr.write(
+        `${c.label}: ${Math.round(perRequest).toLocaleString("en-US")} instructions per request (windows: ${windows.map((w) => Math.round(w).toLocaleString("en-US")).join(", ")})\n`,
+      );
     }
     const by = new Map(rows.map((r) => [r.label, r.perRequest]));
     const ratio = (a: string, b: string): string => {
@@ -155,7 +225,7 @@ async function main(): Promise<void> {
       return x !== undefined && y !== undefined ? `${(x / y).toFixed(2)}×` : "—";
     };
     const md = [
-      `Machine: ${machine()}. valgrind callgrind, ${N2 - N1} requests over 8 keep-alive connections (steady state: runs of ${N1} and ${N2} requests, difference).`,
+      `Machine: ${machine()}. valgrind callgrind, ${WARMUP} warm-up requests, then the median of ${WINDOWS} windows of ${WINDOW} requests, over 8 keep-alive connections.`,
       "",
       table(
         ["contender", "instructions per request"],
@@ -178,11 +248,12 @@ async function main(): Promise<void> {
       ),
     ].join("\n");
     process.stdout.write(`${md}\n`);
+    if (only !== undefined) return;
     mkdirSync(join(ROOT, "bench/results"), { recursive: true });
     writeFileSync(join(ROOT, "bench/results/instructions.md"), `${md}\n`);
     writeFileSync(
       join(ROOT, "bench/results/instructions.json"),
-      JSON.stringify({ machine: machine(), n1: N1, n2: N2, rows }, null, 2),
+      JSON.stringify({ machine: machine(), warmup: WARMUP, window: WINDOW, rows }, null, 2),
     );
   } finally {
     await upstream.stop();
