@@ -21,6 +21,14 @@ export const HOP_BY_HOP = new Set([
   "proxy-authenticate",
 ]);
 
+/** Lengths of the {@link HOP_BY_HOP} names: a header of another length needs no lowercasing to be kept. */
+const HOP_LENGTHS = new Set([...HOP_BY_HOP].map((h) => h.length));
+/** The same for request headers, which also lose or check Expect, X-Request-Id and the X-Forwarded-* ones. */
+const REQUEST_LENGTHS = new Set([
+  ...HOP_LENGTHS,
+  ...["expect", "x-request-id", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"].map((h) => h.length),
+]);
+
 /** How a forwarded request ended, for metrics and logs. */
 export type ForwardResult = "ok" | "connect" | "timeout" | "reset" | "aborted";
 
@@ -62,6 +70,10 @@ export function upstreamHeaders(
   let host: string | undefined;
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i] as string;
+    if (listed === undefined && !REQUEST_LENGTHS.has(name.length)) {
+      out.push(name, raw[i + 1] as string);
+      continue;
+    }
     const lower = name.toLowerCase();
     if (lower === "x-forwarded-for" || lower === "expect" || lower === "x-request-id") continue;
     if (HOP_BY_HOP.has(lower) || listed?.has(lower)) {
@@ -87,19 +99,42 @@ export function upstreamPath(prefix: string, target: string): string {
   return prefix === "" ? target : prefix + target;
 }
 
-/** Response headers that must not travel back to the client. */
-function responseHeaders(raw: readonly (Buffer | string)[]): string[] {
+/**
+ * The upstream's response headers as writeHead's flat list (raw bytes read
+ * as latin1, the byte-transparent reading Node's own HTTP client uses), hop-by-hop ones
+ * and those named in Connection removed, `requestId` (when given) added as
+ * X-Request-Id unless the upstream set one.
+ */
+export function responseHeaders(raw: readonly (Buffer | string)[], requestId?: string): string[] {
   const out: string[] = [];
   let listed: Set<string> | undefined;
+  let hasRequestId = false;
   for (let i = 0; i < raw.length; i += 2) {
-    if (String(raw[i]).toLowerCase() === "connection") listed = connectionTokens(String(raw[i + 1]));
+    const n = raw[i] as Buffer | string;
+    const v = raw[i + 1];
+    const name = typeof n === "string" ? n : n.toString("latin1");
+    const value = v === undefined ? "" : typeof v === "string" ? v : v.toString("latin1");
+    if (HOP_LENGTHS.has(name.length) || name.length === 12) {
+      const lower = name.toLowerCase();
+      if (lower === "x-request-id") hasRequestId = true;
+      else if (HOP_BY_HOP.has(lower)) {
+        if (lower === "connection") listed = connectionTokens(value);
+        continue;
+      }
+    }
+    out.push(name, value);
   }
-  for (let i = 0; i < raw.length; i += 2) {
-    const name = String(raw[i]);
-    const lower = name.toLowerCase();
-    if (HOP_BY_HOP.has(lower) || listed?.has(lower)) continue;
-    out.push(name, raw[i + 1] === undefined ? "" : String(raw[i + 1]));
+  if (listed !== undefined && listed.size > 0) {
+    const kept: string[] = [];
+    for (let i = 0; i < out.length; i += 2) {
+      const name = out[i] as string;
+      if (!listed.has(name.toLowerCase())) kept.push(name, out[i + 1] as string);
+      else if (name.length === 12 && name.toLowerCase() === "x-request-id") hasRequestId = false;
+    }
+    if (!hasRequestId && requestId !== undefined) kept.push("x-request-id", requestId);
+    return kept;
   }
+  if (!hasRequestId && requestId !== undefined) out.push("x-request-id", requestId);
   return out;
 }
 
@@ -152,7 +187,13 @@ export class Forwarder {
     return this.prefix;
   }
 
-  /** Forwards `req` and streams the answer into `res`; `done` reports how it ended (once). */
+  /**
+   * Forwards `req` and streams the answer into `res`; `done` reports how it ended (once).
+   * The handler uses undici's original callback interface (onConnect,
+   * onHeaders…), which undici 7's client calls directly: the newer
+   * controller interface is adapted onto it per request, and the adapter
+   * also parses every response's headers into an object we never read.
+   */
   forward(
     req: IncomingMessage,
     res: ServerResponse,
@@ -161,7 +202,8 @@ export class Forwarder {
     requestId: string,
     done: (result: ForwardResult) => void,
   ): void {
-    let controller: Dispatcher.DispatchController | undefined;
+    let abort: ((err?: Error) => void) | undefined;
+    let resume: (() => void) | undefined;
     let finished = false;
     const finish = (result: ForwardResult): void => {
       if (finished) return;
@@ -170,7 +212,7 @@ export class Forwarder {
     };
     res.once("close", () => {
       if (!res.writableFinished) {
-        controller?.abort(new ClientGone());
+        abort?.(new ClientGone());
         finish("aborted");
       }
     });
@@ -180,27 +222,24 @@ export class Forwarder {
       headers: upstreamHeaders(req, client, requestId),
       body: hasBody(req.headers) ? req : null,
     };
+    /* eslint-disable @typescript-eslint/no-deprecated -- the callback interface, see above */
     const handler: Dispatcher.DispatchHandler = {
-      onRequestStart: (c) => {
-        controller = c;
-        if (res.destroyed) c.abort(new ClientGone());
+      onConnect: (a) => {
+        abort = a;
+        if (res.destroyed) a(new ClientGone());
       },
-      onResponseStart: (c, statusCode, _headers, statusMessage) => {
-        const headers = responseHeaders((c.rawHeaders ?? []) as (Buffer | string)[]);
+      onHeaders: (statusCode, rawHeaders, r, statusText) => {
+        resume = r;
         // Only writeHead's raw list keeps repeated headers (Set-Cookie): no setHeader before it.
-        if (!headers.some((h, i) => i % 2 === 0 && h.toLowerCase() === "x-request-id")) {
-          headers.push("x-request-id", requestId);
-        }
-        res.writeHead(statusCode, statusMessage ?? "", headers);
+        res.writeHead(statusCode, statusText, responseHeaders(rawHeaders, requestId));
+        return true;
       },
-      onResponseData: (c, chunk) => {
-        if (!res.write(chunk)) {
-          c.pause();
-          res.once("drain", () => c.resume());
-        }
+      onData: (chunk) => {
+        if (res.write(chunk)) return true;
+        if (resume !== undefined) res.once("drain", resume);
+        return false;
       },
-      onResponseEnd: (c) => {
-        const trailers = c.rawTrailers as (Buffer | string)[] | null | undefined;
+      onComplete: (trailers) => {
         if (trailers && trailers.length > 0) {
           const flat = responseHeaders(trailers);
           const tuples: [string, string][] = [];
@@ -210,7 +249,7 @@ export class Forwarder {
         res.end();
         finish("ok");
       },
-      onResponseError: (_c, err) => {
+      onError: (err) => {
         const result = classify(err);
         if (result === "aborted" || res.destroyed) {
           finish("aborted");
@@ -224,6 +263,7 @@ export class Forwarder {
         finish(result);
       },
     };
+    /* eslint-enable @typescript-eslint/no-deprecated */
     this.pool.dispatch(opts, handler);
   }
 
