@@ -22,6 +22,8 @@ import { ProxyServer } from "../proxy/server.js";
 import { FileKeyStore } from "../store/filestore.js";
 import type { Snapshot } from "../store/snapshot.js";
 import { formatProblem } from "../util/yaml.js";
+import { isoTimestamp } from "../util/logline.js";
+import { LineSink } from "../util/logsink.js";
 
 /** The package version, read once. */
 export const VERSION: string = (() => {
@@ -77,16 +79,22 @@ export interface ClusterLink {
 }
 
 /**
- * Creates the JSON-lines logger: stdout written asynchronously (lines written
- * while a write is in flight go out together), so a burst of denials costs
- * the request path no syscall each; {@link flushLogger} before exiting.
+ * Creates the JSON-lines logger: stdout written asynchronously by a
+ * {@link LineSink} (lines written while a write is in flight go out together),
+ * so a burst of denials costs the request path no syscall each; what is still
+ * queued when the process exits is written synchronously.
  */
 export function createLogger(destination?: NodeJS.WritableStream): Logger {
   const level = process.env["KEYFENCE_LOG_LEVEL"] ?? "info";
-  return pino(
-    { level, base: { service: "keyfence" }, timestamp: pino.stdTimeFunctions.isoTime },
-    destination ?? pino.destination({ dest: 1, sync: false }),
-  );
+  const options = { level, base: { service: "keyfence" }, timestamp: isoTimestamp };
+  if (destination !== undefined) return pino(options, destination);
+  let log: Logger | undefined = undefined;
+  const sink = new LineSink(1, {
+    dropped: (n) => log?.error({ event: "log_lines_dropped", lines: n }, "log lines dropped: stdout did not keep up"),
+  });
+  process.once("exit", () => sink.flushSync());
+  log = pino(options, sink);
+  return log;
 }
 
 /** Writes out buffered log lines (call before the process exits). */

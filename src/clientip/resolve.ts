@@ -96,9 +96,27 @@ export interface ClientIp {
   readonly forwardedFor: string | undefined;
 }
 
-function hop(raw: string): { ip: Ip | undefined; text: string } {
+interface Hop {
+  readonly ip: Ip | undefined;
+  readonly text: string;
+}
+
+function hop(raw: string): Hop {
   const ip = parseIp(raw);
   return { ip, text: ip === undefined ? raw : formatIp(ip) };
+}
+
+// The socket peer of consecutive requests is usually the same address (the
+// load balancer in front, or one busy client): remember the last one parsed.
+let lastPeerRaw = "";
+let lastPeer: Hop = hop("");
+
+function peerHop(raw: string): Hop {
+  if (raw !== lastPeerRaw) {
+    lastPeer = hop(raw);
+    lastPeerRaw = raw;
+  }
+  return lastPeer;
 }
 
 /**
@@ -132,7 +150,7 @@ export function resolveClientIp(
   forwardedFor: string | undefined,
   trust: CompiledTrust,
 ): ClientIp {
-  const peer = hop(peerRaw ?? "");
+  const peer = peerHop(peerRaw ?? "");
   if (trust.none || !trust.trust(peer.ip, 0)) {
     return { peer: peer.text, ip: peer.ip, text: peer.text, peerTrusted: false, forwardedFor };
   }

@@ -37,7 +37,8 @@ export class Metrics {
   private readonly requestDuration: Record<RequestOutcome, HistogramSeries>;
   private readonly decisionDuration: HistogramSeries;
   private readonly upstreamErrors: Record<UpstreamErrorKind, Counter.Internal>;
-  private readonly inflight: Gauge;
+  /** Read by the gauge at scrape time: a plain add per request instead of prom-client's inc. */
+  private inflightCount = 0;
   private readonly reloads: Record<"success" | "failure", Counter.Internal>;
   private readonly lastReload: Gauge;
   private readonly keys: Gauge;
@@ -99,7 +100,15 @@ export class Metrics {
     for (const c of Object.values(this.upstreamErrors)) c.inc(0);
 
     /** keyfence_inflight_requests: requests being handled by the proxy listener now. */
-    this.inflight = new Gauge({ name: "keyfence_inflight_requests", help: "Proxied requests in flight.", registers });
+    const inflightNow = (): number => this.inflightCount;
+    new Gauge({
+      name: "keyfence_inflight_requests",
+      help: "Proxied requests in flight.",
+      registers,
+      collect() {
+        this.set(inflightNow());
+      },
+    });
 
     /** keyfence_store_reloads_total{result}: key store reloads after external changes. */
     const reloads = new Counter({
@@ -181,7 +190,7 @@ export class Metrics {
 
   /** Moves the in-flight gauge. */
   inflightDelta(delta: 1 | -1): void {
-    this.inflight.inc(delta);
+    this.inflightCount += delta;
   }
 
   /** Records a snapshot installed (at load, reload or write). */

@@ -12,7 +12,11 @@ const MULTIPLE: BearerResult = { kind: "invalid", reason: "multiple_authorizatio
 const MALFORMED: BearerResult = { kind: "invalid", reason: "malformed_authorization" };
 
 function isAuthorizationName(name: string): boolean {
-  return name.length === 13 && name.toLowerCase() === "authorization";
+  return (
+    name === "Authorization" ||
+    name === "authorization" ||
+    (name.length === 13 && name.toLowerCase() === "authorization")
+  );
 }
 
 /**
@@ -36,7 +40,9 @@ export function readBearer(rawHeaders: readonly string[]): BearerResult {
 export function parseAuthorization(value: string): BearerResult {
   let i = 0;
   while (i < value.length && value.charCodeAt(i) !== 32 && value.charCodeAt(i) !== 9) i++;
-  if (i !== 6 || value.slice(0, 6).toLowerCase() !== "bearer") return MISSING;
+  if (i !== 6) return MISSING;
+  const scheme = value.slice(0, 6);
+  if (scheme !== "Bearer" && scheme !== "bearer" && scheme.toLowerCase() !== "bearer") return MISSING;
   while (i < value.length && (value.charCodeAt(i) === 32 || value.charCodeAt(i) === 9)) i++;
   const token = value.slice(i);
   if (token.length === 0 || /[\s,]/.test(token)) return MALFORMED;

@@ -13,7 +13,7 @@ import { resolveClientIp } from "../clientip/resolve.js";
 import type { Config } from "../config/config.js";
 import type { Metrics, RequestOutcome } from "../metrics/metrics.js";
 import type { SourceTracker } from "../metrics/sources.js";
-import { secretHash, readBearer } from "../policy/credential.js";
+import { readBearer } from "../policy/credential.js";
 import { decide, type Credential, type Decision } from "../policy/decide.js";
 import type { KeyStore } from "../store/store.js";
 import { forwardedFor, listenOn, SERVER_LIMITS } from "../util/http.js";
@@ -21,6 +21,7 @@ import { Forwarder, type ForwardResult } from "./forward.js";
 import { messageOf, statusOf, type AnswerReason } from "../policy/answers.js";
 import { answer, answerSocket } from "./respond.js";
 import { pipeUpgrade } from "./upgrade.js";
+import { LineFormat } from "../util/logline.js";
 
 /** What the proxy listener needs. */
 export interface ProxyDeps {
@@ -30,6 +31,36 @@ export interface ProxyDeps {
   readonly sources: SourceTracker;
   readonly log: Logger;
 }
+
+const DENIAL_FIELDS = [
+  "event",
+  "request_id",
+  "reason",
+  "key_id",
+  "client_ip",
+  "peer_ip",
+  "method",
+  "path",
+  "mode",
+] as const;
+const DENIED_LINE = new LineFormat("warn", DENIAL_FIELDS, "request denied");
+const WOULD_DENY_LINE = new LineFormat("warn", DENIAL_FIELDS, "request would be denied (report mode): forwarded");
+const ACCESS_LINE = new LineFormat(
+  "info",
+  [
+    "event",
+    "request_id",
+    "method",
+    "path",
+    "status",
+    "outcome",
+    "decision",
+    "key_id",
+    "client_ip",
+    "duration_ms",
+  ] as const,
+  "request",
+);
 
 const STATUS_TEXT: Record<number, string> = { 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden" };
 
@@ -132,9 +163,7 @@ export class ProxyServer {
     const t0 = performance.now();
     const bearer = readBearer(req.rawHeaders);
     const credential: Credential =
-      bearer.kind === "token"
-        ? { kind: "key", key: this.deps.store.snapshot.lookup(secretHash(bearer.token)) }
-        : bearer;
+      bearer.kind === "token" ? { kind: "key", key: this.deps.store.snapshot.lookupToken(bearer.token) } : bearer;
     const client = resolveClientIp(req.socket.remoteAddress, forwardedFor(req), this.deps.config.trustedProxies);
     const decision = decide(credential, client, this.settings);
     this.deps.metrics.decision(decision.outcome, (performance.now() - t0) / 1000);
@@ -143,20 +172,17 @@ export class ProxyServer {
       this.deps.sources.record(decision.keyId, client.ip, refused);
     }
     if (refused) {
-      this.deps.log.warn(
-        {
-          event: decision.forward ? "would_deny" : "denied",
-          request_id: requestId,
-          reason: decision.reason,
-          key_id: decision.keyId,
-          client_ip: client.text,
-          peer_ip: client.peer,
-          method: req.method,
-          path: pathOf(req.url ?? ""),
-          mode: decision.mode,
-        },
-        decision.forward ? "request would be denied (report mode): forwarded" : "request denied",
-      );
+      (decision.forward ? WOULD_DENY_LINE : DENIED_LINE).write(this.deps.log, {
+        event: decision.forward ? "would_deny" : "denied",
+        request_id: requestId,
+        reason: decision.reason,
+        key_id: decision.keyId,
+        client_ip: client.text,
+        peer_ip: client.peer,
+        method: req.method,
+        path: pathOf(req.url ?? ""),
+        mode: decision.mode,
+      });
     }
     return decision;
   }
@@ -165,60 +191,63 @@ export class ProxyServer {
     const t0 = performance.now();
     this.begin();
     const requestId = requestIdOf(req);
-    const state: { outcome: RequestOutcome; decision?: Decision } = { outcome: "answered" };
-    res.once("close", () => {
-      const { outcome, decision } = state;
-      const seconds = (performance.now() - t0) / 1000;
-      this.deps.metrics.request(outcome, seconds);
-      if (this.deps.config.accessLog) {
-        this.deps.log.info(
-          {
-            event: "access",
-            request_id: requestId,
-            method: req.method,
-            path: pathOf(req.url ?? ""),
-            status: res.statusCode,
-            outcome,
-            decision: decision?.outcome,
-            key_id: decision?.keyId,
-            client_ip: decision?.client.text,
-            duration_ms: Math.round(seconds * 1e6) / 1000,
-          },
-          "request",
-        );
-      }
-      this.end();
-    });
     const target = requestTarget(req.url);
     if (target === undefined) {
       this.deps.metrics.decision("bad_request", 0);
       answer(res, "bad_request", { body: { message: "request target must be a path" }, requestId });
+      this.completed(req, res, t0, requestId, "answered", undefined);
       return;
     }
     const decision = this.decideFor(req, requestId);
-    state.decision = decision;
     if (pathOf(target) === this.deps.config.pingPath) {
       this.ping(res, decision, requestId);
-      return;
-    }
-    if (!decision.forward) {
+    } else if (!decision.forward) {
       answer(res, decision.reason ?? "bad_request", { clientIp: decision.client.text, requestId });
+    } else {
+      this.forwarder.forward(req, res, decision.client, target, requestId, (result: ForwardResult) => {
+        let outcome: RequestOutcome = "forwarded";
+        if (result === "aborted") outcome = "aborted";
+        else if (result !== "ok") {
+          outcome = "upstream_error";
+          this.deps.metrics.upstreamError(result);
+          this.deps.log.error(
+            { event: "upstream_error", request_id: requestId, kind: result, method: req.method, path: pathOf(target) },
+            "upstream request failed",
+          );
+        }
+        this.completed(req, res, t0, requestId, outcome, decision);
+      });
       return;
     }
-    state.outcome = "forwarded";
-    this.forwarder.forward(req, res, decision.client, target, requestId, (result: ForwardResult) => {
-      if (result === "ok") return;
-      if (result === "aborted") {
-        state.outcome = "aborted";
-        return;
-      }
-      state.outcome = "upstream_error";
-      this.deps.metrics.upstreamError(result);
-      this.deps.log.error(
-        { event: "upstream_error", request_id: requestId, kind: result, method: req.method, path: pathOf(target) },
-        "upstream request failed",
-      );
-    });
+    this.completed(req, res, t0, requestId, "answered", decision);
+  }
+
+  /** Accounts for a request once keyfence has written its answer or the forwarder has finished (once per request). */
+  private completed(
+    req: IncomingMessage,
+    res: ServerResponse,
+    t0: number,
+    requestId: string,
+    outcome: RequestOutcome,
+    decision: Decision | undefined,
+  ): void {
+    const seconds = (performance.now() - t0) / 1000;
+    this.deps.metrics.request(outcome, seconds);
+    if (this.deps.config.accessLog) {
+      ACCESS_LINE.write(this.deps.log, {
+        event: "access",
+        request_id: requestId,
+        method: req.method,
+        path: pathOf(req.url ?? ""),
+        status: res.statusCode,
+        outcome,
+        decision: decision?.outcome,
+        key_id: decision?.keyId,
+        client_ip: decision?.client.text,
+        duration_ms: Math.round(seconds * 1e6) / 1000,
+      });
+    }
+    this.end();
   }
 
   private ping(res: ServerResponse, d: Decision, requestId: string): void {

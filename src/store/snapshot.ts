@@ -7,9 +7,15 @@
 import { LRUCache } from "lru-cache";
 import { IpError, parseCidr, type Cidr, type Ip } from "../ip/address.js";
 import { compileMatcher, type Matcher } from "../ip/matcher.js";
+import { secretHash } from "../policy/credential.js";
 import type { KeyPolicy } from "../policy/decide.js";
 import type { KeyRecord } from "./keysfile.js";
 import type { KeyChange } from "./store.js";
+
+/** Most bearer tokens a snapshot remembers (see {@link Snapshot.lookupToken}). */
+export const TOKEN_CACHE_MAX = 4096;
+/** Longest bearer token remembered: at most ~1 MiB of tokens per process. */
+export const TOKEN_CACHE_MAX_LENGTH = 256;
 
 /** Default number of compiled allow lists kept in memory. */
 export const DEFAULT_MATCHER_CACHE = 50_000;
@@ -127,6 +133,8 @@ export class SnapshotBuilder {
 /** One immutable generation of the key store. */
 export class Snapshot {
   private readonly byHash: Map<string, StoredKey>;
+  /** Bearer token → key (null: no such key), see {@link lookupToken}. */
+  private readonly tokens = new Map<string, StoredKey | null>();
   private readonly byId: Map<string, StoredKey>;
   /** Total allow-list entries over all keys. */
   readonly entries: number;
@@ -203,6 +211,25 @@ export class Snapshot {
   /** The key whose secret hashes to `secretSha256`, if any. */
   lookup(secretSha256: string): KeyPolicy | undefined {
     return this.byHash.get(secretSha256);
+  }
+
+  /**
+   * The key of bearer token `token`, if any: {@link lookup} of its SHA-256,
+   * remembered for this snapshot so a repeated token costs one map lookup
+   * instead of a hash (a fifth of what enforcement adds per request). Bounded:
+   * tokens longer than {@link TOKEN_CACHE_MAX_LENGTH} are never kept, and the
+   * cache empties when it reaches {@link TOKEN_CACHE_MAX} entries. Each
+   * snapshot starts empty, so a change of the store is in force at once.
+   */
+  lookupToken(token: string): KeyPolicy | undefined {
+    const hit = this.tokens.get(token);
+    if (hit !== undefined) return hit ?? undefined;
+    const key = this.byHash.get(secretHash(token));
+    if (token.length <= TOKEN_CACHE_MAX_LENGTH) {
+      if (this.tokens.size >= TOKEN_CACHE_MAX) this.tokens.clear();
+      this.tokens.set(token, key ?? null);
+    }
+    return key;
   }
 
   /** The record of key `id`, if any. */

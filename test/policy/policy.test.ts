@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
+import fc from "fast-check";
 import { compileTrust, resolveClientIp, type CompiledTrust } from "../../src/clientip/resolve.js";
 import { IpError, parseCidr, type Cidr } from "../../src/ip/address.js";
 import { compileMatcher } from "../../src/ip/matcher.js";
@@ -29,6 +30,15 @@ describe("readBearer", () => {
     ],
     ["tab inside the token", ["Authorization", "Bearer a\tb"], { kind: "invalid", reason: "malformed_authorization" }],
     [
+      "NBSP inside the token",
+      ["Authorization", "Bearer a\u00a0b"],
+      { kind: "invalid", reason: "malformed_authorization" },
+    ],
+    ["vertical tab inside", ["Authorization", "Bearer a\vb"], { kind: "invalid", reason: "malformed_authorization" }],
+    ["Bearer then a tab", ["Authorization", "Bearer\tabc"], { kind: "token", token: "abc" }],
+    ["a name of 13 letters that is not Authorization", ["Cache-Control", "Bearer abc"], { kind: "missing" }],
+    ["a scheme differing by a non-letter", ["Authorization", "Bea@er abc"], { kind: "missing" }],
+    [
       "two headers",
       ["Authorization", "Bearer a", "X", "y", "AUTHORIZATION", "Bearer a"],
       { kind: "invalid", reason: "multiple_authorization" },
@@ -44,6 +54,43 @@ describe("readBearer", () => {
   }
   test("parseAuthorization agrees with readBearer on one header", () => {
     assert.deepEqual(parseAuthorization("Bearer t"), { kind: "token", token: "t" });
+  });
+  test("property: parseAuthorization agrees with a regex reference on any value", () => {
+    const reference = (value: string): ReturnType<typeof parseAuthorization> => {
+      const m = /^([^ \t]*)[ \t]*([\s\S]*)$/.exec(value);
+      if (m === null || (m[1] as string).toLowerCase() !== "bearer") return { kind: "missing" };
+      const token = m[2] as string;
+      if (token === "" || /[\s,]/.test(token)) return { kind: "invalid", reason: "malformed_authorization" };
+      return { kind: "token", token };
+    };
+    const piece = fc.constantFrom(
+      "Bearer",
+      "bearer",
+      "BEARER",
+      "Bearer ",
+      " ",
+      "\t",
+      ",",
+      "\u00a0",
+      "\u2028",
+      "\u3000",
+      "a",
+      "Z",
+      "@",
+      "`",
+      "-._~+/=",
+      "\u00e9",
+      "\v",
+      "\r",
+    );
+    const value = fc.oneof(
+      fc.string({ unit: "binary", maxLength: 12 }),
+      fc.array(piece, { maxLength: 8 }).map((a) => a.join("")),
+    );
+    fc.assert(
+      fc.property(value, (v) => assert.deepEqual(parseAuthorization(v), reference(v))),
+      { numRuns: 20_000 },
+    );
   });
   test("secretHash is lowercase hex SHA-256", () => {
     assert.equal(secretHash("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");

@@ -9,6 +9,7 @@ import fc from "fast-check";
 import { secretHash } from "../../src/policy/credential.js";
 import { FileKeyStore, WORKER_THRESHOLD_BYTES } from "../../src/store/filestore.js";
 import { parseKeysFile, type KeyRecord } from "../../src/store/keysfile.js";
+import { MatcherCache, Snapshot, TOKEN_CACHE_MAX } from "../../src/store/snapshot.js";
 import { indexEntries, spliceChange } from "../../src/store/splice.js";
 import type { KeyChange } from "../../src/store/store.js";
 import { formatProblem } from "../../src/util/yaml.js";
@@ -248,5 +249,48 @@ describe("a large keys file (worker-thread loader, in-place writes)", () => {
     assert.equal(store.snapshot.record("key_10")?.name, "Key number 10 of the large store");
     assert.equal(store.snapshot.record("fresh"), undefined);
     await store.close();
+  });
+});
+
+describe("Snapshot.lookupToken", () => {
+  const rec = (id: string, secret: string): KeyRecord => ({
+    id,
+    name: id,
+    secretSha256: secretHash(secret),
+    scopes: [],
+    ipAllowList: [],
+    mode: undefined,
+    createdAt: undefined,
+    updatedAt: undefined,
+  });
+
+  test("agrees with lookup of the SHA-256 for known, unknown, repeated and long tokens", () => {
+    const snap = new Snapshot([rec("a", "sa"), rec("b", "x".repeat(300))], new MatcherCache());
+    for (let round = 0; round < 3; round++) {
+      for (const token of ["sa", "sb", "", "x".repeat(300), "x".repeat(299)]) {
+        assert.equal(snap.lookupToken(token), snap.lookup(secretHash(token)), `${token.slice(0, 8)} round ${round}`);
+      }
+    }
+    assert.equal(snap.lookupToken("sa")?.id, "a");
+    assert.equal(snap.lookupToken("x".repeat(300))?.id, "b");
+  });
+
+  test("a new snapshot answers for the change at once (the cache is per snapshot)", () => {
+    const cache = new MatcherCache();
+    const before = new Snapshot([rec("a", "sa")], cache);
+    assert.equal(before.lookupToken("sa")?.id, "a");
+    assert.equal(before.lookupToken("sn"), undefined);
+    const rotated = before.withChange({ kind: "update", record: rec("a", "sn") });
+    assert.equal(rotated.lookupToken("sa"), undefined);
+    assert.equal(rotated.lookupToken("sn")?.id, "a");
+    const deleted = rotated.withChange({ kind: "delete", id: "a" });
+    assert.equal(deleted.lookupToken("sn"), undefined);
+  });
+
+  test("stays correct past its bound (a flood of unknown tokens)", () => {
+    const snap = new Snapshot([rec("a", "sa")], new MatcherCache());
+    assert.equal(snap.lookupToken("sa")?.id, "a");
+    for (let i = 0; i < TOKEN_CACHE_MAX * 2 + 7; i++) assert.equal(snap.lookupToken(`unknown-${i}`), undefined);
+    assert.equal(snap.lookupToken("sa")?.id, "a");
   });
 });

@@ -1,0 +1,170 @@
+/** The request-path log lines (LineFormat) against pino itself, and the stdout sink under a slow reader and at exit. */
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { closeSync, mkdtempSync, openSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Writable } from "node:stream";
+import { describe, test } from "node:test";
+import { fileURLToPath } from "node:url";
+import fc from "fast-check";
+import pino from "pino";
+import { createLogger } from "../../src/cli/sidecar.js";
+import { isoTimestamp, LineFormat } from "../../src/util/logline.js";
+import { LineSink } from "../../src/util/logsink.js";
+
+/** A logger built like keyfence's, writing into an array. */
+function capture(level = "info"): { log: pino.Logger; lines: string[] } {
+  const lines: string[] = [];
+  const dest = new Writable({
+    write(chunk: Buffer, _enc, cb) {
+      lines.push(chunk.toString());
+      cb();
+    },
+  });
+  const previous = process.env["KEYFENCE_LOG_LEVEL"];
+  process.env["KEYFENCE_LOG_LEVEL"] = level;
+  const log = createLogger(dest);
+  if (previous === undefined) delete process.env["KEYFENCE_LOG_LEVEL"];
+  else process.env["KEYFENCE_LOG_LEVEL"] = previous;
+  return { log, lines };
+}
+
+/** Lone surrogates: pino writes them raw (they reach the file as U+FFFD), JSON.stringify escapes them; both read back as U+FFFD here. */
+const LONE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/g;
+
+function withoutTime(line: string): { keys: string[]; value: Record<string, unknown> } {
+  const value = JSON.parse(line, (_k, v: unknown) => (typeof v === "string" ? v.replace(LONE, "\ufffd") : v)) as Record<
+    string,
+    unknown
+  >;
+  assert.match(String(value["time"]), /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/);
+  delete value["time"];
+  return { keys: Object.keys(value), value };
+}
+
+const FORMAT = new LineFormat("warn", ["event", "request_id", "key_id", "path", "status"] as const, "request denied");
+
+describe("LineFormat writes what pino writes", () => {
+  test("property: same fields, same order, same values, for any strings (quotes, controls, non-ASCII, lone surrogates)", async () => {
+    const text = fc.oneof(
+      fc.string(),
+      fc.string({ unit: "binary" }),
+      fc.constantFrom('"', "\\", "\n", "\u2028", "\ud800", "é"),
+    );
+    await fc.assert(
+      fc.asyncProperty(
+        text,
+        text,
+        fc.option(text, { nil: undefined }),
+        fc.oneof(fc.integer(), fc.double()),
+        async (event, path, keyId, status) => {
+          const ours = capture();
+          const theirs = capture();
+          const fields = { event, request_id: "r-1", key_id: keyId, path, status };
+          FORMAT.write(ours.log, fields);
+          theirs.log.warn(fields, "request denied");
+          await new Promise((r) => setImmediate(r));
+          assert.equal(ours.lines.length, 1);
+          assert.equal(theirs.lines.length, 1);
+          assert.ok((ours.lines[0] as string).endsWith("}\n"));
+          assert.deepEqual(withoutTime(ours.lines[0] as string), withoutTime(theirs.lines[0] as string));
+        },
+      ),
+      { numRuns: 300 },
+    );
+  });
+
+  test("a child logger's bindings (the cluster worker id) come where pino puts them", async () => {
+    const ours = capture();
+    const theirs = capture();
+    FORMAT.write(ours.log.child({ worker: 2 }), {
+      event: "denied",
+      request_id: "r",
+      key_id: "k",
+      path: "/",
+      status: 1,
+    });
+    theirs.log
+      .child({ worker: 2 })
+      .warn({ event: "denied", request_id: "r", key_id: "k", path: "/", status: 1 }, "request denied");
+    await new Promise((r) => setImmediate(r));
+    assert.deepEqual(withoutTime(ours.lines[0] as string), withoutTime(theirs.lines[0] as string));
+    assert.equal(JSON.parse(ours.lines[0] as string).worker, 2);
+  });
+
+  test("nothing is written below the logger's level", async () => {
+    const quiet = capture("error");
+    FORMAT.write(quiet.log, { event: "denied", request_id: "r", key_id: undefined, path: "/", status: 1 });
+    await new Promise((r) => setImmediate(r));
+    assert.deepEqual(quiet.lines, []);
+  });
+
+  test("isoTimestamp reads the clock like Date#toISOString, across second boundaries", async () => {
+    const end = Date.now() + 1100;
+    let previous = "";
+    while (Date.now() < end) {
+      const before = Date.now();
+      const t = isoTimestamp();
+      const after = Date.now();
+      const m = /^,"time":"(.*)"$/.exec(t);
+      assert.ok(m, t);
+      const iso = m[1] as string;
+      assert.equal(new Date(iso).toISOString(), iso);
+      const ms = Date.parse(iso);
+      assert.ok(ms >= before && ms <= after, `${iso} not within [${before}, ${after}]`);
+      assert.ok(iso >= previous);
+      previous = iso;
+      await new Promise((r) => setTimeout(r, 7));
+    }
+  });
+});
+
+describe("LineSink", () => {
+  test("writes every line, in order, to a file (one write per event-loop turn)", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "keyfence-sink-"));
+    try {
+      const file = join(dir, "out.log");
+      const fd = openSync(file, "w");
+      const sink = new LineSink(fd);
+      const expected: string[] = [];
+      for (let i = 0; i < 20_000; i++) {
+        const line = `{"i":${i},"s":"${"é€𝄞".repeat(i % 7)}${"x".repeat(i % 300)}"}\n`;
+        expected.push(line);
+        assert.equal(sink.write(line), true);
+        if (i % 1000 === 0) await new Promise((r) => setImmediate(r));
+      }
+      await new Promise<void>((r) => sink.flush(r));
+      closeSync(fd);
+      assert.equal(readFileSync(file, "utf8"), expected.join(""));
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test("a slow reader on a non-blocking pipe loses nothing, and lines queued at exit are written", async () => {
+    const sidecar = fileURLToPath(new URL("../../src/cli/sidecar.js", import.meta.url));
+    // process.stdout makes fd 1 non-blocking (EAGAIN when the pipe is full);
+    // the child exits right after logging, with most lines still queued.
+    const script = `
+      import { createLogger } from ${JSON.stringify(sidecar)};
+      void process.stdout;
+      const log = createLogger();
+      for (let i = 0; i < 30000; i++) log.info({ i, pad: "${"p".repeat(100)}" }, "line");
+      process.exit(0);
+    `;
+    const child = spawn(process.execPath, ["--input-type=module", "-e", script], {
+      stdio: ["ignore", "pipe", "inherit"],
+    });
+    child.stdout.pause();
+    await new Promise((r) => setTimeout(r, 700));
+    let out = "";
+    child.stdout.on("data", (d: Buffer) => (out += d.toString()));
+    child.stdout.resume();
+    const code = await new Promise<number | null>((r) => child.on("close", r));
+    assert.equal(code, 0);
+    const lines = out.trimEnd().split("\n");
+    assert.equal(lines.length, 30_000);
+    lines.forEach((l, i) => assert.equal((JSON.parse(l) as { i: number }).i, i));
+  });
+});
