@@ -28,6 +28,9 @@ export interface Upstream {
   close(): Promise<void>;
 }
 
+/** A header value carrying the UTF-8 bytes of "é ✓", as Node's HTTP code represents raw bytes (one latin1 char per byte). */
+export const UTF8_HEADER = Buffer.from("é ✓", "utf8").toString("latin1");
+
 /**
  * Paths:
  * - `/download/N`: streams N bytes of a repeating pattern in 64 KiB chunks
@@ -90,10 +93,14 @@ export async function startUpstream(): Promise<Upstream> {
           "content-type": "application/json",
           "set-cookie": ["a=1", "b=2"],
           "x-upstream": "yes",
+          // Raw UTF-8 bytes in a header value (a filename, say): Node writes header strings as latin1.
+          "x-bytes": UTF8_HEADER,
           connection: "keep-alive, x-hop",
           "x-hop": "must not pass",
         });
-        res.end(body);
+        // A Buffer, not a string: Node writes a string body in one write with the
+        // header block, in the body's encoding (UTF-8), which would re-encode x-bytes.
+        res.end(Buffer.from(body));
       }
     });
   });

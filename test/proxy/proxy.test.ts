@@ -7,7 +7,7 @@ import { after, before, describe, test } from "node:test";
 import { WebSocket } from "ws";
 import { bearer, send } from "../helpers/http.js";
 import { eventually, startTestSidecar, type TestKey, type TestSidecar } from "../helpers/sidecar.js";
-import { startUpstream, type Upstream } from "../helpers/upstream.js";
+import { startUpstream, UTF8_HEADER, type Upstream } from "../helpers/upstream.js";
 
 const LOCAL: TestKey = { id: "k_local", secret: "s_local", allow: ["127.0.0.1"] };
 const OFFICE: TestKey = { id: "k_office", secret: "s_office", allow: ["203.0.113.0/24", "2001:db8::/32"] };
@@ -45,8 +45,10 @@ describe("proxy: no trusted proxies", () => {
         ["X-Secret-Hop", "hop"],
         ["Keep-Alive", "timeout=5"],
         ["Proxy-Authorization", "Basic abc"],
+        ["X-Bytes", UTF8_HEADER],
       ],
-      body: "hello upstream",
+      // A Buffer: a string body makes Node's client write the header block as UTF-8.
+      body: Buffer.from("hello upstream"),
     });
     assert.equal(r.status, 200);
     assert.equal(up.seen.length, n + 1);
@@ -63,9 +65,11 @@ describe("proxy: no trusted proxies", () => {
     assert.equal(s.headers["keep-alive"], undefined);
     assert.equal(s.headers["proxy-authorization"], undefined);
     assert.equal(s.bodyBytes, Buffer.byteLength("hello upstream"));
+    assert.equal(s.headers["x-bytes"], UTF8_HEADER, "raw header bytes travel up unchanged");
     // The response comes back with its headers, minus hop-by-hop ones.
     assert.deepEqual(r.rawHeaders.filter((_, i, a) => i % 2 === 0 && a[i]?.toLowerCase() === "set-cookie").length, 2);
     assert.equal(r.headers["x-upstream"], "yes");
+    assert.equal(r.headers["x-bytes"], UTF8_HEADER, "raw header bytes come back unchanged");
     assert.equal(r.headers["x-hop"], undefined);
     assert.equal(r.headers["x-keyfence-reason"], undefined, "forwarded answers carry no keyfence reason");
   });
