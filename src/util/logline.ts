@@ -28,6 +28,20 @@ export function isoTimestamp(): string {
 /** A field of a line: strings are JSON-escaped, finite numbers written as they are, undefined fields left out. */
 export type LineValue = string | number | undefined;
 
+/**
+ * `JSON.stringify(v)` for a string value: the common short, plain-ASCII
+ * values (ids, addresses, methods, paths) are quoted as they are, which costs
+ * a fraction of a call into the JSON serializer.
+ */
+function jsonString(v: string): string {
+  if (v.length > 128) return JSON.stringify(v);
+  for (let i = 0; i < v.length; i++) {
+    const c = v.charCodeAt(i);
+    if (c < 0x20 || c === 0x22 || c === 0x5c || c > 0x7e) return JSON.stringify(v);
+  }
+  return `"${v}"`;
+}
+
 interface PinoInternals {
   [key: symbol]: unknown;
 }
@@ -56,7 +70,7 @@ export class LineFormat<K extends string> {
       if (v === undefined) continue;
       line +=
         (this.prefixes[i] as string) +
-        (typeof v === "number" ? (Number.isFinite(v) ? String(v) : "null") : JSON.stringify(v));
+        (typeof v === "number" ? (Number.isFinite(v) ? String(v) : "null") : jsonString(v));
     }
     (internals[pino.symbols.streamSym] as { write(s: string): void }).write(line + this.msgText);
   }
