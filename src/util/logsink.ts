@@ -1,7 +1,9 @@
 /**
  * The destination of the JSON-lines log: lines are queued and written to a
- * file descriptor (stdout) once per turn of the event loop, all together, so
- * a flood of denial lines costs one write per turn, not one per line.
+ * file descriptor (stdout) once per turn of the event loop, together (in
+ * writes of whole lines up to PIPE_BUF bytes, which pipes never interleave
+ * with other processes' writes), so a flood of denial lines costs a write per
+ * dozen lines, not one per line.
  *
  * Writes are synchronous (like pino's default destination): nothing is ever
  * in flight on another thread, so what is queued when the process exits is
@@ -19,6 +21,21 @@ import { writeSync } from "node:fs";
 export const MAX_PENDING_CHARS = 64 * 1024 * 1024;
 
 const RETRY_MS = 10;
+/** Linux's PIPE_BUF: a pipe write of at most this many bytes is never interleaved with another process's. */
+const PIPE_BUF = 4096;
+
+/**
+ * Where the next write of `buf` should end: after the last whole line within
+ * PIPE_BUF bytes, so lines from cluster workers sharing one stdout pipe never
+ * interleave mid-line (a single line longer than that goes alone).
+ */
+function atomicEnd(buf: Buffer): number {
+  if (buf.length <= PIPE_BUF) return buf.length;
+  const nl = buf.lastIndexOf(0x0a, PIPE_BUF - 1);
+  if (nl >= 0) return nl + 1;
+  const next = buf.indexOf(0x0a, PIPE_BUF);
+  return next < 0 ? buf.length : next + 1;
+}
 const NAP = new Int32Array(new SharedArrayBuffer(4));
 
 /** What a {@link LineSink} reports about itself. */
@@ -96,9 +113,10 @@ export class LineSink {
       this.queuedChars = 0;
     }
     while (this.unwritten !== undefined) {
+      const buf = this.unwritten;
       let n: number;
       try {
-        n = writeSync(this.fd, this.unwritten);
+        n = writeSync(this.fd, buf, 0, atomicEnd(buf));
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code === "EAGAIN") {
           this.retryTimer ??= setTimeout(this.turn, RETRY_MS);
@@ -111,7 +129,7 @@ export class LineSink {
         this.queuedChars = 0;
         break;
       }
-      this.unwritten = n < this.unwritten.length ? this.unwritten.subarray(n) : undefined;
+      this.unwritten = n < buf.length ? buf.subarray(n) : undefined;
     }
     if (this.droppedLines > 0 && !this.broken) {
       const n = this.droppedLines;

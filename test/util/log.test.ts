@@ -142,6 +142,40 @@ describe("LineSink", () => {
     }
   });
 
+  test("three processes sharing one stdout pipe (cluster workers) never interleave lines", async () => {
+    const sidecar = fileURLToPath(new URL("../../src/cli/sidecar.js", import.meta.url));
+    const script = `
+      import { createLogger, flushLogger } from ${JSON.stringify(sidecar)};
+      void process.stdout;
+      const log = createLogger();
+      for (let i = 0; i < 15000; i++) log.info({ w: Number(process.env.W), i, pad: "${"q".repeat(300)}" }, "line");
+      await flushLogger(log);
+    `;
+    const node = JSON.stringify(process.execPath);
+    const one = (w: number): string => `W=${w} ${node} --input-type=module -e "$S" &`;
+    const child = spawn("sh", ["-c", `${one(1)} ${one(2)} ${one(3)} wait`], {
+      stdio: ["ignore", "pipe", "inherit"],
+      env: { ...process.env, S: script },
+    });
+    child.stdout.pause();
+    await new Promise((r) => setTimeout(r, 300));
+    let out = "";
+    child.stdout.on("data", (d: Buffer) => (out += d.toString()));
+    child.stdout.resume();
+    assert.equal(await new Promise<number | null>((r) => child.on("close", r)), 0);
+    const next = new Map<number, number>();
+    for (const line of out.trimEnd().split("\n")) {
+      const { w, i } = JSON.parse(line) as { w: number; i: number };
+      assert.equal(i, next.get(w) ?? 0, `worker ${w} out of order`);
+      next.set(w, i + 1);
+    }
+    assert.deepEqual([...next.entries()].sort(), [
+      [1, 15000],
+      [2, 15000],
+      [3, 15000],
+    ]);
+  });
+
   test("a slow reader on a non-blocking pipe loses nothing, and lines queued at exit are written", async () => {
     const sidecar = fileURLToPath(new URL("../../src/cli/sidecar.js", import.meta.url));
     // process.stdout makes fd 1 non-blocking (EAGAIN when the pipe is full);
