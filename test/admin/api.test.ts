@@ -7,7 +7,7 @@ import { after, before, describe, test } from "node:test";
 import { parseKeysFile } from "../../src/store/keysfile.js";
 import { bearer, send, type Reply, type Send } from "../helpers/http.js";
 import { OpenApi } from "../helpers/openapi.js";
-import { startTestSidecar, type TestKey, type TestSidecar } from "../helpers/sidecar.js";
+import { sidecarFixture, startTestSidecar, type TestKey, type TestSidecar } from "../helpers/sidecar.js";
 import { awayFromStepBoundary, code } from "../helpers/totp.js";
 import { startUpstream, type Upstream } from "../helpers/upstream.js";
 
@@ -68,68 +68,62 @@ async function startAdmin(
 }
 
 describe("management API", () => {
-  let up: Upstream;
-  let kf: TestSidecar;
-  before(async () => {
-    up = await startUpstream();
-    kf = await startAdmin(up);
-  });
-  after(async () => {
-    await kf.stop();
-    await up.close();
-  });
+  const fx = sidecarFixture((up) => startAdmin(up));
 
   describe("authentication", () => {
     test("health and metrics need no credential", async () => {
-      assert.equal((await api(kf, "GET", "/healthz")).body, '{"status":"ok"}');
-      assert.equal((await api(kf, "GET", "/metrics")).status, 200);
+      assert.equal((await api(fx.kf, "GET", "/healthz")).body, '{"status":"ok"}');
+      assert.equal((await api(fx.kf, "GET", "/metrics")).status, 200);
     });
 
     test("no credential or an unknown one: 401", async () => {
-      const none = await api(kf, "GET", "/v1/api-keys", { localAddress: "127.0.0.4" });
+      const none = await api(fx.kf, "GET", "/v1/api-keys", { localAddress: "127.0.0.4" });
       assert.equal(none.status, 401);
       assert.equal(none.headers["x-keyfence-reason"], "missing_credential");
-      const unknown = await api(kf, "GET", "/v1/api-keys", { headers: [bearer("nope")], localAddress: "127.0.0.4" });
+      const unknown = await api(fx.kf, "GET", "/v1/api-keys", { headers: [bearer("nope")], localAddress: "127.0.0.4" });
       assert.equal(unknown.status, 401);
       assert.equal(unknown.headers["x-keyfence-reason"], "invalid_credential");
     });
 
     test("report mode never softens the management API", async () => {
-      const r = await api(kf, "GET", "/v1/api-keys", { headers: [bearer("s_reportwriter")] });
+      const r = await api(fx.kf, "GET", "/v1/api-keys", { headers: [bearer("s_reportwriter")] });
       assert.equal(r.status, 403);
       assert.equal(r.body, '{"message":"source IP 127.0.0.1 is not allowed for this API key"}');
-      const proxied = await send(`${kf.url}/x`, { headers: [bearer("s_reportwriter")] });
+      const proxied = await send(`${fx.kf.url}/x`, { headers: [bearer("s_reportwriter")] });
       assert.equal(proxied.status, 200, "while the proxy, in report mode, forwards");
     });
 
     test("a key without api_keys:write: 403", async () => {
-      const r = await api(kf, "GET", "/v1/api-keys", { headers: [bearer("s_reader")] });
+      const r = await api(fx.kf, "GET", "/v1/api-keys", { headers: [bearer("s_reader")] });
       assert.equal(r.status, 403);
       assert.equal(r.headers["x-keyfence-reason"], "missing_scope");
     });
 
     test("a key caller outside its own allow list: the proxy's 403", async () => {
-      const r = await api(kf, "GET", "/v1/api-keys", { headers: [bearer("s_away")] });
+      const r = await api(fx.kf, "GET", "/v1/api-keys", { headers: [bearer("s_away")] });
       assert.equal(r.status, 403);
       assert.equal(r.body, '{"message":"source IP 127.0.0.1 is not allowed for this API key"}');
       assert.equal(r.headers["x-keyfence-reason"], "ip_not_allowed");
-      const other = await api(kf, "GET", "/v1/api-keys", { headers: [bearer("s_writer")], localAddress: "127.0.0.2" });
+      const other = await api(fx.kf, "GET", "/v1/api-keys", {
+        headers: [bearer("s_writer")],
+        localAddress: "127.0.0.2",
+      });
       assert.equal(other.body, '{"message":"source IP 127.0.0.2 is not allowed for this API key"}');
     });
 
     test("a key with the scope, inside its list, and an operator may read", async () => {
-      assert.equal((await api(kf, "GET", "/v1/api-keys", { headers: [bearer("s_writer")] })).status, 200);
-      assert.equal((await api(kf, "GET", "/v1/api-keys", { headers: [OPS] })).status, 200);
+      assert.equal((await api(fx.kf, "GET", "/v1/api-keys", { headers: [bearer("s_writer")] })).status, 200);
+      assert.equal((await api(fx.kf, "GET", "/v1/api-keys", { headers: [OPS] })).status, 200);
     });
 
     test("several Authorization headers: 400; unknown route 404 and wrong method 405, JSON", async () => {
-      const dup = await send(`${kf.adminUrl}/v1/api-keys`, { headers: [OPS, OPS] });
+      const dup = await send(`${fx.kf.adminUrl}/v1/api-keys`, { headers: [OPS, OPS] });
       assert.equal(dup.status, 400);
       assert.equal(dup.body, '{"message":"multiple Authorization headers"}');
-      const nf = await send(`${kf.adminUrl}/v2/nothing`, { headers: [OPS] });
+      const nf = await send(`${fx.kf.adminUrl}/v2/nothing`, { headers: [OPS] });
       assert.equal(nf.status, 404);
       assert.equal(nf.headers["content-type"], "application/json");
-      const wm = await send(`${kf.adminUrl}/v1/api-keys`, { method: "PUT", headers: [OPS] });
+      const wm = await send(`${fx.kf.adminUrl}/v1/api-keys`, { method: "PUT", headers: [OPS] });
       assert.equal(wm.status, 405);
       assert.equal(wm.headers["content-type"], "application/json");
       assert.equal(wm.headers.allow, "GET, POST");
@@ -138,20 +132,27 @@ describe("management API", () => {
     test("repeated failures from one IP are throttled with 429 and Retry-After", async () => {
       const from = { localAddress: "127.0.0.3" };
       for (let i = 0; i < 10; i++) {
-        assert.equal((await api(kf, "GET", "/v1/api-keys", { headers: [bearer(`guess${i}`)], ...from })).status, 401);
+        assert.equal(
+          (await api(fx.kf, "GET", "/v1/api-keys", { headers: [bearer(`guess${i}`)], ...from })).status,
+          401,
+        );
       }
-      const r = await api(kf, "GET", "/v1/api-keys", { headers: [bearer("guess10")], ...from });
+      const r = await api(fx.kf, "GET", "/v1/api-keys", { headers: [bearer("guess10")], ...from });
       assert.equal(r.status, 429);
       assert.ok(Number(r.headers["retry-after"]) > 0 && Number(r.headers["retry-after"]) <= 60);
-      const evenRight = await api(kf, "GET", "/v1/api-keys", { headers: [OPS], ...from });
+      const evenRight = await api(fx.kf, "GET", "/v1/api-keys", { headers: [OPS], ...from });
       assert.equal(evenRight.status, 429, "a right token does not bypass the throttle");
-      assert.equal((await api(kf, "GET", "/v1/api-keys", { headers: [OPS] })).status, 200, "other IPs are unaffected");
+      assert.equal(
+        (await api(fx.kf, "GET", "/v1/api-keys", { headers: [OPS] })).status,
+        200,
+        "other IPs are unaffected",
+      );
     });
   });
 
   describe("keys", () => {
     test("create: 201, secret once, canonical list; only the hash is stored; in force on the proxy at once", async () => {
-      const r = await api(kf, "POST", "/v1/api-keys", {
+      const r = await api(fx.kf, "POST", "/v1/api-keys", {
         headers: [OPS],
         json: {
           name: "mailer",
@@ -164,39 +165,42 @@ describe("management API", () => {
       assert.deepEqual(k.ip_allow_list, ["127.0.0.1", "2001:db8::/32"]);
       assert.match(k.secret, /^kf_[A-Za-z0-9_-]{43}$/);
       assert.equal(k.mode, null);
-      const file = readFileSync(kf.keysFile, "utf8");
+      const file = readFileSync(fx.kf.keysFile, "utf8");
       assert.ok(!file.includes(k.secret));
       assert.ok(file.includes(sha(k.secret)));
-      const allowed = await send(`${kf.url}/_keyfence/ping`, { headers: [bearer(k.secret)] });
+      const allowed = await send(`${fx.kf.url}/_keyfence/ping`, { headers: [bearer(k.secret)] });
       assert.equal(allowed.status, 200);
-      const denied = await send(`${kf.url}/_keyfence/ping`, { headers: [bearer(k.secret)], localAddress: "127.0.0.2" });
+      const denied = await send(`${fx.kf.url}/_keyfence/ping`, {
+        headers: [bearer(k.secret)],
+        localAddress: "127.0.0.2",
+      });
       assert.equal(denied.status, 403);
-      const got = await api(kf, "GET", "/v1/api-keys/{id}", { path: `/v1/api-keys/${k.id}`, headers: [OPS] });
+      const got = await api(fx.kf, "GET", "/v1/api-keys/{id}", { path: `/v1/api-keys/${k.id}`, headers: [OPS] });
       assert.equal(got.status, 200);
       assert.ok(!got.body.includes("secret"), "a secret never comes back after creation");
     });
 
     test("patch: omitted and null leave fields, a list replaces the old one, [] clears it", async () => {
       const c = (
-        await api(kf, "POST", "/v1/api-keys", {
+        await api(fx.kf, "POST", "/v1/api-keys", {
           headers: [OPS],
           json: { name: "p", scopes: ["a:b"], ip_allow_list: ["10.0.0.0/8"] },
         })
       ).json() as { id: string; secret: string };
       const path = `/v1/api-keys/${c.id}`;
-      const auditBefore = readFileSync(join(kf.dir, "keys.audit.jsonl"), "utf8");
-      const noop = await api(kf, "PATCH", "/v1/api-keys/{id}", {
+      const auditBefore = readFileSync(join(fx.kf.dir, "keys.audit.jsonl"), "utf8");
+      const noop = await api(fx.kf, "PATCH", "/v1/api-keys/{id}", {
         path,
         headers: [OPS],
         json: { name: "p", ip_allow_list: ["10.0.0.0/8"] },
       });
       assert.equal(noop.status, 200);
       assert.equal(
-        readFileSync(join(kf.dir, "keys.audit.jsonl"), "utf8"),
+        readFileSync(join(fx.kf.dir, "keys.audit.jsonl"), "utf8"),
         auditBefore,
         "a patch that changes nothing writes nothing",
       );
-      const renamed = await api(kf, "PATCH", "/v1/api-keys/{id}", {
+      const renamed = await api(fx.kf, "PATCH", "/v1/api-keys/{id}", {
         path,
         headers: [OPS],
         json: { name: "renamed", scopes: null },
@@ -204,48 +208,51 @@ describe("management API", () => {
       assert.equal(renamed.status, 200);
       assert.deepEqual((renamed.json() as { scopes: string[]; ip_allow_list: string[] }).scopes, ["a:b"]);
       assert.deepEqual((renamed.json() as { ip_allow_list: string[] }).ip_allow_list, ["10.0.0.0/8"]);
-      const replaced = await api(kf, "PATCH", "/v1/api-keys/{id}", {
+      const replaced = await api(fx.kf, "PATCH", "/v1/api-keys/{id}", {
         path,
         headers: [OPS],
         json: { ip_allow_list: ["127.0.0.2"], mode: "report" },
       });
       assert.deepEqual((replaced.json() as { ip_allow_list: string[] }).ip_allow_list, ["127.0.0.2"]);
       assert.equal((replaced.json() as { mode: string }).mode, "report");
-      assert.equal((await send(`${kf.url}/x`, { headers: [bearer(c.secret)], localAddress: "127.0.0.2" })).status, 200);
-      const cleared = await api(kf, "PATCH", "/v1/api-keys/{id}", {
+      assert.equal(
+        (await send(`${fx.kf.url}/x`, { headers: [bearer(c.secret)], localAddress: "127.0.0.2" })).status,
+        200,
+      );
+      const cleared = await api(fx.kf, "PATCH", "/v1/api-keys/{id}", {
         path,
         headers: [OPS],
         json: { ip_allow_list: [] },
       });
       assert.deepEqual((cleared.json() as { ip_allow_list: string[] }).ip_allow_list, []);
       assert.equal(
-        (await send(`${kf.url}/_keyfence/ping`, { headers: [bearer(c.secret)], localAddress: "127.0.0.9" })).status,
+        (await send(`${fx.kf.url}/_keyfence/ping`, { headers: [bearer(c.secret)], localAddress: "127.0.0.9" })).status,
         200,
         "works from anywhere again",
       );
-      const del = await api(kf, "DELETE", "/v1/api-keys/{id}", { path, headers: [OPS] });
+      const del = await api(fx.kf, "DELETE", "/v1/api-keys/{id}", { path, headers: [OPS] });
       assert.equal(del.status, 204);
-      assert.equal((await api(kf, "GET", "/v1/api-keys/{id}", { path, headers: [OPS] })).status, 404);
+      assert.equal((await api(fx.kf, "GET", "/v1/api-keys/{id}", { path, headers: [OPS] })).status, 404);
       assert.equal(
-        (await api(kf, "PATCH", "/v1/api-keys/{id}", { path, headers: [OPS], json: { name: "x" } })).status,
+        (await api(fx.kf, "PATCH", "/v1/api-keys/{id}", { path, headers: [OPS], json: { name: "x" } })).status,
         404,
       );
-      assert.equal((await api(kf, "DELETE", "/v1/api-keys/{id}", { path, headers: [OPS] })).status, 404);
+      assert.equal((await api(fx.kf, "DELETE", "/v1/api-keys/{id}", { path, headers: [OPS] })).status, 404);
       assert.equal(
-        (await send(`${kf.url}/_keyfence/ping`, { headers: [bearer(c.secret)] })).status,
+        (await send(`${fx.kf.url}/_keyfence/ping`, { headers: [bearer(c.secret)] })).status,
         401,
         "deleted keys are unknown at once",
       );
       await new Promise((r) => setTimeout(r, 300));
       assert.ok(
-        !kf.logs.some((l) => l["event"] === "store_reloaded" || l["event"] === "store_reload_failed"),
+        !fx.kf.logs.some((l) => l["event"] === "store_reloaded" || l["event"] === "store_reload_failed"),
         "the watcher does not take keyfence's own writes for edits",
       );
     });
 
     test("bad input: 400 naming every bad field, quoting values; nothing changes", async () => {
-      const before = readFileSync(kf.keysFile, "utf8");
-      const r = await api(kf, "POST", "/v1/api-keys", {
+      const before = readFileSync(fx.kf.keysFile, "utf8");
+      const r = await api(fx.kf, "POST", "/v1/api-keys", {
         headers: [OPS],
         json: {
           name: "",
@@ -291,32 +298,32 @@ describe("management API", () => {
       assert.match(byField.get("ip_allow_list[5]")!, /"0177\.0\.0\.1".*leading zero/);
       assert.match(byField.get("ip_allow_list[6]")!, /zone/);
       assert.match(byField.get("id")!, /read-only/);
-      assert.equal(readFileSync(kf.keysFile, "utf8"), before);
+      assert.equal(readFileSync(fx.kf.keysFile, "utf8"), before);
     });
 
     test("bad bodies: malformed JSON 400, not JSON 415, too large 413, wrong shapes 400", async () => {
       const path = "/v1/api-keys/k_reader";
-      const malformed = await api(kf, "PATCH", "/v1/api-keys/{id}", {
+      const malformed = await api(fx.kf, "PATCH", "/v1/api-keys/{id}", {
         path,
         headers: [OPS, ["Content-Type", "application/json"]],
         body: "{nope",
       });
       assert.equal(malformed.status, 400);
       assert.match((malformed.json() as { message: string }).message, /malformed JSON/);
-      const form = await api(kf, "PATCH", "/v1/api-keys/{id}", {
+      const form = await api(fx.kf, "PATCH", "/v1/api-keys/{id}", {
         path,
         headers: [OPS, ["Content-Type", "text/plain"]],
         body: "{}",
       });
       assert.equal(form.status, 415);
-      const huge = await api(kf, "POST", "/v1/api-keys", {
+      const huge = await api(fx.kf, "POST", "/v1/api-keys", {
         headers: [OPS],
         json: { name: "x".repeat(2 * 1024 * 1024) },
       });
       assert.equal(huge.status, 413);
-      const arr = await api(kf, "PATCH", "/v1/api-keys/{id}", { path, headers: [OPS], json: [1, 2] });
+      const arr = await api(fx.kf, "PATCH", "/v1/api-keys/{id}", { path, headers: [OPS], json: [1, 2] });
       assert.equal(arr.status, 400);
-      const notFoundFirst = await api(kf, "PATCH", "/v1/api-keys/{id}", {
+      const notFoundFirst = await api(fx.kf, "PATCH", "/v1/api-keys/{id}", {
         path: "/v1/api-keys/nope",
         headers: [OPS, ["Content-Type", "application/json"]],
         body: "{nope",
@@ -326,37 +333,43 @@ describe("management API", () => {
 
     test("max_entries is enforced, counted after duplicates merge", async () => {
       const many = Array.from({ length: 1001 }, (_, i) => `10.${i >> 8}.${i & 255}.1`);
-      const r = await api(kf, "POST", "/v1/api-keys", { headers: [OPS], json: { name: "big", ip_allow_list: many } });
+      const r = await api(fx.kf, "POST", "/v1/api-keys", {
+        headers: [OPS],
+        json: { name: "big", ip_allow_list: many },
+      });
       assert.equal(r.status, 400);
       assert.match(JSON.stringify(r.json()), /more than the limit of 1000/);
       const dupes = [...many.slice(0, 1000), "::ffff:10.0.0.1", "10.0.0.1/32"];
       assert.equal(
-        (await api(kf, "POST", "/v1/api-keys", { headers: [OPS], json: { name: "ok", ip_allow_list: dupes } })).status,
+        (await api(fx.kf, "POST", "/v1/api-keys", { headers: [OPS], json: { name: "ok", ip_allow_list: dupes } }))
+          .status,
         201,
       );
     });
 
     test("list pagination with limit and cursor", async () => {
-      const first = (await api(kf, "GET", "/v1/api-keys", { path: "/v1/api-keys?limit=2", headers: [OPS] })).json() as {
+      const first = (
+        await api(fx.kf, "GET", "/v1/api-keys", { path: "/v1/api-keys?limit=2", headers: [OPS] })
+      ).json() as {
         data: Array<{ id: string }>;
         next_cursor: string;
       };
       assert.equal(first.data.length, 2);
       assert.ok(first.next_cursor);
       const second = (
-        await api(kf, "GET", "/v1/api-keys", {
+        await api(fx.kf, "GET", "/v1/api-keys", {
           path: `/v1/api-keys?limit=2&cursor=${first.next_cursor}`,
           headers: [OPS],
         })
       ).json() as { data: Array<{ id: string }> };
       assert.ok(second.data.every((k) => k.id > first.next_cursor));
-      const all = (await api(kf, "GET", "/v1/api-keys", { headers: [OPS] })).json() as {
+      const all = (await api(fx.kf, "GET", "/v1/api-keys", { headers: [OPS] })).json() as {
         data: unknown[];
         next_cursor: null;
       };
       assert.equal(all.next_cursor, null);
       assert.equal(
-        (await api(kf, "GET", "/v1/api-keys", { path: "/v1/api-keys?limit=0", headers: [OPS] })).status,
+        (await api(fx.kf, "GET", "/v1/api-keys", { path: "/v1/api-keys?limit=0", headers: [OPS] })).status,
         400,
       );
     });
@@ -364,8 +377,8 @@ describe("management API", () => {
 
   describe("self-lockout protection", () => {
     test("a key may not shut out the IP it calls from: 409 naming it, nothing changes", async () => {
-      const before = readFileSync(kf.keysFile, "utf8");
-      const r = await api(kf, "PATCH", "/v1/api-keys/{id}", {
+      const before = readFileSync(fx.kf.keysFile, "utf8");
+      const r = await api(fx.kf, "PATCH", "/v1/api-keys/{id}", {
         path: "/v1/api-keys/k_writer",
         headers: [bearer("s_writer")],
         json: { ip_allow_list: ["203.0.113.0/24"] },
@@ -373,35 +386,35 @@ describe("management API", () => {
       assert.equal(r.status, 409);
       assert.match((r.json() as { message: string }).message, /127\.0\.0\.1/);
       assert.equal(r.headers["x-keyfence-reason"], "self_lockout");
-      assert.equal(readFileSync(kf.keysFile, "utf8"), before);
+      assert.equal(readFileSync(fx.kf.keysFile, "utf8"), before);
     });
 
     test("neighbours are allowed: a list that admits the caller, another key's list, clearing its own list", async () => {
-      const admits = await api(kf, "PATCH", "/v1/api-keys/{id}", {
+      const admits = await api(fx.kf, "PATCH", "/v1/api-keys/{id}", {
         path: "/v1/api-keys/k_writer",
         headers: [bearer("s_writer")],
         json: { ip_allow_list: ["127.0.0.0/8", "203.0.113.0/24"] },
       });
       assert.equal(admits.status, 200);
-      const other = await api(kf, "PATCH", "/v1/api-keys/{id}", {
+      const other = await api(fx.kf, "PATCH", "/v1/api-keys/{id}", {
         path: "/v1/api-keys/k_reader",
         headers: [bearer("s_writer")],
         json: { ip_allow_list: ["203.0.113.0/24"] },
       });
       assert.equal(other.status, 200);
-      const self = await api(kf, "PATCH", "/v1/api-keys/{id}", {
+      const self = await api(fx.kf, "PATCH", "/v1/api-keys/{id}", {
         path: "/v1/api-keys/k_openwriter",
         headers: [bearer("s_openwriter")],
         json: { ip_allow_list: ["198.51.100.0/24"] },
       });
       assert.equal(self.status, 409, "an unrestricted key may not restrict itself away either");
-      const cleared = await api(kf, "PATCH", "/v1/api-keys/{id}", {
+      const cleared = await api(fx.kf, "PATCH", "/v1/api-keys/{id}", {
         path: "/v1/api-keys/k_writer",
         headers: [bearer("s_writer")],
         json: { ip_allow_list: [] },
       });
       assert.equal(cleared.status, 200);
-      const operator = await api(kf, "PATCH", "/v1/api-keys/{id}", {
+      const operator = await api(fx.kf, "PATCH", "/v1/api-keys/{id}", {
         path: "/v1/api-keys/k_writer",
         headers: [OPS],
         json: { ip_allow_list: ["127.0.0.1"] },
@@ -416,53 +429,53 @@ describe("management API", () => {
       await awayFromStepBoundary();
       const secret = TOTP_SECRETS[0]!;
       const body = { name: "2fa", ip_allow_list: ["127.0.0.1"] };
-      const missing = await api(kf, "POST", "/v1/api-keys", { headers: [fa(0)], json: body, ...from });
+      const missing = await api(fx.kf, "POST", "/v1/api-keys", { headers: [fa(0)], json: body, ...from });
       assert.equal(missing.status, 403);
       assert.equal(missing.body, '{"message":"confirmation required"}');
       assert.equal(missing.headers["x-keyfence-reason"], "confirmation_required");
       const wrongCode = code(secret) === "000000" ? "111111" : "000000";
-      const wrong = await api(kf, "POST", "/v1/api-keys", { headers: [fa(0), otp(wrongCode)], json: body, ...from });
+      const wrong = await api(fx.kf, "POST", "/v1/api-keys", { headers: [fa(0), otp(wrongCode)], json: body, ...from });
       assert.equal(wrong.status, 403);
       assert.equal(wrong.body, '{"message":"invalid confirmation code"}');
       const c0 = code(secret, -1);
-      const ok = await api(kf, "POST", "/v1/api-keys", { headers: [fa(0), otp(c0)], json: body, ...from });
+      const ok = await api(fx.kf, "POST", "/v1/api-keys", { headers: [fa(0), otp(c0)], json: body, ...from });
       assert.equal(ok.status, 201, "a code one step old is tolerated (clock skew)");
       const id = (ok.json() as { id: string }).id;
-      const replay = await api(kf, "POST", "/v1/api-keys", { headers: [fa(0), otp(c0)], json: body, ...from });
+      const replay = await api(fx.kf, "POST", "/v1/api-keys", { headers: [fa(0), otp(c0)], json: body, ...from });
       assert.equal(replay.status, 403);
       assert.equal(replay.body, '{"message":"invalid confirmation code"}');
       const path = `/v1/api-keys/${id}`;
-      const rename = await api(kf, "PATCH", "/v1/api-keys/{id}", {
+      const rename = await api(fx.kf, "PATCH", "/v1/api-keys/{id}", {
         path,
         headers: [fa(0)],
         json: { name: "renamed", scopes: ["x:y"], mode: "report" },
         ...from,
       });
       assert.equal(rename.status, 200, "renaming needs no code");
-      const sameSet = await api(kf, "PATCH", "/v1/api-keys/{id}", {
+      const sameSet = await api(fx.kf, "PATCH", "/v1/api-keys/{id}", {
         path,
         headers: [fa(0)],
         json: { ip_allow_list: ["::ffff:127.0.0.1", "127.0.0.1/32"] },
         ...from,
       });
       assert.equal(sameSet.status, 200, "the same set of entries in other spellings is no change");
-      const clear = await api(kf, "PATCH", "/v1/api-keys/{id}", {
+      const clear = await api(fx.kf, "PATCH", "/v1/api-keys/{id}", {
         path,
         headers: [fa(0)],
         json: { ip_allow_list: [] },
         ...from,
       });
       assert.equal(clear.status, 403, "clearing a list is a change too");
-      const cleared = await api(kf, "PATCH", "/v1/api-keys/{id}", {
+      const cleared = await api(fx.kf, "PATCH", "/v1/api-keys/{id}", {
         path,
         headers: [fa(0), otp(code(secret))],
         json: { ip_allow_list: [] },
         ...from,
       });
       assert.equal(cleared.status, 200);
-      const unrestrictedDelete = await api(kf, "DELETE", "/v1/api-keys/{id}", { path, headers: [fa(0)], ...from });
+      const unrestrictedDelete = await api(fx.kf, "DELETE", "/v1/api-keys/{id}", { path, headers: [fa(0)], ...from });
       assert.equal(unrestrictedDelete.status, 204, "deleting an unrestricted key needs no code");
-      const noList = await api(kf, "POST", "/v1/api-keys", { headers: [fa(0)], json: { name: "nolist" }, ...from });
+      const noList = await api(fx.kf, "POST", "/v1/api-keys", { headers: [fa(0)], json: { name: "nolist" }, ...from });
       assert.equal(noList.status, 201, "creating without a list needs no code");
     });
 
@@ -470,33 +483,33 @@ describe("management API", () => {
       await awayFromStepBoundary();
       const secret = TOTP_SECRETS[1]!;
       const c = code(secret);
-      const nf = await api(kf, "PATCH", "/v1/api-keys/{id}", {
+      const nf = await api(fx.kf, "PATCH", "/v1/api-keys/{id}", {
         path: "/v1/api-keys/nope",
         headers: [fa(1), otp(c)],
         json: { ip_allow_list: ["1.2.3.4"] },
         ...from,
       });
       assert.equal(nf.status, 404);
-      const bad = await api(kf, "POST", "/v1/api-keys", {
+      const bad = await api(fx.kf, "POST", "/v1/api-keys", {
         headers: [fa(1), otp(c)],
         json: { name: "x", ip_allow_list: ["1.2.3"] },
         ...from,
       });
       assert.equal(bad.status, 400);
-      const created = await api(kf, "POST", "/v1/api-keys", {
+      const created = await api(fx.kf, "POST", "/v1/api-keys", {
         headers: [fa(1), otp(c)],
         json: { name: "x", ip_allow_list: ["1.2.3.4"] },
         ...from,
       });
       assert.equal(created.status, 201, "the code is still unused");
       const id = (created.json() as { id: string }).id;
-      const del = await api(kf, "DELETE", "/v1/api-keys/{id}", {
+      const del = await api(fx.kf, "DELETE", "/v1/api-keys/{id}", {
         path: `/v1/api-keys/${id}`,
         headers: [fa(1)],
         ...from,
       });
       assert.equal(del.status, 403, "deleting a restricted key needs a code");
-      const del2 = await api(kf, "DELETE", "/v1/api-keys/{id}", {
+      const del2 = await api(fx.kf, "DELETE", "/v1/api-keys/{id}", {
         path: `/v1/api-keys/${id}`,
         headers: [fa(1), otp(code(secret, 1))],
         ...from,
@@ -505,12 +518,12 @@ describe("management API", () => {
     });
 
     test("key callers and operators without totp_secret need no code", async () => {
-      const r = await api(kf, "POST", "/v1/api-keys", {
+      const r = await api(fx.kf, "POST", "/v1/api-keys", {
         headers: [bearer("s_openwriter")],
         json: { name: "by key", ip_allow_list: ["1.2.3.4"] },
       });
       assert.equal(r.status, 201);
-      const o = await api(kf, "POST", "/v1/api-keys", {
+      const o = await api(fx.kf, "POST", "/v1/api-keys", {
         headers: [OPS],
         json: { name: "by ops", ip_allow_list: ["1.2.3.4"] },
       });
@@ -521,19 +534,19 @@ describe("management API", () => {
   describe("audit", () => {
     test("every change is recorded newest first: who, when, from where, the key, the list before and after", async () => {
       const created = (
-        await api(kf, "POST", "/v1/api-keys", {
+        await api(fx.kf, "POST", "/v1/api-keys", {
           headers: [bearer("s_openwriter")],
           json: { name: "audited", ip_allow_list: ["198.51.100.0/24"] },
         })
       ).json() as { id: string; secret: string };
-      await api(kf, "PATCH", "/v1/api-keys/{id}", {
+      await api(fx.kf, "PATCH", "/v1/api-keys/{id}", {
         path: `/v1/api-keys/${created.id}`,
         headers: [OPS],
         json: { ip_allow_list: ["198.51.100.0/25"], name: "audited2" },
         localAddress: "127.0.0.6",
       });
-      await api(kf, "DELETE", "/v1/api-keys/{id}", { path: `/v1/api-keys/${created.id}`, headers: [OPS] });
-      const page = (await api(kf, "GET", "/v1/audit", { path: "/v1/audit?limit=3", headers: [OPS] })).json() as {
+      await api(fx.kf, "DELETE", "/v1/api-keys/{id}", { path: `/v1/api-keys/${created.id}`, headers: [OPS] });
+      const page = (await api(fx.kf, "GET", "/v1/audit", { path: "/v1/audit?limit=3", headers: [OPS] })).json() as {
         data: Array<{
           id: number;
           action: string;
@@ -560,13 +573,13 @@ describe("management API", () => {
       assert.deepEqual(del!.ip_allow_list, { before: ["198.51.100.0/25"], after: null });
       assert.ok(page.data[0]!.id > page.data[1]!.id);
       const next = (
-        await api(kf, "GET", "/v1/audit", { path: `/v1/audit?limit=3&cursor=${page.next_cursor}`, headers: [OPS] })
+        await api(fx.kf, "GET", "/v1/audit", { path: `/v1/audit?limit=3&cursor=${page.next_cursor}`, headers: [OPS] })
       ).json() as { data: Array<{ id: number }> };
       assert.ok(next.data.every((e) => e.id < page.data[2]!.id));
-      const audit = readFileSync(join(kf.dir, "keys.audit.jsonl"), "utf8");
+      const audit = readFileSync(join(fx.kf.dir, "keys.audit.jsonl"), "utf8");
       assert.ok(!audit.includes(created.secret));
-      assert.ok(!kf.logText().includes(created.secret), "no secret in the logs");
-      assert.ok(!kf.logText().includes("tok_ops"));
+      assert.ok(!fx.kf.logText().includes(created.secret), "no secret in the logs");
+      assert.ok(!fx.kf.logText().includes("tok_ops"));
     });
   });
 });

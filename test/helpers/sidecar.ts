@@ -6,11 +6,13 @@ import { mkdtempSync, rmSync, writeFileSync, renameSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Writable } from "node:stream";
+import { after, before } from "node:test";
 import { stringify } from "yaml";
 import { createLogger, startSidecar, type Sidecar } from "../../src/cli/sidecar.js";
 import { parseConfig } from "../../src/config/config.js";
 import { secretHash } from "../../src/policy/credential.js";
 import { formatProblem } from "../../src/util/yaml.js";
+import { startUpstream, type Upstream } from "./upstream.js";
 
 /** A key as a test writes it: with its plaintext secret. */
 export interface TestKey {
@@ -129,4 +131,39 @@ export async function eventually(
     await new Promise((r) => setTimeout(r, 20));
   }
   throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+}
+
+/** An upstream and a sidecar in front of it, shared by the tests of one suite. */
+export interface SidecarFixture {
+  readonly up: Upstream;
+  readonly kf: TestSidecar;
+}
+
+/**
+ * Registers hooks in the calling `describe` block that start an upstream and
+ * the sidecar `start(up)` builds before its tests, and stop both after them.
+ */
+export function sidecarFixture(start: (up: Upstream) => Promise<TestSidecar>): SidecarFixture {
+  let up: Upstream | undefined;
+  let kf: TestSidecar | undefined;
+  before(async () => {
+    up = await startUpstream();
+    kf = await start(up);
+  });
+  after(async () => {
+    await kf?.stop();
+    await up?.close();
+  });
+  const ready = <T>(v: T | undefined): T => {
+    if (v === undefined) throw new Error("sidecarFixture: used outside its suite's tests");
+    return v;
+  };
+  return {
+    get up() {
+      return ready(up);
+    },
+    get kf() {
+      return ready(kf);
+    },
+  };
 }

@@ -10,7 +10,7 @@ import { parse } from "yaml";
 import { parseIp } from "../../src/ip/address.js";
 import { SourceTracker } from "../../src/metrics/sources.js";
 import { bearer, send } from "../helpers/http.js";
-import { keysYaml, startTestSidecar, type TestKey, type TestSidecar } from "../helpers/sidecar.js";
+import { keysYaml, sidecarFixture, startTestSidecar, type TestKey } from "../helpers/sidecar.js";
 import { spawnKeyfence } from "../helpers/spawn.js";
 import { startUpstream, type Upstream } from "../helpers/upstream.js";
 
@@ -37,40 +37,33 @@ const KEYS: TestKey[] = [
 ];
 
 describe("metrics and request ids", () => {
-  let up: Upstream;
-  let kf: TestSidecar;
-  before(async () => {
-    up = await startUpstream();
-    kf = await startTestSidecar({
+  const fx = sidecarFixture((up) =>
+    startTestSidecar({
       upstream: up.url,
       keys: KEYS,
       config: { trusted_proxies: ["127.0.0.1"], access_log: true },
       admin: { operators: [{ name: "ops", token_sha256: sha("tok") }] },
-    });
-  });
-  after(async () => {
-    await kf.stop();
-    await up.close();
-  });
+    }),
+  );
 
   test("a known sequence of requests moves each counter by exactly its count", async () => {
-    const before = await scrape(kf.adminUrl);
+    const before = await scrape(fx.kf.adminUrl);
     const plan: Array<[number, () => Promise<unknown>]> = [
-      [3, () => send(`${kf.url}/a`, { headers: [bearer("secret-local-123")] })],
-      [2, () => send(`${kf.url}/a`, { headers: [bearer("secret-office-456")] })],
-      [1, () => send(`${kf.url}/a`, { headers: [bearer("secret-report-789")] })],
-      [4, () => send(`${kf.url}/a`, { headers: [bearer("nobody")] })],
-      [2, () => send(`${kf.url}/a`)],
-      [1, () => send(`${kf.url}/a`, { headers: [bearer("a"), bearer("b")] })],
-      [1, () => send(`${kf.url}/a`, { headers: [["Authorization", "Bearer a b"]] })],
-      [2, () => send(`${kf.url}/a`, { headers: [bearer("secret-office-456"), ["X-Forwarded-For", "0177.0.0.1"]] })],
+      [3, () => send(`${fx.kf.url}/a`, { headers: [bearer("secret-local-123")] })],
+      [2, () => send(`${fx.kf.url}/a`, { headers: [bearer("secret-office-456")] })],
+      [1, () => send(`${fx.kf.url}/a`, { headers: [bearer("secret-report-789")] })],
+      [4, () => send(`${fx.kf.url}/a`, { headers: [bearer("nobody")] })],
+      [2, () => send(`${fx.kf.url}/a`)],
+      [1, () => send(`${fx.kf.url}/a`, { headers: [bearer("a"), bearer("b")] })],
+      [1, () => send(`${fx.kf.url}/a`, { headers: [["Authorization", "Bearer a b"]] })],
+      [2, () => send(`${fx.kf.url}/a`, { headers: [bearer("secret-office-456"), ["X-Forwarded-For", "0177.0.0.1"]] })],
     ];
     let total = 0;
     for (const [n, fn] of plan) {
       for (let i = 0; i < n; i++) await fn();
       total += n;
     }
-    const afterScrape = await scrape(kf.adminUrl);
+    const afterScrape = await scrape(fx.kf.adminUrl);
     const delta = (name: string): number => (afterScrape.get(name) ?? 0) - (before.get(name) ?? 0);
     const d = (decision: string): number => delta(`keyfence_decisions_total{decision="${decision}"}`);
     assert.deepEqual(
@@ -106,33 +99,33 @@ describe("metrics and request ids", () => {
   });
 
   test("X-Request-Id: kept when sane, generated otherwise, passed upstream and returned", async () => {
-    const kept = await send(`${kf.url}/rid`, { headers: [bearer("secret-local-123"), ["X-Request-Id", "abc-123"]] });
+    const kept = await send(`${fx.kf.url}/rid`, { headers: [bearer("secret-local-123"), ["X-Request-Id", "abc-123"]] });
     assert.equal(kept.headers["x-request-id"], "abc-123");
-    assert.equal(up.seen.at(-1)?.headers["x-request-id"], "abc-123");
-    const made = await send(`${kf.url}/rid`, {
+    assert.equal(fx.up.seen.at(-1)?.headers["x-request-id"], "abc-123");
+    const made = await send(`${fx.kf.url}/rid`, {
       headers: [bearer("secret-local-123"), ["X-Request-Id", "bad id\twith spaces"]],
     });
     assert.match(String(made.headers["x-request-id"]), /^[0-9a-f-]{36}$/);
-    assert.equal(up.seen.at(-1)?.headers["x-request-id"], made.headers["x-request-id"]);
-    const denied = await send(`${kf.url}/rid`, { headers: [bearer("secret-office-456")] });
+    assert.equal(fx.up.seen.at(-1)?.headers["x-request-id"], made.headers["x-request-id"]);
+    const denied = await send(`${fx.kf.url}/rid`, { headers: [bearer("secret-office-456")] });
     const rid = String(denied.headers["x-request-id"]);
     assert.match(rid, /^[0-9a-f-]{36}$/);
     assert.ok(
-      kf.logs.some((l) => l["event"] === "denied" && l["request_id"] === rid),
+      fx.kf.logs.some((l) => l["event"] === "denied" && l["request_id"] === rid),
       "the denial line carries the request id",
     );
     assert.ok(
-      kf.logs.some((l) => l["event"] === "access" && l["request_id"] === rid && l["status"] === 403),
+      fx.kf.logs.some((l) => l["event"] === "access" && l["request_id"] === rid && l["status"] === 403),
       "access log when enabled",
     );
   });
 
   test("observed sources per key via the management API", async () => {
-    await send(`${kf.url}/s`, { headers: [bearer("secret-report-789"), ["X-Forwarded-For", "198.51.100.7"]] });
-    await send(`${kf.url}/s`, { headers: [bearer("secret-report-789"), ["X-Forwarded-For", "198.51.100.9"]] });
-    await send(`${kf.url}/s`, { headers: [bearer("secret-report-789"), ["X-Forwarded-For", "2001:db8:1:2::5"]] });
-    await send(`${kf.url}/s`, { headers: [bearer("secret-report-789"), ["X-Forwarded-For", "203.0.113.5"]] });
-    const r = await send(`${kf.adminUrl}/v1/api-keys/k_report/sources`, { headers: [bearer("tok")] });
+    await send(`${fx.kf.url}/s`, { headers: [bearer("secret-report-789"), ["X-Forwarded-For", "198.51.100.7"]] });
+    await send(`${fx.kf.url}/s`, { headers: [bearer("secret-report-789"), ["X-Forwarded-For", "198.51.100.9"]] });
+    await send(`${fx.kf.url}/s`, { headers: [bearer("secret-report-789"), ["X-Forwarded-For", "2001:db8:1:2::5"]] });
+    await send(`${fx.kf.url}/s`, { headers: [bearer("secret-report-789"), ["X-Forwarded-For", "203.0.113.5"]] });
+    const r = await send(`${fx.kf.adminUrl}/v1/api-keys/k_report/sources`, { headers: [bearer("tok")] });
     assert.equal(r.status, 200);
     const data = (r.json() as { data: Array<{ network: string; requests: number; denied: number }> }).data;
     const byNet = new Map(data.map((s) => [s.network, s]));
@@ -142,7 +135,7 @@ describe("metrics and request ids", () => {
     );
     assert.equal(byNet.get("2001:db8:1:2::/64")?.requests, 1);
     assert.equal(byNet.get("203.0.113.0/24")?.denied, 0);
-    assert.equal((await send(`${kf.adminUrl}/v1/api-keys/nope/sources`, { headers: [bearer("tok")] })).status, 404);
+    assert.equal((await send(`${fx.kf.adminUrl}/v1/api-keys/nope/sources`, { headers: [bearer("tok")] })).status, 404);
   });
 });
 
@@ -219,19 +212,10 @@ describe("logs never hold a secret", () => {
 });
 
 describe("dashboards and alerts use only real metric names", () => {
-  let up: Upstream;
-  let kf: TestSidecar;
-  before(async () => {
-    up = await startUpstream();
-    kf = await startTestSidecar({ upstream: up.url, keys: KEYS });
-  });
-  after(async () => {
-    await kf.stop();
-    await up.close();
-  });
+  const fx = sidecarFixture((up) => startTestSidecar({ upstream: up.url, keys: KEYS }));
 
   test("every metric referenced in docs/grafana-dashboard.json and docs/alerts.yaml exists in /metrics", async () => {
-    const metrics = (await send(`${kf.adminUrl}/metrics`)).body;
+    const metrics = (await send(`${fx.kf.adminUrl}/metrics`)).body;
     const present = new Set(
       metrics
         .split("\n")

@@ -6,7 +6,7 @@ import { connect } from "node:net";
 import { after, before, describe, test } from "node:test";
 import { WebSocket } from "ws";
 import { bearer, send } from "../helpers/http.js";
-import { eventually, startTestSidecar, type TestKey, type TestSidecar } from "../helpers/sidecar.js";
+import { eventually, sidecarFixture, startTestSidecar, type TestKey } from "../helpers/sidecar.js";
 import { startUpstream, UTF8_HEADER, type Upstream } from "../helpers/upstream.js";
 
 const LOCAL: TestKey = { id: "k_local", secret: "s_local", allow: ["127.0.0.1"] };
@@ -18,20 +18,11 @@ const KEYS = [LOCAL, OFFICE, OPEN, REPORT];
 const DENIED_LOCAL = '{"message":"source IP 127.0.0.1 is not allowed for this API key"}';
 
 describe("proxy: no trusted proxies", () => {
-  let up: Upstream;
-  let kf: TestSidecar;
-  before(async () => {
-    up = await startUpstream();
-    kf = await startTestSidecar({ upstream: up.url, keys: KEYS });
-  });
-  after(async () => {
-    await kf.stop();
-    await up.close();
-  });
+  const fx = sidecarFixture((up) => startTestSidecar({ upstream: up.url, keys: KEYS }));
 
   test("allowed request is forwarded unchanged, with forwarding headers", async () => {
-    const n = up.seen.length;
-    const r = await send(`${kf.url}/v1/messages?to=a%20b&x=1`, {
+    const n = fx.up.seen.length;
+    const r = await send(`${fx.kf.url}/v1/messages?to=a%20b&x=1`, {
       method: "POST",
       headers: [
         bearer("s_local"),
@@ -51,8 +42,8 @@ describe("proxy: no trusted proxies", () => {
       body: Buffer.from("hello upstream"),
     });
     assert.equal(r.status, 200);
-    assert.equal(up.seen.length, n + 1);
-    const s = up.seen[n]!;
+    assert.equal(fx.up.seen.length, n + 1);
+    const s = fx.up.seen[n]!;
     assert.equal(s.method, "POST");
     assert.equal(s.url, "/v1/messages?to=a%20b&x=1");
     assert.equal(s.headers.authorization, "Bearer s_local", "the checked key travels on");
@@ -60,7 +51,7 @@ describe("proxy: no trusted proxies", () => {
     assert.equal(s.headers["content-type"], "text/plain");
     assert.equal(s.headers["x-forwarded-for"], "6.6.6.6, 127.0.0.1", "XFF extended by the socket address");
     assert.equal(s.headers["x-forwarded-proto"], "http", "overwritten: the peer is not a trusted proxy");
-    assert.equal(s.headers["x-forwarded-host"], new URL(kf.url).host);
+    assert.equal(s.headers["x-forwarded-host"], new URL(fx.kf.url).host);
     assert.equal(s.headers["x-secret-hop"], undefined, "headers named in Connection are hop-by-hop");
     assert.equal(s.headers["keep-alive"], undefined);
     assert.equal(s.headers["proxy-authorization"], undefined);
@@ -75,9 +66,9 @@ describe("proxy: no trusted proxies", () => {
   });
 
   test("denied: 403, exact body, JSON, reason header, nothing reaches the upstream", async () => {
-    const n = up.seen.length;
+    const n = fx.up.seen.length;
     for (const method of ["GET", "POST", "DELETE"]) {
-      const r = await send(`${kf.url}/v1/messages`, {
+      const r = await send(`${fx.kf.url}/v1/messages`, {
         method,
         headers: [bearer("s_office")],
         body: method === "POST" ? "x" : undefined,
@@ -87,65 +78,65 @@ describe("proxy: no trusted proxies", () => {
       assert.equal(r.headers["content-type"], "application/json");
       assert.equal(r.headers["x-keyfence-reason"], "ip_not_allowed");
     }
-    assert.equal(up.seen.length, n);
-    const line = kf.logs.find((l) => l["event"] === "denied" && l["key_id"] === "k_office");
+    assert.equal(fx.up.seen.length, n);
+    const line = fx.kf.logs.find((l) => l["event"] === "denied" && l["key_id"] === "k_office");
     assert.ok(line, "a denial is logged");
     assert.equal(line["client_ip"], "127.0.0.1");
     assert.equal(line["level"], 40);
   });
 
   test("a key with an empty list works from anywhere", async () => {
-    const r = await send(`${kf.url}/x`, { headers: [bearer("s_open")], localAddress: "127.0.0.2" });
+    const r = await send(`${fx.kf.url}/x`, { headers: [bearer("s_open")], localAddress: "127.0.0.2" });
     assert.equal(r.status, 200);
   });
 
   test("a second loopback address is another client", async () => {
-    const r = await send(`${kf.url}/x`, { headers: [bearer("s_local")], localAddress: "127.0.0.2" });
+    const r = await send(`${fx.kf.url}/x`, { headers: [bearer("s_local")], localAddress: "127.0.0.2" });
     assert.equal(r.status, 403);
     assert.equal(r.body, '{"message":"source IP 127.0.0.2 is not allowed for this API key"}');
   });
 
   test("spoofed X-Forwarded-For from an untrusted peer changes nothing", async () => {
-    const r = await send(`${kf.url}/x`, { headers: [bearer("s_office"), ["X-Forwarded-For", "203.0.113.4"]] });
+    const r = await send(`${fx.kf.url}/x`, { headers: [bearer("s_office"), ["X-Forwarded-For", "203.0.113.4"]] });
     assert.equal(r.status, 403);
     assert.equal(r.body, DENIED_LOCAL);
   });
 
   test("scheme is case-insensitive", async () => {
-    const r = await send(`${kf.url}/x`, { headers: [["Authorization", "bearer s_office"]] });
+    const r = await send(`${fx.kf.url}/x`, { headers: [["Authorization", "bearer s_office"]] });
     assert.equal(r.status, 403);
   });
 
   test("unknown and missing keys are forwarded by default", async () => {
-    const n = up.seen.length;
-    assert.equal((await send(`${kf.url}/x`, { headers: [bearer("nope")] })).status, 200);
-    assert.equal((await send(`${kf.url}/x`)).status, 200);
+    const n = fx.up.seen.length;
+    assert.equal((await send(`${fx.kf.url}/x`, { headers: [bearer("nope")] })).status, 200);
+    assert.equal((await send(`${fx.kf.url}/x`)).status, 200);
     assert.equal(
-      (await send(`${kf.url}/x`, { headers: [["Authorization", "Basic dTpw"]] })).status,
+      (await send(`${fx.kf.url}/x`, { headers: [["Authorization", "Basic dTpw"]] })).status,
       200,
       "another scheme is no key",
     );
-    assert.equal(up.seen.length, n + 3);
+    assert.equal(fx.up.seen.length, n + 3);
   });
 
   test("several Authorization headers: 400, never forwarded", async () => {
-    const n = up.seen.length;
+    const n = fx.up.seen.length;
     for (const pair of [
       [bearer("s_open"), bearer("s_office")],
       [bearer("s_open"), bearer("s_open")],
       [bearer("s_open"), ["authorization", "Basic x"] as [string, string]],
     ]) {
-      const r = await send(`${kf.url}/x`, { headers: pair });
+      const r = await send(`${fx.kf.url}/x`, { headers: pair });
       assert.equal(r.status, 400);
       assert.equal(r.body, '{"message":"multiple Authorization headers"}');
       assert.equal(r.headers["x-keyfence-reason"], "multiple_authorization");
     }
-    assert.equal(up.seen.length, n);
+    assert.equal(fx.up.seen.length, n);
   });
 
   test("malformed Bearer values: 400", async () => {
     for (const value of ["Bearer", "Bearer  ", "Bearer a b", "Bearer a,b"]) {
-      const r = await send(`${kf.url}/x`, { headers: [["Authorization", value]] });
+      const r = await send(`${fx.kf.url}/x`, { headers: [["Authorization", value]] });
       assert.equal(r.status, 400, value);
       assert.equal(r.body, '{"message":"malformed Authorization header"}');
       assert.equal(r.headers["x-keyfence-reason"], "malformed_authorization");
@@ -153,52 +144,52 @@ describe("proxy: no trusted proxies", () => {
   });
 
   test("ping: allowed, denied, unknown, missing; any method; query ignored; never forwarded", async () => {
-    const n = up.seen.length;
-    const ok = await send(`${kf.url}/_keyfence/ping?x=1`, { method: "POST", headers: [bearer("s_local")] });
+    const n = fx.up.seen.length;
+    const ok = await send(`${fx.kf.url}/_keyfence/ping?x=1`, { method: "POST", headers: [bearer("s_local")] });
     assert.equal(ok.status, 200);
     assert.equal(ok.body, '{"message":"pong"}');
     assert.equal(ok.headers["x-keyfence-reason"], "pong");
-    const denied = await send(`${kf.url}/_keyfence/ping`, { headers: [bearer("s_office")] });
+    const denied = await send(`${fx.kf.url}/_keyfence/ping`, { headers: [bearer("s_office")] });
     assert.equal(denied.status, 403);
     assert.equal(denied.body, DENIED_LOCAL);
-    const unknown = await send(`${kf.url}/_keyfence/ping`, { method: "DELETE", headers: [bearer("who")] });
+    const unknown = await send(`${fx.kf.url}/_keyfence/ping`, { method: "DELETE", headers: [bearer("who")] });
     assert.equal(unknown.status, 401);
     assert.equal(unknown.body, '{"message":"invalid API key"}');
     assert.equal(unknown.headers["x-keyfence-reason"], "invalid_api_key");
-    const missing = await send(`${kf.url}/_keyfence/ping`);
+    const missing = await send(`${fx.kf.url}/_keyfence/ping`);
     assert.equal(missing.status, 401);
     assert.equal(missing.body, '{"message":"missing API key"}');
     assert.equal(missing.headers["x-keyfence-reason"], "missing_api_key");
-    const report = await send(`${kf.url}/_keyfence/ping`, { headers: [bearer("s_report")] });
+    const report = await send(`${fx.kf.url}/_keyfence/ping`, { headers: [bearer("s_report")] });
     assert.equal(report.status, 200);
     const body = report.json() as { message: string; would_deny: { message: string } };
     assert.equal(body.message, "pong");
     assert.equal(body.would_deny.message, "source IP 127.0.0.1 is not allowed for this API key");
-    assert.equal(up.seen.length, n);
+    assert.equal(fx.up.seen.length, n);
   });
 
   test("per-key report mode forwards and logs the would-be denial", async () => {
-    const n = up.seen.length;
-    const r = await send(`${kf.url}/x`, { headers: [bearer("s_report")] });
+    const n = fx.up.seen.length;
+    const r = await send(`${fx.kf.url}/x`, { headers: [bearer("s_report")] });
     assert.equal(r.status, 200);
-    assert.equal(up.seen.length, n + 1);
-    assert.ok(kf.logs.some((l) => l["event"] === "would_deny" && l["key_id"] === "k_report"));
+    assert.equal(fx.up.seen.length, n + 1);
+    assert.ok(fx.kf.logs.some((l) => l["event"] === "would_deny" && l["key_id"] === "k_report"));
   });
 
   test("the public port never answers admin routes", async () => {
-    const n = up.seen.length;
-    const r = await send(`${kf.url}/healthz`);
+    const n = fx.up.seen.length;
+    const r = await send(`${fx.kf.url}/healthz`);
     assert.equal(r.status, 200);
-    assert.equal(up.seen.length, n + 1, "forwarded like any path");
-    assert.equal(up.seen[n]?.url, "/healthz");
+    assert.equal(fx.up.seen.length, n + 1, "forwarded like any path");
+    assert.equal(fx.up.seen[n]?.url, "/healthz");
   });
 
   test("streams a multi-megabyte body both ways", async () => {
     const size = 8 * 1024 * 1024;
-    const n = up.seen.length;
+    const n = fx.up.seen.length;
     const digest = createHash("sha256");
     const sent = await new Promise<number>((resolve, reject) => {
-      const u = new URL(kf.url);
+      const u = new URL(fx.kf.url);
       const req = httpRequest(
         {
           host: u.hostname,
@@ -229,11 +220,11 @@ describe("proxy: no trusted proxies", () => {
       pump();
     });
     assert.equal(sent, 200);
-    assert.equal(up.seen[n]?.bodyBytes, size);
-    assert.equal(up.seen[n]?.bodySha256, digest.digest("hex"));
+    assert.equal(fx.up.seen[n]?.bodyBytes, size);
+    assert.equal(fx.up.seen[n]?.bodySha256, digest.digest("hex"));
 
     const down = await new Promise<number>((resolve, reject) => {
-      const u = new URL(kf.url);
+      const u = new URL(fx.kf.url);
       httpRequest(
         { host: u.hostname, port: u.port, path: `/download/${3 * size}`, headers: { authorization: "Bearer s_local" } },
         (res) => {
@@ -249,7 +240,7 @@ describe("proxy: no trusted proxies", () => {
   });
 
   test("a client that goes away aborts the upstream request", async () => {
-    const u = new URL(kf.url);
+    const u = new URL(fx.kf.url);
     const req = httpRequest({
       host: u.hostname,
       port: u.port,
@@ -258,14 +249,14 @@ describe("proxy: no trusted proxies", () => {
     });
     req.on("error", () => {});
     req.end();
-    await eventually(() => up.seen.some((s) => s.url === "/hang/1"), 3000, "request reaches upstream");
+    await eventually(() => fx.up.seen.some((s) => s.url === "/hang/1"), 3000, "request reaches upstream");
     req.destroy();
-    await eventually(() => up.aborted.includes("/hang/1"), 3000, "upstream sees the abort");
+    await eventually(() => fx.up.aborted.includes("/hang/1"), 3000, "upstream sees the abort");
   });
 
   test("malformed HTTP gets a 400 and the process stays up", async () => {
     const answer = await new Promise<string>((resolve) => {
-      const s = connect(Number(new URL(kf.url).port), "127.0.0.1", () => s.write("GARBAGE\r\n\r\n"));
+      const s = connect(Number(new URL(fx.kf.url).port), "127.0.0.1", () => s.write("GARBAGE\r\n\r\n"));
       let data = "";
       s.on("data", (d) => (data += d.toString()));
       s.on("close", () => resolve(data));
@@ -273,7 +264,7 @@ describe("proxy: no trusted proxies", () => {
     assert.match(answer, /^HTTP\/1\.1 400 /);
     assert.match(answer, /x-keyfence-reason: bad_request/i);
     const huge = await new Promise<string>((resolve) => {
-      const s = connect(Number(new URL(kf.url).port), "127.0.0.1", () =>
+      const s = connect(Number(new URL(fx.kf.url).port), "127.0.0.1", () =>
         s.write(`GET / HTTP/1.1\r\nHost: x\r\nX-Big: ${"a".repeat(20000)}\r\n\r\n`),
       );
       let data = "";
@@ -282,11 +273,11 @@ describe("proxy: no trusted proxies", () => {
       s.on("error", () => resolve(data));
     });
     assert.match(huge, /^HTTP\/1\.1 431 /);
-    assert.equal((await send(`${kf.url}/_keyfence/ping`, { headers: [bearer("s_local")] })).status, 200);
+    assert.equal((await send(`${fx.kf.url}/_keyfence/ping`, { headers: [bearer("s_local")] })).status, 200);
   });
 
   test("WebSocket upgrade: allowed key is piped through, refused key gets the 403", async () => {
-    const wsUrl = kf.url.replace("http:", "ws:") + "/ws";
+    const wsUrl = fx.kf.url.replace("http:", "ws:") + "/ws";
     const ws = new WebSocket(wsUrl, { headers: { authorization: "Bearer s_local" } });
     const messages: string[] = [];
     await new Promise<void>((resolve, reject) => {
@@ -318,14 +309,14 @@ describe("proxy: no trusted proxies", () => {
   });
 
   test("metrics count each decision", async () => {
-    const before = await decisions(kf.adminUrl);
-    await send(`${kf.url}/x`, { headers: [bearer("s_local")] });
-    await send(`${kf.url}/x`, { headers: [bearer("s_office")] });
-    await send(`${kf.url}/x`, { headers: [bearer("s_report")] });
-    await send(`${kf.url}/x`, { headers: [bearer("unknown")] });
-    await send(`${kf.url}/x`);
-    await send(`${kf.url}/x`, { headers: [bearer("a"), bearer("b")] });
-    const afterCounts = await decisions(kf.adminUrl);
+    const before = await decisions(fx.kf.adminUrl);
+    await send(`${fx.kf.url}/x`, { headers: [bearer("s_local")] });
+    await send(`${fx.kf.url}/x`, { headers: [bearer("s_office")] });
+    await send(`${fx.kf.url}/x`, { headers: [bearer("s_report")] });
+    await send(`${fx.kf.url}/x`, { headers: [bearer("unknown")] });
+    await send(`${fx.kf.url}/x`);
+    await send(`${fx.kf.url}/x`, { headers: [bearer("a"), bearer("b")] });
+    const afterCounts = await decisions(fx.kf.adminUrl);
     const delta = (k: string): number => (afterCounts[k] ?? 0) - (before[k] ?? 0);
     assert.deepEqual(
       ["allowed", "denied", "would_deny", "unknown_key", "missing_key", "bad_request", "invalid_client_ip"].map(delta),
@@ -343,30 +334,25 @@ export async function decisions(adminUrl: string): Promise<Record<string, number
 }
 
 describe("proxy: behind trusted proxies", () => {
-  let up: Upstream;
-  let kf: TestSidecar;
-  before(async () => {
-    up = await startUpstream();
-    kf = await startTestSidecar({ upstream: up.url, keys: KEYS, config: { trusted_proxies: ["127.0.0.1"] } });
-  });
-  after(async () => {
-    await kf.stop();
-    await up.close();
-  });
+  const fx = sidecarFixture((up) =>
+    startTestSidecar({ upstream: up.url, keys: KEYS, config: { trusted_proxies: ["127.0.0.1"] } }),
+  );
 
   test("client IP from X-Forwarded-For through a trusted peer", async () => {
-    const r = await send(`${kf.url}/x`, { headers: [bearer("s_office"), ["X-Forwarded-For", "6.6.6.6, 203.0.113.4"]] });
+    const r = await send(`${fx.kf.url}/x`, {
+      headers: [bearer("s_office"), ["X-Forwarded-For", "6.6.6.6, 203.0.113.4"]],
+    });
     assert.equal(r.status, 200);
-    const s = up.seen.at(-1)!;
+    const s = fx.up.seen.at(-1)!;
     assert.equal(s.headers["x-forwarded-for"], "6.6.6.6, 203.0.113.4, 127.0.0.1");
   });
 
   test("repeated X-Forwarded-For lines are one list", async () => {
-    const r = await send(`${kf.url}/x`, {
+    const r = await send(`${fx.kf.url}/x`, {
       headers: [bearer("s_office"), ["X-Forwarded-For", "6.6.6.6"], ["X-Forwarded-For", "203.0.113.4"]],
     });
     assert.equal(r.status, 200);
-    const spoof = await send(`${kf.url}/x`, {
+    const spoof = await send(`${fx.kf.url}/x`, {
       headers: [bearer("s_office"), ["X-Forwarded-For", "203.0.113.4"], ["X-Forwarded-For", "6.6.6.6"]],
     });
     assert.equal(spoof.status, 403);
@@ -374,7 +360,7 @@ describe("proxy: behind trusted proxies", () => {
   });
 
   test("an untrusted peer (127.0.0.2) cannot choose its IP", async () => {
-    const r = await send(`${kf.url}/x`, {
+    const r = await send(`${fx.kf.url}/x`, {
       headers: [bearer("s_office"), ["X-Forwarded-For", "203.0.113.4"]],
       localAddress: "127.0.0.2",
     });
@@ -383,44 +369,46 @@ describe("proxy: behind trusted proxies", () => {
   });
 
   test("X-Forwarded-Proto/-Host kept from a trusted peer, overwritten from an untrusted one", async () => {
-    await send(`${kf.url}/x`, {
+    await send(`${fx.kf.url}/x`, {
       headers: [bearer("s_open"), ["X-Forwarded-Proto", "https"], ["X-Forwarded-Host", "api.example"]],
     });
-    assert.equal(up.seen.at(-1)?.headers["x-forwarded-proto"], "https");
-    assert.equal(up.seen.at(-1)?.headers["x-forwarded-host"], "api.example");
-    await send(`${kf.url}/x`, {
+    assert.equal(fx.up.seen.at(-1)?.headers["x-forwarded-proto"], "https");
+    assert.equal(fx.up.seen.at(-1)?.headers["x-forwarded-host"], "api.example");
+    await send(`${fx.kf.url}/x`, {
       headers: [bearer("s_open"), ["X-Forwarded-Proto", "https"], ["X-Forwarded-Host", "api.example"]],
       localAddress: "127.0.0.2",
     });
-    assert.equal(up.seen.at(-1)?.headers["x-forwarded-proto"], "http");
-    assert.equal(up.seen.at(-1)?.headers["x-forwarded-host"], new URL(kf.url).host);
+    assert.equal(fx.up.seen.at(-1)?.headers["x-forwarded-proto"], "http");
+    assert.equal(fx.up.seen.at(-1)?.headers["x-forwarded-host"], new URL(fx.kf.url).host);
   });
 
   test("denial names the canonical client IP (IPv6, mapped)", async () => {
-    const v6 = await send(`${kf.url}/x`, { headers: [bearer("s_local"), ["X-Forwarded-For", "2001:DB8:0:0::0001"]] });
+    const v6 = await send(`${fx.kf.url}/x`, {
+      headers: [bearer("s_local"), ["X-Forwarded-For", "2001:DB8:0:0::0001"]],
+    });
     assert.equal(v6.body, '{"message":"source IP 2001:db8::1 is not allowed for this API key"}');
-    const mapped = await send(`${kf.url}/x`, {
+    const mapped = await send(`${fx.kf.url}/x`, {
       headers: [bearer("s_local"), ["X-Forwarded-For", "::ffff:198.51.100.9"]],
     });
     assert.equal(mapped.body, '{"message":"source IP 198.51.100.9 is not allowed for this API key"}');
-    const allowedMapped = await send(`${kf.url}/x`, {
+    const allowedMapped = await send(`${fx.kf.url}/x`, {
       headers: [bearer("s_office"), ["X-Forwarded-For", "::ffff:203.0.113.200"]],
     });
     assert.equal(allowedMapped.status, 200);
   });
 
   test("an unparseable client address: 400 for a restricted key, never forwarded", async () => {
-    const n = up.seen.length;
+    const n = fx.up.seen.length;
     for (const xff of ["0177.0.0.1", "127.1", "1.2.3.4:80", "garbage", "[::1]"]) {
-      const r = await send(`${kf.url}/x`, { headers: [bearer("s_office"), ["X-Forwarded-For", xff]] });
+      const r = await send(`${fx.kf.url}/x`, { headers: [bearer("s_office"), ["X-Forwarded-For", xff]] });
       assert.equal(r.status, 400, xff);
       assert.equal(r.body, '{"message":"client IP address could not be determined"}');
       assert.equal(r.headers["x-keyfence-reason"], "invalid_client_ip");
     }
-    assert.equal(up.seen.length, n);
-    const open = await send(`${kf.url}/x`, { headers: [bearer("s_open"), ["X-Forwarded-For", "garbage"]] });
+    assert.equal(fx.up.seen.length, n);
+    const open = await send(`${fx.kf.url}/x`, { headers: [bearer("s_open"), ["X-Forwarded-For", "garbage"]] });
     assert.equal(open.status, 200, "no list, no restriction");
-    const report = await send(`${kf.url}/x`, { headers: [bearer("s_report"), ["X-Forwarded-For", "garbage"]] });
+    const report = await send(`${fx.kf.url}/x`, { headers: [bearer("s_report"), ["X-Forwarded-For", "garbage"]] });
     assert.equal(report.status, 200, "report mode forwards");
   });
 });
