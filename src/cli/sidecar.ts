@@ -79,10 +79,10 @@ export interface ClusterLink {
 }
 
 /**
- * Creates the JSON-lines logger: stdout written asynchronously by a
- * {@link LineSink} (lines written while a write is in flight go out together),
- * so a burst of denials costs the request path no syscall each; what is still
- * queued when the process exits is written synchronously.
+ * Creates the JSON-lines logger: lines go to stdout through a {@link LineSink}
+ * (queued, written together once per event-loop turn), so a burst of denials
+ * costs the request path no syscall each; what is still queued when the
+ * process exits is written then.
  */
 export function createLogger(destination?: NodeJS.WritableStream): Logger {
   const level = process.env["KEYFENCE_LOG_LEVEL"] ?? "info";
