@@ -37,8 +37,8 @@ export class Metrics {
   private readonly requestDuration: Record<RequestOutcome, HistogramSeries>;
   private readonly decisionDuration: HistogramSeries;
   private readonly upstreamErrors: Record<UpstreamErrorKind, Counter.Internal>;
-  /** Read by the gauge at scrape time: a plain add per request instead of prom-client's inc. */
-  private inflightCount = 0;
+  /** What the in-flight gauge reads at scrape time (see {@link countInflightWith}). */
+  private inflightNow: () => number = () => 0;
   private readonly reloads: Record<"success" | "failure", Counter.Internal>;
   private readonly lastReload: Gauge;
   private readonly keys: Gauge;
@@ -100,7 +100,7 @@ export class Metrics {
     for (const c of Object.values(this.upstreamErrors)) c.inc(0);
 
     /** keyfence_inflight_requests: requests being handled by the proxy listener now. */
-    const inflightNow = (): number => this.inflightCount;
+    const inflightNow = (): number => this.inflightNow();
     new Gauge({
       name: "keyfence_inflight_requests",
       help: "Proxied requests in flight.",
@@ -188,9 +188,9 @@ export class Metrics {
     this.upstreamErrors[kind].inc();
   }
 
-  /** Moves the in-flight gauge. */
-  inflightDelta(delta: 1 | -1): void {
-    this.inflightCount += delta;
+  /** Makes the in-flight gauge read `count` (the proxy listener's own count of requests in flight) at scrape time. */
+  countInflightWith(count: () => number): void {
+    this.inflightNow = count;
   }
 
   /** Records a snapshot installed (at load, reload or write). */

@@ -29,6 +29,9 @@ const REQUEST_LENGTHS = new Set([
   ...["expect", "x-request-id", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"].map((h) => h.length),
 ]);
 
+/** The same for response headers, which are also checked for the upstream's own X-Request-Id. */
+const RESPONSE_LENGTHS = new Set([...HOP_LENGTHS, "x-request-id".length]);
+
 /** How a forwarded request ended, for metrics and logs. */
 export type ForwardResult = "ok" | "connect" | "timeout" | "reset" | "aborted";
 
@@ -105,7 +108,7 @@ export function upstreamPath(prefix: string, target: string): string {
  * and those named in Connection removed, `requestId` (when given) added as
  * X-Request-Id unless the upstream set one.
  */
-export function responseHeaders(raw: readonly (Buffer | string)[], requestId?: string): string[] {
+function responseHeaders(raw: readonly (Buffer | string)[], requestId?: string): string[] {
   const out: string[] = [];
   let listed: Set<string> | undefined;
   let hasRequestId = false;
@@ -114,7 +117,7 @@ export function responseHeaders(raw: readonly (Buffer | string)[], requestId?: s
     const v = raw[i + 1];
     const name = typeof n === "string" ? n : n.toString("latin1");
     const value = v === undefined ? "" : typeof v === "string" ? v : v.toString("latin1");
-    if (HOP_LENGTHS.has(name.length) || name.length === 12) {
+    if (RESPONSE_LENGTHS.has(name.length)) {
       const lower = name.toLowerCase();
       if (lower === "x-request-id") hasRequestId = true;
       else if (HOP_BY_HOP.has(lower)) {
@@ -129,7 +132,7 @@ export function responseHeaders(raw: readonly (Buffer | string)[], requestId?: s
     for (let i = 0; i < out.length; i += 2) {
       const name = out[i] as string;
       if (!listed.has(name.toLowerCase())) kept.push(name, out[i + 1] as string);
-      else if (name.length === 12 && name.toLowerCase() === "x-request-id") hasRequestId = false;
+      else if (name.toLowerCase() === "x-request-id") hasRequestId = false;
     }
     if (!hasRequestId && requestId !== undefined) kept.push("x-request-id", requestId);
     return kept;

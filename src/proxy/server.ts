@@ -102,6 +102,7 @@ export class ProxyServer {
   constructor(private readonly deps: ProxyDeps) {
     const c = deps.config;
     this.settings = { mode: c.mode, unknown: c.keys.unknown, missing: c.keys.missing };
+    deps.metrics.countInflightWith(() => this.active);
     this.forwarder = new Forwarder({ upstream: c.upstream, timeoutMs: c.upstreamTimeoutMs });
     this.server = createServer({
       maxHeaderSize: SERVER_LIMITS.maxHeaderSize,
@@ -145,12 +146,10 @@ export class ProxyServer {
 
   private begin(): void {
     this.active++;
-    this.deps.metrics.inflightDelta(1);
   }
 
   private end(): void {
     this.active--;
-    this.deps.metrics.inflightDelta(-1);
     if (this.active === 0 && this.idleWaiters.length > 0) {
       const waiters = this.idleWaiters;
       this.idleWaiters = [];

@@ -17,7 +17,7 @@
  */
 import { writeSync } from "node:fs";
 
-/** Pending characters past which new lines are dropped (and counted) instead of queued: a stuck stdout must not exhaust memory. */
+/** Default for the pending characters past which new lines are dropped (and counted) instead of queued: a stuck stdout must not exhaust memory. */
 export const MAX_PENDING_CHARS = 64 * 1024 * 1024;
 
 const RETRY_MS = 10;
@@ -64,12 +64,13 @@ export class LineSink {
   constructor(
     private readonly fd: number,
     private readonly events: LineSinkEvents = {},
+    private readonly maxPendingChars = MAX_PENDING_CHARS,
   ) {}
 
   /** Queues `line` (already terminated); false when it was dropped (queue over its limit, or the destination failed). */
   write(line: string): boolean {
     if (this.broken) return false;
-    if (this.queuedChars + line.length > MAX_PENDING_CHARS) {
+    if (this.queuedChars + line.length > this.maxPendingChars) {
       this.droppedLines++;
       return false;
     }

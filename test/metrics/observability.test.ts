@@ -10,7 +10,7 @@ import { parse } from "yaml";
 import { parseIp } from "../../src/ip/address.js";
 import { SourceTracker } from "../../src/metrics/sources.js";
 import { bearer, send } from "../helpers/http.js";
-import { keysYaml, sidecarFixture, startTestSidecar, type TestKey } from "../helpers/sidecar.js";
+import { eventually, keysYaml, sidecarFixture, startTestSidecar, type TestKey } from "../helpers/sidecar.js";
 import { spawnKeyfence } from "../helpers/spawn.js";
 import { startUpstream, type Upstream } from "../helpers/upstream.js";
 
@@ -96,6 +96,17 @@ describe("metrics and request ids", () => {
         `a label carries a key id, address or secret: ${name}`,
       );
     }
+  });
+
+  test("the in-flight gauge counts a request while it is upstream", async () => {
+    const slow = send(`${fx.kf.url}/slow/800`, { headers: [bearer("secret-local-123")] });
+    await eventually(
+      async () => (await scrape(fx.kf.adminUrl)).get("keyfence_inflight_requests") === 1,
+      3000,
+      "the gauge at 1 during the request",
+    );
+    assert.equal((await slow).status, 200);
+    assert.equal((await scrape(fx.kf.adminUrl)).get("keyfence_inflight_requests"), 0);
   });
 
   test("X-Request-Id: kept when sane, generated otherwise, passed upstream and returned", async () => {

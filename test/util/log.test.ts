@@ -142,6 +142,34 @@ describe("LineSink", () => {
     }
   });
 
+  test("past its limit it drops lines, counts them, and reports the count once it writes again", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "keyfence-sink-"));
+    try {
+      const file = join(dir, "out.log");
+      const fd = openSync(file, "w");
+      const reports: number[] = [];
+      const sink = new LineSink(fd, { dropped: (n) => reports.push(n) }, 100);
+      const accepted = Array.from({ length: 10 }, (_, i) => sink.write(`line ${String(i).padStart(22, "0")}\n`));
+      assert.deepEqual(
+        accepted,
+        [true, true, true, false, false, false, false, false, false, false],
+        "28-character lines, 100 allowed",
+      );
+      await new Promise<void>((r) => sink.flush(r));
+      assert.deepEqual(reports, [7]);
+      assert.equal(sink.write("after\n"), true, "takes lines again once written out");
+      await new Promise<void>((r) => sink.flush(r));
+      closeSync(fd);
+      const lines = readFileSync(file, "utf8").trimEnd().split("\n");
+      assert.deepEqual(
+        lines.map((l) => l.slice(0, 6)),
+        ["line 0", "line 0", "line 0", "after"],
+      );
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   test("three processes sharing one stdout pipe (cluster workers) never interleave lines", async () => {
     const sidecar = fileURLToPath(new URL("../../src/cli/sidecar.js", import.meta.url));
     const script = `
