@@ -1,10 +1,18 @@
 // Quiet test reporter: prints each failure in full, then the closing summary
-// (tests, pass, fail, ...) that CI reads. Nothing else.
+// (tests, pass, fail, ...) that CI reads. Nothing else. It also writes the
+// files that reported results to $KEYFENCE_TEST_SEEN, which test/run.mjs checks.
+import { appendFileSync } from "node:fs";
 import { inspect } from "node:util";
 
 export default async function* quiet(source) {
   const failures = [];
+  const files = new Set();
   for await (const event of source) {
+    if ((event.type === "test:pass" || event.type === "test:fail") && event.data.file && !files.has(event.data.file)) {
+      // Written as seen: --test-force-exit may end the process before this loop does.
+      files.add(event.data.file);
+      if (process.env.KEYFENCE_TEST_SEEN) appendFileSync(process.env.KEYFENCE_TEST_SEEN, `${event.data.file}\n`);
+    }
     if (event.type === "test:fail") {
       const { name, nesting, details, file } = event.data;
       // Suites fail when a child does; report the leaf only.

@@ -1,8 +1,9 @@
 // Runs every compiled *.test.js under dist/test with the quiet reporter.
 // (Node 20's `node --test DIR` would also run helper modules as test files.)
 import { spawnSync } from "node:child_process";
-import { readdirSync } from "node:fs";
-import { join } from "node:path";
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
 
 const root = "dist/test";
 const files = readdirSync(root, { recursive: true })
@@ -12,6 +13,8 @@ const files = readdirSync(root, { recursive: true })
   )
   .sort()
   .map((f) => join(root, f));
+const seenDir = mkdtempSync(join(tmpdir(), "keyfence-tests-"));
+const seenFile = join(seenDir, "seen");
 const r = spawnSync(
   process.execPath,
   [
@@ -22,6 +25,23 @@ const r = spawnSync(
     "--test-reporter=./test/reporter.mjs",
     ...files,
   ],
-  { stdio: "inherit" },
+  { stdio: "inherit", env: { ...process.env, KEYFENCE_TEST_SEEN: seenFile } },
 );
+// Every file must have reported results: a test file whose results never
+// reach the runner would otherwise pass silently (seen once on CI: a whole
+// file missing from the counts, with "fail 0").
+let seen = [];
+try {
+  seen = readFileSync(seenFile, "utf8").split("\n").filter(Boolean);
+} catch {
+  // no file: the reporter saw nothing at all
+}
+rmSync(seenDir, { recursive: true, force: true });
+const missing = files.map((f) => resolve(f)).filter((f) => !seen.includes(f));
+if (missing.length > 0) {
+  process.stdout.write(
+    `✖ no results from ${missing.length} test file(s):\n${missing.map((f) => `    ${f}\n`).join("")}`,
+  );
+  process.exit(1);
+}
 process.exit(r.status ?? 1);
