@@ -56,13 +56,16 @@ async function run(input: LoaderInput): Promise<void> {
     post({ type: "chunk", records: parsed.keys.slice(i, i + input.chunkSize) });
     await new Promise((resolve) => parentPort?.once("message", resolve));
   }
+  const bytes = new TextEncoder().encode(text);
   const index = indexEntries(
-    text,
+    bytes,
     parsed.keys.map((k) => k.id),
   );
-  const bytes = new TextEncoder().encode(text).buffer;
-  const done: LoaderMessage = { type: "done", hash, bytes, index };
-  parentPort?.postMessage(done, [bytes]);
+  const buffer = bytes.buffer;
+  const done: LoaderMessage = { type: "done", hash, bytes: buffer, index };
+  const transfer = [buffer];
+  if (index !== undefined) transfer.push(index.starts.buffer, index.bodies.buffer);
+  parentPort?.postMessage(done, transfer);
 }
 
 if (parentPort !== null) void run(workerData as LoaderInput);

@@ -169,7 +169,7 @@ export class Snapshot {
   }
 
   /** {@link withChange} for large stores: the maps are copied a slice at a time, yielding in between. */
-  async withChangeSliced(change: KeyChange, slice = 20_000): Promise<Snapshot> {
+  async withChangeSliced(change: KeyChange, slice = 5_000): Promise<Snapshot> {
     if (this.byId.size <= slice) return this.withChange(change);
     const byId = new Map<string, StoredKey>();
     const byHash = new Map<string, StoredKey>();
@@ -201,6 +201,17 @@ export class Snapshot {
       entries += rec.ipAllowList.length;
     }
     return entries;
+  }
+
+  /** The place of key `id` in store order (which is the file's order), or -1. */
+  position(id: string): number {
+    if (!this.byId.has(id)) return -1;
+    let k = 0;
+    for (const other of this.byId.keys()) {
+      if (other === id) return k;
+      k++;
+    }
+    return -1;
   }
 
   /** Key ids in store order. */

@@ -4,28 +4,37 @@
  * that changes is parsed and re-serialized (with the `yaml` Document API, so
  * its comments survive); every other byte of the file stays as it was. A file
  * laid out any other way is left to the whole-document path.
+ *
+ * The file is handled as bytes, and an edit returns the new file as parts
+ * (views of the old bytes around the edited entry): a 100,000-key file is
+ * never decoded, concatenated as a string or re-encoded on the event loop,
+ * and the caller copies the 21 MB a slice at a time.
  */
 import { isMap, isSeq, parseDocument, stringify, type Document, type YAMLMap } from "yaml";
 import type { KeyRecord } from "./keysfile.js";
 import type { KeyChange } from "./store.js";
 
-/** Where each entry's text lies: `starts[k]` (with its leading comments) to `starts[k+1]` or `end`. */
+/** Where each entry's bytes lie: `starts[k]` (with its leading comments) to `starts[k+1]` or `end`. */
 export interface EntryIndex {
   /** Spaces before each item's `-`. */
   readonly indent: number;
-  readonly starts: readonly number[];
-  /** Offset of each item's `- ` line (after leading comments). */
-  readonly bodies: readonly number[];
+  /** Byte offset of each item, its leading comments included. */
+  readonly starts: Float64Array<ArrayBuffer>;
+  /** Byte offset of each item's `- ` line (after leading comments). */
+  readonly bodies: Float64Array<ArrayBuffer>;
   readonly end: number;
 }
 
 const ID_LINE = /^[ ]*(?:- )?id:[ ]*(["']?)([A-Za-z0-9_-]{1,64})\1[ ]*(?:#.*)?$/m;
 
 /**
- * Indexes the entries of `text`, checking that they are exactly `ids` in
- * order; undefined when the layout is not the usual one.
+ * Indexes the entries of the UTF-8 file `bytes`, checking that they are
+ * exactly `ids` in order; undefined when the layout is not the usual one.
  */
-export function indexEntries(text: string, ids: readonly string[]): EntryIndex | undefined {
+export function indexEntries(bytes: Uint8Array, ids: readonly string[]): EntryIndex | undefined {
+  // One character per byte: offsets are byte offsets, and every character the
+  // layout depends on is ASCII, which never occurs inside a UTF-8 sequence.
+  const text = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString("latin1");
   const head = /^keys:[ ]*(?:#.*)?$/m.exec(text);
   if (head === null || text.includes("\t")) return undefined;
   let pos = head.index + head[0].length + 1;
@@ -63,7 +72,7 @@ export function indexEntries(text: string, ids: readonly string[]): EntryIndex |
     const body = text.slice(bodies[k], starts[k + 1] ?? end);
     if (ID_LINE.exec(body)?.[2] !== ids[k]) return undefined;
   }
-  return { indent, starts, bodies, end };
+  return { indent, starts: Float64Array.from(starts), bodies: Float64Array.from(bodies), end };
 }
 
 /** A record as keys-file fields, in the file's usual order. */
@@ -96,9 +105,13 @@ export function editEntry(doc: Document, item: YAMLMap, record: KeyRecord): void
   if (record.mode === undefined) item.delete("mode");
 }
 
+/** Indents every non-empty line; lines end at "\n" only (a regex `^` with the m flag also starts one after U+2028 and U+2029, inside a value). */
 function reindent(text: string, indent: number): string {
   const pad = " ".repeat(indent);
-  return text.replace(/^(?=[^\n])/gm, pad);
+  return text
+    .split("\n")
+    .map((l) => (l === "" ? l : pad + l))
+    .join("\n");
 }
 
 function dedent(text: string, indent: number): string {
@@ -109,56 +122,73 @@ function dedent(text: string, indent: number): string {
     .join("\n");
 }
 
-/** The new text after `change` and its index, editing only the affected entry; undefined when it cannot be done in place. */
+/** `xs` with `delta` added after position `k`, and position `k` removed when `drop`. */
+function shift(xs: Float64Array, k: number, delta: number, drop: boolean): Float64Array<ArrayBuffer> {
+  const out = new Float64Array(drop ? xs.length - 1 : xs.length);
+  out.set(xs.subarray(0, drop ? k : k + 1));
+  for (let j = k + 1; j < xs.length; j++) out[drop ? j - 1 : j] = (xs[j] ?? 0) + delta;
+  return out;
+}
+
+/** `xs` with `x` appended. */
+function append(xs: Float64Array, x: number): Float64Array<ArrayBuffer> {
+  const out = new Float64Array(xs.length + 1);
+  out.set(xs);
+  out[xs.length] = x;
+  return out;
+}
+
+/**
+ * The new file's bytes after `change`, in parts, and their index, editing only the
+ * affected entry; `position` is the changed key's place in the file (ignored
+ * for a create). Undefined when it cannot be done in place.
+ */
 export function spliceChange(
-  text: string,
+  bytes: Buffer,
   index: EntryIndex,
-  ids: readonly string[],
+  position: number,
   change: KeyChange,
-): { text: string; index: EntryIndex } | undefined {
-  const shifted = (k: number, delta: number, drop: boolean): EntryIndex => {
-    const move = (xs: readonly number[]): number[] => {
-      const out = xs.map((x, j) => (j > k ? x + delta : x));
-      if (drop) out.splice(k, 1);
-      return out;
-    };
-    return { indent: index.indent, starts: move(index.starts), bodies: move(index.bodies), end: index.end + delta };
-  };
+): { parts: Uint8Array[]; index: EntryIndex } | undefined {
+  const { indent, starts, bodies, end } = index;
   if (change.kind === "create") {
-    const newline = index.end > 0 && text.charCodeAt(index.end - 1) !== 10 ? "\n" : "";
-    const item = newline + reindent(stringify([toYaml(change.record)], { flowCollectionPadding: false }), index.indent);
-    const at = index.end + newline.length;
+    const newline = end > 0 && bytes[end - 1] !== 10 ? "\n" : "";
+    const item = Buffer.from(
+      newline + reindent(stringify([toYaml(change.record)], { flowCollectionPadding: false }), indent),
+    );
+    const at = end + newline.length;
     return {
-      text: text.slice(0, index.end) + item + text.slice(index.end),
-      index: {
-        indent: index.indent,
-        starts: [...index.starts, at],
-        bodies: [...index.bodies, at],
-        end: index.end + item.length,
-      },
+      parts: [bytes.subarray(0, end), item, bytes.subarray(end)],
+      index: { indent, starts: append(starts, at), bodies: append(bodies, at), end: end + item.length },
     };
   }
-  const k = ids.indexOf(change.kind === "update" ? change.record.id : change.id);
-  if (k < 0) return undefined;
-  const to = index.starts[k + 1] ?? index.end;
+  const k = position;
+  if (k < 0 || k >= starts.length) return undefined;
+  const to = starts[k + 1] ?? end;
   if (change.kind === "delete") {
-    const from = index.starts[k] ?? 0;
-    return { text: text.slice(0, from) + text.slice(to), index: shifted(k, from - to, true) };
+    const from = starts[k] ?? 0;
+    const delta = from - to;
+    return {
+      parts: [bytes.subarray(0, from), bytes.subarray(to)],
+      index: { indent, starts: shift(starts, k, delta, true), bodies: shift(bodies, k, delta, true), end: end + delta },
+    };
   }
-  const from = index.bodies[k] ?? 0;
-  const segment = text.slice(from, to);
+  const from = bodies[k] ?? 0;
+  const segment = bytes.toString("utf8", from, to);
   // Blank lines after the entry stay exactly as they are.
   const trailing = /\n*$/.exec(segment)?.[0] ?? "";
   const core = segment.slice(0, segment.length - trailing.length);
-  const doc = parseDocument(dedent(core, index.indent));
+  const doc = parseDocument(dedent(core, indent));
   const seq = doc.contents;
   if (doc.errors.length > 0 || !isSeq(seq) || seq.items.length !== 1) return undefined;
   const item = seq.items[0];
   if (!isMap(item)) return undefined;
   editEntry(doc, item, change.record);
-  const edited = reindent(doc.toString({ flowCollectionPadding: false }).replace(/\n$/, ""), index.indent) + trailing;
+  const edited = Buffer.from(
+    reindent(doc.toString({ flowCollectionPadding: false }).replace(/\n$/, ""), indent) + trailing,
+  );
+  const delta = edited.length - (to - from);
   return {
-    text: text.slice(0, from) + edited + text.slice(to),
-    index: shifted(k, edited.length - segment.length, false),
+    parts: [bytes.subarray(0, from), edited, bytes.subarray(to)],
+    index: { indent, starts: shift(starts, k, delta, false), bodies: shift(bodies, k, delta, false), end: end + delta },
   };
 }
