@@ -61,20 +61,20 @@ function digest(data: string | Uint8Array): string {
 /** Bytes copied per turn of the event loop when a write assembles a large file (fresh memory: ~3 ms). */
 const COPY_SLICE_BYTES = 4 * 1024 * 1024;
 
-/** `parts` copied into one new buffer, yielding to the event loop between slices of a large file. */
-async function joinSliced(parts: readonly Uint8Array[]): Promise<Buffer> {
+/** `parts` copied into one new buffer, yielding to the event loop after every `sliceBytes` copied. */
+export async function joinSliced(parts: readonly Uint8Array[], sliceBytes = COPY_SLICE_BYTES): Promise<Buffer> {
   let length = 0;
   for (const p of parts) length += p.length;
   const out = Buffer.allocUnsafeSlow(length);
   let at = 0;
   let sinceYield = 0;
   for (const p of parts) {
-    for (let from = 0; from < p.length; from += COPY_SLICE_BYTES) {
-      const piece = p.subarray(from, from + COPY_SLICE_BYTES);
+    for (let from = 0; from < p.length; from += sliceBytes) {
+      const piece = p.subarray(from, from + sliceBytes);
       out.set(piece, at);
       at += piece.length;
       sinceYield += piece.length;
-      if (sinceYield >= COPY_SLICE_BYTES) {
+      if (sinceYield >= sliceBytes) {
         sinceYield = 0;
         await new Promise((resolve) => setImmediate(resolve));
       }
