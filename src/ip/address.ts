@@ -164,7 +164,34 @@ function scanAddress(s: string, start: number, end: number): Ip | undefined {
  * or undefined for anything else (use {@link explainAddress} for the reason).
  */
 export function parseIp(s: string): Ip | undefined {
-  return scanAddress(s, 0, s.length);
+  // One pass for the usual case, a strict dotted quad. Anything else (IPv6,
+  // garbage, or a dotted quad that breaks a rule) goes to the general scanner,
+  // which gives the answer: this path only ever says yes, to strings of four
+  // 1-3 digit parts without leading zeros, each at most 255.
+  const end = s.length;
+  let value = 0;
+  let part = 0;
+  let digits = 0;
+  let dots = 0;
+  let lead = 0;
+  for (let i = 0; i < end; i++) {
+    const c = s.charCodeAt(i);
+    if (c === 46) {
+      if (digits === 0 || dots === 3) return scanAddress(s, 0, end);
+      value = value * 256 + part;
+      part = 0;
+      digits = 0;
+      dots++;
+      continue;
+    }
+    const d = c - 48;
+    if (d < 0 || d > 9) return scanAddress(s, 0, end);
+    if (digits === 0) lead = d;
+    else if (lead === 0) return scanAddress(s, 0, end);
+    part = part * 10 + d;
+    if (++digits > 3 || part > 255) return scanAddress(s, 0, end);
+  }
+  return dots === 3 && digits > 0 ? v4(value * 256 + part) : scanAddress(s, 0, end);
 }
 
 const WHITESPACE = /\s/;

@@ -222,6 +222,19 @@ describe("parseIp properties", () => {
         return s.slice(0, a) + s.slice(a + b);
       }),
       fc.tuple(octet, octet, octet, octet).map((p) => `::ffff:${p.join(".")}`),
+      // Digits and dots only: parseIp's one-pass IPv4 path decides these alone.
+      fc.string({ unit: fc.constantFrom(..."0123456789."), maxLength: 17 }),
+      fc
+        .tuple(
+          fc.tuple(octet, octet, octet, octet),
+          fc.nat(3),
+          fc.constantFrom("0", "00", "256", "999", "1000", "", "1.", "-1", " 1"),
+        )
+        .map(([p, k, bad]) => {
+          const parts = p.map(String);
+          parts[k] = bad === "0" ? `0${parts[k] ?? ""}` : bad;
+          return parts.join(".");
+        }),
     );
     fc.assert(
       fc.property(nearValid, (s) => {
