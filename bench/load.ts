@@ -198,6 +198,16 @@ async function main(): Promise<void> {
       expect: 200,
       pid: bare.pid,
     });
+    const floor403 = await startNode("node-403", "dist/bench/servers/deny403.js");
+    procs.push(floor403);
+    contenders.push({
+      id: "node-403",
+      label: "node:http fixed 403, nothing else",
+      url: `http://127.0.0.1:${floor403.port}/`,
+      headers: { authorization: `Bearer ${DENIED}` },
+      expect: 403,
+      pid: floor403.pid,
+    });
     const hp = await startNode("http-proxy", "dist/bench/servers/httpproxy.js", [upstream]);
     procs.push(hp);
     contenders.push({
@@ -305,6 +315,21 @@ async function main(): Promise<void> {
         "keyfence denied CPU/req ÷ nginx 403",
         ratio(by.get("keyfence-denied")?.cpuUsPerReq, by.get("nginx-denied")?.cpuUsPerReq),
         "≤ 1.5×",
+      ],
+      [
+        "keyfence denied CPU/req ÷ node:http fixed 403",
+        ratio(by.get("keyfence-denied")?.cpuUsPerReq, by.get("node-403")?.cpuUsPerReq),
+        "—",
+      ],
+      [
+        "floor: node:http fixed 403 CPU/req ÷ nginx 403",
+        ratio(by.get("node-403")?.cpuUsPerReq, by.get("nginx-denied")?.cpuUsPerReq),
+        "—",
+      ],
+      [
+        "floor: no-check forwarder CPU/req ÷ nginx",
+        ratio(by.get("bare")?.cpuUsPerReq, by.get("nginx")?.cpuUsPerReq),
+        "—",
       ],
       ["keyfence 2 workers req/s ÷ 1 worker", ratio(by.get("keyfence-2w")?.rps, kf?.rps), "—"],
     ];
