@@ -139,9 +139,10 @@ function append(xs: Float64Array, x: number): Float64Array<ArrayBuffer> {
 }
 
 /**
- * The new file's bytes after `change`, in parts, and their index, editing only the
- * affected entry; `position` is the changed key's place in the file (ignored
- * for a create). Undefined when it cannot be done in place.
+ * The new file's bytes after `change`, in parts, and their index, editing
+ * only the affected entry; `position` is the changed key's place in the file
+ * (ignored for a create). Undefined when it cannot be done in place, or when
+ * the entry at `position` is not that key.
  */
 export function spliceChange(
   bytes: Buffer,
@@ -164,6 +165,10 @@ export function spliceChange(
   const k = position;
   if (k < 0 || k >= starts.length) return undefined;
   const to = starts[k + 1] ?? end;
+  // The entry at `position` must be the key that changes: a wrong position
+  // falls back to the whole-document path instead of editing another key.
+  const id = change.kind === "delete" ? change.id : change.record.id;
+  if (ID_LINE.exec(bytes.toString("latin1", bodies[k], to))?.[2] !== id) return undefined;
   if (change.kind === "delete") {
     const from = starts[k] ?? 0;
     const delta = from - to;

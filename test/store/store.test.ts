@@ -128,6 +128,12 @@ describe("in-place edits of the keys file", () => {
     );
     assert.deepEqual(indexEntries(add.bytes, ["a", "b", "d"]), add.index, "the index follows the edits");
     assert.equal(splice(usual, idx, 3, { kind: "delete", id: "zz" }), undefined, "a position out of range");
+    assert.equal(splice(usual, idx, 0, { kind: "delete", id: "b" }), undefined, "a position holding another key");
+    assert.equal(
+      splice(usual, idx, 2, { kind: "update", record: { ...b, name: "wrong place" } }),
+      undefined,
+      "an update at a position holding another key",
+    );
   });
 
   test("names with Unicode line and paragraph separators survive an edit and a create", () => {
