@@ -250,6 +250,29 @@ describe("management API", () => {
       );
     });
 
+    test("names with Unicode line separators and non-ASCII reach the file exactly as given", async () => {
+      // U+2028/U+2029 once gained indentation inside the value on an in-place edit.
+      const created = "créé\u2028ligne\u2029para";
+      const renamed = "🔑 key\u0085nel\u2028sep\u00a0nbsp";
+      const c = (await api(fx.kf, "POST", "/v1/api-keys", { headers: [OPS], json: { name: created } })).json() as {
+        id: string;
+      };
+      const inFile = (): string | undefined => {
+        const parsed = parseKeysFile("keys", readFileSync(fx.kf.keysFile, "utf8"), 1000);
+        assert.ok(parsed.ok);
+        return parsed.keys.find((k) => k.id === c.id)?.name;
+      };
+      assert.equal(inFile(), created);
+      const r = await api(fx.kf, "PATCH", "/v1/api-keys/{id}", {
+        path: `/v1/api-keys/${c.id}`,
+        headers: [OPS],
+        json: { name: renamed },
+      });
+      assert.equal(r.status, 200);
+      assert.equal(inFile(), renamed);
+      await api(fx.kf, "DELETE", "/v1/api-keys/{id}", { path: `/v1/api-keys/${c.id}`, headers: [OPS] });
+    });
+
     test("bad input: 400 naming every bad field, quoting values; nothing changes", async () => {
       const before = readFileSync(fx.kf.keysFile, "utf8");
       const r = await api(fx.kf, "POST", "/v1/api-keys", {
