@@ -3,7 +3,6 @@
  * for a decision, then forwards (HTTP or upgrade) or answers with the JSON of
  * SPEC §4. Nothing else decides.
  */
-import { randomUUID } from "node:crypto";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { Socket } from "node:net";
 import { performance } from "node:perf_hooks";
@@ -22,6 +21,7 @@ import { messageOf, statusOf, type AnswerReason } from "../policy/answers.js";
 import { answer, answerSocket } from "./respond.js";
 import { pipeUpgrade } from "./upgrade.js";
 import { LineFormat } from "../util/logline.js";
+import { randomUuid } from "../util/uuid.js";
 
 /** What the proxy listener needs. */
 export interface ProxyDeps {
@@ -82,7 +82,7 @@ const REQUEST_ID = /^[A-Za-z0-9._:@/+=-]{1,128}$/;
 /** The client's X-Request-Id when it is one plain token of at most 128 characters; a fresh UUID otherwise. */
 export function requestIdOf(req: IncomingMessage): string {
   const h = req.headers["x-request-id"];
-  return typeof h === "string" && REQUEST_ID.test(h) ? h : randomUUID();
+  return typeof h === "string" && REQUEST_ID.test(h) ? h : randomUuid();
 }
 
 function pathOf(target: string): string {
