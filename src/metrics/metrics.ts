@@ -77,7 +77,7 @@ export class Metrics {
       HistogramSeries
     >;
 
-    /** keyfence_decision_duration_seconds: the enforcement step alone (bearer, hash, lookup, client IP, match). */
+    /** keyfence_decision_duration_seconds: the enforcement step alone, from the request's arrival in keyfence's handler to the decision (request id, bearer, lookup, client IP, match). */
     this.decisionDuration = new LeanHistogram(
       registry,
       "keyfence_decision_duration_seconds",

@@ -45,28 +45,56 @@ export class SourceTracker {
     this.now = options.now ?? Date.now;
   }
 
-  /** Records one request of `keyId` from `ip`. */
-  record(keyId: string, ip: Ip, denied: boolean): void {
+  /** The entry the last record went to, and what it was for: see {@link record}. */
+  private lastKey: string | undefined;
+  private lastFamily = 0;
+  private lastA = 0;
+  private lastB = 0;
+  private lastEntry: Entry | undefined;
+
+  /** Records one request of `keyId` from `ip`, at `at` (milliseconds since the epoch; now by default). */
+  record(keyId: string, ip: Ip, denied: boolean, at?: number): void {
+    const t = at ?? this.now();
+    // IPv4: the /24 as a number; IPv6: the /64 as its two high words.
+    const a = ip.family === 4 ? (ip.w3 & 0xffffff00) >>> 0 : ip.w0;
+    const b = ip.family === 4 ? 0 : ip.w1;
+    // The same key and network as the last record: that entry is already the
+    // most recent of both LRUs, so counting it needs neither lookup.
+    let e = this.lastEntry;
+    if (
+      e !== undefined &&
+      keyId === this.lastKey &&
+      ip.family === this.lastFamily &&
+      a === this.lastA &&
+      b === this.lastB
+    ) {
+      e.requests++;
+      if (denied) e.denied++;
+      e.last = t;
+      return;
+    }
     let nets = this.keys.get(keyId);
     if (nets === undefined) {
       nets = new LRUCache({ max: this.perKey });
       this.keys.set(keyId, nets);
     }
-    // IPv4: the /24 as a number; IPv6: the /64 as its two high words.
-    const id: string | number = ip.family === 4 ? (ip.w3 & 0xffffff00) >>> 0 : `${ip.w0}:${ip.w1}`;
-    const t = this.now();
-    const e = nets.get(id);
+    const id: string | number = ip.family === 4 ? a : `${a}:${b}`;
+    e = nets.get(id);
     if (e === undefined) {
       const network: Ip =
-        ip.family === 4
-          ? { family: 4, w0: 0, w1: 0, w2: 0, w3: id as number }
-          : { family: 6, w0: ip.w0, w1: ip.w1, w2: 0, w3: 0 };
-      nets.set(id, { ip: network, requests: 1, denied: denied ? 1 : 0, first: t, last: t });
+        ip.family === 4 ? { family: 4, w0: 0, w1: 0, w2: 0, w3: a } : { family: 6, w0: a, w1: b, w2: 0, w3: 0 };
+      e = { ip: network, requests: 1, denied: denied ? 1 : 0, first: t, last: t };
+      nets.set(id, e);
     } else {
       e.requests++;
       if (denied) e.denied++;
       e.last = t;
     }
+    this.lastKey = keyId;
+    this.lastFamily = ip.family;
+    this.lastA = a;
+    this.lastB = b;
+    this.lastEntry = e;
   }
 
   /** The networks `keyId` was seen from, most recent first. */
@@ -94,5 +122,6 @@ export class SourceTracker {
   /** Forgets a key (deleted). */
   forget(keyId: string): void {
     this.keys.delete(keyId);
+    if (keyId === this.lastKey) this.lastEntry = undefined;
   }
 }

@@ -158,17 +158,17 @@ export class ProxyServer {
   }
 
   /** Reads credential and client IP, and decides; counts, logs and remembers the decision. */
-  private decideFor(req: IncomingMessage, requestId: string): Decision {
-    const t0 = performance.now();
+  private decideFor(req: IncomingMessage, requestId: string, t0: number): Decision {
     const bearer = readBearer(req.rawHeaders);
     const credential: Credential =
       bearer.kind === "token" ? { kind: "key", key: this.deps.store.snapshot.lookupToken(bearer.token) } : bearer;
     const client = resolveClientIp(req.socket.remoteAddress, forwardedFor(req), this.deps.config.trustedProxies);
     const decision = decide(credential, client, this.settings);
-    this.deps.metrics.decision(decision.outcome, (performance.now() - t0) / 1000);
+    const t1 = performance.now();
+    this.deps.metrics.decision(decision.outcome, (t1 - t0) / 1000);
     const refused = decision.reason === "ip_not_allowed" || decision.reason === "invalid_client_ip";
     if (decision.keyId !== undefined && client.ip !== undefined) {
-      this.deps.sources.record(decision.keyId, client.ip, refused);
+      this.deps.sources.record(decision.keyId, client.ip, refused, performance.timeOrigin + t1);
     }
     if (refused) {
       (decision.forward ? WOULD_DENY_LINE : DENIED_LINE).write(this.deps.log, {
@@ -197,7 +197,7 @@ export class ProxyServer {
       this.completed(req, res, t0, requestId, "answered", undefined);
       return;
     }
-    const decision = this.decideFor(req, requestId);
+    const decision = this.decideFor(req, requestId, t0);
     if (pathOf(target) === this.deps.config.pingPath) {
       this.ping(res, decision, requestId);
     } else if (!decision.forward) {
@@ -270,7 +270,7 @@ export class ProxyServer {
   private handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
     const target = requestTarget(req.url);
     const requestId = requestIdOf(req);
-    const decision = this.decideFor(req, requestId);
+    const decision = this.decideFor(req, requestId, performance.now());
     let reason: AnswerReason | undefined = decision.forward ? undefined : (decision.reason ?? "bad_request");
     if (target === undefined) reason = "bad_request";
     else if (pathOf(target) === this.deps.config.pingPath) reason = decision.forward ? "pong" : reason;

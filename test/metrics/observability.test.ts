@@ -6,6 +6,7 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { fileURLToPath } from "node:url";
+import fc from "fast-check";
 import { parse } from "yaml";
 import { parseIp } from "../../src/ip/address.js";
 import { SourceTracker } from "../../src/metrics/sources.js";
@@ -160,6 +161,63 @@ describe("observed sources stay bounded", () => {
     for (let i = 0; i < 100_000; i++) t.record(`key${i}`, parseIp("10.0.0.1")!, false);
     assert.equal(t.sources("key0").length, 0, "evicted");
     assert.equal(t.sources("key99999").length, 1);
+  });
+});
+
+describe("observed sources against a naive reference", () => {
+  test("property: counts, recency and both LRU bounds match plain arrays through records and forgets", () => {
+    const NETS: Record<string, string> = {
+      "10.0.1.5": "10.0.1.0/24",
+      "10.0.1.9": "10.0.1.0/24",
+      "10.0.2.1": "10.0.2.0/24",
+      "2001:db8:0:1::5": "2001:db8:0:1::/64",
+      "2001:db8:0:1::9": "2001:db8:0:1::/64",
+      "2001:db8:0:2::1": "2001:db8:0:2::/64",
+    };
+    const op = fc.oneof(
+      fc.record({
+        kind: fc.constant("record" as const),
+        key: fc.constantFrom("a", "b", "c"),
+        ip: fc.constantFrom(...Object.keys(NETS)),
+        denied: fc.boolean(),
+      }),
+      fc.record({ kind: fc.constant("forget" as const), key: fc.constantFrom("a", "b", "c") }),
+    );
+    fc.assert(
+      fc.property(fc.array(op, { maxLength: 60 }), (ops) => {
+        const t = new SourceTracker({ networksPerKey: 2, maxKeys: 2 });
+        // Most recent last, at both levels.
+        let ref: Array<{ key: string; nets: Array<{ net: string; requests: number; denied: number }> }> = [];
+        let clock = 0;
+        for (const o of ops) {
+          if (o.kind === "forget") {
+            t.forget(o.key);
+            ref = ref.filter((k) => k.key !== o.key);
+            continue;
+          }
+          t.record(o.key, parseIp(o.ip)!, o.denied, ++clock);
+          let k = ref.find((x) => x.key === o.key);
+          ref = ref.filter((x) => x.key !== o.key);
+          k ??= { key: o.key, nets: [] };
+          ref.push(k);
+          if (ref.length > 2) ref.shift();
+          const net = NETS[o.ip] as string;
+          const n = k.nets.find((x) => x.net === net) ?? { net, requests: 0, denied: 0 };
+          k.nets = [...k.nets.filter((x) => x.net !== net), n];
+          n.requests++;
+          if (o.denied) n.denied++;
+          if (k.nets.length > 2) k.nets.shift();
+          for (const key of ["a", "b", "c"]) {
+            const got = t.sources(key).map((s) => [s.network, s.requests, s.denied]);
+            const want = [...(ref.find((x) => x.key === key)?.nets ?? [])]
+              .reverse()
+              .map((x) => [x.net, x.requests, x.denied]);
+            assert.deepEqual(got, want, `key ${key} after ${JSON.stringify(o)}`);
+          }
+        }
+      }),
+      { numRuns: 500 },
+    );
   });
 });
 
