@@ -48,6 +48,11 @@ interface Contender {
   readonly pid: number | undefined;
 }
 
+/** The benchmark keys file: the allowed key (loopback), the denied key (elsewhere), then `more` (YAML list items). */
+export function benchKeys(more = ""): string {
+  return `keys:\n  - id: bench_allowed\n    secret_sha256: "${secretHash(ALLOWED)}"\n    ip_allow_list: [127.0.0.1, "::1"]\n  - id: bench_denied\n    secret_sha256: "${secretHash(DENIED)}"\n    ip_allow_list: [203.0.113.0/24]\n${more}`;
+}
+
 /** Writes a keyfence configuration for the benchmark in `dir`; returns the config path. */
 export function keyfenceConfig(
   dir: string,
@@ -57,11 +62,7 @@ export function keyfenceConfig(
   extra = "",
   keysYaml?: string,
 ): string {
-  writeFileSync(
-    join(dir, "keys.yaml"),
-    keysYaml ??
-      `keys:\n  - id: bench_allowed\n    secret_sha256: "${secretHash(ALLOWED)}"\n    ip_allow_list: [127.0.0.1, "::1"]\n  - id: bench_denied\n    secret_sha256: "${secretHash(DENIED)}"\n    ip_allow_list: [203.0.113.0/24]\n`,
-  );
+  writeFileSync(join(dir, "keys.yaml"), keysYaml ?? benchKeys());
   const config = join(dir, "keyfence.yaml");
   writeFileSync(
     config,

@@ -25,6 +25,9 @@ export class MatcherCache {
   hits = 0;
   misses = 0;
   private readonly lru: LRUCache<readonly string[], Matcher>;
+  /** The list of the last get and its matcher: already the LRU's most recent entry, so a repeat needs no lookup. */
+  private lastList: readonly string[] | undefined;
+  private lastMatcher: Matcher | undefined;
 
   constructor(max = DEFAULT_MATCHER_CACHE) {
     this.lru = new LRUCache({ max });
@@ -32,7 +35,13 @@ export class MatcherCache {
 
   /** The matcher of `list`, compiled on first use. */
   get(list: readonly string[]): Matcher {
+    if (list === this.lastList && this.lastMatcher !== undefined) {
+      this.hits++;
+      return this.lastMatcher;
+    }
     const hit = this.lru.get(list);
+    this.lastList = list;
+    this.lastMatcher = hit;
     if (hit !== undefined) {
       this.hits++;
       return hit;
@@ -47,6 +56,7 @@ export class MatcherCache {
     }
     const m = compileMatcher(cidrs);
     this.lru.set(list, m);
+    this.lastMatcher = m;
     return m;
   }
 

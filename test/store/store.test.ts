@@ -9,6 +9,7 @@ import fc from "fast-check";
 import { secretHash } from "../../src/policy/credential.js";
 import { FileKeyStore, joinSliced, WORKER_THRESHOLD_BYTES } from "../../src/store/filestore.js";
 import { parseKeysFile, type KeyRecord } from "../../src/store/keysfile.js";
+import { IpError, networkOf, parseCidr, parseIp } from "../../src/ip/address.js";
 import { MatcherCache, Snapshot, TOKEN_CACHE_MAX } from "../../src/store/snapshot.js";
 import { indexEntries, spliceChange, type EntryIndex } from "../../src/store/splice.js";
 import type { KeyChange } from "../../src/store/store.js";
@@ -358,5 +359,44 @@ describe("Snapshot.lookupToken", () => {
     assert.equal(snap.lookupToken("sa")?.id, "a");
     for (let i = 0; i < TOKEN_CACHE_MAX * 2 + 7; i++) assert.equal(snap.lookupToken(`unknown-${i}`), undefined);
     assert.equal(snap.lookupToken("sa")?.id, "a");
+  });
+});
+
+describe("MatcherCache", () => {
+  test("property: answers, hits, misses and what stays cached match a naive LRU of two", () => {
+    const lists: ReadonlyArray<readonly string[]> = [
+      ["10.0.0.0/8"],
+      ["192.0.2.1", "2001:db8::/32"],
+      ["198.51.100.0/24"],
+      ["::1"],
+    ];
+    const probes = ["10.1.2.3", "192.0.2.1", "198.51.100.7", "::1", "2001:db8::5"].map((p) => parseIp(p)!);
+    fc.assert(
+      fc.property(fc.array(fc.nat(lists.length - 1), { maxLength: 40 }), (picks) => {
+        const cache = new MatcherCache(2);
+        let recent: number[] = []; // most recent last
+        let hits = 0;
+        let misses = 0;
+        for (const k of picks) {
+          const list = lists[k]!;
+          const m = cache.get(list);
+          if (recent.includes(k)) hits++;
+          else misses++;
+          recent = [...recent.filter((x) => x !== k), k].slice(-2);
+          for (const ip of probes) {
+            const want = list.some((e) => {
+              const c = parseCidr(e);
+              if (c instanceof IpError || c.ip.family !== ip.family) return false;
+              return JSON.stringify(networkOf(ip, c.prefix)) === JSON.stringify(c.ip);
+            });
+            assert.equal(m.contains(ip), want);
+          }
+          assert.equal(cache.hits, hits, `hits after ${picks.join(",")}`);
+          assert.equal(cache.misses, misses, `misses after ${picks.join(",")}`);
+          assert.equal(cache.size, recent.length);
+        }
+      }),
+      { numRuns: 300 },
+    );
   });
 });
