@@ -8,7 +8,8 @@
  * p50/p99 latency and the proxy's CPU microseconds per request.
  *
  * Options: --quick (1 s runs, 1 round), --rounds N, --seconds S,
- * --connections C, --tool wrk|autocannon, --only id,id
+ * --connections C, --tool wrk|autocannon, --only id,id (quick and partial
+ * runs print their tables but leave bench/results alone)
  */
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -189,46 +190,25 @@ async function main(): Promise<void> {
         });
       }
     }
-    const bare = await startNode("bare", "dist/bench/servers/bare.js", [upstream]);
-    procs.push(bare);
-    contenders.push({
-      id: "bare",
-      label: "keyfence forwarder, no checks",
-      url: `http://127.0.0.1:${bare.port}/`,
-      headers: { authorization: `Bearer ${ALLOWED}` },
-      expect: 200,
-      pid: bare.pid,
-    });
-    const floor403 = await startNode("node-403", "dist/bench/servers/deny403.js");
-    procs.push(floor403);
-    contenders.push({
-      id: "node-403",
-      label: "node:http fixed 403, nothing else",
-      url: `http://127.0.0.1:${floor403.port}/`,
-      headers: { authorization: `Bearer ${DENIED}` },
-      expect: 403,
-      pid: floor403.pid,
-    });
-    const hp = await startNode("http-proxy", "dist/bench/servers/httpproxy.js", [upstream]);
-    procs.push(hp);
-    contenders.push({
-      id: "http-proxy",
-      label: "http-proxy 1.18 + keep-alive agent",
-      url: `http://127.0.0.1:${hp.port}/`,
-      headers: { authorization: `Bearer ${ALLOWED}` },
-      expect: 200,
-      pid: hp.pid,
-    });
-    const hp3 = await startNode("http-proxy-3", "dist/bench/servers/httpproxy.js", [upstream, "3"]);
-    procs.push(hp3);
-    contenders.push({
-      id: "http-proxy-3",
-      label: "http-proxy-3 + keep-alive agent",
-      url: `http://127.0.0.1:${hp3.port}/`,
-      headers: { authorization: `Bearer ${ALLOWED}` },
-      expect: 200,
-      pid: hp3.pid,
-    });
+    // The Node contenders that print their port: [id, label, script, args, secret, expected status].
+    const nodeServers: Array<[string, string, string, string[], string, number]> = [
+      ["bare", "keyfence forwarder, no checks", "bare.js", [upstream], ALLOWED, 200],
+      ["node-403", "node:http fixed 403, nothing else", "deny403.js", [], DENIED, 403],
+      ["http-proxy", "http-proxy 1.18 + keep-alive agent", "httpproxy.js", [upstream], ALLOWED, 200],
+      ["http-proxy-3", "http-proxy-3 + keep-alive agent", "httpproxy.js", [upstream, "3"], ALLOWED, 200],
+    ];
+    for (const [id, label, script, args, secret, expect] of nodeServers) {
+      const p = await startNode(id, `dist/bench/servers/${script}`, args);
+      procs.push(p);
+      contenders.push({
+        id,
+        label,
+        url: `http://127.0.0.1:${p.port}/`,
+        headers: { authorization: `Bearer ${secret}` },
+        expect,
+        pid: p.pid,
+      });
+    }
 
     if (have("nginx")) {
       const port = await freePort();
@@ -352,6 +332,8 @@ async function main(): Promise<void> {
       "",
     ].join("\n");
     process.stdout.write(`${md}\n`);
+    // A partial or quick run is for trying things out: it never replaces the committed results.
+    if (ONLY.length > 0 || quick) return;
     const out = join(ROOT, "bench/results");
     mkdirSync(out, { recursive: true });
     writeFileSync(
