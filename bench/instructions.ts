@@ -168,61 +168,40 @@ async function main(): Promise<void> {
       join(ROOT, script),
       ...args,
     ];
-    const contenders: Array<{ label: string; cmd: string[]; port: () => number | undefined; secrets: string[] }> = [
-      {
-        label: "keyfence forwarder, no checks",
-        cmd: node("dist/bench/servers/bare.js", upstreamUrl),
-        port: () => undefined,
-        secrets: [ALLOWED],
-      },
-      {
-        label: "keyfence, allowed",
-        cmd: node("dist/src/cli/main.js", "serve", "--config", kfConfig),
-        port: () => kfPort,
-        secrets: [ALLOWED],
-      },
-      {
-        label: "keyfence, allowed, 100 keys in turn",
-        cmd: node("dist/src/cli/main.js", "serve", "--config", kfConfig),
-        port: () => kfPort,
-        secrets: ROTATING,
-      },
-      {
-        label: "http-proxy 1.18",
-        cmd: node("dist/bench/servers/httpproxy.js", upstreamUrl),
-        port: () => undefined,
-        secrets: [ALLOWED],
-      },
-      {
-        label: "node:http fixed 403",
-        cmd: node("dist/bench/servers/deny403.js"),
-        port: () => undefined,
-        secrets: [DENIED],
-      },
-      {
-        label: "keyfence, denied (403)",
-        cmd: node("dist/src/cli/main.js", "serve", "--config", kfConfig),
-        port: () => kfPort,
-        secrets: [DENIED],
-      },
+    type Contender = { label: string; cmd: string[]; port: () => number | undefined; secrets: string[] };
+    const keyfence = (label: string, secrets: string[]): Contender => ({
+      label,
+      cmd: node("dist/src/cli/main.js", "serve", "--config", kfConfig),
+      port: () => kfPort,
+      secrets,
+    });
+    // A bench server that prints its own port on stdout.
+    const server = (label: string, secret: string, script: string, ...args: string[]): Contender => ({
+      label,
+      cmd: node(`dist/bench/servers/${script}`, ...args),
+      port: () => undefined,
+      secrets: [secret],
+    });
+    const contenders: Contender[] = [
+      server("keyfence forwarder, no checks", ALLOWED, "bare.js", upstreamUrl),
+      keyfence("keyfence, allowed", [ALLOWED]),
+      keyfence("keyfence, allowed, 100 keys in turn", ROTATING),
+      server("http-proxy 1.18", ALLOWED, "httpproxy.js", upstreamUrl),
+      server("node:http fixed 403", DENIED, "deny403.js"),
+      keyfence("keyfence, denied (403)", [DENIED]),
     ];
     if (have("nginx")) {
       const ngPort = await freePort();
       const ngDir = join(dir, "nginx");
       mkdirSync(ngDir);
       const conf = nginxConfig(ngDir, ngPort, upstream.port, false);
-      contenders.push({
-        label: "nginx, allowed",
+      const nginx = (label: string, secret: string): Contender => ({
+        label,
         cmd: ["nginx", "-c", conf, "-p", ngDir],
         port: () => ngPort,
-        secrets: [ALLOWED],
+        secrets: [secret],
       });
-      contenders.push({
-        label: "nginx, denied (403)",
-        cmd: ["nginx", "-c", conf, "-p", ngDir],
-        port: () => ngPort,
-        secrets: [DENIED],
-      });
+      contenders.push(nginx("nginx, allowed", ALLOWED), nginx("nginx, denied (403)", DENIED));
     }
     const rows: Array<{ label: string; perRequest: number; windows: number[] }> = [];
     for (const c of contenders) {

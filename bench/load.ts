@@ -288,30 +288,15 @@ async function main(): Promise<void> {
         ? "—"
         : `${(a / b).toFixed(2)}×`;
     const kf = by.get("keyfence");
+    const cpu = (a: string, b: string): string => ratio(by.get(a)?.cpuUsPerReq, by.get(b)?.cpuUsPerReq);
     const ratios = [
-      ["keyfence allowed CPU/req ÷ no-check forwarder", ratio(kf?.cpuUsPerReq, by.get("bare")?.cpuUsPerReq), "≤ 1.05×"],
+      ["keyfence allowed CPU/req ÷ no-check forwarder", cpu("keyfence", "bare"), "≤ 1.05×"],
       ["keyfence allowed req/s ÷ http-proxy", ratio(kf?.rps, by.get("http-proxy")?.rps), "≥ 1.6×"],
-      ["keyfence allowed CPU/req ÷ nginx", ratio(kf?.cpuUsPerReq, by.get("nginx")?.cpuUsPerReq), "≤ 2×"],
-      [
-        "keyfence denied CPU/req ÷ nginx 403",
-        ratio(by.get("keyfence-denied")?.cpuUsPerReq, by.get("nginx-denied")?.cpuUsPerReq),
-        "≤ 1.5×",
-      ],
-      [
-        "keyfence denied CPU/req ÷ node:http fixed 403",
-        ratio(by.get("keyfence-denied")?.cpuUsPerReq, by.get("node-403")?.cpuUsPerReq),
-        "—",
-      ],
-      [
-        "floor: node:http fixed 403 CPU/req ÷ nginx 403",
-        ratio(by.get("node-403")?.cpuUsPerReq, by.get("nginx-denied")?.cpuUsPerReq),
-        "—",
-      ],
-      [
-        "floor: no-check forwarder CPU/req ÷ nginx",
-        ratio(by.get("bare")?.cpuUsPerReq, by.get("nginx")?.cpuUsPerReq),
-        "—",
-      ],
+      ["keyfence allowed CPU/req ÷ nginx", cpu("keyfence", "nginx"), "≤ 2×"],
+      ["keyfence denied CPU/req ÷ nginx 403", cpu("keyfence-denied", "nginx-denied"), "≤ 1.5×"],
+      ["keyfence denied CPU/req ÷ node:http fixed 403", cpu("keyfence-denied", "node-403"), "—"],
+      ["floor: node:http fixed 403 CPU/req ÷ nginx 403", cpu("node-403", "nginx-denied"), "—"],
+      ["floor: no-check forwarder CPU/req ÷ nginx", cpu("bare", "nginx"), "—"],
       ["keyfence 2 workers req/s ÷ 1 worker", ratio(by.get("keyfence-2w")?.rps, kf?.rps), "—"],
     ];
     const md = [

@@ -131,8 +131,9 @@ function responseHeaders(raw: readonly (Buffer | string)[], requestId?: string):
     const kept: string[] = [];
     for (let i = 0; i < out.length; i += 2) {
       const name = out[i] as string;
-      if (!listed.has(name.toLowerCase())) kept.push(name, out[i + 1] as string);
-      else if (name.toLowerCase() === "x-request-id") hasRequestId = false;
+      const lower = name.toLowerCase();
+      if (!listed.has(lower)) kept.push(name, out[i + 1] as string);
+      else if (lower === "x-request-id") hasRequestId = false;
     }
     if (!hasRequestId && requestId !== undefined) kept.push("x-request-id", requestId);
     return kept;

