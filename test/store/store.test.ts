@@ -267,6 +267,32 @@ describe("a large keys file (worker-thread loader, in-place writes)", () => {
     return out + extra;
   }
 
+  test("byte offsets from the loader thread hold past multi-byte names: edits near the end land on their entry", async () => {
+    const file = join(dir, "unicode.yaml");
+    writeFileSync(file, bigFile().replace(/name: Key number (\d+)/g, "name: Clé n°$1 ✓"));
+    assert.ok(statSync(file).size >= WORKER_THRESHOLD_BYTES, "the file takes the worker path");
+    const store = new FileKeyStore({ file, displayName: "unicode.yaml", maxEntries: 1000 });
+    await store.load();
+    const last = `key_${N - 1}`;
+    const updated = { ...store.snapshot.record(last)!, name: "Dernière ✓✓", ipAllowList: ["198.51.100.0/24"] };
+    await store.transact(() => ({ change: { kind: "update", record: updated }, result: undefined }));
+    await store.transact(() => ({ change: { kind: "delete", id: `key_${N - 2}` }, result: undefined }));
+    const onDisk = records(readFileSync(file, "utf8"));
+    assert.equal(onDisk.length, N - 1);
+    assert.deepEqual(
+      onDisk.slice(-2).map((r) => [r.id, r.name, r.ipAllowList]),
+      [
+        [
+          `key_${N - 3}`,
+          `Clé n°${N - 3} ✓ of the large store`,
+          [`10.${(N - 3) >> 8}.${(N - 3) & 255}.0/24`, `2001:db8:${(N - 3).toString(16)}::/48`],
+        ],
+        [last, "Dernière ✓✓", ["198.51.100.0/24"]],
+      ],
+    );
+    await store.close();
+  });
+
   test("loads off the main thread, writes in place, refuses a bad edit with located errors", async () => {
     const file = join(dir, "keys.yaml");
     writeFileSync(file, bigFile());
