@@ -5,6 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { monitorEventLoopDelay } from "node:perf_hooks";
 import { after, before, describe, test } from "node:test";
+import { Worker } from "node:worker_threads";
 import fc from "fast-check";
 import { secretHash } from "../../src/policy/credential.js";
 import { FileKeyStore, joinSliced, WORKER_THRESHOLD_BYTES } from "../../src/store/filestore.js";
@@ -12,6 +13,7 @@ import { parseKeysFile, type KeyRecord } from "../../src/store/keysfile.js";
 import { IpError, networkOf, parseCidr, parseIp } from "../../src/ip/address.js";
 import { MatcherCache, Snapshot, TOKEN_CACHE_MAX } from "../../src/store/snapshot.js";
 import { indexEntries, spliceChange, type EntryIndex } from "../../src/store/splice.js";
+import type { LoaderInput, LoaderMessage } from "../../src/store/loader.js";
 import type { KeyChange } from "../../src/store/store.js";
 import { formatProblem } from "../../src/util/yaml.js";
 
@@ -271,6 +273,20 @@ describe("a large keys file (worker-thread loader, in-place writes)", () => {
     const file = join(dir, "unicode.yaml");
     writeFileSync(file, bigFile().replace(/name: Key number (\d+)/g, "name: Clé n°$1 ✓"));
     assert.ok(statSync(file).size >= WORKER_THRESHOLD_BYTES, "the file takes the worker path");
+    // The loader thread's index is the one indexEntries finds on the file's bytes
+    // (an index in characters would be caught by the store's check of the id at
+    // the edit's position, and the write would still come out right, slowly).
+    const input: LoaderInput = { file, displayName: "unicode.yaml", maxEntries: 1000, knownHash: "", chunkSize: 1000 };
+    const loader = new Worker(new URL("../../src/store/loader.js", import.meta.url), { workerData: input });
+    const done = await new Promise<LoaderMessage>((resolve, reject) => {
+      loader.on("message", (m: LoaderMessage) => (m.type === "chunk" ? loader.postMessage("next") : resolve(m)));
+      loader.once("error", reject);
+    });
+    await loader.terminate();
+    assert.equal(done.type, "done");
+    const ids = Array.from({ length: N }, (_, i) => `key_${i}`);
+    assert.deepEqual(done.type === "done" ? done.index : undefined, indexEntries(readFileSync(file), ids));
+
     const store = new FileKeyStore({ file, displayName: "unicode.yaml", maxEntries: 1000 });
     await store.load();
     const last = `key_${N - 1}`;
