@@ -11,6 +11,7 @@ import { DEFAULT_MAX_ENTRIES } from "../ip/list.js";
 import type { Mode } from "../policy/decide.js";
 import { SHA256_HEX } from "../store/keysfile.js";
 import { YamlFile, type Problem, type YamlPath } from "../util/yaml.js";
+import { AUDIT_FIELDS, readAuditSettings, type AuditSettings } from "./audit.js";
 
 /** A host and port to listen on. */
 export interface ListenAddress {
@@ -59,6 +60,8 @@ export interface Config {
         readonly sessionMaxAgeMs: number;
         /** How long a dashboard re-confirmation allows allow-list changes. */
         readonly confirmWindowMs: number;
+        /** How the audit log is rotated. */
+        readonly audit: AuditSettings;
       }
     | undefined;
   /** Risky but valid settings, to log at start. */
@@ -270,6 +273,7 @@ export function parseConfig(file: string, text: string, env: NodeJS.ProcessEnv =
       "session_idle_timeout_s",
       "session_max_age_s",
       "confirm_window_s",
+      ...AUDIT_FIELDS,
     ]);
     if (a !== undefined) {
       const al = listenAt(
@@ -289,8 +293,9 @@ export function parseConfig(file: string, text: string, env: NodeJS.ProcessEnv =
       const sessionIdleMs = seconds("session_idle_timeout_s", 1800, 86_400);
       const sessionMaxAgeMs = seconds("session_max_age_s", 43_200, 604_800);
       const confirmWindowMs = seconds("confirm_window_s", 300, 3600);
+      const audit = readAuditSettings(y, a);
       if (al !== undefined) {
-        admin = { listen: al, operators, sessionIdleMs, sessionMaxAgeMs, confirmWindowMs };
+        admin = { listen: al, operators, sessionIdleMs, sessionMaxAgeMs, confirmWindowMs, audit };
         if (!isLoopback(al.host)) {
           warnings.push(
             `the admin listener ${formatListen(al)} is not on loopback: the management API and /metrics are reachable from the network`,
