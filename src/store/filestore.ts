@@ -18,7 +18,7 @@ import { isMap, isSeq, parseDocument } from "yaml";
 import type { Problem } from "../util/yaml.js";
 import { Worker } from "node:worker_threads";
 import { parseKeysFile, readKeysText, type KeyRecord } from "./keysfile.js";
-import { editEntry, indexEntries, spliceChange, toYaml, type EntryIndex } from "./splice.js";
+import { editEntry, indexEntries, spliceChange, toYaml, WRITE_OPTIONS, type EntryIndex } from "./splice.js";
 import type { LoaderInput, LoaderMessage } from "./loader.js";
 import { MatcherCache, Snapshot, SnapshotBuilder } from "./snapshot.js";
 import {
@@ -390,7 +390,7 @@ export class FileKeyStore implements KeyStore {
     } else {
       seq.delete(indexOf(change.id));
     }
-    return doc.toString({ flowCollectionPadding: false });
+    return doc.toString(WRITE_OPTIONS);
   }
 
   private emitFailed(problems: readonly Problem[]): void {
