@@ -224,7 +224,7 @@ async function setUp(kf: TestSidecar, c: Case): Promise<string> {
   return `/v1/api-keys/${(r.json() as { id: string }).id}`;
 }
 
-async function keysFileOf(kf: TestSidecar): Promise<string> {
+function keysFileOf(kf: TestSidecar): string {
   return readFileSync(kf.keysFile, "utf8");
 }
 
@@ -241,7 +241,7 @@ async function signIn(kf: TestSidecar): Promise<Array<[string, string]>> {
     localAddress: "127.0.0.1",
   });
   assert.equal(r.status, 303, r.body);
-  const cookie = String(r.headers["set-cookie"]?.[0] ?? "").split(";")[0] ?? "";
+  const cookie = (r.headers["set-cookie"]?.[0] ?? "").split(";")[0] ?? "";
   const page = await send(`${kf.adminUrl}/`, { headers: [["Cookie", cookie]] });
   const csrf = /name="csrf" value="([^"]+)"/.exec(page.body)?.[1] ?? "";
   assert.ok(csrf !== "", "the page carries a CSRF token");
@@ -263,7 +263,7 @@ describe("step-up over HTTP", () => {
         await awayFromStepBoundary();
         const path = await setUp(fx.kf, c);
         const who = bearer(`tok_otp${i}`);
-        const before = await keysFileOf(fx.kf);
+        const before = keysFileOf(fx.kf);
         const bare = await json(fx.kf, c.method, path, [who], c.body);
         if (!c.needs) {
           assert.ok([200, 201, 204].includes(bare.status), `${bare.status} ${bare.body}`);
@@ -271,15 +271,15 @@ describe("step-up over HTTP", () => {
         }
         assert.equal(bare.status, 403, bare.body);
         assert.equal(bare.body, '{"message":"confirmation required"}');
-        assert.equal(await keysFileOf(fx.kf), before, "nothing changed");
+        assert.equal(keysFileOf(fx.kf), before, "nothing changed");
         const wrong = code(SECRETS[i]!) === "123456" ? "654321" : "123456";
         const refused = await json(fx.kf, c.method, path, [who, ["X-Keyfence-OTP", wrong]], c.body, `127.0.1.${i + 1}`);
         assert.equal(refused.status, 403);
         assert.equal(refused.body, '{"message":"invalid confirmation code"}');
-        assert.equal(await keysFileOf(fx.kf), before, "nothing changed");
+        assert.equal(keysFileOf(fx.kf), before, "nothing changed");
         const ok = await json(fx.kf, c.method, path, [who, ["X-Keyfence-OTP", code(SECRETS[i]!)]], c.body);
         assert.ok([200, 201, 204].includes(ok.status), `${ok.status} ${ok.body}`);
-        assert.notEqual(await keysFileOf(fx.kf), before);
+        assert.notEqual(keysFileOf(fx.kf), before);
       });
     });
   });
@@ -289,7 +289,7 @@ describe("step-up over HTTP", () => {
       test(c.what, async () => {
         const path = await setUp(fx.kf, c);
         const session = await signIn(fx.kf);
-        const before = await keysFileOf(fx.kf);
+        const before = keysFileOf(fx.kf);
         const bare = await json(fx.kf, c.method, path, session, c.body);
         if (!c.needs) {
           assert.ok([200, 201, 204].includes(bare.status), `${bare.status} ${bare.body}`);
@@ -297,7 +297,7 @@ describe("step-up over HTTP", () => {
         }
         assert.equal(bare.status, 403, bare.body);
         assert.equal(bare.body, '{"message":"confirmation required"}');
-        assert.equal(await keysFileOf(fx.kf), before, "nothing changed");
+        assert.equal(keysFileOf(fx.kf), before, "nothing changed");
         const confirm = await json(fx.kf, "POST", "/session/confirm", session, { token: OPS_TOKEN });
         assert.equal(confirm.status, 204, confirm.body);
         const ok = await json(fx.kf, c.method, path, session, c.body);
