@@ -160,9 +160,7 @@ export function spliceChange(
   const { indent, starts, bodies, end } = index;
   if (change.kind === "create") {
     const newline = end > 0 && bytes[end - 1] !== 10 ? "\n" : "";
-    const item = Buffer.from(
-      newline + reindent(stringify([toYaml(change.record)], WRITE_OPTIONS), indent),
-    );
+    const item = Buffer.from(newline + reindent(stringify([toYaml(change.record)], WRITE_OPTIONS), indent));
     const at = end + newline.length;
     return {
       parts: [bytes.subarray(0, end), item, bytes.subarray(end)],
@@ -195,9 +193,7 @@ export function spliceChange(
   const item = seq.items[0];
   if (!isMap(item)) return undefined;
   editEntry(doc, item, change.record);
-  const edited = Buffer.from(
-    reindent(doc.toString(WRITE_OPTIONS).replace(/\n$/, ""), indent) + trailing,
-  );
+  const edited = Buffer.from(reindent(doc.toString(WRITE_OPTIONS).replace(/\n$/, ""), indent) + trailing);
   const delta = edited.length - (to - from);
   return {
     parts: [bytes.subarray(0, from), edited, bytes.subarray(to)],
