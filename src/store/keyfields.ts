@@ -20,10 +20,11 @@ export interface ListProblem {
   readonly message: string;
 }
 
+/** Control characters (U+0000–U+001F, U+007F), and U+FFFE/U+FFFF, which YAML cannot hold. */
 function hasControl(s: string): boolean {
   for (let i = 0; i < s.length; i++) {
     const c = s.charCodeAt(i);
-    if (c < 32 || c === 127) return true;
+    if (c < 32 || c === 127 || c === 0xfffe || c === 0xffff) return true;
   }
   return false;
 }
@@ -44,8 +45,8 @@ function codePoints(s: string): number {
 /**
  * Why `v` is not a valid name, or undefined: a string that is not blank, of
  * at most {@link MAX_NAME_CHARS} characters, without control characters
- * (U+0000–U+001F, U+007F) or unpaired surrogates (not Unicode text, and not
- * storable as UTF-8).
+ * (U+0000–U+001F, U+007F), the noncharacters U+FFFE and U+FFFF (which YAML
+ * cannot hold) or unpaired surrogates (not Unicode text, not storable as UTF-8).
  */
 export function nameProblem(v: unknown): string | undefined {
   if (typeof v !== "string") return "must be a string";
@@ -53,7 +54,7 @@ export function nameProblem(v: unknown): string | undefined {
   const length = codePoints(v);
   if (length < 0) return "must be Unicode text (it holds an unpaired surrogate)";
   if (length > MAX_NAME_CHARS) return `must be at most ${MAX_NAME_CHARS} characters long`;
-  if (hasControl(v)) return "must not contain control characters (tabs, newlines...)";
+  if (hasControl(v)) return "must not contain control characters (tabs, newlines...) or U+FFFE/U+FFFF";
   return undefined;
 }
 
