@@ -43,10 +43,19 @@ export interface AuditPage {
 /** Bytes read at a time from the end of a file. */
 const CHUNK_BYTES = 64 * 1024;
 
-/** The id at the start of a stored line (`{"id":N,...`), read without parsing the line. */
+/**
+ * The id of a stored line: read from its start (`{"id":N,...`, as every
+ * append writes it) without parsing the line; any other line is parsed.
+ */
 function lineId(line: Buffer): number | undefined {
   const m = /^\{"id":([0-9]{1,15})[,}]/.exec(line.toString("latin1", 0, 24));
-  return m ? Number(m[1]) : undefined;
+  if (m) return Number(m[1]);
+  try {
+    const id = (JSON.parse(line.toString("utf8")) as { id?: unknown }).id;
+    return typeof id === "number" && Number.isSafeInteger(id) ? id : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /** Lines of `file` from its last to its first (a missing file has none), read a chunk at a time. */
