@@ -8,6 +8,7 @@ import { isAbsolute, relative, resolve, dirname } from "node:path";
 import { compileTrust, type CompiledTrust } from "../clientip/resolve.js";
 import { parseIp } from "../ip/address.js";
 import { DEFAULT_MAX_ENTRIES } from "../ip/list.js";
+import { readLimits, type Limits } from "./limits.js";
 import type { Mode } from "../policy/decide.js";
 import { SHA256_HEX } from "../store/keysfile.js";
 import { YamlFile, type Problem, type YamlPath } from "../util/yaml.js";
@@ -64,6 +65,8 @@ export interface Config {
         readonly audit: AuditSettings;
       }
     | undefined;
+  /** Resource limits of the proxy listener (SPEC §4). */
+  readonly limits: Limits;
   /** Risky but valid settings, to log at start. */
   readonly warnings: readonly string[];
 }
@@ -88,6 +91,7 @@ const TOP_FIELDS = [
   "workers",
   "keys",
   "admin",
+  "limits",
 ];
 const BASE32 = /^(?:[A-Z2-7]{8})*(?:[A-Z2-7]{2}={6}|[A-Z2-7]{4}={4}|[A-Z2-7]{5}={3}|[A-Z2-7]{7}=|[A-Z2-7]*)$/;
 
@@ -305,6 +309,8 @@ export function parseConfig(file: string, text: string, env: NodeJS.ProcessEnv =
     }
   }
 
+  const limits = readLimits(y, top["limits"]);
+
   const problems = [...y.sortedProblems(), ...envProblems];
   if (problems.length > 0 || !listen || !upstream || !trustedProxies || !keys) {
     return { ok: false, problems };
@@ -324,6 +330,7 @@ export function parseConfig(file: string, text: string, env: NodeJS.ProcessEnv =
       workers,
       keys,
       admin,
+      limits,
       warnings,
     },
   };

@@ -20,6 +20,7 @@ export function answer(res: ServerResponse, reason: AnswerReason, opts: AnswerOp
   const headers: OutgoingHttpHeaders = { "x-keyfence-reason": reason };
   if (opts.requestId !== undefined) headers["x-request-id"] = opts.requestId;
   if (status === 401) headers["www-authenticate"] = 'Bearer realm="keyfence"';
+  else if (status === 429 || status === 503) headers["retry-after"] = "1";
   const req = res.req as IncomingMessage | undefined;
   // An unread request body would be drained before the next request on this
   // connection; refuse to read (possibly huge) bodies of rejected requests.
