@@ -9,6 +9,7 @@ import { compileTrust, type CompiledTrust } from "../clientip/resolve.js";
 import { parseIp } from "../ip/address.js";
 import { DEFAULT_MAX_ENTRIES } from "../ip/list.js";
 import { readLimits, type Limits } from "./limits.js";
+import { readProxyProtocol } from "./proxyprotocol.js";
 import type { Mode } from "../policy/decide.js";
 import { SHA256_HEX } from "../store/keysfile.js";
 import { YamlFile, type Problem, type YamlPath } from "../util/yaml.js";
@@ -65,6 +66,8 @@ export interface Config {
         readonly audit: AuditSettings;
       }
     | undefined;
+  /** Peers that must open each connection with a PROXY protocol header (SPEC §7); `none` when nobody. */
+  readonly proxyProtocol: CompiledTrust;
   /** Resource limits of the proxy listener (SPEC §4). */
   readonly limits: Limits;
   /** Risky but valid settings, to log at start. */
@@ -92,6 +95,7 @@ const TOP_FIELDS = [
   "keys",
   "admin",
   "limits",
+  "proxy_protocol",
 ];
 const BASE32 = /^(?:[A-Z2-7]{8})*(?:[A-Z2-7]{2}={6}|[A-Z2-7]{4}={4}|[A-Z2-7]{5}={3}|[A-Z2-7]{7}=|[A-Z2-7]*)$/;
 
@@ -310,9 +314,10 @@ export function parseConfig(file: string, text: string, env: NodeJS.ProcessEnv =
   }
 
   const limits = readLimits(y, top["limits"]);
+  const proxyProtocol = readProxyProtocol(y, top["proxy_protocol"], warnings);
 
   const problems = [...y.sortedProblems(), ...envProblems];
-  if (problems.length > 0 || !listen || !upstream || !trustedProxies || !keys) {
+  if (problems.length > 0 || !listen || !upstream || !trustedProxies || !keys || !proxyProtocol) {
     return { ok: false, problems };
   }
   return {
@@ -331,6 +336,7 @@ export function parseConfig(file: string, text: string, env: NodeJS.ProcessEnv =
       keys,
       admin,
       limits,
+      proxyProtocol,
       warnings,
     },
   };

@@ -6,6 +6,10 @@
  */
 import type { Server } from "node:http";
 import type { Socket } from "node:net";
+import type { Logger } from "pino";
+import type { CompiledTrust } from "../clientip/resolve.js";
+import { parseIp } from "../ip/address.js";
+import { PROXY_HEADER_TIMEOUT_MS, readProxyHeader } from "./proxyprotocol.js";
 
 /** Why the gate closed a connection. */
 export type Refusal = "connections" | "connections_per_peer";
@@ -93,4 +97,29 @@ export class ConnectionGate {
     });
     admit(socket);
   }
+}
+
+/**
+ * The prelude for the peers listed in `proxy_protocol` (SPEC §7), or
+ * undefined when none is: their connections must start with a PROXY header,
+ * whose failures are logged (a misconfigured balancer shows at once).
+ */
+export function proxyProtocolPrelude(peers: CompiledTrust, log: Logger): GateOptions["prelude"] {
+  if (peers.none) return undefined;
+  let last = "";
+  let lastAt = 0;
+  return {
+    applies: (socketPeer) => peers.trust(parseIp(socketPeer), 0),
+    run: (socket, proceed) => {
+      const peer = socket.remoteAddress ?? "";
+      readProxyHeader(socket, PROXY_HEADER_TIMEOUT_MS, proceed, (why, reason) => {
+        // One line per peer and kind a second at most: a port scanner must not flood the log.
+        const now = Date.now();
+        if (`${peer} ${why}` === last && now - lastAt < 1000) return;
+        last = `${peer} ${why}`;
+        lastAt = now;
+        log.warn({ event: "proxy_protocol_error", peer_ip: peer, kind: why }, `connection closed: ${reason}`);
+      });
+    },
+  };
 }

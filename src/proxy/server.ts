@@ -22,7 +22,7 @@ import { answer, answerSocket, hasBody } from "./respond.js";
 import { perProcess, type Limits } from "../config/limits.js";
 import type { LimitKind } from "../metrics/metrics.js";
 import { readBody } from "./body.js";
-import { ConnectionGate } from "./connections.js";
+import { ConnectionGate, proxyProtocolPrelude } from "./connections.js";
 import { ClientSlots, closeWhenIdle, LimitLog, UpstreamGate } from "./limits.js";
 import { pipeUpgrade } from "./upgrade.js";
 import { LineFormat } from "../util/logline.js";
@@ -135,6 +135,7 @@ export class ProxyServer {
       connections: this.limits.connections,
       connectionsPerPeer: this.limits.connectionsPerPeer,
       refused: (why, peer) => this.limited(why, peer),
+      prelude: proxyProtocolPrelude(c.proxyProtocol, deps.log),
     });
     deps.metrics.countConnectionsWith(() => this.connections.connections);
   }
