@@ -22,7 +22,7 @@ import { answer, answerSocket, hasBody } from "./respond.js";
 import { perProcess, type Limits } from "../config/limits.js";
 import type { LimitKind } from "../metrics/metrics.js";
 import { readBody } from "./body.js";
-import { ConnectionGate, proxyProtocolPrelude } from "./connections.js";
+import { ConnectionGate, proxyProtocolPrelude } from "../net/connections.js";
 import { ClientSlots, closeWhenIdle, LimitLog, UpstreamGate } from "./limits.js";
 import { pipeUpgrade } from "./upgrade.js";
 import { LineFormat } from "../util/logline.js";

@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import fc from "fast-check";
 import ipaddr from "ipaddr.js";
-import { parseProxyHeader } from "../../src/proxy/proxyprotocol.js";
+import { parseProxyHeader } from "../../src/net/proxyprotocol.js";
 
 const SIG = [0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a];
 
