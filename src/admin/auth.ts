@@ -11,6 +11,7 @@ import type { Operator } from "../config/config.js";
 import { readBearer, secretHash } from "../policy/credential.js";
 import { messageOf } from "../policy/answers.js";
 import type { KeyPolicy } from "../policy/decide.js";
+import { enforceCredential, type StepSettings } from "../policy/enforce.js";
 import type { KeyRecord } from "../store/keysfile.js";
 import type { KeyStore } from "../store/store.js";
 import { ApiError } from "./errors.js";
@@ -57,6 +58,15 @@ export function checkCsrf(req: IncomingMessage, session: Session, formToken?: st
     throw new ApiError(403, "csrf_failed", "missing or wrong CSRF token; reload the page");
   }
 }
+
+/** The enforcement step's settings for API keys on the management API: report mode never softens it. */
+const ADMIN_POLICY: StepSettings = {
+  mode: "enforce",
+  unknown: "reject",
+  missing: "reject",
+  enforceAlways: true,
+  pingPath: undefined,
+};
 
 /** Authenticates management API callers. */
 export class Authenticator {
@@ -135,11 +145,10 @@ export class Authenticator {
       });
     }
     const { policy, record } = found;
-    if (policy.restricted) {
-      if (client.ip === undefined) throw new ApiError(400, "invalid_client_ip", messageOf("invalid_client_ip"));
-      if (!policy.contains(client.ip)) {
-        throw new ApiError(403, "ip_not_allowed", messageOf("ip_not_allowed", client.text));
-      }
+    const plan = enforceCredential(bearer, "/", client, { lookupToken: () => policy }, ADMIN_POLICY).plan;
+    if (plan.kind === "answer") {
+      const reason = plan.reason === "ip_not_allowed" ? plan.reason : "invalid_client_ip";
+      throw new ApiError(plan.status, reason, plan.message);
     }
     if (!record.scopes.includes(WRITE_SCOPE)) {
       throw new ApiError(403, "missing_scope", `this API key lacks the ${WRITE_SCOPE} scope`);
