@@ -171,14 +171,20 @@ export class UpstreamGate {
 
 /**
  * Closes an upgraded tunnel after `ms` without traffic either way (SPEC
- * `tunnel_idle_ms`): every byte of the tunnel is read or written on the
- * upstream socket, so its inactivity timer sees both directions.
+ * `tunnel_idle_ms`): every byte of the tunnel is read from or written to the
+ * client socket, so its inactivity timer sees both directions.
  */
-export function closeWhenIdle(client: Socket | Duplex, upstream: Socket, ms: number, onIdle: () => void): void {
-  upstream.setTimeout(ms);
-  upstream.once("timeout", () => {
+export function closeWhenIdle(
+  client: Socket | Duplex,
+  tunnel: { destroy(): void },
+  ms: number,
+  onIdle: () => void,
+): void {
+  if (!("setTimeout" in client) || typeof client.setTimeout !== "function") return;
+  client.setTimeout(ms);
+  client.once("timeout", () => {
     onIdle();
-    upstream.destroy();
+    tunnel.destroy();
     client.destroy();
   });
 }
