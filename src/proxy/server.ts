@@ -22,6 +22,7 @@ import type { LimitKind } from "../metrics/metrics.js";
 import { readBody } from "./body.js";
 import { ConnectionGate, proxyProtocolPrelude } from "../net/connections.js";
 import { ClientSlots, closeWhenIdle, LimitLog, UpstreamGate } from "./limits.js";
+import { DenialLog } from "./denials.js";
 import { pipeUpgrade, type Cuttable } from "./upgrade.js";
 import { LineFormat } from "../util/logline.js";
 import { randomUuid } from "../util/uuid.js";
@@ -83,6 +84,7 @@ export class ProxyServer {
   private readonly upgraded = new Set<Cuttable | Duplex>();
   private readonly settings: EnforceSettings;
   private active = 0;
+  private readonly denials: DenialLog;
   private idleWaiters: Array<() => void> = [];
   /** This process's share of `limits` (all of it unless in a cluster). */
   private readonly limits: Limits;
@@ -103,6 +105,7 @@ export class ProxyServer {
       places: compilePlaces(c.keys.credentials),
     };
     deps.metrics.countInflightWith(() => this.active);
+    this.denials = new DenialLog(deps.log);
     this.forwarder = new Forwarder({ upstream: c.upstream, timeoutMs: c.upstreamTimeoutMs });
     this.server = createServer({
       maxHeaderSize: SERVER_LIMITS.maxHeaderSize,
@@ -189,7 +192,7 @@ export class ProxyServer {
     if (decision.keyId !== undefined && client.ip !== undefined) {
       this.deps.sources.record(decision.keyId, client.ip, refused, performance.timeOrigin + t1);
     }
-    if (refused) {
+    if (refused && this.denials.admit(decision.keyId ?? "", client.ip, performance.timeOrigin + t1)) {
       (decision.forward ? WOULD_DENY_LINE : DENIED_LINE).write(this.deps.log, {
         event: decision.forward ? "would_deny" : "denied",
         request_id: requestId,
