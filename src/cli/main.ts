@@ -9,11 +9,13 @@ import { StoreLoadError } from "../store/store.js";
 import { formatProblem, type Problem } from "../util/yaml.js";
 import cluster from "node:cluster";
 import { runPrimary, runWorker } from "./cluster.js";
+import { operatorCommand } from "./operator.js";
 import { createLogger, flushLogger, startSidecar, VERSION } from "./sidecar.js";
 
 const USAGE = `usage: keyfence [serve] [--config FILE]
        keyfence check-config [--config FILE]
        keyfence hash-key [SECRET]      (or the secret on stdin)
+       keyfence operator add NAME [--totp]
        keyfence --version
 
 --config defaults to $${ENV.config}, then config/keyfence.yaml.
@@ -153,6 +155,7 @@ async function serve(args: Args): Promise<number | undefined> {
 }
 
 async function main(argv: readonly string[]): Promise<number | undefined> {
+  if (argv[0] === "operator") return operatorCommand(argv.slice(1));
   const args = parseArgs(argv);
   if (typeof args === "string") {
     process.stderr.write(`keyfence: ${args}\n${USAGE}\n`);

@@ -101,6 +101,8 @@ const TOP_FIELDS = [
   "limits",
   "proxy_protocol",
 ];
+/** Allowed operator names (`admin.operators[].name`). */
+export const OPERATOR_NAME = /^[A-Za-z0-9_.@-]{1,64}$/;
 const BASE32 = /^(?:[A-Z2-7]{8})*(?:[A-Z2-7]{2}={6}|[A-Z2-7]{4}={4}|[A-Z2-7]{5}={3}|[A-Z2-7]{7}=|[A-Z2-7]*)$/;
 
 /** Shows `file` relative to the working directory when it lies below it. */
@@ -376,7 +378,7 @@ function readOperators(y: YamlFile, raw: unknown): Operator[] {
     const m = y.mapping(at, o, ["name", "token_sha256", "totp_secret"]);
     if (m === undefined) return;
     const name = m["name"];
-    if (typeof name !== "string" || !/^[A-Za-z0-9_.@-]{1,64}$/.test(name)) {
+    if (typeof name !== "string" || !OPERATOR_NAME.test(name)) {
       y.fail([...at, "name"], "must be 1 to 64 characters of A-Z, a-z, 0-9, _ . @ -", name);
     } else if (names.has(name)) y.fail([...at, "name"], "duplicate operator name", name);
     else names.add(name);
