@@ -31,7 +31,14 @@ export function newOperator(name: string, totp: boolean): NewOperator {
   if (!totp) return { name, token, tokenSha256: secretHash(token), totpSecret: undefined, uri: undefined };
   const secret = new Secret({ size: 20 });
   // The parameters keyfence verifies with (src/admin/confirm.ts): SHA-1, 6 digits, 30 s.
-  const uri = new TOTP({ issuer: "keyfence", label: name, secret, algorithm: "SHA1", digits: 6, period: 30 }).toString();
+  const uri = new TOTP({
+    issuer: "keyfence",
+    label: name,
+    secret,
+    algorithm: "SHA1",
+    digits: 6,
+    period: 30,
+  }).toString();
   return { name, token, tokenSha256: secretHash(token), totpSecret: secret.base32, uri };
 }
 
@@ -76,15 +83,26 @@ export async function operatorReport(op: NewOperator, terminal: boolean): Promis
   return `${out.join("\n")}\n`;
 }
 
+/** Where the command writes; `isTTY` is true only on a terminal (undefined on a pipe or file). */
+export interface Output {
+  write(text: string): unknown;
+  readonly isTTY?: boolean | undefined;
+}
+
 /** Runs `keyfence operator ARGS...`; resolves with the exit code. */
 export async function operatorCommand(
   argv: readonly string[],
-  stdout: NodeJS.WriteStream = process.stdout,
-  stderr: NodeJS.WritableStream = process.stderr,
+  stdout: Output = process.stdout,
+  stderr: Output = process.stderr,
 ): Promise<number> {
   let parsed;
   try {
-    parsed = parseArgs({ args: [...argv], options: { totp: { type: "boolean" } }, allowPositionals: true, strict: true });
+    parsed = parseArgs({
+      args: [...argv],
+      options: { totp: { type: "boolean" } },
+      allowPositionals: true,
+      strict: true,
+    });
   } catch (err) {
     stderr.write(`keyfence operator: ${(err as Error).message}\n${USAGE}\n`);
     return 2;
@@ -95,7 +113,9 @@ export async function operatorCommand(
     return 2;
   }
   if (!OPERATOR_NAME.test(name)) {
-    stderr.write(`keyfence operator: the name ${JSON.stringify(name)} must be 1 to 64 characters of A-Z, a-z, 0-9, _ . @ -\n`);
+    stderr.write(
+      `keyfence operator: the name ${JSON.stringify(name)} must be 1 to 64 characters of A-Z, a-z, 0-9, _ . @ -\n`,
+    );
     return 2;
   }
   const op = newOperator(name, parsed.values.totp === true);

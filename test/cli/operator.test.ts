@@ -20,6 +20,9 @@ import { keysYaml } from "../helpers/sidecar.js";
 import { BIN, spawnKeyfence } from "../helpers/spawn.js";
 import { awayFromStepBoundary } from "../helpers/totp.js";
 
+const ESC = "\u001b";
+/** One ANSI colour escape (SGR) at the start of a string. */
+const ANSI_SGR = new RegExp(`^${ESC}\\[(\\d+)m`);
 const sha = (s: string): string => createHash("sha256").update(s).digest("hex");
 
 function run(args: string[]): { code: number | null; stdout: string; stderr: string } {
@@ -62,7 +65,7 @@ function decodeTerminalQr(output: string): string | undefined {
     const bottom: boolean[] = [];
     const dark = (c: string): boolean => c === "black";
     for (let i = 0; i < line.length; i++) {
-      const m = /^\x1b\[(\d+)m/.exec(line.slice(i));
+      const m = ANSI_SGR.exec(line.slice(i));
       if (m) {
         const n = Number(m[1]);
         if (n === 0) fg = bg = "default";
@@ -121,7 +124,7 @@ describe("keyfence operator add", () => {
     assert.equal(p.item.totp_secret, undefined);
     assert.equal(p.uri, undefined);
     assert.equal(r.stdout.split(p.token).length, 2, "the token is printed exactly once");
-    assert.doesNotMatch(r.stdout, /\x1b\[/, "no QR code or colour when stdout is not a terminal");
+    assert.ok(!r.stdout.includes(ESC), "no QR code or colour when stdout is not a terminal");
     const again = picked(run(["operator", "add", "alice"]).stdout);
     assert.notEqual(again.token, p.token, "every run makes a new token");
   });

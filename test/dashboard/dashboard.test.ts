@@ -10,6 +10,7 @@ import { join, resolve } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { chromium, type Browser, type Page } from "playwright-core";
+import { needBinary } from "../helpers/binary.js";
 import { awayFromStepBoundary, code } from "../helpers/totp.js";
 import { bearer, send } from "../helpers/http.js";
 import { startTestSidecar, type TestSidecar } from "../helpers/sidecar.js";
@@ -22,7 +23,17 @@ const TOKEN = "dashboard-operator-token";
 const BOB_TOTP = "ONSWG4TFORZWK3TTMVZXEZLUOM2Q====";
 const BOB = "dashboard-operator-bob";
 const sha = (s: string): string => createHash("sha256").update(s).digest("hex");
-const CHROMIUM = process.env["CHROMIUM_PATH"] ?? "/usr/bin/chromium";
+// CHROMIUM_PATH when set (and then only it), else Debian's path, else whatever PATH offers.
+const CHROMIUM = process.env["CHROMIUM_PATH"]
+  ? needBinary("chromium", process.env["CHROMIUM_PATH"])
+  : needBinary(
+      "chromium",
+      "/usr/bin/chromium",
+      "chromium",
+      "chromium-browser",
+      "google-chrome",
+      "google-chrome-stable",
+    );
 
 async function shot(page: Page, name: string): Promise<void> {
   if (SHOTS === undefined) return;
@@ -30,7 +41,7 @@ async function shot(page: Page, name: string): Promise<void> {
   await page.screenshot({ path: join(SHOTS, `${name}.png`), fullPage: true });
 }
 
-describe("dashboard in a real browser", () => {
+describe("dashboard in a real browser", { skip: CHROMIUM.skip }, () => {
   let up: Upstream;
   let kf: TestSidecar;
   let browser: Browser;
@@ -56,7 +67,7 @@ describe("dashboard in a real browser", () => {
       },
     });
     browser = await chromium.launch({
-      executablePath: CHROMIUM,
+      executablePath: CHROMIUM.path,
       headless: true,
       args: [
         "--no-sandbox",
