@@ -4,7 +4,7 @@ import { text } from "node:stream/consumers";
 import { ENV, formatListen, loadConfig, type Config } from "../config/config.js";
 import { limitsSummary } from "../config/limits.js";
 import { secretHash } from "../policy/credential.js";
-import { parseKeysFile, readKeysText } from "../store/keysfile.js";
+import { parseKeysFile, readKeysText, type KeyRecord } from "../store/keysfile.js";
 import { StoreLoadError } from "../store/store.js";
 import { formatProblem, type Problem } from "../util/yaml.js";
 import cluster from "node:cluster";
@@ -62,22 +62,31 @@ async function configOrExit(args: Args): Promise<Config | undefined> {
   return r.config;
 }
 
+/** `n thing` or `n things`. */
+function count(n: number, one: string, many = `${one}s`): string {
+  return `${n} ${n === 1 ? one : many}`;
+}
+
+/** Checks the configuration and, when it names one, its keys file: every error of both in one run. */
 async function checkConfig(args: Args): Promise<number> {
-  const config = await configOrExit(args);
-  if (!config) return 1;
-  const read = await readKeysText(config.keys.file, config.keys.displayName);
-  if (!read.ok) {
-    printProblems(read.problems);
+  const r = await loadConfig(args.config ?? process.env[ENV.config] ?? "config/keyfence.yaml");
+  const problems: Problem[] = r.ok ? [] : [...r.problems];
+  const keysFile = r.ok ? r.config.keys : r.keys;
+  let keys: readonly KeyRecord[] = [];
+  if (keysFile !== undefined) {
+    const read = await readKeysText(keysFile.file, keysFile.displayName);
+    const parsed = read.ok ? parseKeysFile(keysFile.displayName, read.text, keysFile.maxEntries) : read;
+    if (parsed.ok) keys = parsed.keys;
+    else problems.push(...parsed.problems);
+  }
+  if (!r.ok || problems.length > 0) {
+    printProblems(problems);
     return 1;
   }
-  const keys = parseKeysFile(config.keys.displayName, read.text, config.keys.maxEntries);
-  if (!keys.ok) {
-    printProblems(keys.problems);
-    return 1;
-  }
+  const config = r.config;
   for (const w of config.warnings) process.stderr.write(`warning: ${w}\n`);
-  const restricted = keys.keys.filter((k) => k.ipAllowList.length > 0).length;
-  const entries = keys.keys.reduce((n, k) => n + k.ipAllowList.length, 0);
+  const restricted = keys.filter((k) => k.ipAllowList.length > 0).length;
+  const entries = keys.reduce((n, k) => n + k.ipAllowList.length, 0);
   const trust = config.trustedProxies;
   process.stdout.write(
     [
@@ -85,10 +94,10 @@ async function checkConfig(args: Args): Promise<number> {
       `  listen           ${formatListen(config.listen)} -> upstream ${config.upstream.href}`,
       `  mode             ${config.mode}`,
       `  trusted_proxies  ${trust.none ? "none" : trust.ranges.length > 0 ? trust.ranges.join(", ") : "hop count"}`,
-      `  keys             ${config.keys.displayName}: ${keys.keys.length} keys, ${restricted} restricted, ${entries} allow-list entries`,
+      `  keys             ${config.keys.displayName}: ${count(keys.length, "key")}, ${restricted} restricted, ${count(entries, "allow-list entry", "allow-list entries")}`,
       `  unknown/missing  ${config.keys.unknown}/${config.keys.missing}`,
       `  limits           ${limitsSummary(config.limits)}`,
-      `  admin            ${config.admin ? `${formatListen(config.admin.listen)}, ${config.admin.operators.length} operators` : "off"}`,
+      `  admin            ${config.admin ? `${formatListen(config.admin.listen)}, ${count(config.admin.operators.length, "operator")}` : "off"}`,
       "",
     ].join("\n"),
   );

@@ -140,9 +140,13 @@ export function formatListen(a: ListenAddress): string {
   return a.host.includes(":") ? `[${a.host}]:${a.port}` : `${a.host}:${a.port}`;
 }
 
-/** The result of loading a configuration. */
+/**
+ * The result of loading a configuration. A failed one still names its keys
+ * file when `keys.file` was readable, so check-config can check that too.
+ */
 export type ConfigResult =
-  { readonly ok: true; readonly config: Config } | { readonly ok: false; readonly problems: Problem[] };
+  | { readonly ok: true; readonly config: Config }
+  | { readonly ok: false; readonly problems: Problem[]; readonly keys?: Config["keys"] };
 
 /** Reads and validates a configuration file, applying `env` overrides. */
 export async function loadConfig(path: string, env: NodeJS.ProcessEnv = process.env): Promise<ConfigResult> {
@@ -211,7 +215,8 @@ export function parseConfig(file: string, text: string, env: NodeJS.ProcessEnv =
     y.fail(["trusted_proxies"], "must be a list of names, addresses and CIDR ranges, or a hop count", tp);
   } else {
     const compiled = compileTrust(tp);
-    if (Array.isArray(compiled)) for (const p of compiled) y.fail(["trusted_proxies", p.index], p.reason, p.value);
+    if (Array.isArray(compiled))
+      for (const p of compiled) y.failAddress(["trusted_proxies", p.index], p.reason, p.value);
     else {
       trustedProxies = compiled;
       for (const c of compiled.catchAll) {
@@ -261,9 +266,10 @@ export function parseConfig(file: string, text: string, env: NodeJS.ProcessEnv =
         if (v !== undefined && v !== "forward" && v !== "reject")
           y.fail(["keys", field], 'must be "forward" or "reject"', v);
       }
-      const me = k["max_entries"] ?? DEFAULT_MAX_ENTRIES;
+      let me = k["max_entries"] ?? DEFAULT_MAX_ENTRIES;
       if (typeof me !== "number" || !Number.isInteger(me) || me < 1 || me > 1_000_000) {
         y.fail(["keys", "max_entries"], "must be an integer from 1 to 1000000", me);
+        me = DEFAULT_MAX_ENTRIES; // the keys file is still checked (check-config), with the default
       }
       const credentials = parseCredentials(y, k["credentials"]);
       if (typeof f === "string" && f !== "" && credentials !== undefined) {
@@ -326,7 +332,7 @@ export function parseConfig(file: string, text: string, env: NodeJS.ProcessEnv =
 
   const problems = [...y.sortedProblems(), ...envProblems];
   if (problems.length > 0 || !listen || !upstream || !trustedProxies || !keys || !proxyProtocol) {
-    return { ok: false, problems };
+    return keys ? { ok: false, problems, keys } : { ok: false, problems };
   }
   return {
     ok: true,

@@ -149,7 +149,7 @@ function readKey(y: YamlFile, i: number, raw: unknown, maxEntries: number): KeyR
       if (Array.isArray(parsed)) {
         for (const p of parsed) {
           const path = p.index === null ? [...at, "ip_allow_list"] : [...at, "ip_allow_list", p.index];
-          y.fail(path, p.reason, p.value);
+          y.failAddress(path, p.reason, p.value);
         }
       } else ipAllowList = parsed.entries;
     }

@@ -41,6 +41,29 @@ export function formatProblem(p: Problem): string {
   return `${where}: ${what}${p.message}`;
 }
 
+/**
+ * What YAML made of a scalar written where an address (a string) belongs —
+ * a number, boolean, null or date — as a message that says so; undefined for
+ * strings and collections. `written` is the scalar as it stands in the file.
+ */
+export function addressReadAs(written: string, value: unknown): string | undefined {
+  if (typeof value === "number") {
+    // 127.1, 10, 2130706433: the short and integer IPv4 forms the strict parser refuses as strings too.
+    const short = /^[0-9]+(?:\.[0-9]+)*$/.test(written);
+    return `YAML read ${written} as a number; write addresses as strings — and ${
+      short ? `short forms like ${written} are refused anyway` : `${written} is not an address either`
+    }`;
+  }
+  if (typeof value === "boolean") return `YAML read ${written} as a boolean; write addresses as strings`;
+  if (value === null) {
+    return written === ""
+      ? "the entry is empty (YAML read it as null); write an address or remove the line"
+      : `YAML read ${written} as null; write addresses as strings`;
+  }
+  if (value instanceof Date) return `YAML read ${written} as a date; write addresses as strings`;
+  return undefined;
+}
+
 interface Pending {
   readonly path: YamlPath;
   readonly message: string;
@@ -171,6 +194,24 @@ export class YamlFile {
   /** Records a problem at `path`, quoting `value` when given; it is located when read. */
   fail(path: YamlPath, message: string, value?: unknown, atKey = false): void {
     this.pending.push({ path, message, value, atKey });
+  }
+
+  /** The scalar at `path` as written in the file (without quotes' meaning applied), or undefined. */
+  written(path: YamlPath): string | undefined {
+    const node: unknown = this.document().doc.getIn(path, true);
+    return isScalar(node) && node.range ? this.text.slice(node.range[0], node.range[1]) : undefined;
+  }
+
+  /**
+   * Records `reason` for an entry that should be an address; a number,
+   * boolean, null or date instead gets a message saying what YAML read
+   * (`- 127.1` is the number 127.1), quoting the entry as written.
+   */
+  failAddress(path: YamlPath, reason: string, value: unknown): void {
+    const written = typeof value === "string" ? undefined : this.written(path);
+    const readAs = written === undefined ? undefined : addressReadAs(written, value);
+    if (readAs === undefined) this.fail(path, reason, value);
+    else this.fail(path, readAs, written);
   }
 
   /** Checks that `value` is a mapping with only `allowed` keys; returns it, or undefined after recording a problem. */

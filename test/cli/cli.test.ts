@@ -47,7 +47,7 @@ describe("keyfence CLI", () => {
     const r = run(["check-config", "--config", join(dir, "good.yaml")]);
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stdout, /good\.yaml: OK/);
-    assert.match(r.stdout, /1 keys, 1 restricted, 1 allow-list entries/);
+    assert.match(r.stdout, /: 1 key, 1 restricted, 1 allow-list entry$/m);
     assert.equal(r.stderr, "");
   });
 
