@@ -26,6 +26,7 @@ export type ApiErrorCode =
   | "self_lockout"
   | "confirmation_required"
   | "invalid_confirmation_code"
+  | "confirmation_code_used"
   | "csrf_failed"
   | "conflict"
   | "audit_unavailable"

@@ -87,7 +87,12 @@ describe("dashboard in a real browser", { skip: CHROMIUM.skip }, () => {
 
   test("sign in, create with a bad line, fix it, confirm, see the secret once, use it, edit after expiry, sign out", async () => {
     await awayFromStepBoundary();
-    const context = await browser.newContext({ viewport: { width: 1180, height: 900 } });
+    // A time zone half an hour off UTC: local times cannot pass for UTC by accident.
+    const context = await browser.newContext({
+      viewport: { width: 1180, height: 900 },
+      timezoneId: "Asia/Kolkata",
+      locale: "en-GB",
+    });
     const page = await context.newPage();
     const alerts: string[] = [];
     page.on("dialog", (d) => {
@@ -118,6 +123,9 @@ describe("dashboard in a real browser", { skip: CHROMIUM.skip }, () => {
     await page.waitForSelector("#keys-table");
     assert.ok((await page.textContent("#keys-table"))?.includes("Existing key"));
     assert.ok((await page.textContent("#keys-table"))?.includes("1 entry"));
+    // A key from the keys file without times says where it came from instead of a dash.
+    assert.match((await page.textContent("#keys-table tbody tr:has-text('Existing key')")) ?? "", /from file/);
+    assert.doesNotMatch((await page.textContent("#keys-table")) ?? "", /—/);
     const [cookie] = await context.cookies();
     assert.equal(cookie?.name, "kf_session");
     assert.equal(cookie?.httpOnly, true);
@@ -137,6 +145,7 @@ describe("dashboard in a real browser", { skip: CHROMIUM.skip }, () => {
     await bad.waitFor();
     assert.match((await bad.textContent()) ?? "", /300\.1\.2\.3.*part "300" is greater than 255/);
     assert.equal(await page.locator("#list-lines li.invalid").count(), 1, "only the bad line is marked");
+    assert.equal(await page.locator("#list-lines li").count(), 1, "valid lines are not echoed");
     assert.equal(await page.getAttribute("#ip_allow_list", "aria-invalid"), "true");
     await shot(page, "line-error");
 
@@ -145,11 +154,20 @@ describe("dashboard in a real browser", { skip: CHROMIUM.skip }, () => {
     await page.click("#save");
     await page.waitForSelector("#confirm-dialog[open]");
     await shot(page, "confirm");
-    await page.fill("#confirm-token", "wrong-token");
-    await page.fill("#confirm-code", code(TOTP));
-    await page.click("#confirm-form button[type=submit]");
-    await page.locator("#confirm-error", { hasText: /\S/ }).waitFor();
-    assert.match((await page.textContent("#confirm-error")) ?? "", /invalid token or code/);
+    // The code just used to sign in: the dialog says it was used and to wait for the next one.
+    const confirmError = async (token: string, totpCode: string): Promise<string> => {
+      await page.evaluate('document.getElementById("confirm-error").textContent = ""');
+      await page.fill("#confirm-token", token);
+      await page.fill("#confirm-code", totpCode);
+      await page.click("#confirm-form button[type=submit]");
+      await page.locator("#confirm-error", { hasText: /\S/ }).waitFor();
+      return (await page.textContent("#confirm-error")) ?? "";
+    };
+    assert.match(await confirmError(TOKEN, code(TOTP, -1)), /already used.*wait for the next code/i);
+    // A wrong token learns nothing about the code.
+    assert.match(await confirmError("wrong-token", code(TOTP, -1)), /^invalid token or code$/);
+    assert.match(await confirmError("wrong-token", code(TOTP)), /^invalid token or code$/);
+    assert.match(await confirmError(TOKEN, "000000" === code(TOTP) ? "111111" : "000000"), /^invalid token or code$/);
     await page.fill("#confirm-token", TOKEN);
     await page.fill("#confirm-code", code(TOTP));
     await page.click("#confirm-form button[type=submit]");
@@ -181,7 +199,16 @@ describe("dashboard in a real browser", { skip: CHROMIUM.skip }, () => {
     await page.waitForTimeout(2300);
     await page.fill("#name", "Billing (renamed)");
     await page.click("#save");
-    await page.locator("#form-error", { hasText: "Saved." }).waitFor();
+    const saved = page.locator("#form-status", { hasText: "Saved." });
+    await saved.waitFor();
+    assert.equal(await saved.getAttribute("role"), "status", "success is a status, not an alert");
+    assert.equal(await saved.getAttribute("class"), "success");
+    assert.equal(await page.textContent("#form-error"), "", "nothing in the error slot");
+    assert.equal(
+      await page.evaluate<string>('getComputedStyle(document.getElementById("form-status")).color'),
+      "rgb(26, 127, 55)",
+      "success green, not the error red",
+    );
     assert.equal(await page.locator("#confirm-dialog[open]").count(), 0, "renaming needs no confirmation");
     await page.fill("#ip_allow_list", "127.0.0.1\n10.0.0.0/8");
     await page.click("#save");
@@ -189,7 +216,7 @@ describe("dashboard in a real browser", { skip: CHROMIUM.skip }, () => {
     await page.fill("#confirm-token", TOKEN);
     await page.fill("#confirm-code", code(TOTP, 1));
     await page.click("#confirm-form button[type=submit]");
-    await page.locator("#form-error", { hasText: "Saved." }).waitFor();
+    await page.locator("#form-status", { hasText: "Saved." }).waitFor();
     assert.equal(await page.inputValue("#ip_allow_list"), "127.0.0.1\n10.0.0.0/8");
     const list = (
       await send(`${kf.adminUrl}/v1/audit?limit=1`, { headers: [["Cookie", `kf_session=${cookie?.value ?? ""}`]] })
@@ -199,13 +226,33 @@ describe("dashboard in a real browser", { skip: CHROMIUM.skip }, () => {
     assert.equal(list.data[0]?.actor.via, "session");
     assert.deepEqual(list.data[0]?.ip_allow_list.after, ["127.0.0.1", "10.0.0.0/8"]);
 
-    // The audit page shows who changed what, as a diff.
+    // The audit page says who changed what, in sentences naming the key.
     await page.click("text=Audit log");
-    await page.waitForSelector("#audit-table");
-    const audit = (await page.textContent("#audit-table")) ?? "";
-    assert.match(audit, /alice/);
-    assert.match(audit, /\+ 10\.0\.0\.0\/8/);
-    assert.match(audit, /− 198\.51\.100\.0\/24/);
+    await page.waitForSelector("#audit-list");
+    const events = (await page.locator("#audit-list > li").allTextContents()).map((t) => t.replace(/\s+/g, " "));
+    const [listChange, rename, created] = events;
+    assert.match(
+      listChange ?? "",
+      /Billing \(renamed\) key_\w+ updated ip_allow_list: added 10\.0\.0\.0\/8, removed 2001:db8::\/32, 198\.51\.100\.0\/24 by operator alice \(dashboard\) confirmed from 127\.0\.0\.1/,
+    );
+    assert.match(
+      rename ?? "",
+      /Billing \(renamed\) key_\w+ updated renamed from “Billing” to “Billing \(renamed\)” by operator alice/,
+    );
+    assert.match(
+      created ?? "",
+      /Billing key_\w+ created with scopes invoices:read ip_allow_list: 2001:db8::\/32, 198\.51\.100\.0\/24, 127\.0\.0\.1 by operator alice \(dashboard\) confirmed/,
+    );
+    for (const e of events) assert.doesNotMatch(e, /null|\["|"\]/, "no JSON in the sentences");
+    // Times: local (UTC+5:30 here) with their age; the exact value on hover.
+    const time = page.locator("#audit-list time").first();
+    const iso = (await time.getAttribute("datetime")) ?? "";
+    const local = new Date(Date.parse(iso) + 330 * 60_000).toISOString().slice(11, 16);
+    const shown = (await time.textContent()) ?? "";
+    assert.ok(shown.includes(local), `${shown} shows the local time ${local}`);
+    assert.match(shown, /\((just now|\d+ seconds? ago|1 minute ago)\)$/);
+    assert.doesNotMatch(shown, /UTC|T\d\d:/);
+    assert.ok((await time.getAttribute("title"))?.includes(iso), "the exact UTC time on hover");
     await shot(page, "audit");
 
     // Sign out: the session is dead everywhere.
@@ -245,9 +292,37 @@ describe("dashboard in a real browser", { skip: CHROMIUM.skip }, () => {
     assert.ok(((await page.textContent("#keys-table")) ?? "").includes(evil), "the name is shown as text");
     assert.equal(await page.locator("#keys-table img").count(), 0, "no element was injected");
     assert.deepEqual(alerts, []);
-    const overflow = await page.evaluate<number>("document.documentElement.scrollWidth");
-    assert.ok(overflow <= 360, `page is ${overflow}px wide at 360px`);
     await shot(page, "keys-mobile");
+
+    // Every page fits phone widths without sideways scrolling, under a compact header; long
+    // unbroken names, ids, IPv6 entries and audit lines wrap.
+    const long = await send(`${kf.adminUrl}/v1/api-keys`, {
+      method: "POST",
+      headers: [bearer(TOKEN), ["Content-Type", "application/json"]],
+      body: JSON.stringify({ name: "N".repeat(200), scopes: ["a".repeat(100), "messages:send"] }),
+    });
+    assert.equal(long.status, 201);
+    const longId = (long.json() as { id: string }).id;
+    const renamed = await send(`${kf.adminUrl}/v1/api-keys/${longId}`, {
+      method: "PATCH",
+      headers: [bearer(TOKEN), ["Content-Type", "application/json"]],
+      body: JSON.stringify({ name: "M".repeat(200), scopes: ["b".repeat(100)] }),
+    });
+    assert.equal(renamed.status, 200);
+    for (const width of [360, 390]) {
+      await page.setViewportSize({ width, height: 740 });
+      for (const path of ["/", "/keys/new", "/keys/k_existing", `/keys/${longId}`, "/audit"]) {
+        await page.goto(`${kf.adminUrl}${path}`);
+        await page.waitForSelector("main");
+        const scrollWidth = await page.evaluate<number>("document.documentElement.scrollWidth");
+        assert.ok(scrollWidth <= width, `${path} is ${scrollWidth}px wide at ${width}px`);
+        const header = await page.locator("header.top").boundingBox();
+        assert.ok(
+          header !== null && header.height <= 90,
+          `${path}: the header is ${header?.height}px tall at ${width}px`,
+        );
+      }
+    }
 
     const [cookie] = await context.cookies();
     const csrf = await page.evaluate<string>('JSON.parse(document.getElementById("kf-data").textContent).csrf');

@@ -39,7 +39,7 @@ function layout(ctx: PageContext, title: string, body: SafeHtml, data: Record<st
           <nav aria-label="Main">
             <a href="/">API keys</a><a href="/keys/new">New key</a><a href="/audit">Audit log</a>
           </nav>
-          <span class="who">Signed in as <strong>${ctx.operator}</strong></span>
+          <span class="who"><span class="wide-only">Signed in as </span><strong>${ctx.operator}</strong></span>
           <form method="post" action="/session/end">
             <input type="hidden" name="csrf" value="${ctx.csrf}" /><button type="submit">Sign out</button>
           </form>
@@ -109,6 +109,25 @@ export function signInPage(assets: Assets, error?: string): SafeHtml {
     </html>`;
 }
 
+/**
+ * A point in time: UTC in the markup (readable without the script), which the
+ * script turns into local time and age ("3 minutes ago"), the exact value on hover.
+ */
+export function timeHtml(iso: string): SafeHtml {
+  const d = new Date(iso);
+  if (Number.isNaN(d.getTime())) return html`${iso}`;
+  const text = `${d.toISOString().slice(0, 16).replace("T", " ")} UTC`;
+  return html`<time datetime="${d.toISOString()}" title="${iso}">${text}</time>`;
+}
+
+/** A key's last change: its time, or "from file" for a key the keys file holds without times. */
+function lastChange(k: KeyView): SafeHtml {
+  const at = k.updated_at ?? k.created_at;
+  return at === null
+    ? html`<span class="help" title="loaded from the keys file, which records no time for this key">from file</span>`
+    : timeHtml(at);
+}
+
 function listSummary(k: KeyView): SafeHtml {
   const n = k.ip_allow_list.length;
   return n === 0 ? html`<span class="unrestricted">unrestricted</span>` : html`${n} ${n === 1 ? "entry" : "entries"}`;
@@ -156,7 +175,7 @@ export function keysPage(
               <td data-label="Scopes">${k.scopes.map((s) => html`<span class="tag">${s}</span>`)}</td>
               <td data-label="Mode">${k.mode ?? html`<span class="help">${view.globalMode} (global)</span>`}</td>
               <td data-label="IP allow list">${listSummary(k)}</td>
-              <td data-label="Last change">${k.updated_at ?? k.created_at ?? "—"}</td>
+              <td data-label="Last change">${lastChange(k)}</td>
             </tr>`,
         )}
       </tbody>
@@ -221,9 +240,10 @@ export function keyFormPage(ctx: PageContext, key: KeyView | undefined, sources:
           aria-describedby="list-help list-lines"
         >
 ${key?.ip_allow_list.join("\n") ?? ""}</textarea>
-        <ol id="list-lines" class="lines" aria-live="polite" aria-label="Entries by line"></ol>
+        <ol id="list-lines" class="lines" aria-live="polite" aria-label="Entries to fix"></ol>
       </fieldset>
       <p class="error" id="form-error" role="alert"></p>
+      <p class="success" id="form-status" role="status"></p>
       <div class="actions">
         <button type="submit" class="primary" id="save">${editing ? "Save changes" : "Create key"}</button>
         ${editing ? html`<button type="button" class="danger" id="delete-key">Delete key</button>` : ""}
@@ -269,7 +289,7 @@ ${key?.ip_allow_list.join("\n") ?? ""}</textarea>
                               <td data-label="Network"><code>${s.network}</code></td>
                               <td data-label="Requests">${s.requests}</td>
                               <td data-label="Refused">${s.denied}</td>
-                              <td data-label="Last seen">${s.last_seen}</td>
+                              <td data-label="Last seen">${timeHtml(s.last_seen)}</td>
                               <td>
                                 <button type="button" class="link add-source" data-network="${s.network}">
                                   Add to list
@@ -286,53 +306,110 @@ ${key?.ip_allow_list.join("\n") ?? ""}</textarea>
   return layout(ctx, editing ? `Edit ${key.name}` : "New API key", body, { key: key ?? null });
 }
 
-function diff(before: readonly string[] | null, after: readonly string[] | null): SafeHtml {
-  const b = new Set(before ?? []);
-  const a = new Set(after ?? []);
-  const added = [...a].filter((x) => !b.has(x));
-  const removed = [...b].filter((x) => !a.has(x));
-  if (added.length === 0 && removed.length === 0) return html`<span class="help">no change</span>`;
-  return html`${added.map((x) => html`<div class="add mono">+ ${x}</div>`)}${removed.map((x) => html`<div class="remove mono">− ${x}</div>`)}`;
+function joined(items: readonly string[]): string {
+  return items.join(", ");
 }
 
-/** The audit page. */
-export function auditPage(ctx: PageContext, events: readonly AuditEvent[], next: string | null): SafeHtml {
+/** What changed in a list (scopes, allow-list entries), as "added x, removed y". */
+function listChange(before: readonly string[], after: readonly string[]): SafeHtml {
+  const b = new Set(before);
+  const a = new Set(after);
+  const added = after.filter((x) => !b.has(x));
+  const removed = before.filter((x) => !a.has(x));
+  const parts: SafeHtml[] = [];
+  if (added.length > 0) parts.push(html`<span class="add">added <span class="mono">${joined(added)}</span></span>`);
+  if (removed.length > 0)
+    parts.push(html`<span class="remove">removed <span class="mono">${joined(removed)}</span></span>`);
+  return parts.length === 0 ? html`no change` : html`${parts.map((p, i) => (i === 0 ? p : html`, ${p}`))}`;
+}
+
+const strings = (v: unknown): string[] => (Array.isArray(v) ? v.filter((x): x is string => typeof x === "string") : []);
+const modeText = (v: unknown): string => (typeof v === "string" ? v : "the global mode");
+
+/** One audit event as sentences: what happened to the key, then one line per changed field. */
+export function eventSentences(e: AuditEvent): { summary: string; details: SafeHtml[] } {
+  const c = e.changes;
+  const listBefore = e.ip_allow_list.before ?? [];
+  const listAfter = e.ip_allow_list.after ?? [];
+  const details: SafeHtml[] = [];
+  if (e.action === "create") {
+    const scopes = strings(c["scopes"]?.after);
+    const mode = c["mode"]?.after;
+    const summary = `created with ${scopes.length === 0 ? "no scopes" : `scopes ${joined(scopes)}`}${typeof mode === "string" ? `, mode ${mode}` : ""}`;
+    details.push(
+      listAfter.length === 0
+        ? html`ip_allow_list: empty (works from any IP)`
+        : html`ip_allow_list: <span class="mono">${joined(listAfter)}</span>`,
+    );
+    return { summary, details };
+  }
+  if (e.action === "delete") {
+    return {
+      summary: "deleted",
+      details:
+        listBefore.length === 0 ? [] : [html`ip_allow_list was: <span class="mono">${joined(listBefore)}</span>`],
+    };
+  }
+  const name = c["name"];
+  if (name !== undefined) details.push(html`renamed from “${String(name.before)}” to “${String(name.after)}”`);
+  const scopes = c["scopes"];
+  if (scopes !== undefined) details.push(html`scopes: ${listChange(strings(scopes.before), strings(scopes.after))}`);
+  const mode = c["mode"];
+  if (mode !== undefined) details.push(html`mode: ${modeText(mode.before)} → ${modeText(mode.after)}`);
+  const b = new Set(listBefore);
+  const listChanged = listBefore.length !== listAfter.length || listAfter.some((x) => !b.has(x));
+  if (listChanged) {
+    details.push(
+      listAfter.length === 0
+        ? html`ip_allow_list: cleared, ${listChange(listBefore, listAfter)} (works from any IP now)`
+        : html`ip_allow_list: ${listChange(listBefore, listAfter)}`,
+    );
+  }
+  return { summary: details.length === 0 ? "updated (nothing changed)" : "updated", details };
+}
+
+/** The audit page: each change as sentences, naming the key; `nameOf` gives a key's current name. */
+export function auditPage(
+  ctx: PageContext,
+  events: readonly AuditEvent[],
+  next: string | null,
+  nameOf: (id: string) => string | undefined,
+): SafeHtml {
   const body = html`<h1>Audit log</h1>
-    <p class="help">Every change to a key, newest first: who, when, from where, and the allow list before → after.</p>
-    <table class="responsive" id="audit-table">
-      <thead>
-        <tr>
-          <th>When</th>
-          <th>Who</th>
-          <th>From</th>
-          <th>Change</th>
-          <th>Key</th>
-          <th>IP allow list</th>
-        </tr>
-      </thead>
-      <tbody>
-        ${events.map(
-          (e) =>
-            html`<tr>
-              <td data-label="When">${e.time}</td>
-              <td data-label="Who">
-                ${e.actor.type}
-                <strong>${e.actor.id}</strong
-                >${e.actor.via === "session" ? " (dashboard)" : ""}${e.confirmed ? html` <span class="tag">confirmed</span>` : ""}
-              </td>
-              <td data-label="From"><code>${e.client_ip}</code></td>
-              <td data-label="Change">
-                ${e.action}${Object.entries(e.changes).map(
-                  ([field, c]) =>
-                    html`<div class="help">${field}: ${JSON.stringify(c.before)} → ${JSON.stringify(c.after)}</div>`,
-                )}
-              </td>
-              <td data-label="Key"><code>${e.key_id}</code></td>
-              <td data-label="IP allow list">${diff(e.ip_allow_list.before, e.ip_allow_list.after)}</td>
-            </tr>`,
-        )}
-      </tbody>
-    </table>
+    <p class="help">Every change to a key, newest first: what changed, who made it, from where, and when.</p>
+    <ol class="events" id="audit-list">
+      ${events.map((e) => {
+        const { summary, details } = eventSentences(e);
+        const named = e.changes["name"];
+        const current = nameOf(e.key_id);
+        // The name at the time of the event when it changed, else today's.
+        const name =
+          (typeof named?.after === "string" ? named.after : undefined) ??
+          (typeof named?.before === "string" ? named.before : undefined) ??
+          current ??
+          e.key_id;
+        return html`<li class="event">
+          <p class="what">
+            ${current === undefined ? html`<strong>${name}</strong>` : html`<a href="/keys/${encodeURIComponent(e.key_id)}"><strong>${name}</strong></a>`}
+            <code>${e.key_id}</code> ${summary}
+          </p>
+          ${
+            details.length > 0
+              ? html`<ul class="changes">
+                  ${details.map((d) => html`<li>${d}</li>`)}
+                </ul>`
+              : ""
+          }
+          <p class="meta">
+            by ${e.actor.type === "operator" ? "operator" : "key"}
+            <strong>${e.actor.id}</strong
+            >${e.actor.via === "session" ? " (dashboard)" : ""}${e.confirmed ? html` <span class="tag">confirmed</span>` : ""}
+            from <code>${e.client_ip}</code> · ${timeHtml(e.time)}
+          </p>
+        </li>`;
+      })}
+    </ol>
+    ${events.length === 0 ? html`<p class="help">No changes yet.</p>` : ""}
     ${next ? html`<nav class="pager"><a href="/audit?cursor=${encodeURIComponent(next)}">Older →</a></nav>` : ""}`;
   return layout(ctx, "Audit log", body);
 }

@@ -7,6 +7,7 @@
 import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import type { IncomingMessage, ServerResponse } from "node:http";
+import { Secret, TOTP } from "otpauth";
 import type { Logger } from "pino";
 import type { CompiledTrust } from "../../clientip/resolve.js";
 import type { Operator } from "../../config/config.js";
@@ -89,6 +90,21 @@ async function readForm(req: IncomingMessage): Promise<URLSearchParams> {
     chunks.push(c);
   }
   return new URLSearchParams(Buffer.concat(chunks).toString("utf8"));
+}
+
+/**
+ * True when `code` is a code of `secret` for now (±1 step), with the
+ * parameters src/admin/confirm.ts verifies with, whether or not it was used.
+ */
+function isCurrentCode(secret: string, code: string): boolean {
+  if (!/^\d{6}$/.test(code)) return false;
+  const totp = new TOTP({
+    secret: Secret.fromBase32(secret.replace(/=+$/, "")),
+    algorithm: "SHA1",
+    digits: 6,
+    period: 30,
+  });
+  return totp.validate({ token: code, window: 1 }) !== null;
 }
 
 /** Registers the dashboard routes and assets. */
@@ -240,21 +256,36 @@ export function registerDashboard(admin: AdminServer, deps: DashboardDeps): void
     if (s === undefined) throw new ApiError(401, "missing_credential", "session expired; sign in again");
     checkCsrf(req, s);
     const client = clientOf(req, deps.trust);
+    type Confirmed = "ok" | "used" | "invalid";
     const outcome = await deps.auth.attempts.attempt(
       client.text,
-      async () => {
+      async (): Promise<Confirmed> => {
         const body = (await readJson(req)) as { token?: unknown; code?: unknown } | null;
         const token = typeof body?.token === "string" ? body.token : "";
         const code = typeof body?.code === "string" ? body.code.trim() : "";
-        return (await verify(token, code))?.name === s.operator.name;
+        if ((await verify(token, code))?.name === s.operator.name) return "ok";
+        // The right token with a current code that was refused: it was used already (to sign in, say).
+        const secret = s.operator.totpSecret;
+        const used =
+          secret !== undefined &&
+          deps.auth.operatorByTokenHash(secretHash(token))?.name === s.operator.name &&
+          isCurrentCode(secret, code);
+        return used ? "used" : "invalid";
       },
-      (ok) => ok,
+      (r) => r === "ok",
     );
     if (outcome.limited) {
       res.shouldKeepAlive = false;
       throw tooManyAttempts(outcome.retryAfterS);
     }
-    if (!outcome.result) throw new ApiError(403, "invalid_confirmation_code", "invalid token or code");
+    if (outcome.result === "used") {
+      throw new ApiError(
+        403,
+        "confirmation_code_used",
+        "This code was already used (to sign in or to confirm). Wait for the next code from your authenticator, then confirm with it.",
+      );
+    }
+    if (outcome.result !== "ok") throw new ApiError(403, "invalid_confirmation_code", "invalid token or code");
     await deps.sessions.confirm(s);
     res.writeHead(204, { "cache-control": "no-store" });
     res.end();
@@ -281,7 +312,14 @@ export function registerDashboard(admin: AdminServer, deps: DashboardDeps): void
       const cursor = url.searchParams.get("cursor");
       const before = cursor !== null && /^[1-9][0-9]*$/.test(cursor) ? Number(cursor) : undefined;
       const page = await deps.audit.page(50, before);
-      sendHtml(res, 200, auditPage(context(req, s), page.data, page.next_cursor));
+      const nameOf = (id: string): string | undefined => {
+        try {
+          return deps.keys.get(id).name;
+        } catch {
+          return undefined; // deleted since
+        }
+      };
+      sendHtml(res, 200, auditPage(context(req, s), page.data, page.next_cursor, nameOf));
     }),
   );
 }

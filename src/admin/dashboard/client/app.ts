@@ -51,31 +51,62 @@ function entries(textarea: HTMLTextAreaElement): Array<{ line: number; text: str
     .filter((e) => e.text !== "");
 }
 
-/** Shows each entry on its own line, with the server's message where it was refused. */
+/** Lists the entries the server refused, each with its line number and the server's message; nothing else. */
 function renderLines(textarea: HTMLTextAreaElement, errors: Map<number, string>): void {
   const list = byId<HTMLOListElement>("list-lines");
   if (!list) return;
   list.replaceChildren();
   for (const e of entries(textarea)) {
+    const msg = errors.get(e.line);
+    if (msg === undefined) continue;
     const li = document.createElement("li");
     li.dataset["line"] = String(e.line);
+    li.className = "invalid";
     const no = document.createElement("span");
     no.className = "no";
     no.textContent = `line ${e.line}`;
     const text = document.createElement("span");
     text.textContent = e.text;
-    li.append(no, text);
-    const msg = errors.get(e.line);
-    if (msg !== undefined) {
-      li.className = "invalid";
-      const m = document.createElement("span");
-      m.className = "msg";
-      m.textContent = msg;
-      li.append(m);
-    }
+    const m = document.createElement("span");
+    m.className = "msg";
+    m.textContent = msg;
+    li.append(no, text, m);
     list.append(li);
   }
+  list.hidden = list.childElementCount === 0;
   textarea.setAttribute("aria-invalid", errors.size > 0 ? "true" : "false");
+}
+
+const RELATIVE = new Intl.RelativeTimeFormat("en", { numeric: "auto" });
+const LOCAL = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "short" });
+const EXACT = new Intl.DateTimeFormat(undefined, { dateStyle: "full", timeStyle: "long" });
+const UNITS: Array<[Intl.RelativeTimeFormatUnit, number]> = [
+  ["year", 365 * 86_400],
+  ["month", 30 * 86_400],
+  ["week", 7 * 86_400],
+  ["day", 86_400],
+  ["hour", 3600],
+  ["minute", 60],
+];
+
+/** "3 minutes ago", "yesterday", "now": the age of `then`, in its largest whole unit. */
+function age(then: Date, now: number): string {
+  const seconds = Math.round((then.getTime() - now) / 1000);
+  for (const [unit, size] of UNITS) {
+    if (Math.abs(seconds) >= size) return RELATIVE.format(Math.trunc(seconds / size), unit);
+  }
+  return Math.abs(seconds) < 45 ? "just now" : RELATIVE.format(seconds, "second");
+}
+
+/** Shows every server-rendered UTC time as local time with its age; the exact local and UTC values on hover. */
+function localTimes(): void {
+  const now = Date.now();
+  for (const t of document.querySelectorAll<HTMLTimeElement>("time[datetime]")) {
+    const d = new Date(t.dateTime);
+    if (Number.isNaN(d.getTime())) continue;
+    t.textContent = `${LOCAL.format(d)} (${age(d, now)})`;
+    t.title = `${EXACT.format(d)} · ${d.toISOString()}`;
+  }
 }
 
 let pendingConfirm: ((ok: boolean) => void) | undefined;
@@ -145,8 +176,10 @@ function setupKeyForm(): void {
     b.addEventListener("click", () => addLine(b.dataset["network"] ?? ""));
   }
 
+  const formStatus = byId("form-status");
   const save = async (): Promise<void> => {
     if (formError) formError.textContent = "";
+    if (formStatus) formStatus.textContent = "";
     const lines = entries(textarea);
     const name = byId<HTMLInputElement>("name")?.value.trim() ?? "";
     const scopes = (byId<HTMLInputElement>("scopes")?.value ?? "").split(/[\s,]+/).filter((s) => s !== "");
@@ -196,11 +229,7 @@ function setupKeyForm(): void {
           panel.hidden = false;
           byId("copy-secret")?.focus();
         }
-      } else if (formError) {
-        formError.textContent = "";
-        const note = byId("form-error");
-        if (note) note.textContent = "Saved.";
-      }
+      } else if (formStatus) formStatus.textContent = "Saved.";
       return;
     }
     if (formError) formError.textContent = (json as ApiErrorBody | null)?.message ?? `failed (${status})`;
@@ -239,3 +268,5 @@ function setupKeyForm(): void {
 
 setupConfirmDialog();
 setupKeyForm();
+localTimes();
+setInterval(localTimes, 30_000);
