@@ -9,7 +9,6 @@ import { StoreLoadError } from "../store/store.js";
 import { formatProblem, type Problem } from "../util/yaml.js";
 import cluster from "node:cluster";
 import { runPrimary, runWorker } from "./cluster.js";
-import { operatorCommand } from "./operator.js";
 import { createLogger, flushLogger, startSidecar, VERSION } from "./sidecar.js";
 
 const USAGE = `usage: keyfence [serve] [--config FILE]
@@ -164,7 +163,8 @@ async function serve(args: Args): Promise<number | undefined> {
 }
 
 async function main(argv: readonly string[]): Promise<number | undefined> {
-  if (argv[0] === "operator") return operatorCommand(argv.slice(1));
+  // Loaded on demand: the QR code library costs every other command's start-up nothing.
+  if (argv[0] === "operator") return (await import("./operator.js")).operatorCommand(argv.slice(1));
   const args = parseArgs(argv);
   if (typeof args === "string") {
     process.stderr.write(`keyfence: ${args}\n${USAGE}\n`);
