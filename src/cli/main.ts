@@ -9,12 +9,15 @@ import { StoreLoadError } from "../store/store.js";
 import { formatProblem, type Problem } from "../util/yaml.js";
 import cluster from "node:cluster";
 import { runPrimary, runWorker } from "./cluster.js";
+import { runHealthcheck } from "./healthcheck.js";
+import { keysDirProblem } from "./preflight.js";
 import { createLogger, flushLogger, startSidecar, VERSION } from "./sidecar.js";
 
 const USAGE = `usage: keyfence [serve] [--config FILE]
        keyfence check-config [--config FILE]
        keyfence hash-key [SECRET]      (or the secret on stdin)
        keyfence operator add NAME [--totp]
+       keyfence healthcheck [--config FILE]   (exit 0 when the configured keyfence answers)
        keyfence --version
 
 --config defaults to $${ENV.config}, then config/keyfence.yaml.
@@ -122,6 +125,8 @@ async function serve(args: Args): Promise<number | undefined> {
   const log = createLogger();
   let sidecar: { stop(): Promise<void> };
   try {
+    const unwritable = cluster.isWorker ? undefined : await keysDirProblem(config);
+    if (unwritable !== undefined) throw new Error(unwritable);
     if (cluster.isWorker) sidecar = await runWorker(config, log);
     else if (config.workers > 1) sidecar = await runPrimary(config, log);
     else sidecar = await startSidecar(config, log);
@@ -177,6 +182,10 @@ async function main(argv: readonly string[]): Promise<number | undefined> {
       return checkConfig(args);
     case "hash-key":
       return hashKey(args);
+    case "healthcheck": {
+      const config = await configOrExit(args);
+      return config ? runHealthcheck(config) : 1;
+    }
     case "version":
       process.stdout.write(`keyfence ${VERSION}\n`);
       return 0;
