@@ -2,6 +2,7 @@
  * The configuration file (SPEC §2): schema, defaults, environment overrides and
  * warnings about risky settings. Every problem is returned at once, located.
  */
+import { readFileSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { availableParallelism } from "node:os";
 import { isAbsolute, relative, resolve, dirname } from "node:path";
@@ -174,6 +175,8 @@ export function parseConfig(file: string, text: string, env: NodeJS.ProcessEnv =
   const top = y.mapping([], root ?? {}, TOP_FIELDS) ?? {};
   const warnings: string[] = [];
   const envProblems: Problem[] = [];
+  /** Problems in files the configuration names (admin.operators_file). */
+  const fileProblems: Problem[] = [];
   const fromEnv = (key: string, value: unknown): unknown => {
     const v = env[key];
     return v === undefined || v === "" ? value : v;
@@ -292,6 +295,7 @@ export function parseConfig(file: string, text: string, env: NodeJS.ProcessEnv =
     const a = y.mapping(["admin"], adminRaw, [
       "listen",
       "operators",
+      "operators_file",
       "session_idle_timeout_s",
       "session_max_age_s",
       "confirm_window_s",
@@ -303,7 +307,14 @@ export function parseConfig(file: string, text: string, env: NodeJS.ProcessEnv =
         fromEnv(ENV.adminListen, a["listen"] ?? "127.0.0.1:9090"),
         ENV.adminListen,
       );
-      const operators = readOperators(y, a["operators"]);
+      const names = new Set<string>();
+      const operators = readOperators(y, ["admin", "operators"], a["operators"], names);
+      const opsFile = a["operators_file"];
+      if (opsFile !== undefined) {
+        if (typeof opsFile !== "string" || opsFile === "")
+          y.fail(["admin", "operators_file"], "must be a path", opsFile);
+        else operators.push(...readOperatorsFile(resolve(dirname(file), opsFile), names, fileProblems));
+      }
       const seconds = (field: string, fallback: number, max: number): number => {
         const v = a[field] ?? fallback;
         if (typeof v !== "number" || !Number.isInteger(v) || v < 1 || v > max) {
@@ -330,7 +341,7 @@ export function parseConfig(file: string, text: string, env: NodeJS.ProcessEnv =
   const limits = readLimits(y, top["limits"]);
   const proxyProtocol = readProxyProtocol(y, top["proxy_protocol"], warnings);
 
-  const problems = [...y.sortedProblems(), ...envProblems];
+  const problems = [...y.sortedProblems(), ...fileProblems, ...envProblems];
   if (problems.length > 0 || !listen || !upstream || !trustedProxies || !keys || !proxyProtocol) {
     return keys ? { ok: false, problems, keys } : { ok: false, problems };
   }
@@ -371,16 +382,41 @@ function checkUpstream(raw: unknown): URL | string {
   return url;
 }
 
-function readOperators(y: YamlFile, raw: unknown): Operator[] {
+/**
+ * Reads `admin.operators_file`: a YAML list of operators as under
+ * `admin.operators` (so a Kubernetes Secret or a file readable only by
+ * keyfence can hold them). Read once at start; problems are located in it.
+ */
+function readOperatorsFile(file: string, names: Set<string>, problems: Problem[]): Operator[] {
+  const name = displayPath(file);
+  let text: string;
+  try {
+    text = readFileSync(file, "utf8");
+  } catch (err) {
+    problems.push({
+      file: name,
+      line: 1,
+      col: 1,
+      path: "",
+      message: `cannot read the operators file: ${(err as Error).message}`,
+    });
+    return [];
+  }
+  const y = new YamlFile(name, text);
+  const operators = y.problemCount > 0 ? [] : readOperators(y, [], y.value(), names);
+  problems.push(...y.sortedProblems());
+  return operators;
+}
+
+function readOperators(y: YamlFile, base: YamlPath, raw: unknown, names: Set<string>): Operator[] {
   if (raw === undefined || raw === null) return [];
   if (!Array.isArray(raw)) {
-    y.fail(["admin", "operators"], "must be a list of operators", raw);
+    y.fail(base, "must be a list of operators", raw);
     return [];
   }
   const out: Operator[] = [];
-  const names = new Set<string>();
   raw.forEach((o: unknown, i) => {
-    const at = ["admin", "operators", i];
+    const at = [...base, i];
     const m = y.mapping(at, o, ["name", "token_sha256", "totp_secret"]);
     if (m === undefined) return;
     const name = m["name"];
