@@ -33,7 +33,7 @@ COPY deploy/container/ /etc/keyfence/
 USER 1000:1000
 EXPOSE 8080
 # Follows the configuration: the admin listener's /healthz, else the proxy's ping path.
-HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
+HEALTHCHECK --interval=10s --timeout=10s --start-period=5s --retries=3 \
   CMD ["node", "/app/dist/src/cli/main.js", "healthcheck"]
 ENTRYPOINT ["node", "/app/dist/src/cli/main.js"]
 CMD ["serve"]
