@@ -46,12 +46,12 @@ done
 [ "$(id -u)" = 0 ] || fail "run as root (debootstrap, buildah mount and rootful podman)"
 
 WORK="$(mktemp -d /var/tmp/keyfence-image-check.XXXXXX)"
-CONTAINERS=()
 MOUNTED=""
 CHILDREN=()
 cleanup() {
   set +e
-  for c in "${CONTAINERS[@]}"; do "${PODMAN[@]}" rm -f -t 0 "$c" >/dev/null 2>&1; done
+  # start() runs in $(...), a subshell: it records its containers in a file.
+  [ -f "$WORK/containers" ] && xargs -r "${PODMAN[@]}" rm -f -t 0 <"$WORK/containers" >/dev/null 2>&1
   [ -n "$MOUNTED" ] && "${PODMAN[@]}" image unmount "$IMAGE" >/dev/null 2>&1
   for p in "${CHILDREN[@]}"; do kill "$p" 2>/dev/null; done
   rm -rf "$WORK"
@@ -147,7 +147,7 @@ start() {
   local cid
   # (podman logs that it cannot reach systemd to schedule health checks: they are run by hand here.)
   cid="$("${PODMAN[@]}" run -d "${RUN[@]}" "$@" 2>>"$WORK/podman.log")" || { cat "$WORK/podman.log"; fail "podman run $*"; }
-  CONTAINERS+=("$cid")
+  echo "$cid" >>"$WORK/containers"
   echo "$cid"
 }
 # Waits (up to 30 s) for the start-up line; fails with the logs if the container exits first.
