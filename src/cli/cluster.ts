@@ -64,7 +64,7 @@ export async function runWorker(config: Config, log: Logger): Promise<Sidecar> {
     };
     switch (m.op) {
       case "reload":
-        answer(sidecar.store.reload());
+        answer(sidecar.store.refresh());
         break;
       case "metrics":
         answer(sidecar.registry.getMetricsAsJSON());

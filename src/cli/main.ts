@@ -5,8 +5,8 @@ import { ENV, formatListen, loadConfig, type Config } from "../config/config.js"
 import { limitsSummary } from "../config/limits.js";
 import { secretHash } from "../policy/credential.js";
 import { parseKeysFile, readKeysText, type KeyRecord } from "../store/keysfile.js";
-import { StoreLoadError } from "../store/store.js";
-import { formatProblem, type Problem } from "../util/yaml.js";
+import { formatStoreProblem, problemFields, StoreLoadError, type StoreProblem } from "../store/store.js";
+import type { Problem } from "../util/yaml.js";
 import cluster from "node:cluster";
 import { runPrimary, runWorker } from "./cluster.js";
 import { runHealthcheck } from "./healthcheck.js";
@@ -50,8 +50,8 @@ function parseArgs(argv: readonly string[]): Args | string {
   return { command: command ?? "serve", config, rest };
 }
 
-function printProblems(problems: readonly Problem[]): void {
-  for (const p of problems) process.stderr.write(`${formatProblem(p)}\n`);
+function printProblems(problems: readonly StoreProblem[]): void {
+  for (const p of problems) process.stderr.write(`${formatStoreProblem(p)}\n`);
 }
 
 async function configOrExit(args: Args): Promise<Config | undefined> {
@@ -133,8 +133,7 @@ async function serve(args: Args): Promise<number | undefined> {
   } catch (err) {
     if (err instanceof StoreLoadError) {
       printProblems(err.problems);
-      for (const p of err.problems)
-        log.fatal({ event: "start_failed", file: p.file, line: p.line, col: p.col }, formatProblem(p));
+      for (const p of err.problems) log.fatal({ event: "start_failed", ...problemFields(p) }, formatStoreProblem(p));
     } else {
       process.stderr.write(`keyfence: cannot start: ${(err as Error).message}\n`);
       log.fatal({ event: "start_failed", err }, "cannot start");

@@ -21,7 +21,7 @@ import { SourceTracker, type ObservedSource } from "../metrics/sources.js";
 import { ProxyServer } from "../proxy/server.js";
 import { FileKeyStore } from "../store/filestore.js";
 import type { Snapshot } from "../store/snapshot.js";
-import { formatProblem } from "../util/yaml.js";
+import { formatStoreProblem, problemFields, type KeyStore } from "../store/store.js";
 import { isoTimestamp } from "../util/logline.js";
 import { LineSink } from "../util/logsink.js";
 
@@ -46,6 +46,15 @@ export function sideFiles(keysFile: string): { audit: string; otpState: string }
   };
 }
 
+/** The key store `config` names. */
+export function openStore(config: Config): KeyStore {
+  return new FileKeyStore({
+    file: config.keys.file,
+    displayName: config.keys.displayName,
+    maxEntries: config.keys.maxEntries,
+  });
+}
+
 /** Verifications (of credentials, codes, sign-ins) allowed per client IP per minute before 429, successes refunded. */
 export const AUTH_FAILURES_PER_MINUTE = 10;
 
@@ -54,7 +63,7 @@ export interface Sidecar {
   /** The proxy listener's address (undefined in a cluster primary, whose workers proxy). */
   readonly proxyAddress: { host: string; port: number } | undefined;
   readonly adminAddress: { host: string; port: number } | undefined;
-  readonly store: FileKeyStore;
+  readonly store: KeyStore;
   readonly metrics: Metrics;
   readonly registry: Registry;
   readonly sources: SourceTracker;
@@ -111,11 +120,7 @@ export async function startSidecar(
   options: { role?: Role; cluster?: ClusterLink } = {},
 ): Promise<Sidecar> {
   const role = options.role ?? "single";
-  const store = new FileKeyStore({
-    file: config.keys.file,
-    displayName: config.keys.displayName,
-    maxEntries: config.keys.maxEntries,
-  });
+  const store = openStore(config);
   const registry = new Registry();
   const metrics = new Metrics(registry, { version: VERSION, cache: store.matcherCache });
   store.subscribe({
@@ -127,7 +132,7 @@ export async function startSidecar(
     reloadFailed: (problems) => {
       metrics.reloadFailed();
       for (const p of problems) {
-        log.error({ event: "store_reload_failed", file: p.file, line: p.line, col: p.col }, formatProblem(p));
+        log.error({ event: "store_reload_failed", ...problemFields(p) }, formatStoreProblem(p));
       }
       log.error(
         { event: "store_reload_failed", problems: problems.length },
@@ -138,7 +143,7 @@ export async function startSidecar(
   const snap = await store.load();
   const sources = new SourceTracker();
   const cluster = options.cluster;
-  if (cluster) store.onWrite(() => cluster.syncWorkers());
+  if (cluster) store.onCommit(() => cluster.syncWorkers());
 
   let proxy: ProxyServer | undefined;
   let proxyAddress: { host: string; port: number } | undefined;

@@ -9,25 +9,27 @@
  * document in place (comments and order of untouched entries survive), and
  * replace the file atomically (temp file, fsync, rename, fsync directory).
  */
-import { createHash, randomBytes } from "node:crypto";
+import { createHash } from "node:crypto";
 import { watch, type FSWatcher } from "node:fs";
 import type { BigIntStats } from "node:fs";
-import { open, rename, stat, unlink } from "node:fs/promises";
-import { basename, dirname, join } from "node:path";
+import { stat } from "node:fs/promises";
+import { dirname } from "node:path";
 import { isMap, isSeq, parseDocument } from "yaml";
+import { writeFileAtomic } from "../util/atomic.js";
 import type { Problem } from "../util/yaml.js";
 import { Worker } from "node:worker_threads";
 import { parseKeysFile, readKeysText, type KeyRecord } from "./keysfile.js";
 import { editEntry, indexEntries, spliceChange, toYaml, WRITE_OPTIONS, type EntryIndex } from "./splice.js";
 import type { LoaderInput, LoaderMessage } from "./loader.js";
 import { MatcherCache, Snapshot, SnapshotBuilder } from "./snapshot.js";
+import { changedId, type KeyChange } from "./change.js";
 import {
   StoreConflictError,
   StoreLoadError,
   type ChangeCause,
-  type KeyChange,
   type KeyStore,
   type Plan,
+  type StoreHealth,
   type StoreListener,
 } from "./store.js";
 
@@ -83,44 +85,12 @@ export async function joinSliced(parts: readonly Uint8Array[], sliceBytes = COPY
   return out;
 }
 
-type ReadResult =
-  | { ok: true; snapshot: Snapshot; hash: string; bytes: Buffer; index?: EntryIndex | undefined }
-  | { ok: false; problems: Problem[]; unchanged?: boolean };
+/** Kept for callers that imported it from here (see ../util/atomic.ts). */
+export { writeFileAtomic };
 
-/**
- * Writes `data` (a string as UTF-8) to `file` atomically: a new temp file
- * with a random name (pids and clocks collide across containers and within a
- * millisecond), fsync, rename over, fsync the directory.
- */
-export async function writeFileAtomic(file: string, data: string | Uint8Array): Promise<void> {
-  const dir = dirname(file);
-  const tmp = join(dir, `.${basename(file)}.${randomBytes(12).toString("hex")}.tmp`);
-  let mode = 0o600;
-  try {
-    mode = (await stat(file)).mode & 0o777;
-  } catch {
-    // a new file: owner-only
-  }
-  const fh = await open(tmp, "wx", mode);
-  try {
-    await fh.writeFile(data);
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-  try {
-    await rename(tmp, file);
-  } catch (err) {
-    await unlink(tmp).catch(() => undefined);
-    throw err;
-  }
-  const dh = await open(dir, "r");
-  try {
-    await dh.sync();
-  } finally {
-    await dh.close();
-  }
-}
+type ReadResult =
+  | { ok: true; snapshot: Snapshot; hash: string; bytes: Buffer; ids: string[]; index?: EntryIndex | undefined }
+  | { ok: false; problems: Problem[]; unchanged?: boolean };
 
 /** Key store backed by one YAML keys file. */
 export class FileKeyStore implements KeyStore {
@@ -134,7 +104,9 @@ export class FileKeyStore implements KeyStore {
   /** Reloads and transactions run one at a time, in order. */
   private queue: Promise<unknown> = Promise.resolve();
   private readonly cache: MatcherCache;
-  private afterWrite: (() => Promise<void>) | undefined;
+  private readonly commitHooks: (() => Promise<void>)[] = [];
+  /** Key ids in the file's order (the snapshot keeps none). */
+  private order: string[] = [];
   /** Where each entry lies in `source`, for in-place edits (the loader thread's, or computed at the first write). */
   private index: EntryIndex | undefined;
   /** Inode, size and mtime of the file as our last write left it. */
@@ -149,17 +121,25 @@ export class FileKeyStore implements KeyStore {
     return this.current;
   }
 
-  /** The shared matcher cache (for metrics). */
   get matcherCache(): MatcherCache {
     return this.cache;
   }
 
-  /**
-   * Sets work to finish after each write and before the transaction resolves
-   * (a cluster primary makes every worker load the new file there).
-   */
-  onWrite(hook: () => Promise<void>): void {
-    this.afterWrite = hook;
+  /** A local file is always reachable; a problem with it is a refused reload, not an outage. */
+  get health(): StoreHealth {
+    return { up: true, reason: "" };
+  }
+
+  get description(): string {
+    return this.options.displayName;
+  }
+
+  onCommit(hook: () => Promise<void>): void {
+    this.commitHooks.push(hook);
+  }
+
+  refresh(): Promise<void> {
+    return this.reload();
   }
 
   /** Absolute path of the keys file. */
@@ -219,7 +199,7 @@ export class FileKeyStore implements KeyStore {
           await p.onAbort?.().catch(() => undefined);
           throw err;
         }
-        await this.afterWrite?.();
+        for (const hook of this.commitHooks) await hook();
       }
       if (p.afterCommit) await p.afterCommit();
       return p.result;
@@ -279,6 +259,7 @@ export class FileKeyStore implements KeyStore {
       };
       const worker = new Worker(new URL("./loader.js", import.meta.url), { workerData: input });
       const builder = new SnapshotBuilder(this.cache, this.current);
+      const ids: string[] = [];
       let settled = false;
       const settle = (r: ReadResult): void => {
         if (settled) return;
@@ -289,12 +270,22 @@ export class FileKeyStore implements KeyStore {
       worker.on("message", (m: LoaderMessage) => {
         switch (m.type) {
           case "chunk":
-            for (const r of m.records as KeyRecord[]) builder.add(r);
+            for (const r of m.records as KeyRecord[]) {
+              builder.add(r);
+              ids.push(r.id);
+            }
             // Ask for the next chunk only after the event loop had its turn.
             setImmediate(() => worker.postMessage("next"));
             break;
           case "done":
-            settle({ ok: true, snapshot: builder.finish(), hash: m.hash, bytes: Buffer.from(m.bytes), index: m.index });
+            settle({
+              ok: true,
+              snapshot: builder.finish(),
+              hash: m.hash,
+              bytes: Buffer.from(m.bytes),
+              ids,
+              index: m.index,
+            });
             break;
           case "unchanged":
             settle({ ok: false, problems: [], unchanged: true });
@@ -321,19 +312,22 @@ export class FileKeyStore implements KeyStore {
       snapshot: new Snapshot(parsed.keys, this.cache, this.current),
       hash,
       bytes: Buffer.from(text),
+      ids: parsed.keys.map((k) => k.id),
     };
   }
 
   private install(
-    read: { snapshot: Snapshot; hash: string; bytes: Buffer; index?: EntryIndex | undefined },
+    read: { snapshot: Snapshot; hash: string; bytes: Buffer; ids: string[]; index?: EntryIndex | undefined },
     cause: ChangeCause,
+    change?: KeyChange,
   ): void {
     this.current = read.snapshot;
+    this.order = read.ids;
     this.contentHash = read.hash;
     this.source = read.bytes;
     this.index = read.index;
     this.ownWrite = undefined;
-    for (const l of this.listeners) l.change?.(read.snapshot, cause);
+    for (const l of this.listeners) l.change?.(read.snapshot, cause, change);
   }
 
   /**
@@ -343,9 +337,8 @@ export class FileKeyStore implements KeyStore {
    */
   private async commit(change: KeyChange): Promise<void> {
     const current = this.source;
-    this.index ??= indexEntries(current, this.snapshot.ids());
-    const position =
-      change.kind === "create" ? -1 : this.snapshot.position(change.kind === "update" ? change.record.id : change.id);
+    this.index ??= indexEntries(current, this.order);
+    const position = change.kind === "create" ? -1 : this.order.indexOf(changedId(change));
     const spliced = this.index ? spliceChange(current, this.index, position, change) : undefined;
     const bytes = spliced ? await joinSliced(spliced.parts) : Buffer.from(this.editDocument(change));
     const small = bytes.length < WORKER_THRESHOLD_BYTES;
@@ -366,7 +359,13 @@ export class FileKeyStore implements KeyStore {
     }
     await writeFileAtomic(this.options.file, bytes);
     const written = signature(await stat(this.options.file, { bigint: true }));
-    this.install({ snapshot, hash, bytes, index: spliced?.index }, "write");
+    const ids =
+      change.kind === "create"
+        ? [...this.order, change.record.id]
+        : change.kind === "delete"
+          ? this.order.filter((id) => id !== change.id)
+          : this.order;
+    this.install({ snapshot, hash, bytes, ids, index: spliced?.index }, "write", change);
     this.ownWrite = written;
   }
 

@@ -10,7 +10,7 @@ import { compileMatcher, type Matcher } from "../ip/matcher.js";
 import { secretHash } from "../policy/credential.js";
 import type { KeyPolicy } from "../policy/decide.js";
 import type { KeyRecord } from "./keysfile.js";
-import type { KeyChange } from "./store.js";
+import type { KeyChange } from "./change.js";
 
 /** Most bearer tokens a snapshot remembers (see {@link Snapshot.lookupToken}). */
 export const TOKEN_CACHE_MAX = 4096;
@@ -213,22 +213,6 @@ export class Snapshot {
     return entries;
   }
 
-  /** The place of key `id` in store order (which is the file's order), or -1. */
-  position(id: string): number {
-    if (!this.byId.has(id)) return -1;
-    let k = 0;
-    for (const other of this.byId.keys()) {
-      if (other === id) return k;
-      k++;
-    }
-    return -1;
-  }
-
-  /** Key ids in store order. */
-  ids(): string[] {
-    return [...this.byId.keys()];
-  }
-
   /** The key whose secret hashes to `secretSha256`, if any. */
   lookup(secretSha256: string): KeyPolicy | undefined {
     return this.byHash.get(secretSha256);
@@ -263,7 +247,7 @@ export class Snapshot {
     return this.byHash.get(secretSha256)?.record;
   }
 
-  /** All records, in store order. */
+  /** All records (in no particular order). */
   records(): KeyRecord[] {
     return [...this.byId.values()].map((k) => k.record);
   }

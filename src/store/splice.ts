@@ -12,7 +12,7 @@
  */
 import { isMap, isSeq, parseDocument, stringify, type Document, type YAMLMap } from "yaml";
 import type { KeyRecord } from "./keysfile.js";
-import type { KeyChange } from "./store.js";
+import type { KeyChange } from "./change.js";
 
 /** Where each entry's bytes lie: `starts[k]` (with its leading comments) to `starts[k+1]` or `end`. */
 export interface EntryIndex {

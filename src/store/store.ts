@@ -1,34 +1,64 @@
 /**
- * The key store contract, shared by the file-backed store and any future
- * shared backend (e.g. Redis): an async load, a synchronous current snapshot
- * for the hot path, and change events.
+ * The key store contract, shared by the file-backed store and the Redis
+ * store: an async load, a synchronous current snapshot for the hot path,
+ * change and availability events, and transactions. Nothing here knows of
+ * files: a problem is a message, and a store that has positions (the file
+ * store) adds them.
  */
-import type { Problem } from "../util/yaml.js";
-import type { KeyRecord } from "./keysfile.js";
-import type { Snapshot } from "./snapshot.js";
+import { formatProblem, type Problem } from "../util/yaml.js";
+import type { KeyChange } from "./change.js";
+import type { MatcherCache, Snapshot } from "./snapshot.js";
 
-/** Why a snapshot changed. */
+export type { KeyChange } from "./change.js";
+
+/** Why a snapshot changed: the first load, an external change (file edit, another replica), or a write of this process. */
 export type ChangeCause = "load" | "reload" | "write";
+
+/** A problem with a store's content or its source; a file store's problems also carry file, line and col. */
+export interface StoreProblem {
+  readonly message: string;
+}
+
+/** True when `p` names a place in a file (a file store's problems do). */
+export function isLocated(p: StoreProblem): p is Problem {
+  const l = p as Partial<Problem>;
+  return (
+    typeof l.file === "string" && typeof l.line === "number" && typeof l.col === "number" && typeof l.path === "string"
+  );
+}
+
+/** One line for `p`: `file:line:col: ...` when located, else its message. */
+export function formatStoreProblem(p: StoreProblem): string {
+  return isLocated(p) ? formatProblem(p) : p.message;
+}
+
+/** Log fields locating `p` (none when it has no place). */
+export function problemFields(p: StoreProblem): { file?: string; line?: number; col?: number } {
+  return isLocated(p) ? { file: p.file, line: p.line, col: p.col } : {};
+}
+
+/** Whether the store's source can be read and written, and if not why. */
+export interface StoreHealth {
+  readonly up: boolean;
+  /** What is down, e.g. "redis://10.0.0.5:6379/0: connection refused" (empty when up). */
+  readonly reason: string;
+}
 
 /** Events a store reports; the shell logs and counts them. */
 export interface StoreListener {
-  /** A new snapshot is in force. */
-  change?(snapshot: Snapshot, cause: ChangeCause): void;
+  /** A new snapshot is in force; `change` is the one change applied, when it was a single change. */
+  change?(snapshot: Snapshot, cause: ChangeCause, change?: KeyChange): void;
   /** A reload was refused; the last good snapshot keeps serving. */
-  reloadFailed?(problems: readonly Problem[]): void;
+  reloadFailed?(problems: readonly StoreProblem[]): void;
+  /** The store went down or came back (a file store is always up). */
+  health?(health: StoreHealth): void;
 }
-
-/** One change to the store; `update` carries the whole new record. */
-export type KeyChange =
-  | { readonly kind: "create"; readonly record: KeyRecord }
-  | { readonly kind: "update"; readonly record: KeyRecord }
-  | { readonly kind: "delete"; readonly id: string };
 
 /** What a transaction's plan decided: an optional change, its result, and work to do once the change is durable. */
 export interface Plan<T> {
   readonly change?: KeyChange;
   readonly result: T;
-  /** Runs after the change is durable and in force, still under the store's lock. */
+  /** Runs after the change is durable and in force, before the transaction resolves (e.g. the audit line). */
   readonly afterCommit?: () => Promise<void>;
   /**
    * Runs, still under the store's lock, when the change could not be made
@@ -40,29 +70,45 @@ export interface Plan<T> {
 
 /** A source of key records that the proxy and the management API share. */
 export interface KeyStore {
-  /** Loads the initial snapshot; rejects with {@link StoreLoadError} when the source is invalid. */
+  /** Loads the initial snapshot; rejects with {@link StoreLoadError} when the source is invalid or unreachable. */
   load(): Promise<Snapshot>;
   /** The snapshot in force (valid after `load`); reading it never waits. */
   readonly snapshot: Snapshot;
+  /** The compiled allow lists shared by every snapshot of this store (for metrics). */
+  readonly matcherCache: MatcherCache;
+  /** Whether the source is reachable now. */
+  readonly health: StoreHealth;
+  /** How logs and messages name the store (a file's path, a Redis URL without its password). */
+  readonly description: string;
   /** Subscribes to changes; returns the unsubscribe function. */
   subscribe(listener: StoreListener): () => void;
   /** Starts following external changes (file edits, other instances). */
   watch(): void;
+  /** Brings the snapshot up to date with the source now; resolves once it is. */
+  refresh(): Promise<void>;
   /**
-   * Runs `plan` under the store's write lock with the freshest snapshot (an
-   * external edit is loaded first); its change is durable and in force on the
-   * proxy before the returned promise resolves. Transactions never interleave.
-   * Rejects with {@link StoreConflictError} when the source holds an invalid
-   * external edit that a write would overwrite.
+   * Adds work to finish after each committed change of this process, before
+   * its transaction resolves (a cluster primary makes every worker refresh).
+   */
+  onCommit(hook: () => Promise<void>): void;
+  /**
+   * Runs `plan` with the freshest snapshot and commits its change; the change
+   * is durable and in force on this process before the returned promise
+   * resolves, and no concurrent writer (in this process or another) loses an
+   * update. Rejects with {@link StoreConflictError} when the source holds an
+   * invalid external edit that a write would overwrite, and with
+   * {@link StoreUnavailableError} when the source cannot be reached. A shared
+   * store may run `plan` again on a fresher snapshot when another writer got
+   * there first, so a plan's side effects belong in `afterCommit`.
    */
   transact<T>(plan: (snapshot: Snapshot) => Plan<T> | Promise<Plan<T>>): Promise<T>;
   /** Stops watching and releases resources. */
   close(): Promise<void>;
 }
 
-/** A store that could not be loaded, with every problem located. */
+/** A store that could not be loaded, with every problem. */
 export class StoreLoadError extends Error {
-  constructor(readonly problems: readonly Problem[]) {
+  constructor(readonly problems: readonly StoreProblem[]) {
     super(`key store is invalid (${problems.length} problem${problems.length === 1 ? "" : "s"})`);
     this.name = "StoreLoadError";
   }
@@ -72,9 +118,17 @@ export class StoreLoadError extends Error {
 export class StoreConflictError extends Error {
   constructor(
     message: string,
-    readonly problems: readonly Problem[],
+    readonly problems: readonly StoreProblem[],
   ) {
     super(message);
     this.name = "StoreConflictError";
+  }
+}
+
+/** A write refused because the store's source cannot be reached (SPEC §6: 503 `store_unavailable`). */
+export class StoreUnavailableError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = "StoreUnavailableError";
   }
 }

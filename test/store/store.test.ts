@@ -15,7 +15,7 @@ import { MatcherCache, Snapshot, TOKEN_CACHE_MAX } from "../../src/store/snapsho
 import { indexEntries, spliceChange, type EntryIndex } from "../../src/store/splice.js";
 import type { LoaderInput, LoaderMessage } from "../../src/store/loader.js";
 import type { KeyChange } from "../../src/store/store.js";
-import { formatProblem } from "../../src/util/yaml.js";
+import { formatStoreProblem } from "../../src/store/store.js";
 
 function rec(id: string, over: Partial<KeyRecord> = {}): KeyRecord {
   return {
@@ -33,7 +33,7 @@ function rec(id: string, over: Partial<KeyRecord> = {}): KeyRecord {
 
 function records(file: string | Buffer): KeyRecord[] {
   const r = parseKeysFile("k", String(file), 1000);
-  if (!r.ok) throw new Error(r.problems.map(formatProblem).join("\n"));
+  if (!r.ok) throw new Error(r.problems.map(formatStoreProblem).join("\n"));
   return r.keys;
 }
 
@@ -315,7 +315,7 @@ describe("a large keys file (worker-thread loader, in-place writes)", () => {
     assert.ok(statSync(file).size >= WORKER_THRESHOLD_BYTES, "the file takes the worker path");
     const store = new FileKeyStore({ file, displayName: "keys.yaml", maxEntries: 1000 });
     const failures: string[] = [];
-    store.subscribe({ reloadFailed: (ps) => failures.push(...ps.map(formatProblem)) });
+    store.subscribe({ reloadFailed: (ps) => failures.push(...ps.map(formatStoreProblem)) });
     await store.load();
     assert.equal(store.snapshot.size, N);
     assert.equal(store.snapshot.lookup(secretHash("s7"))?.id, "key_7");
