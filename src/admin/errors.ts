@@ -31,7 +31,8 @@ export type ApiErrorCode =
   | "conflict"
   | "audit_unavailable"
   | "multiple_authorization"
-  | "malformed_authorization";
+  | "malformed_authorization"
+  | "store_unavailable";
 
 /** An answer other than success; `errors` lists bad fields for 400s. */
 export class ApiError extends Error {

@@ -8,6 +8,7 @@ import type { Logger } from "pino";
 import { Registry } from "prom-client";
 import { readBearer } from "../policy/credential.js";
 import { listenOn, SERVER_LIMITS, sendJson } from "../util/http.js";
+import { StoreUnavailableError } from "../store/store.js";
 import { ApiError } from "./errors.js";
 
 /** What the admin listener needs. */
@@ -15,6 +16,13 @@ export interface AdminDeps {
   /** The Prometheus text of `/metrics` (in a cluster: every process merged). */
   readonly metrics: () => Promise<string>;
   readonly log: Logger;
+  /** Whether the key store is reachable (`GET /readyz`, SPEC §6); always ready when absent. */
+  readonly ready?: () => { up: boolean; reason: string; store: string };
+}
+
+/** The answer to a write while the key store is unreachable (SPEC §6). */
+export function storeUnavailable(cause?: unknown): ApiError {
+  return new ApiError(503, "store_unavailable", "key store unavailable", undefined, {}, { cause });
 }
 
 /** Content type of the Prometheus text exposition format. */
@@ -51,6 +59,11 @@ export class AdminServer {
       keepAliveTimeout: 5_000,
     });
     this.route("/healthz", "GET", (_req, res) => sendJson(res, 200, { status: "ok" }));
+    this.route("/readyz", "GET", (_req, res) => {
+      const r = this.deps.ready?.();
+      if (r === undefined || r.up) sendJson(res, 200, { status: "ready" });
+      else sendJson(res, 503, { status: "unavailable", store: r.store, message: r.reason });
+    });
     this.route("/metrics", "GET", async (_req, res) => {
       const text = await this.deps.metrics();
       res.writeHead(200, { "content-type": PROMETHEUS_CONTENT_TYPE, "cache-control": "no-store" });
@@ -60,6 +73,10 @@ export class AdminServer {
       this.dispatch(req, res).catch((err: unknown) => {
         if (err instanceof ApiError) {
           sendError(res, err);
+          return;
+        }
+        if (err instanceof StoreUnavailableError) {
+          sendError(res, storeUnavailable(err));
           return;
         }
         this.deps.log.error(

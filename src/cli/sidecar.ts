@@ -20,6 +20,7 @@ import { Metrics } from "../metrics/metrics.js";
 import { SourceTracker, type ObservedSource } from "../metrics/sources.js";
 import { ProxyServer } from "../proxy/server.js";
 import { FileKeyStore } from "../store/filestore.js";
+import { RedisKeyStore } from "../store/redis.js";
 import type { Snapshot } from "../store/snapshot.js";
 import { formatStoreProblem, problemFields, type KeyStore } from "../store/store.js";
 import { isoTimestamp } from "../util/logline.js";
@@ -46,8 +47,19 @@ export function sideFiles(keysFile: string): { audit: string; otpState: string }
   };
 }
 
-/** The key store `config` names. */
-export function openStore(config: Config): KeyStore {
+/** The key store `config` names; `log` receives what the store reports on its own. */
+export function openStore(config: Config, log?: Logger): KeyStore {
+  const where = config.keys.store;
+  if (where.kind === "redis") {
+    return new RedisKeyStore({
+      url: where.url,
+      displayUrl: where.displayUrl,
+      prefix: where.prefix,
+      snapshotFile: where.snapshotFile,
+      maxEntries: config.keys.maxEntries,
+      notice: (event, message, fields) => log?.warn({ event, ...fields }, message),
+    });
+  }
   return new FileKeyStore({
     file: config.keys.file,
     displayName: config.keys.displayName,
@@ -120,14 +132,19 @@ export async function startSidecar(
   options: { role?: Role; cluster?: ClusterLink } = {},
 ): Promise<Sidecar> {
   const role = options.role ?? "single";
-  const store = openStore(config);
+  const store = openStore(config, log);
   const registry = new Registry();
   const metrics = new Metrics(registry, { version: VERSION, cache: store.matcherCache });
   store.subscribe({
     change: (snap, cause) => {
       metrics.snapshotInstalled(snap.size, snap.entries, cause === "reload");
-      if (cause === "reload")
+      if (cause === "reload" && config.keys.store.kind === "file")
         log.info({ event: "store_reloaded", keys: snap.size, entries: snap.entries }, "keys file reloaded");
+    },
+    health: (h) => {
+      metrics.storeHealth(h.up);
+      if (h.up) log.info({ event: "store_up", store: store.description }, `key store ${store.description} is back`);
+      else log.error({ event: "store_down", store: store.description }, h.reason);
     },
     reloadFailed: (problems) => {
       metrics.reloadFailed();
@@ -141,6 +158,7 @@ export async function startSidecar(
     },
   });
   const snap = await store.load();
+  metrics.storeHealth(store.health.up);
   const sources = new SourceTracker();
   const cluster = options.cluster;
   if (cluster) store.onCommit(() => cluster.syncWorkers());
@@ -155,7 +173,11 @@ export async function startSidecar(
   let adminAddress: { host: string; port: number } | undefined;
   try {
     if (config.admin && role !== "worker") {
-      admin = new AdminServer({ metrics: cluster ? () => cluster.metrics() : () => registry.metrics(), log });
+      admin = new AdminServer({
+        metrics: cluster ? () => cluster.metrics() : () => registry.metrics(),
+        log,
+        ready: () => ({ ...store.health, store: store.description }),
+      });
       const sourcesOf = cluster
         ? (id: string) => cluster.sources(id)
         : (id: string) => Promise.resolve(sources.sources(id));

@@ -17,6 +17,7 @@ import { parseCredentials } from "./credentials.js";
 import { SHA256_HEX } from "../store/keysfile.js";
 import { YamlFile, type Problem, type YamlPath } from "../util/yaml.js";
 import { AUDIT_FIELDS, readAuditSettings, type AuditSettings } from "./audit.js";
+import { parseStoreConfig, STORE_FIELDS, type StoreConfig } from "./store.js";
 
 /** A host and port to listen on. */
 export interface ListenAddress {
@@ -56,6 +57,8 @@ export interface Config {
     readonly maxEntries: number;
     /** Where keys travel (`keys.credentials`). */
     readonly credentials: readonly CredentialPlace[];
+    /** Where keys live (SPEC §6); with Redis, `file` only places the side files. */
+    readonly store: StoreConfig;
   };
   readonly admin:
     | {
@@ -259,9 +262,11 @@ export function parseConfig(file: string, text: string, env: NodeJS.ProcessEnv =
   let keys: Config["keys"] | undefined;
   if (keysRaw === undefined) y.fail([], 'missing field "keys" (with at least keys.file)');
   else {
-    const k = y.mapping(["keys"], keysRaw, ["file", "unknown", "missing", "max_entries", "credentials"]);
+    const k = y.mapping(["keys"], keysRaw, ["file", "unknown", "missing", "max_entries", "credentials", ...STORE_FIELDS]);
     if (k !== undefined) {
-      const f = k["file"];
+      const store = parseStoreConfig(y, k, dirname(file));
+      // With Redis the keys file is optional: it only places the side files (audit log, code state).
+      const f = k["file"] ?? (store?.kind === "redis" ? "keys.yaml" : undefined);
       if (f === undefined) y.fail(["keys"], 'missing field "file" (the keys file, relative to this file)');
       else if (typeof f !== "string" || f === "") y.fail(["keys", "file"], "must be a path", f);
       for (const field of ["unknown", "missing"] as const) {
@@ -275,7 +280,7 @@ export function parseConfig(file: string, text: string, env: NodeJS.ProcessEnv =
         me = DEFAULT_MAX_ENTRIES; // the keys file is still checked (check-config), with the default
       }
       const credentials = parseCredentials(y, k["credentials"]);
-      if (typeof f === "string" && f !== "" && credentials !== undefined) {
+      if (typeof f === "string" && f !== "" && credentials !== undefined && store !== undefined) {
         const abs = resolve(dirname(file), f);
         keys = {
           file: abs,
@@ -284,6 +289,7 @@ export function parseConfig(file: string, text: string, env: NodeJS.ProcessEnv =
           missing: (k["missing"] as "forward" | "reject" | undefined) ?? "forward",
           maxEntries: typeof me === "number" ? me : DEFAULT_MAX_ENTRIES,
           credentials,
+          store,
         };
       }
     }

@@ -59,6 +59,7 @@ export class Metrics {
   private readonly lastReload: Gauge;
   private readonly keys: Gauge;
   private readonly entries: Gauge;
+  private readonly storeUp: Gauge;
 
   constructor(
     readonly registry: Registry,
@@ -199,6 +200,13 @@ export class Metrics {
         if (cache) this.inc(cache.misses);
       },
     });
+    this.storeUp = new Gauge({
+      name: "keyfence_store_up",
+      help: "1 when the key store's source (keys file or Redis) is reachable and holds its data, 0 during an outage.",
+      registers,
+      aggregator: "min",
+    });
+    this.storeUp.set(1);
     /** keyfence_build_info{version,node}: constant 1. */
     new Gauge({
       name: "keyfence_build_info",
@@ -249,6 +257,11 @@ export class Metrics {
     this.lastReload.set(Date.now() / 1000);
     this.keys.set(keys);
     this.entries.set(entries);
+  }
+
+  /** Records whether the key store is reachable (SPEC §6). */
+  storeHealth(up: boolean): void {
+    this.storeUp.set(up ? 1 : 0);
   }
 
   /** Counts a refused reload. */

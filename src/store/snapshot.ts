@@ -120,13 +120,28 @@ export class SnapshotBuilder {
     private readonly previous?: Snapshot,
   ) {}
 
-  /** Adds one record (validated, ids and secrets unique). */
+  /** Adds one record (validated, ids and secrets unique); a record with an id already added replaces it. */
   add(record: KeyRecord): void {
+    this.remove(record.id);
     const rec = sharingList(record, this.previous?.record(record.id));
     const key = new StoredKey(rec, this.cache);
     this.byHash.set(rec.secretSha256, key);
     this.byId.set(rec.id, key);
     this.entries += rec.ipAllowList.length;
+  }
+
+  /** Removes the record of `id`, if added. */
+  remove(id: string): void {
+    const old = this.byId.get(id);
+    if (old === undefined) return;
+    this.byId.delete(id);
+    this.byHash.delete(old.record.secretSha256);
+    this.entries -= old.record.ipAllowList.length;
+  }
+
+  /** Number of records added so far. */
+  get size(): number {
+    return this.byId.size;
   }
 
   /** The finished snapshot; the builder must not be used afterwards. */
@@ -179,8 +194,14 @@ export class Snapshot {
   }
 
   /** {@link withChange} for large stores: the maps are copied a slice at a time, yielding in between. */
-  async withChangeSliced(change: KeyChange, slice = 5_000): Promise<Snapshot> {
-    if (this.byId.size <= slice) return this.withChange(change);
+  withChangeSliced(change: KeyChange, slice = 5_000): Promise<Snapshot> {
+    return this.withChangesSliced([change], slice);
+  }
+
+  /** Every change of `changes` applied in order, on one copy of the maps made a slice at a time. */
+  async withChangesSliced(changes: readonly KeyChange[], slice = 5_000): Promise<Snapshot> {
+    const first = changes[0];
+    if (changes.length === 1 && first !== undefined && this.byId.size <= slice) return this.withChange(first);
     const byId = new Map<string, StoredKey>();
     const byHash = new Map<string, StoredKey>();
     let n = 0;
@@ -189,19 +210,32 @@ export class Snapshot {
       byHash.set(key.record.secretSha256, key);
       if (++n % slice === 0) await new Promise((r) => setImmediate(r));
     }
-    const entries = this.apply(byId, byHash, change);
+    let entries = this.entries;
+    for (const change of changes) entries = this.apply(byId, byHash, change, entries);
     return new Snapshot([], this.cache, this, { byHash, byId, entries });
   }
 
   /** Applies `change` to copies of this snapshot's maps; returns the new entry count. */
-  private apply(byId: Map<string, StoredKey>, byHash: Map<string, StoredKey>, change: KeyChange): number {
-    let entries = this.entries;
+  private apply(
+    byId: Map<string, StoredKey>,
+    byHash: Map<string, StoredKey>,
+    change: KeyChange,
+    entries = this.entries,
+  ): number {
     const id = change.kind === "delete" ? change.id : change.record.id;
     const old = byId.get(id);
     if (old !== undefined) {
       byHash.delete(old.record.secretSha256);
       entries -= old.record.ipAllowList.length;
       if (change.kind === "delete") byId.delete(id);
+    }
+    if (change.kind !== "delete") {
+      // A secret moving between ids (possible in an import): the previous holder loses it.
+      const holder = byHash.get(change.record.secretSha256);
+      if (holder !== undefined && holder.record.id !== id) {
+        byId.delete(holder.record.id);
+        entries -= holder.record.ipAllowList.length;
+      }
     }
     if (change.kind !== "delete") {
       const rec = sharingList(change.record, old?.record);

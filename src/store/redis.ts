@@ -1,0 +1,695 @@
+/**
+ * The Redis key store (SPEC §6): every replica started with the same
+ * `keys.redis` shares one set of keys. Redis holds, under the prefix:
+ *
+ * - `keys`: a hash, key id → lean record (a JSON array, {@link encodeRecord});
+ * - `hashes`: a hash, secret SHA-256 → key id (secrets stay unique);
+ * - `version`: the store version, incremented by every change;
+ * - `generation`: a marker set when the store is initialized (`keyfence keys
+ *   import`); its absence means the data vanished, which is an outage;
+ * - `log`: a capped stream, one entry `<version>-0 {id}` per change, from
+ *   which a replica that fell behind catches up.
+ *
+ * A write is one Lua script: it checks the generation and that the key is
+ * still what the writer's snapshot held (optimistic concurrency: on a
+ * mismatch the replica catches up and plans again), applies the change,
+ * bumps the version, appends to the log and publishes `<generation>
+ * <version>` on the `changes` channel. A replica applies a message whose
+ * version is ahead of its own by catching up through the log (one script
+ * call returning every changed record); it also catches up on connect, on
+ * reconnect and every `syncIntervalMs`, so a missed message heals by itself,
+ * and resyncs in full when the log no longer reaches back to its version or
+ * the generation changed. The proxy reads the in-memory snapshot only: no
+ * request ever waits for Redis.
+ */
+import { readFile } from "node:fs/promises";
+import { createClient } from "redis";
+import { writeFileAtomic } from "../util/atomic.js";
+import { changedId, type KeyChange } from "./change.js";
+import { parseKeysFile, type KeyRecord } from "./keysfile.js";
+import { MatcherCache, Snapshot, SnapshotBuilder } from "./snapshot.js";
+import {
+  StoreConflictError,
+  StoreLoadError,
+  StoreUnavailableError,
+  type ChangeCause,
+  type KeyStore,
+  type Plan,
+  type StoreHealth,
+  type StoreListener,
+} from "./store.js";
+
+/** Options of {@link RedisKeyStore}. */
+export interface RedisKeyStoreOptions {
+  readonly url: string;
+  /** The URL without its password, for messages. */
+  readonly displayUrl: string;
+  readonly prefix: string;
+  /** Where the last good snapshot is kept, to start while Redis is down. */
+  readonly snapshotFile?: string | undefined;
+  readonly maxEntries: number;
+  readonly cache?: MatcherCache;
+  /** How often a replica checks the store version (heals missed messages). */
+  readonly syncIntervalMs?: number;
+  /** How long a command may take before the store counts as unreachable. */
+  readonly commandTimeoutMs?: number;
+  /** How long `load` waits for a first connection. */
+  readonly connectTimeoutMs?: number;
+  /** Called with lines worth logging (start from the snapshot file, resyncs). */
+  readonly notice?: (event: string, message: string, fields?: Record<string, unknown>) => void;
+}
+
+/** Default of {@link RedisKeyStoreOptions.syncIntervalMs}. */
+export const DEFAULT_SYNC_INTERVAL_MS = 5_000;
+/** Entries kept in the change log; a replica further behind resyncs in full. */
+export const LOG_MAX = 100_000;
+/** Records per HSCAN batch of a full resync (each batch is decoded and added between other work). */
+const SCAN_COUNT = 1_000;
+/** Most changes a catch-up fetches at once; more means a full resync. */
+const DELTA_MAX = 10_000;
+/** Times a write plans again after losing a race to another writer. */
+const WRITE_ATTEMPTS = 8;
+
+/** The Redis key names under `prefix`. */
+export function redisKeys(prefix: string): {
+  keys: string;
+  hashes: string;
+  version: string;
+  generation: string;
+  log: string;
+  channel: string;
+} {
+  return {
+    keys: `${prefix}keys`,
+    hashes: `${prefix}hashes`,
+    version: `${prefix}version`,
+    generation: `${prefix}generation`,
+    log: `${prefix}log`,
+    channel: `${prefix}changes`,
+  };
+}
+
+/** A record as stored in Redis: `[name, secret_sha256, scopes, ip_allow_list, mode, created_at, updated_at]` (the id is the field). */
+export function encodeRecord(r: KeyRecord): string {
+  return JSON.stringify([
+    r.name,
+    r.secretSha256,
+    r.scopes,
+    r.ipAllowList,
+    r.mode ?? 0,
+    r.createdAt ?? 0,
+    r.updatedAt ?? 0,
+  ]);
+}
+
+/** The record of key `id` stored as `text`; undefined when `text` is not a well-formed lean record. */
+export function decodeRecord(id: string, text: string): KeyRecord | undefined {
+  let v: unknown;
+  try {
+    v = JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+  if (!Array.isArray(v) || v.length !== 7) return undefined;
+  const [name, sha, scopes, list, mode, created, updated] = v as unknown[];
+  const strings = (x: unknown): x is string[] => Array.isArray(x) && x.every((s) => typeof s === "string");
+  const optional = (x: unknown): x is string | 0 => x === 0 || typeof x === "string";
+  if (typeof name !== "string" || typeof sha !== "string" || !strings(scopes) || !strings(list)) return undefined;
+  if ((mode !== 0 && mode !== "enforce" && mode !== "report") || !optional(created) || !optional(updated)) {
+    return undefined;
+  }
+  return {
+    id,
+    name,
+    secretSha256: sha,
+    scopes,
+    ipAllowList: list,
+    mode: mode === 0 ? undefined : mode,
+    createdAt: created === 0 ? undefined : created,
+    updatedAt: updated === 0 ? undefined : updated,
+  };
+}
+
+/**
+ * KEYS: keys, hashes, version, generation, log. ARGV: generation, kind, id,
+ * expected record ("" for none), new record, new secret hash, old secret
+ * hash, channel, log length. Checks everything before it changes anything
+ * (a script that returns early is not rolled back).
+ */
+const COMMIT = `
+local gen = redis.call('GET', KEYS[4])
+if not gen then return {'gone'} end
+if gen ~= ARGV[1] then return {'conflict'} end
+local cur = redis.call('HGET', KEYS[1], ARGV[3])
+if ARGV[2] == 'create' then
+  if cur then return {'conflict'} end
+elseif (not cur) or cur ~= ARGV[4] then
+  return {'conflict'}
+end
+if ARGV[2] ~= 'delete' then
+  local owner = redis.call('HGET', KEYS[2], ARGV[6])
+  if owner and owner ~= ARGV[3] then return {'duplicate'} end
+end
+if ARGV[2] ~= 'create' then redis.call('HDEL', KEYS[2], ARGV[7]) end
+if ARGV[2] == 'delete' then
+  redis.call('HDEL', KEYS[1], ARGV[3])
+else
+  redis.call('HSET', KEYS[1], ARGV[3], ARGV[5])
+  redis.call('HSET', KEYS[2], ARGV[6], ARGV[3])
+end
+local v = redis.call('INCR', KEYS[3])
+redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[9], v .. '-0', 'id', ARGV[3])
+redis.call('PUBLISH', ARGV[8], gen .. ' ' .. v)
+return {'ok', tostring(v)}
+`;
+
+/**
+ * KEYS: keys, version, generation, log. ARGV: the caller's version, most
+ * changes. Returns {'gone'}, {'same', gen, v}, {'full', gen, v} (the log no
+ * longer reaches back, or too many changes) or {'delta', gen, v, id1,
+ * record1, ...} with "" for a deleted key; all read at one instant.
+ */
+const CATCH_UP = `
+local gen = redis.call('GET', KEYS[3])
+if not gen then return {'gone'} end
+local v = redis.call('GET', KEYS[2]) or '0'
+local from = tonumber(ARGV[1])
+if tonumber(v) <= from then return {'same', gen, v} end
+if tonumber(v) - from > tonumber(ARGV[2]) then return {'full', gen, v} end
+local entries = redis.call('XRANGE', KEYS[4], (from + 1) .. '-0', '+')
+if #entries == 0 or tonumber(string.match(entries[1][1], '^(%d+)')) ~= from + 1 then return {'full', gen, v} end
+local out = {'delta', gen, v}
+local seen = {}
+for _, e in ipairs(entries) do
+  local id = e[2][2]
+  if not seen[id] then
+    seen[id] = true
+    table.insert(out, id)
+    table.insert(out, redis.call('HGET', KEYS[1], id) or '')
+  end
+end
+return out
+`;
+
+/** KEYS: version, generation. Returns {gen or false, version}. */
+const HEAD = `return {redis.call('GET', KEYS[2]) or '', redis.call('GET', KEYS[1]) or '0'}`;
+
+type Client = ReturnType<typeof createClient>;
+
+function strings(reply: unknown): string[] {
+  if (!Array.isArray(reply)) throw new Error("internal: unexpected reply from a keyfence script");
+  return reply.map((x) => (typeof x === "string" ? x : String(x)));
+}
+
+/** The keys-file text of `records` (JSON flow mappings are valid YAML), for the snapshot file and exports. */
+export function keysFileText(records: Iterable<KeyRecord>): string {
+  const lines = ["keys:"];
+  for (const r of records) lines.push(`  - ${JSON.stringify(keysFileEntry(r))}`);
+  if (lines.length === 1) return "keys: []\n";
+  return `${lines.join("\n")}\n`;
+}
+
+/** A record as keys-file fields. */
+export function keysFileEntry(r: KeyRecord): Record<string, unknown> {
+  const out: Record<string, unknown> = {
+    id: r.id,
+    name: r.name,
+    secret_sha256: r.secretSha256,
+    scopes: r.scopes,
+    ip_allow_list: r.ipAllowList,
+  };
+  if (r.mode !== undefined) out["mode"] = r.mode;
+  if (r.createdAt !== undefined) out["created_at"] = r.createdAt;
+  if (r.updatedAt !== undefined) out["updated_at"] = r.updatedAt;
+  return out;
+}
+
+/** Key store shared by every replica through Redis. */
+export class RedisKeyStore implements KeyStore {
+  private current: Snapshot | undefined;
+  private readonly cache: MatcherCache;
+  private readonly names: ReturnType<typeof redisKeys>;
+  private readonly listeners = new Set<StoreListener>();
+  private readonly commitHooks: (() => Promise<void>)[] = [];
+  private client: Client | undefined;
+  private subscriber: Client | undefined;
+  /** The generation and version the snapshot reflects ("" before the first sync with Redis). */
+  private generation = "";
+  private version = 0;
+  private state: StoreHealth = { up: false, reason: "not connected yet" };
+  private connected = false;
+  /** Snapshot changes run one at a time (catch-ups, resyncs, own commits). */
+  private applying: Promise<unknown> = Promise.resolve();
+  /** Writes of this process run one at a time. */
+  private writing: Promise<unknown> = Promise.resolve();
+  /** A catch-up is queued (coalesces bursts of messages). */
+  private pendingSync: Promise<void> | undefined;
+  private timer: NodeJS.Timeout | undefined;
+  private snapshotTimer: NodeJS.Timeout | undefined;
+  private closed = false;
+  private watching = false;
+
+  constructor(private readonly options: RedisKeyStoreOptions) {
+    this.cache = options.cache ?? new MatcherCache();
+    this.names = redisKeys(options.prefix);
+  }
+
+  get snapshot(): Snapshot {
+    if (this.current === undefined) throw new Error("key store used before load()");
+    return this.current;
+  }
+
+  get matcherCache(): MatcherCache {
+    return this.cache;
+  }
+
+  get health(): StoreHealth {
+    return this.state;
+  }
+
+  get description(): string {
+    return `Redis ${this.options.displayUrl} (prefix ${JSON.stringify(this.options.prefix)})`;
+  }
+
+  /** The store version the snapshot reflects (0 before the first sync). */
+  get storeVersion(): number {
+    return this.version;
+  }
+
+  subscribe(listener: StoreListener): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  onCommit(hook: () => Promise<void>): void {
+    this.commitHooks.push(hook);
+  }
+
+  /**
+   * Connects and loads every record; when Redis cannot be reached (or holds
+   * no keyfence data) within `connectTimeoutMs`, starts from the snapshot
+   * file if one is configured, else rejects naming what to do.
+   */
+  async load(): Promise<Snapshot> {
+    const client = this.makeClient();
+    this.client = client;
+    const timeoutMs = this.options.connectTimeoutMs ?? 5_000;
+    let why = "";
+    try {
+      await withTimeout(client.connect(), timeoutMs, `no connection within ${timeoutMs} ms`);
+      const head = strings(
+        await client.eval(HEAD, { keys: [this.names.version, this.names.generation], arguments: [] }),
+      );
+      if (head[0] === "") why = `it holds no keyfence data under the prefix ${JSON.stringify(this.options.prefix)}`;
+      else {
+        await this.sync("load");
+        if (this.current !== undefined && this.state.up) return this.current;
+        why = this.state.reason;
+      }
+    } catch (err) {
+      why = (err as Error).message;
+    }
+    const reason = `the key store ${this.description} is unavailable: ${why}`;
+    this.setHealth({ up: false, reason });
+    const file = this.options.snapshotFile;
+    if (file === undefined) {
+      await this.close();
+      throw new StoreLoadError([
+        {
+          message: `${reason}. Start Redis (or initialize it with \`keyfence keys import --config FILE --from KEYS.yaml\`), or set keys.redis.snapshot_file to start from the last good snapshot`,
+        },
+      ]);
+    }
+    const snapshot = await this.readSnapshotFile(file, reason);
+    this.current = snapshot;
+    this.emitChange(snapshot, "load");
+    this.options.notice?.(
+      "store_snapshot_file",
+      `${reason}; started from the snapshot file ${file} (${snapshot.size} keys); writes answer 503 until the store is back`,
+      { file, keys: snapshot.size },
+    );
+    return snapshot;
+  }
+
+  watch(): void {
+    if (this.watching || this.closed) return;
+    this.watching = true;
+    void this.startSubscriber();
+    this.timer = setInterval(() => {
+      if (this.connected) void this.requestSync();
+    }, this.options.syncIntervalMs ?? DEFAULT_SYNC_INTERVAL_MS);
+    this.timer.unref();
+  }
+
+  refresh(): Promise<void> {
+    if (!this.connected) return Promise.resolve();
+    return this.sync("reload");
+  }
+
+  transact<T>(plan: (snapshot: Snapshot) => Plan<T> | Promise<Plan<T>>): Promise<T> {
+    const run = this.writing.then(
+      () => this.write(plan),
+      () => this.write(plan),
+    );
+    this.writing = run.catch(() => undefined);
+    return run;
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    if (this.timer) clearInterval(this.timer);
+    if (this.snapshotTimer) clearTimeout(this.snapshotTimer);
+    await this.writing.catch(() => undefined);
+    await this.applying.catch(() => undefined);
+    for (const c of [this.subscriber, this.client]) {
+      if (c === undefined) continue;
+      try {
+        c.destroy();
+      } catch {
+        // already closed
+      }
+    }
+    this.subscriber = undefined;
+    this.client = undefined;
+  }
+
+  private makeClient(): Client {
+    const client = createClient({
+      url: this.options.url,
+      disableOfflineQueue: true,
+      pingInterval: 5_000,
+      commandOptions: { timeout: this.options.commandTimeoutMs ?? 3_000 },
+      socket: {
+        connectTimeout: this.options.commandTimeoutMs ?? 3_000,
+        reconnectStrategy: (retries: number) => Math.min(50 * 2 ** Math.min(retries, 5), 1_000),
+      },
+    });
+    client.on("error", (err: Error) => {
+      if (this.closed) return;
+      this.connected = false;
+      this.setHealth({ up: false, reason: `the key store ${this.description} is unreachable: ${err.message}` });
+    });
+    client.on("end", () => {
+      this.connected = false;
+    });
+    client.on("ready", () => {
+      this.connected = true;
+      // Connect and reconnect: catch up on whatever happened meanwhile.
+      if (this.current !== undefined) void this.requestSync();
+    });
+    return client;
+  }
+
+  private async startSubscriber(): Promise<void> {
+    const main = this.client;
+    if (main === undefined) return;
+    const sub = main.duplicate();
+    this.subscriber = sub;
+    sub.on("error", () => {
+      // The main client reports the outage; this one reconnects by itself.
+    });
+    sub.on("ready", () => {
+      if (this.current !== undefined) void this.requestSync();
+    });
+    try {
+      await sub.connect();
+      await sub.subscribe(this.names.channel, (message: string) => this.onMessage(message));
+    } catch {
+      // Not connected yet: the client keeps retrying and resubscribes when it connects.
+    }
+  }
+
+  private onMessage(message: string): void {
+    const [gen, v] = message.split(" ");
+    if (gen !== this.generation || Number(v) > this.version) void this.requestSync();
+  }
+
+  /** A catch-up soon, coalescing requests that arrive while one is queued; a failure only shows in the health. */
+  private requestSync(): Promise<void> {
+    this.pendingSync ??= this.sync("reload")
+      .catch(() => undefined)
+      .finally(() => {
+        this.pendingSync = undefined;
+      });
+    return this.pendingSync;
+  }
+
+  /** Brings the snapshot to the store's version (delta or full resync); records the store's health. */
+  private sync(cause: ChangeCause): Promise<void> {
+    const run = this.applying.then(() => this.syncNow(cause));
+    this.applying = run.catch(() => undefined);
+    return run;
+  }
+
+  private async syncNow(cause: ChangeCause): Promise<void> {
+    const client = this.client;
+    if (client === undefined || this.closed) return;
+    try {
+      const reply = strings(
+        await client.eval(CATCH_UP, {
+          keys: [this.names.keys, this.names.version, this.names.generation, this.names.log],
+          arguments: [String(this.generation === "" ? -1 : this.version), String(DELTA_MAX)],
+        }),
+      );
+      const [kind, gen = "", v = "0"] = reply;
+      if (kind === "gone") {
+        this.setHealth({
+          up: false,
+          reason: `the key store ${this.description} holds no keyfence data (its generation marker is gone, as after a restart without persistence); the last snapshot keeps serving until an operator restores it with \`keyfence keys import\``,
+        });
+        return;
+      }
+      if (gen !== this.generation || kind === "full" || this.current === undefined) {
+        await this.fullResync(client, cause);
+      } else if (kind === "delta") {
+        const changes: KeyChange[] = [];
+        for (let i = 3; i + 1 < reply.length; i += 2) {
+          const id = reply[i] as string;
+          const text = reply[i + 1] as string;
+          const rec = text === "" ? undefined : decodeRecord(id, text);
+          changes.push(rec === undefined ? { kind: "delete", id } : { kind: "update", record: rec });
+        }
+        const next = await this.snapshot.withChangesSliced(changes);
+        this.version = Number(v);
+        this.install(next, cause, changes.length === 1 ? changes[0] : undefined);
+      }
+      this.setHealth({ up: true, reason: "" });
+    } catch (err) {
+      this.setHealth({
+        up: false,
+        reason: `the key store ${this.description} is unreachable: ${(err as Error).message}`,
+      });
+      throw new StoreUnavailableError(this.state.reason, { cause: err });
+    }
+  }
+
+  /** Reads every record (HSCAN in batches, yielding between them), then catches up on changes made meanwhile. */
+  private async fullResync(client: Client, cause: ChangeCause): Promise<void> {
+    const started = Date.now();
+    for (let attempt = 0; attempt < 3; attempt++) {
+      const head = strings(
+        await client.eval(HEAD, { keys: [this.names.version, this.names.generation], arguments: [] }),
+      );
+      const gen = head[0] ?? "";
+      const v = Number(head[1] ?? "0");
+      const builder = new SnapshotBuilder(this.cache, this.current);
+      let cursor = "0";
+      let bad = 0;
+      do {
+        const page = await client.hScan(this.names.keys, cursor, { COUNT: SCAN_COUNT });
+        cursor = page.cursor;
+        for (const e of page.entries) {
+          const rec = decodeRecord(e.field, e.value);
+          if (rec === undefined) bad++;
+          else builder.add(rec);
+        }
+        await new Promise((r) => setImmediate(r));
+      } while (cursor !== "0");
+      // What changed during the scan (HSCAN may or may not have seen it) comes from the log.
+      const reply = strings(
+        await client.eval(CATCH_UP, {
+          keys: [this.names.keys, this.names.version, this.names.generation, this.names.log],
+          arguments: [String(v), String(DELTA_MAX)],
+        }),
+      );
+      const [kind, gen2 = "", v2 = "0"] = reply;
+      if (kind === "gone") throw new Error("its data vanished during a resync");
+      if (gen2 !== gen || kind === "full") continue;
+      if (kind === "delta") {
+        for (let i = 3; i + 1 < reply.length; i += 2) {
+          const id = reply[i] as string;
+          const rec = (reply[i + 1] as string) === "" ? undefined : decodeRecord(id, reply[i + 1] as string);
+          if (rec === undefined) builder.remove(id);
+          else builder.add(rec);
+        }
+      }
+      this.generation = gen;
+      this.version = Number(v2);
+      const snapshot = builder.finish();
+      this.install(snapshot, cause);
+      if (bad > 0) {
+        this.options.notice?.("store_bad_records", `${bad} malformed records in ${this.description} were skipped`, {
+          records: bad,
+        });
+      }
+      if (cause !== "load") {
+        this.options.notice?.("store_resynced", `resynced ${snapshot.size} keys from ${this.description}`, {
+          keys: snapshot.size,
+          ms: Date.now() - started,
+        });
+      }
+      return;
+    }
+    throw new Error("the store changed too fast to resync (3 attempts)");
+  }
+
+  private async write<T>(plan: (snapshot: Snapshot) => Plan<T> | Promise<Plan<T>>): Promise<T> {
+    const client = this.client;
+    for (let attempt = 0; attempt < WRITE_ATTEMPTS; attempt++) {
+      if (client === undefined || !this.connected || this.current === undefined || this.generation === "") {
+        throw new StoreUnavailableError(this.state.reason || `the key store ${this.description} is unavailable`);
+      }
+      // The freshest snapshot first (one round trip), so a plan rarely loses a race.
+      await this.sync("reload");
+      if (!this.state.up) throw new StoreUnavailableError(this.state.reason);
+      const base = this.snapshot;
+      const p = await plan(base);
+      if (p.change === undefined) {
+        if (p.afterCommit) await p.afterCommit();
+        return p.result;
+      }
+      const change = p.change;
+      const id = changedId(change);
+      const before = base.record(id);
+      let reply: string[];
+      try {
+        reply = strings(
+          await client.eval(COMMIT, {
+            keys: [this.names.keys, this.names.hashes, this.names.version, this.names.generation, this.names.log],
+            arguments: [
+              this.generation,
+              change.kind,
+              id,
+              before === undefined ? "" : encodeRecord(before),
+              change.kind === "delete" ? "" : encodeRecord(change.record),
+              change.kind === "delete" ? "" : change.record.secretSha256,
+              before?.secretSha256 ?? "",
+              this.names.channel,
+              String(LOG_MAX),
+            ],
+          }),
+        );
+      } catch (err) {
+        const reason = `the key store ${this.description} is unreachable: ${(err as Error).message}`;
+        this.setHealth({ up: false, reason });
+        throw new StoreUnavailableError(reason, { cause: err });
+      }
+      const [kind, v] = reply;
+      if (kind === "conflict") continue; // another writer got there first: plan again on its result
+      if (kind === "gone") {
+        await this.sync("reload").catch(() => undefined);
+        throw new StoreUnavailableError(this.state.reason);
+      }
+      if (kind === "duplicate") {
+        throw new StoreConflictError("another key already has this secret", [
+          { message: "another key already has this secret" },
+        ]);
+      }
+      await this.applyOwn(change, Number(v));
+      for (const hook of this.commitHooks) await hook();
+      if (p.afterCommit) await p.afterCommit();
+      return p.result;
+    }
+    throw new StoreConflictError("the key changed on other replicas too often; try again", []);
+  }
+
+  /** Puts this process's own committed change in force (or catches up when others committed in between). */
+  private applyOwn(change: KeyChange, v: number): Promise<void> {
+    const run = this.applying.then(async () => {
+      if (v === this.version + 1) {
+        const next = await this.snapshot.withChangeSliced(change);
+        this.version = v;
+        this.install(next, "write", change);
+      } else if (v > this.version) {
+        await this.syncNow("write");
+      }
+    });
+    this.applying = run.catch(() => undefined);
+    return run;
+  }
+
+  private install(snapshot: Snapshot, cause: ChangeCause, change?: KeyChange): void {
+    this.current = snapshot;
+    this.emitChange(snapshot, cause, change);
+    this.scheduleSnapshotFile();
+  }
+
+  private emitChange(snapshot: Snapshot, cause: ChangeCause, change?: KeyChange): void {
+    for (const l of this.listeners) l.change?.(snapshot, cause, change);
+  }
+
+  private setHealth(next: StoreHealth): void {
+    const was = this.state;
+    this.state = next;
+    if (was.up !== next.up || (!next.up && was.reason !== next.reason)) {
+      for (const l of this.listeners) l.health?.(next);
+    }
+  }
+
+  /** Writes the snapshot file a moment after changes settle (never on the request path). */
+  private scheduleSnapshotFile(): void {
+    const file = this.options.snapshotFile;
+    if (file === undefined || this.closed || !this.state.up) return;
+    if (this.snapshotTimer) return;
+    this.snapshotTimer = setTimeout(() => {
+      this.snapshotTimer = undefined;
+      const snap = this.current;
+      if (snap === undefined || !this.state.up) return;
+      writeFileAtomic(file, keysFileText(snap.records())).catch((err: unknown) =>
+        this.options.notice?.(
+          "store_snapshot_file_failed",
+          `cannot write the snapshot file ${file}: ${(err as Error).message}`,
+        ),
+      );
+    }, 1_000);
+    this.snapshotTimer.unref();
+  }
+
+  private async readSnapshotFile(file: string, reason: string): Promise<Snapshot> {
+    let text: string;
+    try {
+      text = await readFile(file, "utf8");
+    } catch (err) {
+      await this.close();
+      throw new StoreLoadError([
+        { message: `${reason}, and the snapshot file ${file} cannot be read: ${(err as Error).message}` },
+      ]);
+    }
+    const parsed = parseKeysFile(file, text, this.options.maxEntries);
+    if (!parsed.ok) {
+      await this.close();
+      throw new StoreLoadError([
+        { message: `${reason}, and the snapshot file ${file} is invalid` },
+        ...parsed.problems,
+      ]);
+    }
+    // Keep connecting in the background: the store catches up once Redis is back.
+    return new Snapshot(parsed.keys, this.cache);
+  }
+}
+
+function withTimeout<T>(work: Promise<T>, ms: number, message: string): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(message)), ms);
+    work.then(
+      (v) => {
+        clearTimeout(timer);
+        resolve(v);
+      },
+      (err: unknown) => {
+        clearTimeout(timer);
+        reject(err instanceof Error ? err : new Error(String(err)));
+      },
+    );
+  });
+}

@@ -1,0 +1,151 @@
+/**
+ * Bulk copies between key records and a Redis store (`keyfence keys import`
+ * and `export`, SPEC §6). An import is idempotent by id: a record already
+ * stored as given is left alone. Into a store without its generation marker
+ * (new, or whose data vanished) the import first clears what is left under
+ * the prefix and sets the marker last, so replicas see the whole import at
+ * once; into a live store each batch is one atomic script that bumps the
+ * version, logs the changed ids and tells the replicas.
+ */
+import { randomBytes } from "node:crypto";
+import { createClient } from "redis";
+import type { KeyRecord } from "./keysfile.js";
+import { decodeRecord, encodeRecord, LOG_MAX, redisKeys } from "./redis.js";
+
+/** Records per import script call. */
+const IMPORT_BATCH = 1_000;
+
+/** KEYS: keys, hashes, version, generation, log. ARGV: channel, log length, fresh ("1"/"0"), then id, record, secret hash triples. */
+const IMPORT = `
+local changed = {}
+for i = 4, #ARGV, 3 do
+  local id, rec, sha = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local cur = redis.call('HGET', KEYS[1], id)
+  if cur ~= rec then
+    if cur then
+      local old = cjson.decode(cur)[2]
+      if old ~= sha then redis.call('HDEL', KEYS[2], old) end
+    end
+    redis.call('HSET', KEYS[1], id, rec)
+    redis.call('HSET', KEYS[2], sha, id)
+    table.insert(changed, id)
+  end
+end
+if #changed == 0 or ARGV[3] == '1' then return #changed end
+local v = redis.call('INCR', KEYS[3])
+for j, id in ipairs(changed) do
+  redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[2], v .. '-' .. j, 'id', id)
+end
+local gen = redis.call('GET', KEYS[4])
+if gen then redis.call('PUBLISH', ARGV[1], gen .. ' ' .. v) end
+return #changed
+`;
+
+/** What an import did. */
+export interface ImportResult {
+  /** Records written (new or different). */
+  readonly changed: number;
+  /** Records already stored as given. */
+  readonly unchanged: number;
+  /** True when the store had no generation marker and was initialized by this import. */
+  readonly initialized: boolean;
+}
+
+/** A failure of an import that changed nothing, with what to fix. */
+export class ImportRefused extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "ImportRefused";
+  }
+}
+
+type Client = ReturnType<typeof createClient>;
+
+/** Connects to `url` for a one-off job (no reconnects: a failure is reported). */
+export async function connectOnce(url: string): Promise<Client> {
+  const client = createClient({ url, socket: { connectTimeout: 5_000, reconnectStrategy: false } });
+  client.on("error", () => {
+    // Reported by the command that fails.
+  });
+  await client.connect();
+  return client;
+}
+
+/**
+ * Copies `records` into the store under `prefix`; `progress(done, total)` is
+ * called after each batch. Refuses (changing nothing) when a secret of
+ * `records` belongs to another key in the store.
+ */
+export async function importRecords(
+  client: Client,
+  prefix: string,
+  records: readonly KeyRecord[],
+  progress?: (done: number, total: number) => void,
+): Promise<ImportResult> {
+  const names = redisKeys(prefix);
+  const fresh = (await client.get(names.generation)) === null;
+  if (fresh) await client.del([names.keys, names.hashes, names.log, names.version]);
+  else {
+    // A secret held by another id in the store would leave two keys with one secret.
+    for (let i = 0; i < records.length; i += IMPORT_BATCH) {
+      const batch = records.slice(i, i + IMPORT_BATCH);
+      const owners = await client.hmGet(
+        names.hashes,
+        batch.map((r) => r.secretSha256),
+      );
+      owners.forEach((owner, k) => {
+        const r = batch[k];
+        if (owner !== null && r !== undefined && owner !== r.id) {
+          throw new ImportRefused(`key ${r.id}: its secret_sha256 belongs to key ${owner} in the store`);
+        }
+      });
+    }
+  }
+  let changed = 0;
+  for (let i = 0; i < records.length; i += IMPORT_BATCH) {
+    const batch = records.slice(i, i + IMPORT_BATCH);
+    const args = [names.channel, String(LOG_MAX), fresh ? "1" : "0"];
+    for (const r of batch) args.push(r.id, encodeRecord(r), r.secretSha256);
+    const n = await client.eval(IMPORT, {
+      keys: [names.keys, names.hashes, names.version, names.generation, names.log],
+      arguments: args,
+    });
+    changed += Number(n);
+    progress?.(Math.min(i + IMPORT_BATCH, records.length), records.length);
+  }
+  if (records.length === 0) progress?.(0, 0);
+  if (fresh) {
+    const gen = randomBytes(8).toString("hex");
+    await client.multi().set(names.version, "1").set(names.generation, gen).publish(names.channel, `${gen} 1`).exec();
+  }
+  return { changed, unchanged: records.length - changed, initialized: fresh };
+}
+
+/**
+ * Every record of the store under `prefix`, by id; `progress(done, total)`
+ * after each batch. Rejects when the store holds no keyfence data.
+ */
+export async function exportRecords(
+  client: Client,
+  prefix: string,
+  progress?: (done: number, total: number) => void,
+): Promise<KeyRecord[]> {
+  const names = redisKeys(prefix);
+  if ((await client.get(names.generation)) === null) {
+    throw new ImportRefused(`the store holds no keyfence data under the prefix ${JSON.stringify(prefix)}`);
+  }
+  const total = await client.hLen(names.keys);
+  const out: KeyRecord[] = [];
+  let cursor = "0";
+  do {
+    const page = await client.hScan(names.keys, cursor, { COUNT: IMPORT_BATCH });
+    cursor = page.cursor;
+    for (const e of page.entries) {
+      const r = decodeRecord(e.field, e.value);
+      if (r !== undefined) out.push(r);
+    }
+    progress?.(out.length, total);
+  } while (cursor !== "0");
+  out.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+  return out;
+}

@@ -1,0 +1,340 @@
+/**
+ * SPEC §6 with a real redis-server: three replicas share one store; changes
+ * propagate; concurrent writes through different replicas lose nothing; an
+ * outage (server killed, or one replica's connection cut) keeps every
+ * replica enforcing its last snapshot, answers writes 503 and catches up
+ * afterwards, missed changes included; vanished data is an outage; a start
+ * while Redis is down uses the snapshot file or exits 1.
+ */
+import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, test } from "node:test";
+import { stringify } from "yaml";
+import { StoreLoadError } from "../../src/store/store.js";
+import { connectOnce, exportRecords, importRecords } from "../../src/store/redisio.js";
+import type { KeyRecord } from "../../src/store/keysfile.js";
+import { needBinary } from "../helpers/binary.js";
+import { bearer, send, type Reply } from "../helpers/http.js";
+import { startRedis, startRelay, type RedisServer, type Relay } from "../helpers/redis.js";
+import { eventually, startTestSidecar, type TestSidecar } from "../helpers/sidecar.js";
+import { spawnKeyfence } from "../helpers/spawn.js";
+import { startUpstream, type Upstream } from "../helpers/upstream.js";
+
+const redisBin = needBinary("redis-server", "redis-server");
+const sha = (s: string): string => createHash("sha256").update(s).digest("hex");
+const OPS = bearer("tok_ops");
+const OPERATORS = [{ name: "ops", token_sha256: sha("tok_ops") }];
+
+function record(id: string, secret: string, allow: string[] = []): KeyRecord {
+  return {
+    id,
+    name: id,
+    secretSha256: sha(secret),
+    scopes: [],
+    ipAllowList: allow,
+    mode: undefined,
+    createdAt: undefined,
+    updatedAt: undefined,
+  };
+}
+
+/** The initial store: one key usable from loopback, one pinned elsewhere. */
+const SEED = [record("k_open", "s_open"), record("k_pinned", "s_pinned", ["203.0.113.0/24"])];
+
+async function seed(url: string, prefix: string, records: readonly KeyRecord[] = SEED): Promise<void> {
+  const c = await connectOnce(url);
+  try {
+    await importRecords(c, prefix, records);
+  } finally {
+    c.destroy();
+  }
+}
+
+async function replica(
+  up: Upstream,
+  url: string,
+  prefix: string,
+  extra: Record<string, unknown> = {},
+): Promise<TestSidecar> {
+  return startTestSidecar({
+    upstream: up.url,
+    keys: "keys: []\n",
+    keysConfig: { store: "redis", redis: { url, prefix, ...extra }, unknown: "reject" },
+    admin: { operators: OPERATORS },
+  });
+}
+
+/** What the proxy of `kf` answers for `secret` from 127.0.0.1: 200 allowed, 403 pinned elsewhere, 401 unknown. */
+async function proxied(kf: TestSidecar, secret: string): Promise<number> {
+  return (await send(`${kf.url}/x`, { headers: [bearer(secret)] })).status;
+}
+
+async function apiCall(kf: TestSidecar, method: string, path: string, json?: unknown): Promise<Reply> {
+  const headers: Array<[string, string]> = [OPS];
+  if (json !== undefined) headers.push(["Content-Type", "application/json"]);
+  return send(`${kf.adminUrl}${path}`, {
+    method,
+    headers,
+    body: json === undefined ? undefined : JSON.stringify(json),
+  });
+}
+
+async function create(kf: TestSidecar, body: unknown): Promise<{ id: string; secret: string }> {
+  const r = await apiCall(kf, "POST", "/v1/api-keys", body);
+  assert.equal(r.status, 201, r.body);
+  return r.json() as { id: string; secret: string };
+}
+
+async function storeUp(kf: TestSidecar): Promise<string | undefined> {
+  const m = await send(`${kf.adminUrl}/metrics`);
+  return /^keyfence_store_up (\d)/m.exec(m.body)?.[1];
+}
+
+let prefixes = 0;
+const newPrefix = (): string => `kf${++prefixes}:`;
+
+describe("Redis store", { skip: redisBin.skip }, () => {
+  let redis: RedisServer;
+  let up: Upstream;
+  const started: TestSidecar[] = [];
+  const start = async (url: string, prefix: string, extra?: Record<string, unknown>): Promise<TestSidecar> => {
+    const kf = await replica(up, url, prefix, extra);
+    started.push(kf);
+    return kf;
+  };
+
+  before(async () => {
+    redis = await startRedis(redisBin.path ?? "redis-server");
+    up = await startUpstream();
+  });
+  after(async () => {
+    await Promise.all(started.map((kf) => kf.stop()));
+    await up.close();
+    await redis.kill();
+  });
+
+  test("a change through any of three replicas is enforced by all three within 1 s", async () => {
+    const prefix = newPrefix();
+    await seed(redis.url, prefix);
+    const r = [await start(redis.url, prefix), await start(redis.url, prefix), await start(redis.url, prefix)] as const;
+    for (const kf of r) {
+      assert.equal(await proxied(kf, "s_open"), 200);
+      assert.equal(await proxied(kf, "s_pinned"), 403);
+    }
+    const within = async (what: string, check: (kf: TestSidecar) => Promise<boolean>): Promise<void> => {
+      const t0 = Date.now();
+      for (const kf of r) await eventually(() => check(kf), 1000, what);
+      assert.ok(Date.now() - t0 < 1500);
+    };
+    // Create through replica 0.
+    const k = await create(r[0], { name: "new", ip_allow_list: ["198.51.100.7"] });
+    await within("the new key on every replica", async (kf) => (await proxied(kf, k.secret)) === 403);
+    // Loosen through replica 1: the key now works from anywhere.
+    const p = await apiCall(r[1], "PATCH", `/v1/api-keys/${k.id}`, { ip_allow_list: [] });
+    assert.equal(p.status, 200, p.body);
+    await within("the patch on every replica", async (kf) => (await proxied(kf, k.secret)) === 200);
+    // Tighten through replica 2.
+    const t = await apiCall(r[2], "PATCH", `/v1/api-keys/k_open`, { ip_allow_list: ["192.0.2.1"] });
+    assert.equal(t.status, 200, t.body);
+    await within("the restriction on every replica", async (kf) => (await proxied(kf, "s_open")) === 403);
+    // Delete through replica 0.
+    assert.equal((await apiCall(r[0], "DELETE", `/v1/api-keys/${k.id}`)).status, 204);
+    await within("the delete on every replica", async (kf) => (await proxied(kf, k.secret)) === 401);
+    for (const kf of r) {
+      const got = await apiCall(kf, "GET", "/v1/api-keys/k_open");
+      assert.deepEqual((got.json() as { ip_allow_list: string[] }).ip_allow_list, ["192.0.2.1"]);
+      assert.equal((await send(`${kf.adminUrl}/readyz`)).status, 200);
+      assert.equal(await storeUp(kf), "1");
+    }
+  });
+
+  test("concurrent writes through three replicas lose nothing", async () => {
+    const prefix = newPrefix();
+    await seed(redis.url, prefix, []);
+    const r = [await start(redis.url, prefix), await start(redis.url, prefix), await start(redis.url, prefix)];
+    // 30 creates at once, spread over the replicas.
+    const made = await Promise.all(
+      Array.from({ length: 30 }, (_, i) => create(r[i % 3] as TestSidecar, { name: `c${i}` })),
+    );
+    assert.equal(new Set(made.map((m) => m.id)).size, 30);
+    for (const kf of r) await eventually(() => kf.sidecar.store.snapshot.size === 30, 1000, "30 keys everywhere");
+    // Patches of different fields of one key through different replicas at once: every one survives.
+    for (let round = 0; round < 5; round++) {
+      const id = (made[round] as { id: string }).id;
+      const replies = await Promise.all([
+        apiCall(r[0] as TestSidecar, "PATCH", `/v1/api-keys/${id}`, { name: `renamed${round}` }),
+        apiCall(r[1] as TestSidecar, "PATCH", `/v1/api-keys/${id}`, { scopes: [`s:${round}`] }),
+        apiCall(r[2] as TestSidecar, "PATCH", `/v1/api-keys/${id}`, { ip_allow_list: ["192.0.2.9"] }),
+        apiCall(r[0] as TestSidecar, "PATCH", `/v1/api-keys/${id}`, { mode: "report" }),
+      ]);
+      for (const x of replies) assert.equal(x.status, 200, x.body);
+      for (const kf of r) {
+        await eventually(
+          () => {
+            const rec = kf.sidecar.store.snapshot.record(id);
+            return (
+              rec?.name === `renamed${round}` &&
+              rec.scopes.join() === `s:${round}` &&
+              rec.ipAllowList.join() === "192.0.2.9" &&
+              rec.mode === "report"
+            );
+          },
+          1000,
+          `every patch of round ${round} on every replica`,
+        );
+      }
+    }
+    const c = await connectOnce(redis.url);
+    try {
+      const all = await exportRecords(c, prefix);
+      assert.equal(all.length, 30);
+    } finally {
+      c.destroy();
+    }
+  });
+
+  test("one replica cut off keeps enforcing, answers writes 503, and catches up on what it missed", async () => {
+    const prefix = newPrefix();
+    await seed(redis.url, prefix);
+    const relay: Relay = await startRelay(redis.port);
+    try {
+      const a = await start(redis.url, prefix);
+      const b = await start(relay.url, prefix);
+      relay.cut();
+      await eventually(async () => (await send(`${b.adminUrl}/readyz`)).status === 503, 3000, "readyz 503");
+      const ready = await send(`${b.adminUrl}/readyz`);
+      assert.match(ready.body, /Redis redis:\/\/127\.0\.0\.1/);
+      assert.equal((await send(`${b.adminUrl}/healthz`)).status, 200);
+      assert.equal(await storeUp(b), "0");
+      const w = await apiCall(b, "POST", "/v1/api-keys", { name: "refused" });
+      assert.equal(w.status, 503);
+      assert.deepEqual(w.json(), { message: "key store unavailable" });
+      assert.equal(w.headers["x-keyfence-reason"], "store_unavailable");
+      // Meanwhile, through the other replica: a new key, a restriction, a delete.
+      const k = await create(a, { name: "missed" });
+      assert.equal((await apiCall(a, "PATCH", "/v1/api-keys/k_open", { ip_allow_list: ["192.0.2.1"] })).status, 200);
+      assert.equal((await apiCall(a, "DELETE", "/v1/api-keys/k_pinned")).status, 204);
+      // b still enforces its last snapshot.
+      assert.equal(await proxied(b, "s_open"), 200);
+      assert.equal(await proxied(b, "s_pinned"), 403);
+      assert.equal(await proxied(b, k.secret), 401);
+      relay.restore();
+      await eventually(async () => (await proxied(b, k.secret)) === 200, 5000, "the missed create");
+      assert.equal(await proxied(b, "s_open"), 403);
+      assert.equal(await proxied(b, "s_pinned"), 401);
+      assert.equal((await send(`${b.adminUrl}/readyz`)).status, 200);
+      assert.equal(await storeUp(b), "1");
+      assert.equal((await apiCall(b, "POST", "/v1/api-keys", { name: "after" })).status, 201);
+    } finally {
+      await relay.close();
+    }
+  });
+
+  test("vanished data is an outage, never no keys, until an import restores it", async () => {
+    const prefix = newPrefix();
+    await seed(redis.url, prefix);
+    const a = await start(redis.url, prefix);
+    const b = await start(redis.url, prefix);
+    const c = await connectOnce(redis.url);
+    try {
+      // As after a restart without persistence: every key under the prefix is gone.
+      const names = await c.keys(`${prefix}*`);
+      await c.del(names);
+      await c.publish(`${prefix}changes`, "x 999");
+      for (const kf of [a, b]) {
+        await eventually(async () => (await send(`${kf.adminUrl}/readyz`)).status === 503, 7000, "readyz 503");
+        assert.match((await send(`${kf.adminUrl}/readyz`)).body, /no keyfence data/);
+        assert.equal(await proxied(kf, "s_open"), 200);
+        assert.equal(await proxied(kf, "s_pinned"), 403, "the restriction still holds");
+        assert.equal((await apiCall(kf, "DELETE", "/v1/api-keys/k_pinned")).status, 503);
+      }
+      // The operator restores the store (with one change): every replica resyncs.
+      await importRecords(c, prefix, [record("k_open", "s_open", ["192.0.2.1"]), SEED[1] as KeyRecord]);
+      for (const kf of [a, b]) {
+        await eventually(async () => (await send(`${kf.adminUrl}/readyz`)).status === 200, 7000, "readyz 200");
+        assert.equal(await proxied(kf, "s_open"), 403);
+      }
+    } finally {
+      c.destroy();
+    }
+  });
+
+  test("redis-server killed and restarted: fail-static, 503, then catch-up once the store is restored", async () => {
+    const prefix = newPrefix();
+    await seed(redis.url, prefix);
+    const a = await start(redis.url, prefix);
+    const b = await start(redis.url, prefix);
+    await redis.kill();
+    for (const kf of [a, b]) {
+      await eventually(async () => (await send(`${kf.adminUrl}/readyz`)).status === 503, 3000, "readyz 503");
+      assert.equal(await proxied(kf, "s_open"), 200);
+      assert.equal(await proxied(kf, "s_pinned"), 403);
+      assert.equal(await storeUp(kf), "0");
+      const w = await apiCall(kf, "PATCH", "/v1/api-keys/k_pinned", { ip_allow_list: [] });
+      assert.equal(w.status, 503);
+    }
+    await redis.start();
+    // Without persistence the data is gone: still an outage.
+    await new Promise((r) => setTimeout(r, 300));
+    for (const kf of [a, b]) {
+      assert.equal((await send(`${kf.adminUrl}/readyz`)).status, 503);
+      assert.equal(await proxied(kf, "s_pinned"), 403);
+    }
+    await seed(redis.url, prefix, [...SEED, record("k_new", "s_new")]);
+    for (const kf of [a, b]) {
+      await eventually(async () => (await proxied(kf, "s_new")) === 200, 7000, "the restored store");
+      assert.equal((await send(`${kf.adminUrl}/readyz`)).status, 200);
+    }
+  });
+
+  test("a replica started while Redis is down starts from snapshot_file, else exits 1", async () => {
+    const prefix = newPrefix();
+    await seed(redis.url, prefix);
+    const dir = mkdtempSync(join(tmpdir(), "keyfence-redis-"));
+    const relay = await startRelay(redis.port);
+    try {
+      const snapshotFile = join(dir, "keys.snapshot");
+      const a = await start(redis.url, prefix, { snapshot_file: snapshotFile });
+      await create(a, { name: "in-snapshot", ip_allow_list: ["198.51.100.0/24"] });
+      await eventually(() => existsSync(snapshotFile), 3000, "the snapshot file");
+      relay.cut();
+      // Without snapshot_file: a clear error.
+      await assert.rejects(
+        replica(up, relay.url, prefix),
+        (err: unknown) =>
+          err instanceof StoreLoadError && /unavailable.*snapshot_file/s.test(err.problems[0]?.message ?? ""),
+      );
+      // The real command exits 1 saying so.
+      const cfg = join(dir, "keyfence.yaml");
+      writeFileSync(
+        cfg,
+        stringify({
+          listen: "127.0.0.1:0",
+          upstream: up.url,
+          keys: { store: "redis", redis: { url: relay.url, prefix } },
+        }),
+      );
+      await assert.rejects(spawnKeyfence(cfg), /exited with 1[\s\S]*key store Redis .* is unavailable/);
+      // With it: starts, says so, enforces the snapshot, not ready.
+      const b = await start(relay.url, prefix, { snapshot_file: snapshotFile });
+      assert.ok(
+        b.logs.some((l) => l["event"] === "store_snapshot_file"),
+        b.logText(),
+      );
+      assert.equal(await proxied(b, "s_pinned"), 403);
+      assert.equal(await proxied(b, "s_open"), 200);
+      assert.equal(b.sidecar.store.snapshot.size, 3);
+      assert.equal((await send(`${b.adminUrl}/readyz`)).status, 503);
+      const k = await create(a, { name: "while-b-was-down" });
+      relay.restore();
+      await eventually(async () => (await proxied(b, k.secret)) === 200, 7000, "b catches up");
+      assert.equal((await send(`${b.adminUrl}/readyz`)).status, 200);
+    } finally {
+      await relay.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
