@@ -4,16 +4,21 @@
  * each new version off the hot path and swaps the snapshot in one assignment.
  * An invalid or missing file never replaces the last good snapshot.
  *
- * Writes (management API) are serialized with reloads on one queue, re-read
- * the file first so an external edit is never silently lost, edit the YAML
- * document in place (comments and order of untouched entries survive), and
- * replace the file atomically (temp file, fsync, rename, fsync directory).
+ * Writes (management API) are serialized with reloads on one queue and, across
+ * processes sharing the file, by a lock in the file's directory
+ * (`.NAME.lock`, proper-lockfile: an atomic mkdir whose mtime the holder
+ * refreshes, so a lock left by a killed process goes stale and is taken
+ * over). Under both, a write re-reads the file so a change made by another
+ * process or an editor is never lost, edits the YAML document in place
+ * (comments and order of untouched entries survive), and replaces the file
+ * atomically (random temp name, fsync, rename, fsync directory).
  */
 import { createHash } from "node:crypto";
 import { watch, type FSWatcher } from "node:fs";
 import type { BigIntStats } from "node:fs";
 import { stat } from "node:fs/promises";
-import { dirname } from "node:path";
+import { basename, dirname, join } from "node:path";
+import { lock } from "proper-lockfile";
 import { isMap, isSeq, parseDocument } from "yaml";
 import { writeFileAtomic } from "../util/atomic.js";
 import type { Problem } from "../util/yaml.js";
@@ -41,6 +46,9 @@ export const WORKER_THRESHOLD_BYTES = 512 * 1024;
 
 /** Records per message from the loader thread (each takes a few milliseconds to receive). */
 const CHUNK = 2000;
+
+/** A lock older than this (its holder stopped refreshing it) is taken over. */
+export const LOCK_STALE_MS = 10_000;
 
 /** Options of {@link FileKeyStore}. */
 export interface FileKeyStoreOptions {
@@ -180,6 +188,32 @@ export class FileKeyStore implements KeyStore {
 
   transact<T>(plan: (snapshot: Snapshot) => Plan<T> | Promise<Plan<T>>): Promise<T> {
     return this.enqueue(async () => {
+      const release = await this.lockFile();
+      try {
+        return await this.transactLocked(plan);
+      } finally {
+        await release().catch(() => undefined);
+      }
+    });
+  }
+
+  /** Takes the lock other processes writing this file take too (waits up to ~30 s for it). */
+  private lockFile(): Promise<() => Promise<void>> {
+    const file = this.options.file;
+    return lock(file, {
+      realpath: false,
+      lockfilePath: join(dirname(file), `.${basename(file)}.lock`),
+      stale: LOCK_STALE_MS,
+      update: LOCK_STALE_MS / 4,
+      retries: { retries: 300, minTimeout: 5, maxTimeout: 100, factor: 1.5, randomize: true },
+      onCompromised: (err) => {
+        this.emitFailed([this.problem(`the keys file lock was lost: ${err.message}`)]);
+      },
+    });
+  }
+
+  private transactLocked<T>(plan: (snapshot: Snapshot) => Plan<T> | Promise<Plan<T>>): Promise<T> {
+    return (async () => {
       // An external edit not yet picked up is loaded first, so the change
       // applies on top of it instead of overwriting it.
       const read = await this.read(true);
@@ -203,7 +237,7 @@ export class FileKeyStore implements KeyStore {
       }
       if (p.afterCommit) await p.afterCommit();
       return p.result;
-    });
+    })();
   }
 
   async close(): Promise<void> {

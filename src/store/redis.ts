@@ -242,8 +242,9 @@ export class RedisKeyStore implements KeyStore {
   private applying: Promise<unknown> = Promise.resolve();
   /** Writes of this process run one at a time. */
   private writing: Promise<unknown> = Promise.resolve();
-  /** A catch-up is queued (coalesces bursts of messages). */
-  private pendingSync: Promise<void> | undefined;
+  /** A catch-up runs; another was asked for since it started. */
+  private syncing = false;
+  private syncWanted = false;
   private timer: NodeJS.Timeout | undefined;
   private snapshotTimer: NodeJS.Timeout | undefined;
   private closed = false;
@@ -336,7 +337,7 @@ export class RedisKeyStore implements KeyStore {
     this.watching = true;
     void this.startSubscriber();
     this.timer = setInterval(() => {
-      if (this.connected) void this.requestSync();
+      if (this.connected) this.requestSync();
     }, this.options.syncIntervalMs ?? DEFAULT_SYNC_INTERVAL_MS);
     this.timer.unref();
   }
@@ -395,7 +396,7 @@ export class RedisKeyStore implements KeyStore {
     client.on("ready", () => {
       this.connected = true;
       // Connect and reconnect: catch up on whatever happened meanwhile.
-      if (this.current !== undefined) void this.requestSync();
+      if (this.current !== undefined) this.requestSync();
     });
     return client;
   }
@@ -409,7 +410,7 @@ export class RedisKeyStore implements KeyStore {
       // The main client reports the outage; this one reconnects by itself.
     });
     sub.on("ready", () => {
-      if (this.current !== undefined) void this.requestSync();
+      if (this.current !== undefined) this.requestSync();
     });
     try {
       await sub.connect();
@@ -421,17 +422,28 @@ export class RedisKeyStore implements KeyStore {
 
   private onMessage(message: string): void {
     const [gen, v] = message.split(" ");
-    if (gen !== this.generation || Number(v) > this.version) void this.requestSync();
+    if (gen !== this.generation || Number(v) > this.version) this.requestSync();
   }
 
-  /** A catch-up soon, coalescing requests that arrive while one is queued; a failure only shows in the health. */
-  private requestSync(): Promise<void> {
-    this.pendingSync ??= this.sync("reload")
-      .catch(() => undefined)
-      .finally(() => {
-        this.pendingSync = undefined;
-      });
-    return this.pendingSync;
+  /**
+   * A catch-up soon; requests that arrive while one runs coalesce into one
+   * more run after it (never into the running one, which may have read the
+   * version already). A failure only shows in the health.
+   */
+  private requestSync(): void {
+    this.syncWanted = true;
+    if (this.syncing) return;
+    this.syncing = true;
+    void (async () => {
+      try {
+        while (this.syncWanted && !this.closed) {
+          this.syncWanted = false;
+          await this.sync("reload").catch(() => undefined);
+        }
+      } finally {
+        this.syncing = false;
+      }
+    })();
   }
 
   /** Brings the snapshot to the store's version (delta or full resync); records the store's health. */
