@@ -18,6 +18,8 @@ const USAGE = `usage: keyfence [serve] [--config FILE]
        keyfence hash-key [SECRET]      (or the secret on stdin)
        keyfence operator add NAME [--totp]
        keyfence healthcheck [--config FILE]   (exit 0 when the configured keyfence answers)
+       keyfence keys import [--config FILE] --from KEYS.yaml
+       keyfence keys export [--config FILE] [--to OUT.yaml]
        keyfence --version
 
 --config defaults to $${ENV.config}, then config/keyfence.yaml.
@@ -169,6 +171,7 @@ async function serve(args: Args): Promise<number | undefined> {
 async function main(argv: readonly string[]): Promise<number | undefined> {
   // Loaded on demand: the QR code library costs every other command's start-up nothing.
   if (argv[0] === "operator") return (await import("./operator.js")).operatorCommand(argv.slice(1));
+  if (argv[0] === "keys") return (await import("./keys.js")).runKeys(argv.slice(1));
   const args = parseArgs(argv);
   if (typeof args === "string") {
     process.stderr.write(`keyfence: ${args}\n${USAGE}\n`);
