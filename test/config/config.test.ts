@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
+import { dirname, join } from "node:path";
 import { isLoopback, parseConfig, parseListen } from "../../src/config/config.js";
 import { parseKeysFile } from "../../src/store/keysfile.js";
 import { formatProblem } from "../../src/util/yaml.js";
@@ -200,4 +201,49 @@ describe("keys file", () => {
       /keys\[0\]\.ip_allow_list: has 2 distinct entries, more than the limit of 1/,
     );
   });
+});
+
+describe("keys.store and keys.redis", () => {
+  const parse = (keys: string): ReturnType<typeof parseConfig> =>
+    parseConfig(FILE, `upstream: "http://127.0.0.1:3000"\nkeys:\n${keys}`);
+  test("the file store is the default and needs keys.file", () => {
+    const r = parse("  file: keys.yaml\n");
+    assert.ok(r.ok);
+    assert.deepEqual(r.config.keys.store, { kind: "file" });
+    const missing = parse("  store: file\n");
+    assert.ok(!missing.ok);
+    assert.match(missing.problems.map((p) => p.message).join(), /missing field "file"/);
+  });
+  test("redis: url required, prefix defaulted, snapshot_file relative to the config, password never shown", () => {
+    const r = parse(
+      '  store: redis\n  redis:\n    url: "redis://u:s3cret@10.0.0.5:6379/0"\n    snapshot_file: snap.yaml\n',
+    );
+    assert.ok(r.ok, JSON.stringify(!r.ok && r.problems));
+    const s = r.config.keys.store;
+    assert.equal(s.kind, "redis");
+    if (s.kind !== "redis") return;
+    assert.equal(s.url, "redis://u:s3cret@10.0.0.5:6379/0");
+    assert.equal(s.displayUrl, "redis://u:***@10.0.0.5:6379/0");
+    assert.equal(s.prefix, "keyfence:");
+    assert.equal(s.snapshotFile, join(dirname(FILE), "snap.yaml"));
+  });
+  for (const [keys, message] of [
+    ["  store: redis\n", /missing field "redis"/],
+    ["  store: postgres\n  file: k\n", /must be "file" or "redis"/],
+    ["  store: redis\n  redis: {}\n", /missing field "url"/],
+    ['  store: redis\n  redis: {url: "http://x:1"}\n', /redis:\/\/ or rediss:\/\/ URL/],
+    ['  store: redis\n  redis: {url: "redis://:pw@"}\n', /redis:\/\/ or rediss:\/\/ URL/],
+    ['  store: redis\n  redis: {url: "redis://h", prefix: 7}\n', /prefix/],
+    ['  store: redis\n  redis: {url: "redis://h", snapshot_file: ""}\n', /snapshot_file.*must be a path/],
+    ['  store: redis\n  redis: {url: "redis://h", extra: 1}\n', /extra/],
+    ['  file: k\n  redis: {url: "redis://h"}\n', /only read with store: redis/],
+  ] as const) {
+    test(`refused: ${JSON.stringify(keys)}`, () => {
+      const r = parse(keys);
+      assert.ok(!r.ok);
+      const text = r.problems.map(formatProblem).join("\n");
+      assert.match(text, message);
+      assert.ok(!text.includes("pw"), "a password is never quoted");
+    });
+  }
 });
