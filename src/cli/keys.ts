@@ -10,8 +10,8 @@ import { lock } from "proper-lockfile";
 import { displayPath, ENV, loadConfig, type Config } from "../config/config.js";
 import { LOCK_STALE_MS } from "../store/filestore.js";
 import { parseKeysFile, readKeysText, type KeyRecord } from "../store/keysfile.js";
-import { keysFileText } from "../store/redis.js";
-import { connectOnce, exportRecords, ImportRefused, importRecords } from "../store/redisio.js";
+import { keysFileText } from "../store/redis/store.js";
+import { connectOnce, exportRecords, ImportRefused, importRecords } from "../store/redis/io.js";
 import { writeFileAtomic } from "../util/atomic.js";
 import { formatProblem } from "../util/yaml.js";
 

@@ -20,7 +20,7 @@ import { Metrics } from "../metrics/metrics.js";
 import { SourceTracker, type ObservedSource } from "../metrics/sources.js";
 import { ProxyServer } from "../proxy/server.js";
 import { FileKeyStore } from "../store/filestore.js";
-import { RedisKeyStore } from "../store/redis.js";
+import { RedisKeyStore } from "../store/redis/store.js";
 import type { Snapshot } from "../store/snapshot.js";
 import { formatStoreProblem, problemFields, type KeyStore } from "../store/store.js";
 import { isoTimestamp } from "../util/logline.js";

@@ -27,7 +27,10 @@ export async function spawnKeyfence(config: string): Promise<Running> {
   child.stderr.on("data", (d: Buffer) => (out += d.toString()));
   const exited = new Promise<number | null>((r) => child.on("exit", (code) => r(code)));
   const ports = await new Promise<{ proxy: string; admin: string }>((res, rej) => {
-    const t = setTimeout(() => rej(new Error(`keyfence did not start:\n${out}`)), 15_000);
+    const t = setTimeout(() => {
+      child.kill("SIGKILL"); // never leave a process behind a failed start
+      rej(new Error(`keyfence did not start:\n${out}`));
+    }, 15_000);
     const check = (): void => {
       const m = /"event":"listening","proxy":"([^"]+)","admin":(?:"([^"]+)"|null)/.exec(out);
       if (m) {

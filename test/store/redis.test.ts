@@ -14,7 +14,7 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { stringify } from "yaml";
 import { StoreLoadError } from "../../src/store/store.js";
-import { connectOnce, exportRecords, importRecords } from "../../src/store/redisio.js";
+import { connectOnce, exportRecords, importRecords } from "../../src/store/redis/io.js";
 import type { KeyRecord } from "../../src/store/keysfile.js";
 import { needBinary } from "../helpers/binary.js";
 import { bearer, send, type Reply } from "../helpers/http.js";

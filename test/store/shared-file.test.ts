@@ -47,7 +47,7 @@ after(async () => {
 
 test("three processes sharing one keys file: 10 concurrent creates each keep all 30, seen by all within 1 s", async () => {
   const config = join(dir, "keyfence.yaml");
-  running.push(...(await Promise.all([spawnKeyfence(config), spawnKeyfence(config), spawnKeyfence(config)])));
+  for (let i = 0; i < 3; i++) running.push(await spawnKeyfence(config));
   const replies = await Promise.all(
     Array.from({ length: 30 }, (_, i) =>
       send(`${(running[i % 3] as Running).admin}/v1/api-keys`, {

@@ -9,8 +9,8 @@
  */
 import { randomBytes } from "node:crypto";
 import { createClient } from "redis";
-import type { KeyRecord } from "./keysfile.js";
-import { decodeRecord, encodeRecord, LOG_MAX, redisKeys } from "./redis.js";
+import type { KeyRecord } from "../keysfile.js";
+import { decodeRecord, encodeRecord, LOG_MAX, redisKeys } from "./store.js";
 
 /** Records per import script call. */
 const IMPORT_BATCH = 1_000;

@@ -24,10 +24,10 @@
  */
 import { readFile } from "node:fs/promises";
 import { createClient } from "redis";
-import { writeFileAtomic } from "../util/atomic.js";
-import { changedId, type KeyChange } from "./change.js";
-import { parseKeysFile, type KeyRecord } from "./keysfile.js";
-import { MatcherCache, Snapshot, SnapshotBuilder } from "./snapshot.js";
+import { writeFileAtomic } from "../../util/atomic.js";
+import { changedId, type KeyChange } from "../change.js";
+import { parseKeysFile, type KeyRecord } from "../keysfile.js";
+import { MatcherCache, Snapshot, SnapshotBuilder } from "../snapshot.js";
 import {
   StoreConflictError,
   StoreLoadError,
@@ -37,7 +37,7 @@ import {
   type Plan,
   type StoreHealth,
   type StoreListener,
-} from "./store.js";
+} from "../store.js";
 
 /** Options of {@link RedisKeyStore}. */
 export interface RedisKeyStoreOptions {
