@@ -592,11 +592,13 @@ export class RedisKeyStore implements KeyStore {
           }),
         );
       } catch (err) {
+        await p.onAbort?.().catch(() => undefined);
         const reason = `the key store ${this.description} is unreachable: ${(err as Error).message}`;
         this.setHealth({ up: false, reason });
         throw new StoreUnavailableError(reason, { cause: err });
       }
       const [kind, v] = reply;
+      if (kind !== "ok") await p.onAbort?.().catch(() => undefined);
       if (kind === "conflict") continue; // another writer got there first: plan again on its result
       if (kind === "gone") {
         await this.sync("reload").catch(() => undefined);
