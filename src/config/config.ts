@@ -11,6 +11,7 @@ import { DEFAULT_MAX_ENTRIES } from "../ip/list.js";
 import type { Mode } from "../policy/decide.js";
 import { SHA256_HEX } from "../store/keysfile.js";
 import { YamlFile, type Problem, type YamlPath } from "../util/yaml.js";
+import { decisionWarnings, readDecision, type DecisionConfig } from "./decision.js";
 
 /** A host and port to listen on. */
 export interface ListenAddress {
@@ -61,6 +62,8 @@ export interface Config {
         readonly confirmWindowMs: number;
       }
     | undefined;
+  /** The decision endpoint for an existing ingress (SPEC §8); undefined: not started. */
+  readonly decision: DecisionConfig | undefined;
   /** Risky but valid settings, to log at start. */
   readonly warnings: readonly string[];
 }
@@ -84,6 +87,7 @@ const TOP_FIELDS = [
   "access_log",
   "workers",
   "keys",
+  "decision",
   "admin",
 ];
 const BASE32 = /^(?:[A-Z2-7]{8})*(?:[A-Z2-7]{2}={6}|[A-Z2-7]{4}={4}|[A-Z2-7]{5}={3}|[A-Z2-7]{7}=|[A-Z2-7]*)$/;
@@ -300,6 +304,9 @@ export function parseConfig(file: string, text: string, env: NodeJS.ProcessEnv =
     }
   }
 
+  const decision = readDecision(y, top["decision"], (path, raw) => listenAt(path, raw, ""));
+  if (trustedProxies) warnings.push(...decisionWarnings(decision, trustedProxies.none, isLoopback, formatListen));
+
   const problems = [...y.sortedProblems(), ...envProblems];
   if (problems.length > 0 || !listen || !upstream || !trustedProxies || !keys) {
     return { ok: false, problems };
@@ -319,6 +326,7 @@ export function parseConfig(file: string, text: string, env: NodeJS.ProcessEnv =
       workers,
       keys,
       admin,
+      decision,
       warnings,
     },
   };
