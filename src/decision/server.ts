@@ -187,7 +187,7 @@ export class DecisionServer {
     req: IncomingMessage,
     client: ClientIp,
     original: OriginalRequest,
-    requestId: string,
+    requestId: () => string,
     t0: number,
   ): Decision {
     const bearer = readBearer(req.rawHeaders);
@@ -203,7 +203,7 @@ export class DecisionServer {
     if (refused) {
       (decision.forward ? WOULD_DENY_LINE : DENIED_LINE).write(this.deps.log, {
         event: decision.forward ? "would_deny" : "denied",
-        request_id: requestId,
+        request_id: requestId(),
         reason: decision.reason,
         key_id: decision.keyId,
         client_ip: client.text,
@@ -220,7 +220,9 @@ export class DecisionServer {
   private handle(req: IncomingMessage, res: ServerResponse): void {
     const t0 = performance.now();
     this.active++;
-    const requestId = requestIdOf(req);
+    // Made only when something carries it (a refusal, a log line): an allowed answer has no body to explain.
+    let id: string | undefined;
+    const requestId = (): string => (id ??= requestIdOf(req));
     const client = resolveClientIp(req.socket.remoteAddress, forwardedFor(req), this.deps.config.trustedProxies);
     const original = originalRequest(req, client.peerTrusted);
     // A body sent along (Traefik's forwardBody, Envoy's with_request_body) is never read: once answered, the connection closes.
@@ -233,13 +235,13 @@ export class DecisionServer {
         res,
         400,
         { message },
-        { "x-keyfence-reason": "bad_request", "x-keyfence-message": message, "x-request-id": requestId },
+        { "x-keyfence-reason": "bad_request", "x-keyfence-message": message, "x-request-id": requestId() },
       );
     } else {
       decision = this.decideFor(req, client, original, requestId, t0);
       const plan = planOf(decision, pathOf(original.target) === this.deps.config.pingPath);
       if (plan === undefined) {
-        const headers: Record<string, string | number> = { "content-length": 0, "x-request-id": requestId };
+        const headers: Record<string, string | number> = { "content-length": 0 };
         if (decision.keyId !== undefined) headers["x-keyfence-key-id"] = decision.keyId;
         res.writeHead(200, headers);
         res.end();
@@ -249,7 +251,7 @@ export class DecisionServer {
         const headers: Record<string, string> = {
           "x-keyfence-reason": plan.reason,
           "x-keyfence-message": headerSafe(message),
-          "x-request-id": requestId,
+          "x-request-id": requestId(),
         };
         if (status === 401) headers["www-authenticate"] = 'Bearer realm="keyfence"';
         if (decision.keyId !== undefined) headers["x-keyfence-key-id"] = decision.keyId;
@@ -261,7 +263,7 @@ export class DecisionServer {
     if (this.deps.config.accessLog) {
       ACCESS_LINE.write(this.deps.log, {
         event: "access",
-        request_id: requestId,
+        request_id: requestId(),
         method: original.method,
         path: original.target === undefined ? undefined : pathOf(original.target),
         status: res.statusCode,

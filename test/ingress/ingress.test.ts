@@ -7,20 +7,19 @@
  */
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { request as httpRequest } from "node:http";
 import { createServer, connect, type AddressInfo, type Socket } from "node:net";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
+import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
+import { nginxIngressConfig, shippedIngress } from "../../bench/ingress.js";
 import { freePort, startLogged, type Proc } from "../../bench/procs.js";
 import { needBinary } from "../helpers/binary.js";
 import { bearer, send, type Reply } from "../helpers/http.js";
 import { startTestSidecar, type TestKey, type TestSidecar } from "../helpers/sidecar.js";
 import { startUpstream, type Upstream } from "../helpers/upstream.js";
 
-const ROOT = resolve(fileURLToPath(import.meta.url), "../../../..");
 const CLIENT = "127.0.0.2";
 const KEYS: TestKey[] = [
   { id: "k_allowed", secret: "s_allowed", allow: [CLIENT] },
@@ -72,16 +71,6 @@ async function startRelay(targetPort: number): Promise<Relay> {
   return Object.assign(relay, { port: (server.address() as AddressInfo).port });
 }
 
-/** The shipped file with its placeholder addresses replaced; each placeholder must be there. */
-function shipped(file: string, replacements: Array<[string, string]>): string {
-  let text = readFileSync(join(ROOT, "deploy/ingress", file), "utf8");
-  for (const [from, to] of replacements) {
-    assert.ok(text.includes(from), `${file} has its placeholder ${from}`);
-    text = text.split(from).join(to);
-  }
-  return text;
-}
-
 /** How a test starts one ingress in `dir`, listening on `port`, asking `decisionPort`, forwarding to `appPort`. */
 type Starter = (dir: string, port: number, decisionPort: number, appPort: number) => Promise<Proc>;
 
@@ -97,25 +86,14 @@ const ready = (port: number) => async (): Promise<boolean> => {
 const startNginx =
   (bin: string): Starter =>
   async (dir, port, decisionPort, appPort) => {
-    for (const d of ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"]) mkdirSync(join(dir, d), { recursive: true });
-    const site = shipped("nginx/keyfence.conf", [
-      ["127.0.0.1:8081", `127.0.0.1:${decisionPort}`],
-      ["127.0.0.1:3000", `127.0.0.1:${appPort}`],
-      ["listen 8080;", `listen 127.0.0.1:${port};`],
-    ]);
-    writeFileSync(join(dir, "keyfence.conf"), site);
-    const conf = join(dir, "nginx.conf");
-    writeFileSync(
-      conf,
-      `daemon off;\nworker_processes 1;\npid ${dir}/nginx.pid;\nerror_log ${dir}/error.log warn;\nevents { worker_connections 1024; }\nhttp {\n  access_log off;\n  client_body_temp_path ${dir}/client_body;\n  proxy_temp_path ${dir}/proxy;\n  fastcgi_temp_path ${dir}/fastcgi;\n  uwsgi_temp_path ${dir}/uwsgi;\n  scgi_temp_path ${dir}/scgi;\n  include ${dir}/keyfence.conf;\n}\n`,
-    );
+    const conf = nginxIngressConfig(dir, { port, decisionPort, appPort });
     return startLogged("nginx", bin, ["-c", conf, "-p", dir], join(dir, "nginx.out"), ready(port));
   };
 
 const startCaddy =
   (bin: string): Starter =>
   async (dir, port, decisionPort, appPort) => {
-    const site = shipped("caddy/Caddyfile", [
+    const site = shippedIngress("caddy/Caddyfile", [
       ["127.0.0.1:8081", `127.0.0.1:${decisionPort}`],
       ["127.0.0.1:3000", `127.0.0.1:${appPort}`],
       [":8080 {", `http://127.0.0.1:${port} {`],
