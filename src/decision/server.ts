@@ -13,13 +13,10 @@ import { resolveClientIp, type ClientIp } from "../clientip/resolve.js";
 import type { Config } from "../config/config.js";
 import type { Metrics } from "../metrics/metrics.js";
 import type { SourceTracker } from "../metrics/sources.js";
-import { messageOf, statusOf, type AnswerReason } from "../policy/answers.js";
-import { readBearer } from "../policy/credential.js";
-import { decide, type Credential, type Decision } from "../policy/decide.js";
-import { answerSocket, hasBody } from "../proxy/respond.js";
-import { requestIdOf, requestTarget } from "../proxy/server.js";
+import type { Decision } from "../policy/decide.js";
+import { enforceFor, type Enforcement, type StepSettings } from "../policy/enforce.js";
 import type { KeyStore } from "../store/store.js";
-import { forwardedFor, listenOn, sendJson, SERVER_LIMITS } from "../util/http.js";
+import { forwardedFor, hasBody, listenOn, requestIdOf, sendJson, SERVER_LIMITS } from "../util/http.js";
 import { LineFormat } from "../util/logline.js";
 
 /** What the decision listener needs: the same parts as the proxy's, so decisions count, log and observe alike. */
@@ -34,8 +31,8 @@ export interface DecisionDeps {
 /** The original request as the ingress describes it. */
 export interface OriginalRequest {
   readonly method: string;
-  /** Path and query as sent by the client (undefined when neither origin- nor absolute-form). */
-  readonly target: string | undefined;
+  /** The request target as the client sent it (the enforcement step reads it as the proxy reads `req.url`). */
+  readonly url: string | undefined;
 }
 
 /** A header's single value; repeated or absent headers give undefined. */
@@ -58,7 +55,7 @@ export function originalRequest(req: IncomingMessage, peerTrusted: boolean): Ori
     method = single(h["x-forwarded-method"]) ?? single(h["x-original-method"]) ?? method;
     uri = single(h["x-forwarded-uri"]) ?? single(h["x-original-uri"]) ?? uri;
   }
-  return { method, target: requestTarget(uri) };
+  return { method, url: uri };
 }
 
 const DENIAL_FIELDS = [
@@ -93,57 +90,27 @@ const ACCESS_LINE = new LineFormat(
   "request",
 );
 
-function pathOf(target: string): string {
-  const q = target.indexOf("?");
-  return q < 0 ? target : target.slice(0, q);
-}
-
 /** Header values must be printable ASCII; messages are, but a client-chosen part never breaks the answer. */
 function headerSafe(s: string): string {
   return /^[\x20-\x7e]*$/.test(s) ? s : s.replace(/[^\x20-\x7e]/g, "?");
 }
 
-/**
- * What the decision listener answers for `d` about a request to `path`:
- * undefined means 200 with no body (go on); otherwise the reason and the body
- * the proxy would answer with.
- * TEMPORARY: replaced by the shared enforcement step's answer plan once it lands.
- */
-function planOf(
-  d: Decision,
-  isPing: boolean,
-): { reason: AnswerReason; body: Record<string, unknown> | undefined } | undefined {
-  if (isPing) {
-    let reason: AnswerReason;
-    if (d.outcome === "bad_request") reason = d.reason ?? "bad_request";
-    else if (d.outcome === "missing_key") reason = "missing_api_key";
-    else if (d.outcome === "unknown_key") reason = "invalid_api_key";
-    else if (!d.forward) reason = d.reason ?? "bad_request";
-    else reason = "pong";
-    const body =
-      d.outcome === "would_deny" && d.reason !== undefined
-        ? {
-            message: "pong",
-            mode: "report",
-            would_deny: { reason: d.reason, status: statusOf(d.reason), message: messageOf(d.reason, d.client.text) },
-          }
-        : undefined;
-    return { reason, body };
-  }
-  if (d.forward) return undefined;
-  return { reason: d.reason ?? "bad_request", body: undefined };
-}
+const MALFORMED_BODY = '{"message":"malformed HTTP request"}';
+const MALFORMED =
+  "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nCache-Control: no-store\r\n" +
+  "X-Keyfence-Reason: bad_request\r\nX-Keyfence-Message: malformed HTTP request\r\n" +
+  `Content-Length: ${MALFORMED_BODY.length}\r\nConnection: close\r\n\r\n${MALFORMED_BODY}`;
 
 /** The decision listener. */
 export class DecisionServer {
   readonly server: Server;
-  private readonly settings: Parameters<typeof decide>[2];
+  private readonly settings: StepSettings;
   private active = 0;
   private idleWaiters: Array<() => void> = [];
 
   constructor(private readonly deps: DecisionDeps) {
     const c = deps.config;
-    this.settings = { mode: c.mode, unknown: c.keys.unknown, missing: c.keys.missing };
+    this.settings = { mode: c.mode, unknown: c.keys.unknown, missing: c.keys.missing, pingPath: c.pingPath };
     deps.metrics.countInflightWith(() => this.active);
     this.server = createServer({
       maxHeaderSize: SERVER_LIMITS.maxHeaderSize,
@@ -156,7 +123,7 @@ export class DecisionServer {
     // they are asked about like any other and answered with a plain response, never a tunnel.
     this.server.on("clientError", (err: NodeJS.ErrnoException, socket: Socket) => {
       if (!socket.writable || err.code === "ECONNRESET") socket.destroy();
-      else answerSocket(socket, 400, "bad_request", "malformed HTTP request", "Bad Request");
+      else socket.end(MALFORMED);
     });
   }
 
@@ -182,18 +149,9 @@ export class DecisionServer {
     return { cut };
   }
 
-  /** Decides the original request; counts, logs and remembers the decision as the proxy does. */
-  private decideFor(
-    req: IncomingMessage,
-    client: ClientIp,
-    original: OriginalRequest,
-    requestId: () => string,
-    t0: number,
-  ): Decision {
-    const bearer = readBearer(req.rawHeaders);
-    const credential: Credential =
-      bearer.kind === "token" ? { kind: "key", key: this.deps.store.snapshot.lookupToken(bearer.token) } : bearer;
-    const decision = decide(credential, client, this.settings);
+  /** Counts, logs and remembers a decision as the proxy does. */
+  private account(e: Enforcement, client: ClientIp, method: string, requestId: () => string, t0: number): void {
+    const decision = e.decision;
     const t1 = performance.now();
     this.deps.metrics.decision(decision.outcome, (t1 - t0) / 1000);
     const refused = decision.reason === "ip_not_allowed" || decision.reason === "invalid_client_ip";
@@ -208,13 +166,12 @@ export class DecisionServer {
         key_id: decision.keyId,
         client_ip: client.text,
         peer_ip: client.peer,
-        method: original.method,
-        path: original.target === undefined ? undefined : pathOf(original.target),
+        method,
+        path: e.path,
         mode: decision.mode,
         listener: "decision",
       });
     }
-    return decision;
   }
 
   private handle(req: IncomingMessage, res: ServerResponse): void {
@@ -227,36 +184,24 @@ export class DecisionServer {
     const original = originalRequest(req, client.peerTrusted);
     // A body sent along (Traefik's forwardBody, Envoy's with_request_body) is never read: once answered, the connection closes.
     if (!req.complete && hasBody(req.headers)) res.shouldKeepAlive = false;
-    let decision: Decision | undefined;
-    if (original.target === undefined) {
-      this.deps.metrics.decision("bad_request", 0);
-      const message = "request target must be a path";
-      sendJson(
-        res,
-        400,
-        { message },
-        { "x-keyfence-reason": "bad_request", "x-keyfence-message": message, "x-request-id": requestId() },
-      );
+    const e = enforceFor(req.rawHeaders, original.url, client, this.deps.store.snapshot, this.settings);
+    const decision: Decision = e.decision;
+    this.account(e, client, original.method, requestId, t0);
+    if (e.plan.kind === "forward") {
+      const headers: Record<string, string | number> = { "content-length": 0 };
+      if (decision.keyId !== undefined) headers["x-keyfence-key-id"] = decision.keyId;
+      res.writeHead(200, headers);
+      res.end();
     } else {
-      decision = this.decideFor(req, client, original, requestId, t0);
-      const plan = planOf(decision, pathOf(original.target) === this.deps.config.pingPath);
-      if (plan === undefined) {
-        const headers: Record<string, string | number> = { "content-length": 0 };
-        if (decision.keyId !== undefined) headers["x-keyfence-key-id"] = decision.keyId;
-        res.writeHead(200, headers);
-        res.end();
-      } else {
-        const status = statusOf(plan.reason);
-        const message = messageOf(plan.reason, decision.client.text);
-        const headers: Record<string, string> = {
-          "x-keyfence-reason": plan.reason,
-          "x-keyfence-message": headerSafe(message),
-          "x-request-id": requestId(),
-        };
-        if (status === 401) headers["www-authenticate"] = 'Bearer realm="keyfence"';
-        if (decision.keyId !== undefined) headers["x-keyfence-key-id"] = decision.keyId;
-        sendJson(res, status, plan.body ?? { message }, headers);
-      }
+      const plan = e.plan;
+      const headers: Record<string, string> = {
+        "x-keyfence-reason": plan.reason,
+        "x-keyfence-message": headerSafe(plan.message),
+        "x-request-id": requestId(),
+      };
+      if (plan.status === 401) headers["www-authenticate"] = 'Bearer realm="keyfence"';
+      if (decision.keyId !== undefined) headers["x-keyfence-key-id"] = decision.keyId;
+      sendJson(res, plan.status, plan.body ?? { message: plan.message }, headers);
     }
     const seconds = (performance.now() - t0) / 1000;
     this.deps.metrics.request("answered", seconds);
@@ -265,12 +210,12 @@ export class DecisionServer {
         event: "access",
         request_id: requestId(),
         method: original.method,
-        path: original.target === undefined ? undefined : pathOf(original.target),
+        path: e.path,
         status: res.statusCode,
         outcome: "answered",
-        decision: decision?.outcome,
-        key_id: decision?.keyId,
-        client_ip: decision?.client.text,
+        decision: decision.outcome,
+        key_id: decision.keyId,
+        client_ip: client.text,
         duration_ms: Math.round(seconds * 1e6) / 1000,
         listener: "decision",
       });

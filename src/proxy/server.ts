@@ -13,12 +13,11 @@ import type { Metrics, RequestOutcome } from "../metrics/metrics.js";
 import type { SourceTracker } from "../metrics/sources.js";
 import { enforce, type EnforceSettings, type Enforcement } from "../policy/enforce.js";
 import type { KeyStore } from "../store/store.js";
-import { forwardedFor, listenOn, SERVER_LIMITS } from "../util/http.js";
+import { forwardedFor, listenOn, requestIdOf, SERVER_LIMITS } from "../util/http.js";
 import { Forwarder, type ForwardResult } from "./forward.js";
 import { answerPlanned, answerPlanOnSocket, answerSocket } from "./respond.js";
 import { pipeUpgrade, type Cuttable } from "./upgrade.js";
 import { LineFormat } from "../util/logline.js";
-import { randomUuid } from "../util/uuid.js";
 
 /** What the proxy listener needs. */
 export interface ProxyDeps {
@@ -62,13 +61,8 @@ const ACCESS_LINE = new LineFormat(
 /** Moved to the enforcement step; re-exported for existing importers. */
 export { requestTarget } from "../policy/enforce.js";
 
-const REQUEST_ID = /^[A-Za-z0-9._:@/+=-]{1,128}$/;
-
-/** The client's X-Request-Id when it is one plain token of at most 128 characters; a fresh UUID otherwise. */
-export function requestIdOf(req: IncomingMessage): string {
-  const h = req.headers["x-request-id"];
-  return typeof h === "string" && REQUEST_ID.test(h) ? h : randomUuid();
-}
+/** Moved to util/http (the decision listener uses it too); re-exported for existing importers. */
+export { requestIdOf };
 
 /** The public proxy listener. */
 export class ProxyServer {
