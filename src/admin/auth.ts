@@ -10,6 +10,7 @@ import type { ClientIp } from "../clientip/resolve.js";
 import type { Operator } from "../config/config.js";
 import { readBearer, secretHash } from "../policy/credential.js";
 import { messageOf } from "../policy/answers.js";
+import { enforceCredential, type StepSettings } from "../policy/enforce.js";
 import type { KeyRecord } from "../store/keysfile.js";
 import type { KeyStore } from "../store/store.js";
 import { ApiError } from "./errors.js";
@@ -55,6 +56,15 @@ export function checkCsrf(req: IncomingMessage, session: Session, formToken?: st
     throw new ApiError(403, "csrf_failed", "missing or wrong CSRF token; reload the page");
   }
 }
+
+/** The enforcement step's settings for API keys on the management API: report mode never softens it. */
+const ADMIN_POLICY: StepSettings = {
+  mode: "enforce",
+  unknown: "reject",
+  missing: "reject",
+  enforceAlways: true,
+  pingPath: undefined,
+};
 
 /** Authenticates management API callers. */
 export class Authenticator {
@@ -116,19 +126,17 @@ export class Authenticator {
     const operator = this.operatorByTokenHash(hash);
     if (operator) return { kind: "operator", operator, via: "token" };
     const snapshot = this.store.snapshot;
-    const policy = snapshot.lookup(hash);
     const record = snapshot.recordByHash(hash);
-    if (policy === undefined || record === undefined) {
+    const plan = record === undefined ? undefined : enforceCredential(bearer, "/", client, snapshot, ADMIN_POLICY).plan;
+    if (record === undefined || plan === undefined) {
       this.throttle.fail(client.text);
       throw new ApiError(401, "invalid_credential", "invalid credential", undefined, {
         "www-authenticate": 'Bearer realm="keyfence-admin"',
       });
     }
-    if (policy.restricted) {
-      if (client.ip === undefined) throw new ApiError(400, "invalid_client_ip", messageOf("invalid_client_ip"));
-      if (!policy.contains(client.ip)) {
-        throw new ApiError(403, "ip_not_allowed", messageOf("ip_not_allowed", client.text));
-      }
+    if (plan.kind === "answer") {
+      const reason = plan.reason === "ip_not_allowed" ? plan.reason : "invalid_client_ip";
+      throw new ApiError(plan.status, reason, plan.message);
     }
     if (!record.scopes.includes(WRITE_SCOPE)) {
       throw new ApiError(403, "missing_scope", `this API key lacks the ${WRITE_SCOPE} scope`);

@@ -30,6 +30,8 @@ export interface DecisionSettings {
   readonly mode: Mode;
   readonly unknown: "forward" | "reject";
   readonly missing: "forward" | "reject";
+  /** True on the management API: a key's own report mode never softens a decision there. */
+  readonly enforceAlways?: boolean;
 }
 
 /** The `keyfence_decisions_total{decision}` label of a decision. */
@@ -73,7 +75,7 @@ export function decide(credential: Credential, client: ClientIp, settings: Decis
     const forward = settings.unknown === "forward";
     return result("unknown_key", forward, forward ? undefined : "invalid_api_key", undefined, settings.mode, client);
   }
-  const mode = key.mode ?? settings.mode;
+  const mode = settings.enforceAlways === true ? "enforce" : (key.mode ?? settings.mode);
   if (!key.restricted) return result("allowed", true, undefined, key.id, mode, client);
   let reason: Reason;
   if (client.ip === undefined) reason = "invalid_client_ip";

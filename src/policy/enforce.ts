@@ -1,0 +1,167 @@
+/**
+ * The enforcement step (DESIGN "The flow of one request"): one pure function
+ * from what a request carries to a decision and the plan of what to answer.
+ * Every entry point calls it (the proxy's requests, upgrades and ping, the
+ * management API's key callers, the decision endpoint) and only carries out
+ * its plan, so no listener maps decisions to answers by itself.
+ */
+import { resolveClientIp, type ClientIp, type CompiledTrust } from "../clientip/resolve.js";
+import { messageOf, statusOf, type AnswerReason } from "./answers.js";
+import { readBearer, type BearerResult } from "./credential.js";
+import { decide, type Credential, type Decision, type DecisionSettings, type KeyPolicy } from "./decide.js";
+
+/** Where the step looks keys up (a store snapshot satisfies it). */
+export interface KeyLookup {
+  /** The key whose secret is `token`, if any. */
+  lookupToken(token: string): KeyPolicy | undefined;
+}
+
+/** Settings of the step once the client address is known. */
+export interface StepSettings extends DecisionSettings {
+  /** Answered by keyfence itself (SPEC §4); undefined on listeners without a ping. */
+  readonly pingPath: string | undefined;
+}
+
+/** Settings of the whole step, compiled once from the configuration. */
+export interface EnforceSettings extends StepSettings {
+  readonly trust: CompiledTrust;
+}
+
+/** What the step reads of a request: plain values, no sockets. */
+export interface RequestFacts {
+  /** Raw header list (name, value, name, value...), repeats kept. */
+  readonly rawHeaders: readonly string[];
+  /** The request target as received (`req.url`). */
+  readonly url: string | undefined;
+  /** Socket peer address (or the PROXY protocol source). */
+  readonly peer: string | undefined;
+  /** The X-Forwarded-For value, repeated lines joined with commas. */
+  readonly forwardedFor: string | undefined;
+}
+
+/**
+ * What to do with a request: forward it, or answer with JSON. `status`,
+ * `reason` and `message` are what the proxy writes and what the decision
+ * endpoint puts in `X-Keyfence-Reason` / `X-Keyfence-Message`; `body`, when
+ * set, replaces the default `{"message": ...}` body (the report-mode pong).
+ */
+export type AnswerPlan =
+  | { readonly kind: "forward" }
+  | {
+      readonly kind: "answer";
+      readonly status: number;
+      readonly reason: AnswerReason;
+      readonly message: string;
+      readonly body: Readonly<Record<string, unknown>> | undefined;
+    };
+
+/** The step's result: the decision (for metrics, logs, observed sources), the plan, and the target to forward. */
+export interface Enforcement {
+  readonly decision: Decision;
+  readonly plan: AnswerPlan;
+  /** Origin-form path and query; undefined when the target was neither origin- nor absolute-form. */
+  readonly target: string | undefined;
+  /** The target's path, without the query (what logs show). */
+  readonly path: string;
+}
+
+/** A plan's JSON answer. */
+export type JsonAnswer = Extract<AnswerPlan, { kind: "answer" }>;
+
+const FORWARD: AnswerPlan = { kind: "forward" };
+
+/** Reads the request target as origin-form path and query; undefined when it is neither origin- nor absolute-form. */
+export function requestTarget(url: string | undefined): string | undefined {
+  if (url === undefined || url === "") return undefined;
+  if (url.charCodeAt(0) === 47) return url;
+  if (!/^https?:\/\//i.test(url)) return undefined;
+  try {
+    const u = new URL(url);
+    return u.pathname + u.search;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The path of a request target, without its query. */
+export function pathOf(target: string): string {
+  const q = target.indexOf("?");
+  return q < 0 ? target : target.slice(0, q);
+}
+
+/** The JSON answer for `reason`; `clientIp` fills the ip_not_allowed message. */
+export function answerPlan(
+  reason: AnswerReason,
+  clientIp = "",
+  body?: Readonly<Record<string, unknown>>,
+  message?: string,
+): JsonAnswer {
+  return {
+    kind: "answer",
+    status: statusOf(reason),
+    reason,
+    message: message ?? messageOf(reason, clientIp),
+    body,
+  };
+}
+
+const BAD_TARGET = "request target must be a path";
+
+/** The plan for `d`: a ping is always answered by keyfence (pong, or why not), anything else forwarded or refused. */
+export function planOf(d: Decision, ping: boolean): AnswerPlan {
+  if (!ping) return d.forward ? FORWARD : answerPlan(d.reason ?? "bad_request", d.client.text);
+  if (d.outcome === "missing_key") return answerPlan("missing_api_key");
+  if (d.outcome === "unknown_key") return answerPlan("invalid_api_key");
+  if (!d.forward) return answerPlan(d.reason ?? "bad_request", d.client.text);
+  if (d.outcome === "would_deny" && d.reason !== undefined) {
+    return answerPlan("pong", "", {
+      message: "pong",
+      mode: "report",
+      would_deny: { reason: d.reason, status: statusOf(d.reason), message: messageOf(d.reason, d.client.text) },
+    });
+  }
+  return answerPlan("pong");
+}
+
+/** Decides a request whose client address is already resolved (the management API resolves it first, for its throttle). */
+export function enforceFor(
+  rawHeaders: readonly string[],
+  url: string | undefined,
+  client: ClientIp,
+  keys: KeyLookup,
+  settings: StepSettings,
+): Enforcement {
+  const target = requestTarget(url);
+  if (target === undefined) {
+    const decision: Decision = {
+      outcome: "bad_request",
+      forward: false,
+      reason: undefined,
+      keyId: undefined,
+      mode: settings.mode,
+      client,
+    };
+    return { decision, plan: answerPlan("bad_request", "", undefined, BAD_TARGET), target, path: url ?? "" };
+  }
+  return enforceCredential(readBearer(rawHeaders), target, client, keys, settings);
+}
+
+/** The step from a credential already read (the management API reads it first, to recognise operator tokens). */
+export function enforceCredential(
+  read: BearerResult,
+  target: string,
+  client: ClientIp,
+  keys: KeyLookup,
+  settings: StepSettings,
+): Enforcement {
+  const credential: Credential = read.kind === "token" ? { kind: "key", key: keys.lookupToken(read.token) } : read;
+  const decision = decide(credential, client, settings);
+  const path = pathOf(target);
+  return { decision, plan: planOf(decision, path === settings.pingPath), target, path };
+}
+
+/** The enforcement step: credential → key → client IP → decision → plan. Pure apart from the lookup's cache; never throws. */
+export function enforce(facts: RequestFacts, keys: KeyLookup, settings: EnforceSettings): Enforcement {
+  const client = resolveClientIp(facts.peer, facts.forwardedFor, settings.trust);
+  return enforceFor(facts.rawHeaders, facts.url, client, keys, settings);
+}
