@@ -108,7 +108,7 @@ export function upstreamPath(prefix: string, target: string): string {
  * and those named in Connection removed, `requestId` (when given) added as
  * X-Request-Id unless the upstream set one.
  */
-function responseHeaders(raw: readonly (Buffer | string)[], requestId?: string): string[] {
+export function responseHeaders(raw: readonly (Buffer | string)[], requestId?: string): string[] {
   const out: string[] = [];
   let listed: Set<string> | undefined;
   let hasRequestId = false;

@@ -1,8 +1,13 @@
 /** Writing the answers keyfence makes itself, with the `X-Keyfence-Reason` header on each. */
-import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from "node:http";
+import { STATUS_CODES, type IncomingMessage, type OutgoingHttpHeaders, type ServerResponse } from "node:http";
 import type { Duplex } from "node:stream";
-import { messageOf, statusOf, type AnswerReason } from "../policy/answers.js";
+import type { AnswerReason } from "../policy/answers.js";
+import { answerPlan, type JsonAnswer } from "../policy/enforce.js";
 import { sendJson } from "../util/http.js";
+
+function bodyOf(plan: JsonAnswer): Readonly<Record<string, unknown>> {
+  return plan.body ?? { message: plan.message };
+}
 
 /** What an answer may carry besides its reason. */
 export interface AnswerOptions {
@@ -13,18 +18,21 @@ export interface AnswerOptions {
   readonly requestId?: string;
 }
 
-/** Writes a keyfence answer: JSON body, reason header, request id, never cached. */
+/** Writes a keyfence answer for `reason` (see {@link answerPlanned}). */
 export function answer(res: ServerResponse, reason: AnswerReason, opts: AnswerOptions = {}): void {
-  const status = statusOf(reason);
-  const body = opts.body ?? { message: messageOf(reason, opts.clientIp) };
-  const headers: OutgoingHttpHeaders = { "x-keyfence-reason": reason };
-  if (opts.requestId !== undefined) headers["x-request-id"] = opts.requestId;
-  if (status === 401) headers["www-authenticate"] = 'Bearer realm="keyfence"';
+  answerPlanned(res, answerPlan(reason, opts.clientIp, opts.body), opts.requestId);
+}
+
+/** Writes a plan's JSON answer: JSON body, reason header, request id, never cached. */
+export function answerPlanned(res: ServerResponse, plan: JsonAnswer, requestId?: string): void {
+  const headers: OutgoingHttpHeaders = { "x-keyfence-reason": plan.reason };
+  if (requestId !== undefined) headers["x-request-id"] = requestId;
+  if (plan.status === 401) headers["www-authenticate"] = 'Bearer realm="keyfence"';
   const req = res.req as IncomingMessage | undefined;
   // An unread request body would be drained before the next request on this
   // connection; refuse to read (possibly huge) bodies of rejected requests.
   if (req !== undefined && !req.complete && hasBody(req.headers)) res.shouldKeepAlive = false;
-  sendJson(res, status, body, headers);
+  sendJson(res, plan.status, bodyOf(plan), headers);
 }
 
 /** True when a request announces a body. */
@@ -37,7 +45,21 @@ export function hasBody(headers: {
   return cl !== undefined && cl !== "0";
 }
 
-/** Writes a complete HTTP/1.1 answer on a raw socket (upgrade and client-error paths), then closes it. */
+/** Writes a plan's JSON answer on a raw socket (the upgrade path) with the same headers as {@link answer}, then closes it. */
+export function answerPlanOnSocket(socket: Duplex, plan: JsonAnswer, requestId: string): void {
+  let extra = `X-Request-Id: ${requestId}\r\n`;
+  if (plan.status === 401) extra += 'WWW-Authenticate: Bearer realm="keyfence"\r\n';
+  writeAnswer(
+    socket,
+    plan.status,
+    STATUS_CODES[plan.status] ?? "Unknown",
+    plan.reason,
+    JSON.stringify(bodyOf(plan)),
+    extra,
+  );
+}
+
+/** Writes a complete HTTP/1.1 answer on a raw socket (client-error path), then closes it. */
 export function answerSocket(
   socket: Duplex,
   status: number,
@@ -45,17 +67,28 @@ export function answerSocket(
   message: string,
   statusText: string,
 ): void {
+  writeAnswer(socket, status, statusText, reason, JSON.stringify({ message }), "");
+}
+
+function writeAnswer(
+  socket: Duplex,
+  status: number,
+  statusText: string,
+  reason: string,
+  text: string,
+  extra: string,
+): void {
   if (!socket.writable) {
     socket.destroy();
     return;
   }
-  const text = JSON.stringify({ message });
   socket.end(
-    `HTTP/1.1 ${status} ${statusText}\r\n` +
+    `HTTP/1.1 ${String(status)} ${statusText}\r\n` +
       "Content-Type: application/json\r\n" +
-      `Content-Length: ${Buffer.byteLength(text)}\r\n` +
+      `Content-Length: ${String(Buffer.byteLength(text))}\r\n` +
       "Cache-Control: no-store\r\n" +
       `X-Keyfence-Reason: ${reason}\r\n` +
+      extra +
       "Connection: close\r\n\r\n" +
       text,
   );

@@ -8,18 +8,15 @@ import type { Socket } from "node:net";
 import { performance } from "node:perf_hooks";
 import type { Duplex } from "node:stream";
 import type { Logger } from "pino";
-import { resolveClientIp } from "../clientip/resolve.js";
 import type { Config } from "../config/config.js";
 import type { Metrics, RequestOutcome } from "../metrics/metrics.js";
 import type { SourceTracker } from "../metrics/sources.js";
-import { readBearer } from "../policy/credential.js";
-import { decide, type Credential, type Decision } from "../policy/decide.js";
+import { enforce, type EnforceSettings, type Enforcement } from "../policy/enforce.js";
 import type { KeyStore } from "../store/store.js";
 import { forwardedFor, listenOn, SERVER_LIMITS } from "../util/http.js";
 import { Forwarder, type ForwardResult } from "./forward.js";
-import { messageOf, statusOf, type AnswerReason } from "../policy/answers.js";
-import { answer, answerSocket } from "./respond.js";
-import { pipeUpgrade } from "./upgrade.js";
+import { answerPlanned, answerPlanOnSocket, answerSocket } from "./respond.js";
+import { pipeUpgrade, type Cuttable } from "./upgrade.js";
 import { LineFormat } from "../util/logline.js";
 import { randomUuid } from "../util/uuid.js";
 
@@ -62,20 +59,8 @@ const ACCESS_LINE = new LineFormat(
   "request",
 );
 
-const STATUS_TEXT: Record<number, string> = { 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden" };
-
-/** Reads the request target as origin-form path and query; undefined when it is neither origin- nor absolute-form. */
-export function requestTarget(url: string | undefined): string | undefined {
-  if (url === undefined || url === "") return undefined;
-  if (url.charCodeAt(0) === 47) return url;
-  if (!/^https?:\/\//i.test(url)) return undefined;
-  try {
-    const u = new URL(url);
-    return u.pathname + u.search;
-  } catch {
-    return undefined;
-  }
-}
+/** Moved to the enforcement step; re-exported for existing importers. */
+export { requestTarget } from "../policy/enforce.js";
 
 const REQUEST_ID = /^[A-Za-z0-9._:@/+=-]{1,128}$/;
 
@@ -85,23 +70,24 @@ export function requestIdOf(req: IncomingMessage): string {
   return typeof h === "string" && REQUEST_ID.test(h) ? h : randomUuid();
 }
 
-function pathOf(target: string): string {
-  const q = target.indexOf("?");
-  return q < 0 ? target : target.slice(0, q);
-}
-
 /** The public proxy listener. */
 export class ProxyServer {
   readonly server: Server;
   private readonly forwarder: Forwarder;
-  private readonly upgraded = new Set<Socket | Duplex>();
-  private readonly settings: Parameters<typeof decide>[2];
+  private readonly upgraded = new Set<Cuttable | Duplex>();
+  private readonly settings: EnforceSettings;
   private active = 0;
   private idleWaiters: Array<() => void> = [];
 
   constructor(private readonly deps: ProxyDeps) {
     const c = deps.config;
-    this.settings = { mode: c.mode, unknown: c.keys.unknown, missing: c.keys.missing };
+    this.settings = {
+      mode: c.mode,
+      unknown: c.keys.unknown,
+      missing: c.keys.missing,
+      trust: c.trustedProxies,
+      pingPath: c.pingPath,
+    };
     deps.metrics.countInflightWith(() => this.active);
     this.forwarder = new Forwarder({ upstream: c.upstream, timeoutMs: c.upstreamTimeoutMs });
     this.server = createServer({
@@ -157,15 +143,17 @@ export class ProxyServer {
     }
   }
 
-  /** Reads credential and client IP, and decides; counts, logs and remembers the decision. */
-  private decideFor(req: IncomingMessage, requestId: string, t0: number): Decision {
-    const bearer = readBearer(req.rawHeaders);
-    const credential: Credential =
-      bearer.kind === "token" ? { kind: "key", key: this.deps.store.snapshot.lookupToken(bearer.token) } : bearer;
-    const client = resolveClientIp(req.socket.remoteAddress, forwardedFor(req), this.deps.config.trustedProxies);
-    const decision = decide(credential, client, this.settings);
+  /** Runs the enforcement step on `req`; counts, logs and remembers the decision. */
+  private enforce(req: IncomingMessage, requestId: string, t0: number): Enforcement {
+    const e = enforce(
+      { rawHeaders: req.rawHeaders, url: req.url, peer: req.socket.remoteAddress, forwardedFor: forwardedFor(req) },
+      this.deps.store.snapshot,
+      this.settings,
+    );
+    const decision = e.decision;
+    const client = decision.client;
     const t1 = performance.now();
-    this.deps.metrics.decision(decision.outcome, (t1 - t0) / 1000);
+    this.deps.metrics.decision(decision.outcome, e.target === undefined ? 0 : (t1 - t0) / 1000);
     const refused = decision.reason === "ip_not_allowed" || decision.reason === "invalid_client_ip";
     if (decision.keyId !== undefined && client.ip !== undefined) {
       this.deps.sources.record(decision.keyId, client.ip, refused, performance.timeOrigin + t1);
@@ -179,127 +167,115 @@ export class ProxyServer {
         client_ip: client.text,
         peer_ip: client.peer,
         method: req.method,
-        path: pathOf(req.url ?? ""),
+        path: e.path,
         mode: decision.mode,
       });
     }
-    return decision;
+    return e;
   }
 
   private handle(req: IncomingMessage, res: ServerResponse): void {
     const t0 = performance.now();
     this.begin();
     const requestId = requestIdOf(req);
-    const target = requestTarget(req.url);
-    if (target === undefined) {
-      this.deps.metrics.decision("bad_request", 0);
-      answer(res, "bad_request", { body: { message: "request target must be a path" }, requestId });
-      this.completed(req, res, t0, requestId, "answered", undefined);
+    const e = this.enforce(req, requestId, t0);
+    const plan = e.plan;
+    if (plan.kind === "answer" || e.target === undefined) {
+      if (plan.kind === "answer") answerPlanned(res, plan, requestId);
+      else res.destroy();
+      this.completed(req, res.statusCode, t0, requestId, "answered", e);
       return;
     }
-    const decision = this.decideFor(req, requestId, t0);
-    if (pathOf(target) === this.deps.config.pingPath) {
-      this.ping(res, decision, requestId);
-    } else if (!decision.forward) {
-      answer(res, decision.reason ?? "bad_request", { clientIp: decision.client.text, requestId });
-    } else {
-      this.forwarder.forward(req, res, decision.client, target, requestId, (result: ForwardResult) => {
-        let outcome: RequestOutcome = "forwarded";
-        if (result === "aborted") outcome = "aborted";
-        else if (result !== "ok") {
-          outcome = "upstream_error";
-          this.deps.metrics.upstreamError(result);
-          this.deps.log.error(
-            { event: "upstream_error", request_id: requestId, kind: result, method: req.method, path: pathOf(target) },
-            "upstream request failed",
-          );
-        }
-        this.completed(req, res, t0, requestId, outcome, decision);
-      });
-      return;
-    }
-    this.completed(req, res, t0, requestId, "answered", decision);
+    const target = e.target;
+    this.forwarder.forward(req, res, e.decision.client, target, requestId, (result: ForwardResult) => {
+      let outcome: RequestOutcome = "forwarded";
+      if (result === "aborted") outcome = "aborted";
+      else if (result !== "ok") {
+        outcome = "upstream_error";
+        this.deps.metrics.upstreamError(result);
+        this.deps.log.error(
+          { event: "upstream_error", request_id: requestId, kind: result, method: req.method, path: e.path },
+          "upstream request failed",
+        );
+      }
+      this.completed(req, res.statusCode, t0, requestId, outcome, e);
+    });
   }
 
-  /** Accounts for a request once keyfence has written its answer or the forwarder has finished (once per request). */
+  /** Accounts for a request once keyfence has written its answer, the forwarder has finished or an upgrade handshake has ended (once per request). */
   private completed(
     req: IncomingMessage,
-    res: ServerResponse,
+    status: number,
     t0: number,
     requestId: string,
     outcome: RequestOutcome,
-    decision: Decision | undefined,
+    e: Enforcement,
   ): void {
     const seconds = (performance.now() - t0) / 1000;
     this.deps.metrics.request(outcome, seconds);
     if (this.deps.config.accessLog) {
+      const decision = e.decision;
       ACCESS_LINE.write(this.deps.log, {
         event: "access",
         request_id: requestId,
         method: req.method,
-        path: pathOf(req.url ?? ""),
-        status: res.statusCode,
+        path: e.path,
+        status,
         outcome,
-        decision: decision?.outcome,
-        key_id: decision?.keyId,
-        client_ip: decision?.client.text,
+        decision: decision.outcome,
+        key_id: decision.keyId,
+        client_ip: decision.client.text,
         duration_ms: Math.round(seconds * 1e6) / 1000,
       });
     }
     this.end();
   }
 
-  private ping(res: ServerResponse, d: Decision, requestId: string): void {
-    let reason: AnswerReason;
-    if (d.outcome === "bad_request") reason = d.reason ?? "bad_request";
-    else if (d.outcome === "missing_key") reason = "missing_api_key";
-    else if (d.outcome === "unknown_key") reason = "invalid_api_key";
-    else if (!d.forward) reason = d.reason ?? "bad_request";
-    else reason = "pong";
-    const body =
-      d.outcome === "would_deny" && d.reason !== undefined
-        ? {
-            message: "pong",
-            mode: "report",
-            would_deny: { reason: d.reason, status: statusOf(d.reason), message: messageOf(d.reason, d.client.text) },
-          }
-        : undefined;
-    answer(res, reason, { clientIp: d.client.text, body, requestId });
-  }
-
+  /** An upgrade request: decided by the same step; a tunnel only after the upstream's 101 (see upgrade.ts). */
   private handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
-    const target = requestTarget(req.url);
+    const t0 = performance.now();
+    this.begin();
     const requestId = requestIdOf(req);
-    const decision = this.decideFor(req, requestId, performance.now());
-    let reason: AnswerReason | undefined = decision.forward ? undefined : (decision.reason ?? "bad_request");
-    if (target === undefined) reason = "bad_request";
-    else if (pathOf(target) === this.deps.config.pingPath) reason = decision.forward ? "pong" : reason;
-    if (reason !== undefined || target === undefined) {
-      const r = reason ?? "bad_request";
-      const status = statusOf(r);
-      answerSocket(socket, status, r, messageOf(r, decision.client.text), STATUS_TEXT[status] ?? "OK");
+    const e = this.enforce(req, requestId, t0);
+    const plan = e.plan;
+    if (plan.kind === "answer" || e.target === undefined) {
+      if (plan.kind === "answer") answerPlanOnSocket(socket, plan, requestId);
+      else socket.destroy();
+      this.completed(req, plan.kind === "answer" ? plan.status : 0, t0, requestId, "answered", e);
       return;
     }
     this.upgraded.add(socket);
-    socket.once("close", () => this.upgraded.delete(socket));
     const up = pipeUpgrade(
       req,
       socket,
       head,
-      decision.client,
-      target,
+      e.decision.client,
+      e.target,
       requestId,
       {
         upstream: this.deps.config.upstream,
         prefix: this.forwarder.pathPrefix,
         timeoutMs: this.deps.config.upstreamTimeoutMs,
       },
-      (result) => {
-        if (result === "connect" || result === "timeout" || result === "reset") this.deps.metrics.upstreamError(result);
+      ({ result, status }) => {
+        let outcome: RequestOutcome = "forwarded";
+        if (result === "aborted") outcome = "aborted";
+        else if (result !== "ok") {
+          outcome = "upstream_error";
+          this.deps.metrics.upstreamError(result);
+          this.deps.log.error(
+            { event: "upstream_error", request_id: requestId, kind: result, method: req.method, path: e.path },
+            "upstream request failed",
+          );
+        }
+        this.completed(req, status, t0, requestId, outcome, e);
       },
     );
     this.upgraded.add(up);
-    up.once("close", () => this.upgraded.delete(up));
+    socket.once("close", () => {
+      this.upgraded.delete(socket);
+      this.upgraded.delete(up);
+    });
   }
 }
 

@@ -1,15 +1,19 @@
 /**
- * Upgrade requests (WebSocket) once allowed: the handshake is rewritten like
- * any forwarded request, then the two sockets are piped byte for byte.
+ * Upgrade requests (WebSocket, h2c) once allowed: the handshake is rewritten
+ * like any forwarded request and sent upstream with Node's HTTP client, which
+ * parses the answer. Only `101 Switching Protocols` turns the connection into
+ * a raw tunnel; any other answer is relayed as an ordinary response with
+ * `Connection: close` and the client connection ends with it, so nothing the
+ * client sent after the handshake ever reaches the upstream unchecked.
  */
-import type { IncomingMessage } from "node:http";
-import { connect as netConnect, type Socket } from "node:net";
+import { request as httpRequest, type ClientRequest, type IncomingMessage } from "node:http";
+import { request as httpsRequest } from "node:https";
+import type { Socket } from "node:net";
 import type { Duplex } from "node:stream";
-import { connect as tlsConnect } from "node:tls";
 import type { ClientIp } from "../clientip/resolve.js";
-import { classify, upstreamHeaders, upstreamPath, type ForwardResult } from "./forward.js";
-import { messageOf } from "../policy/answers.js";
-import { answerSocket } from "./respond.js";
+import { answerPlan } from "../policy/enforce.js";
+import { classify, responseHeaders, upstreamHeaders, upstreamPath, type ForwardResult } from "./forward.js";
+import { answerPlanOnSocket } from "./respond.js";
 
 /** Where and how to open upgraded connections. */
 export interface UpgradeTarget {
@@ -18,79 +22,187 @@ export interface UpgradeTarget {
   readonly timeoutMs: number;
 }
 
-/** Opens the upstream connection, replays the handshake and pipes both ways; `done` reports once how the handshake went. */
+/** How an upgrade handshake ended: the forwarding result and the status the client got (0 when it left first). */
+export interface UpgradeOutcome {
+  readonly result: ForwardResult;
+  readonly status: number;
+}
+
+/** Something the listener cuts on drain. */
+export interface Cuttable {
+  destroy(): void;
+}
+
+function contentLength(req: IncomingMessage): number | undefined {
+  const cl = req.headers["content-length"];
+  if (cl === undefined) return 0;
+  return /^[0-9]{1,15}$/.test(cl) ? Number(cl) : undefined;
+}
+
+function head(status: number, statusText: string, flat: readonly string[], extra: string): string {
+  let text = `HTTP/1.1 ${String(status)} ${statusText}\r\n`;
+  for (let i = 0; i < flat.length; i += 2) text += `${flat[i] as string}: ${flat[i + 1] as string}\r\n`;
+  return `${text}${extra}\r\n`;
+}
+
+/**
+ * Sends the handshake upstream and carries out its answer (see the module
+ * comment). Whatever the client sends after the handshake stays unread until
+ * the upstream switches protocols; a request body (Content-Length only) is
+ * sent first. `done` reports once how it went.
+ */
 export function pipeUpgrade(
   req: IncomingMessage,
   client: Socket | Duplex,
-  head: Buffer,
+  early: Buffer,
   clientIp: ClientIp,
   target: string,
   requestId: string,
   to: UpgradeTarget,
-  done: (result: ForwardResult) => void,
-): Socket {
+  done: (outcome: UpgradeOutcome) => void,
+): Cuttable {
   const u = to.upstream;
   const host = u.hostname.startsWith("[") ? u.hostname.slice(1, -1) : u.hostname;
   const secure = u.protocol === "https:";
-  const port = Number(u.port || (secure ? 443 : 80));
-  const upstream: Socket = secure
-    ? tlsConnect({ host, port, servername: host === u.hostname ? host : undefined, ALPNProtocols: ["http/1.1"] })
-    : netConnect({ host, port });
-  let answered = false;
   let reported = false;
-  const report = (r: ForwardResult): void => {
+  const report = (result: ForwardResult, status: number): void => {
     if (!reported) {
       reported = true;
-      done(r);
+      done({ result, status });
     }
   };
+  client.pause();
+  if (early.length > 0) client.unshift(early);
+  const bodyBytes = contentLength(req);
+  if (bodyBytes === undefined || req.headers["transfer-encoding"] !== undefined) {
+    const plan = answerPlan(
+      "bad_request",
+      "",
+      undefined,
+      "an upgrade request may carry a body only with Content-Length",
+    );
+    answerPlanOnSocket(client, plan, requestId);
+    report("ok", 400);
+    return client;
+  }
+
+  const upReq: ClientRequest = (secure ? httpsRequest : httpRequest)({
+    host,
+    port: Number(u.port || (secure ? 443 : 80)),
+    method: req.method ?? "GET",
+    path: upstreamPath(to.prefix, target),
+    headers: upstreamHeaders(req, clientIp, requestId, true),
+    setHost: false,
+    agent: false,
+    servername: secure && host === u.hostname ? host : undefined,
+  });
+  upReq.setNoDelay(true);
+  let answered = false;
   const timer = setTimeout(() => {
-    fail("timeout");
+    const err = new Error("upstream timed out") as NodeJS.ErrnoException;
+    err.code = "UND_ERR_HEADERS_TIMEOUT";
+    upReq.destroy(err);
   }, to.timeoutMs);
-  const fail = (result: ForwardResult): void => {
-    clearTimeout(timer);
-    upstream.destroy();
-    if (!answered && result !== "aborted") {
-      answered = true;
-      const timeout = result === "timeout";
-      const reason = timeout ? "upstream_timeout" : "upstream_unavailable";
-      answerSocket(client, timeout ? 504 : 502, reason, messageOf(reason), timeout ? "Gateway Timeout" : "Bad Gateway");
-    } else {
-      client.destroy();
-    }
-    report(result);
-  };
 
-  const headers = upstreamHeaders(req, clientIp, requestId, true);
-  let text = `${req.method ?? "GET"} ${upstreamPath(to.prefix, target)} HTTP/1.1\r\n`;
-  for (let i = 0; i < headers.length; i += 2) text += `${headers[i]}: ${headers[i + 1]}\r\n`;
-  text += "\r\n";
-  upstream.setNoDelay(true);
-  upstream.write(text);
-  if (head.length > 0) upstream.write(head);
-
-  // Pipe the answer only once it starts: an upstream that closes without a
-  // word still gets the client a 502.
-  upstream.once("data", (chunk: Buffer) => {
+  upReq.on("upgrade", (res: IncomingMessage, upSocket: Socket, upHead: Buffer) => {
     answered = true;
     clearTimeout(timer);
-    report("ok");
-    client.write(chunk);
-    upstream.pipe(client);
+    if (client.destroyed) {
+      upSocket.destroy();
+      report("aborted", 0);
+      return;
+    }
+    const flat = res.rawHeaders;
+    let hasId = false;
+    for (let i = 0; i < flat.length; i += 2) if ((flat[i] as string).toLowerCase() === "x-request-id") hasId = true;
+    const extra = hasId ? "" : `x-request-id: ${requestId}\r\n`;
+    client.write(Buffer.from(head(101, res.statusMessage ?? "Switching Protocols", flat, extra), "latin1"));
+    if (upHead.length > 0) client.write(upHead);
+    upSocket.on("error", () => client.destroy());
+    client.on("error", () => upSocket.destroy());
+    upSocket.on("close", () => client.destroy());
+    client.on("close", () => upSocket.destroy());
+    upSocket.pipe(client);
+    client.pipe(upSocket);
+    report("ok", 101);
   });
-  upstream.on("error", (err) => fail(classify(err)));
-  client.on("error", () => {
-    upstream.destroy();
+
+  upReq.on("response", (res: IncomingMessage) => {
+    answered = true;
+    clearTimeout(timer);
+    const status = res.statusCode ?? 502;
+    if (client.destroyed) {
+      upReq.destroy();
+      report("aborted", 0);
+      return;
+    }
+    // An ordinary answer: relayed, then the connection closes. The client's
+    // later bytes (pipelined requests) are never read, so never forwarded.
+    const flat = responseHeaders(res.rawHeaders, requestId);
+    // Node's client has undone chunked framing; without a Content-Length the body is chunked again.
+    const chunked =
+      res.headers["content-length"] === undefined && req.method !== "HEAD" && status !== 204 && status !== 304;
+    const extra = `${chunked ? "transfer-encoding: chunked\r\n" : ""}connection: close\r\n`;
+    client.write(Buffer.from(head(status, res.statusMessage ?? "", flat, extra), "latin1"));
+    res.on("data", (chunk: Buffer) => {
+      if (chunked) client.write(`${chunk.length.toString(16)}\r\n`);
+      const more = client.write(chunk);
+      if (chunked) client.write("\r\n");
+      if (!more) {
+        res.pause();
+        client.once("drain", () => res.resume());
+      }
+    });
+    res.on("end", () => {
+      client.end(chunked ? "0\r\n\r\n" : "");
+      upReq.destroy();
+      report("ok", status);
+    });
+    res.on("error", () => {
+      client.destroy();
+      report("reset", status);
+    });
+  });
+
+  upReq.on("error", (err: Error) => {
+    clearTimeout(timer);
+    const result = classify(err);
+    if (answered || client.destroyed) {
+      client.destroy();
+      report(result, 0);
+      return;
+    }
+    answered = true;
+    const plan = answerPlan(result === "timeout" ? "upstream_timeout" : "upstream_unavailable");
+    answerPlanOnSocket(client, plan, requestId);
+    report(result, plan.status);
   });
   client.on("close", () => {
-    clearTimeout(timer);
-    upstream.destroy();
-    report("aborted");
+    if (!answered) {
+      clearTimeout(timer);
+      upReq.destroy();
+      report("aborted", 0);
+    }
   });
-  upstream.on("close", () => {
-    clearTimeout(timer);
-    if (!answered) fail("reset");
-  });
-  client.pipe(upstream);
-  return upstream;
+  client.on("error", () => upReq.destroy());
+
+  // The body, when the handshake has one: exactly Content-Length bytes.
+  let left = bodyBytes;
+  if (left === 0) upReq.end();
+  else {
+    const onData = (chunk: Buffer): void => {
+      const take = Math.min(left, chunk.length);
+      upReq.write(chunk.subarray(0, take));
+      left -= take;
+      if (left === 0) {
+        client.off("data", onData);
+        client.pause();
+        if (take < chunk.length) client.unshift(chunk.subarray(take));
+        upReq.end();
+      }
+    };
+    client.on("data", onData);
+    client.resume();
+  }
+  return upReq;
 }
