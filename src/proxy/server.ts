@@ -11,6 +11,7 @@ import type { Logger } from "pino";
 import type { Config } from "../config/config.js";
 import type { Metrics, RequestOutcome } from "../metrics/metrics.js";
 import type { SourceTracker } from "../metrics/sources.js";
+import { compilePlaces } from "../policy/credential.js";
 import { enforce, type EnforceSettings, type Enforcement } from "../policy/enforce.js";
 import type { KeyStore } from "../store/store.js";
 import { forwardedFor, listenOn, SERVER_LIMITS } from "../util/http.js";
@@ -87,6 +88,7 @@ export class ProxyServer {
       missing: c.keys.missing,
       trust: c.trustedProxies,
       pingPath: c.pingPath,
+      places: compilePlaces(c.keys.credentials),
     };
     deps.metrics.countInflightWith(() => this.active);
     this.forwarder = new Forwarder({ upstream: c.upstream, timeoutMs: c.upstreamTimeoutMs });
