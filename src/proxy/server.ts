@@ -17,6 +17,7 @@ import type { KeyStore } from "../store/store.js";
 import { forwardedFor, listenOn, SERVER_LIMITS } from "../util/http.js";
 import { Forwarder, type ForwardResult } from "./forward.js";
 import { answerPlanned, answerPlanOnSocket, answerSocket } from "./respond.js";
+import { DenialLog } from "./denials.js";
 import { pipeUpgrade, type Cuttable } from "./upgrade.js";
 import { LineFormat } from "../util/logline.js";
 import { randomUuid } from "../util/uuid.js";
@@ -78,6 +79,7 @@ export class ProxyServer {
   private readonly upgraded = new Set<Cuttable | Duplex>();
   private readonly settings: EnforceSettings;
   private active = 0;
+  private readonly denials: DenialLog;
   private idleWaiters: Array<() => void> = [];
 
   constructor(private readonly deps: ProxyDeps) {
@@ -91,6 +93,7 @@ export class ProxyServer {
       places: compilePlaces(c.keys.credentials),
     };
     deps.metrics.countInflightWith(() => this.active);
+    this.denials = new DenialLog(deps.log);
     this.forwarder = new Forwarder({ upstream: c.upstream, timeoutMs: c.upstreamTimeoutMs });
     this.server = createServer({
       maxHeaderSize: SERVER_LIMITS.maxHeaderSize,
@@ -160,7 +163,7 @@ export class ProxyServer {
     if (decision.keyId !== undefined && client.ip !== undefined) {
       this.deps.sources.record(decision.keyId, client.ip, refused, performance.timeOrigin + t1);
     }
-    if (refused) {
+    if (refused && this.denials.admit(decision.keyId ?? "", client.ip, performance.timeOrigin + t1)) {
       (decision.forward ? WOULD_DENY_LINE : DENIED_LINE).write(this.deps.log, {
         event: decision.forward ? "would_deny" : "denied",
         request_id: requestId,
