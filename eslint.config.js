@@ -2,6 +2,39 @@
 import js from "@eslint/js";
 import tseslint from "typescript-eslint";
 
+/** Modules the core may not import: I/O, listeners, metrics and logging. */
+const IO = [
+  "node:http",
+  "node:https",
+  "node:net",
+  "node:tls",
+  "node:fs",
+  "node:fs/promises",
+  "node:child_process",
+  "node:worker_threads",
+  "node:cluster",
+  "prom-client",
+  "pino",
+  "undici",
+  "redis",
+  "js-yaml",
+  "yaml",
+];
+
+/**
+ * A flat-config entry that forbids files matching `files` to import the
+ * folders of src/ named in `folders` (at any depth of relative path) and the
+ * modules in `modules`.
+ */
+function layer(files, folders, modules = []) {
+  const patterns = folders.map((f) => ({
+    group: [`../${f}/*`, `../../${f}/*`, `../../../${f}/*`],
+    message: `layering: this folder may not import src/${f} (docs/ARCHITECTURE.md)`,
+  }));
+  const paths = modules.map((name) => ({ name, message: "layering: the core imports no I/O (docs/ARCHITECTURE.md)" }));
+  return [{ files: [files], rules: { "no-restricted-imports": ["error", { patterns, paths }] } }];
+}
+
 export default tseslint.config(
   { ignores: ["dist/", "node_modules/", "coverage/", "**/*.mjs", "eslint.config.js", "src/admin/assets/*.js"] },
   js.configs.recommended,
@@ -21,6 +54,39 @@ export default tseslint.config(
       "@typescript-eslint/no-extraneous-class": "off",
     },
   },
+  // Layers (docs/ARCHITECTURE.md): imports point inward only. The core (ip,
+  // clientip, policy) knows plain values; util is a leaf of helpers that
+  // imports no other folder; the store knows no listener; the shells never
+  // reach into each other.
+  ...layer("src/util/**/*.ts", [
+    "ip",
+    "clientip",
+    "policy",
+    "store",
+    "metrics",
+    "config",
+    "proxy",
+    "decision",
+    "admin",
+    "cli",
+  ]),
+  ...layer(
+    "src/ip/**/*.ts",
+    ["clientip", "policy", "store", "metrics", "config", "proxy", "decision", "admin", "cli", "util"],
+    IO,
+  ),
+  ...layer(
+    "src/clientip/**/*.ts",
+    ["policy", "store", "metrics", "config", "proxy", "decision", "admin", "cli", "util"],
+    IO,
+  ),
+  ...layer("src/policy/**/*.ts", ["store", "metrics", "config", "proxy", "decision", "admin", "cli", "util"], IO),
+  ...layer("src/store/**/*.ts", ["metrics", "proxy", "decision", "admin", "cli"]),
+  ...layer("src/metrics/**/*.ts", ["config", "proxy", "decision", "admin", "cli"]),
+  ...layer("src/config/**/*.ts", ["metrics", "proxy", "decision", "admin", "cli"]),
+  ...layer("src/proxy/**/*.ts", ["decision", "admin", "cli"]),
+  ...layer("src/decision/**/*.ts", ["proxy", "admin", "cli"]),
+  ...layer("src/admin/**/*.ts", ["proxy", "decision", "cli"]),
   {
     files: ["test/**/*.ts", "bench/**/*.ts"],
     rules: {

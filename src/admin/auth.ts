@@ -8,7 +8,7 @@ import { timingSafeEqual } from "node:crypto";
 import type { IncomingMessage } from "node:http";
 import type { ClientIp } from "../clientip/resolve.js";
 import type { Operator } from "../config/config.js";
-import { readBearer, secretHash } from "../policy/credential.js";
+import { BEARER_ONLY, readBearer, secretHash } from "../policy/credential.js";
 import { messageOf } from "../policy/answers.js";
 import { enforceCredential, type StepSettings } from "../policy/enforce.js";
 import type { KeyRecord } from "../store/keysfile.js";
@@ -64,6 +64,7 @@ const ADMIN_POLICY: StepSettings = {
   missing: "reject",
   enforceAlways: true,
   pingPath: undefined,
+  places: BEARER_ONLY,
 };
 
 /** Authenticates management API callers. */

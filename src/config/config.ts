@@ -8,7 +8,9 @@ import { isAbsolute, relative, resolve, dirname } from "node:path";
 import { compileTrust, type CompiledTrust } from "../clientip/resolve.js";
 import { parseIp } from "../ip/address.js";
 import { DEFAULT_MAX_ENTRIES } from "../ip/list.js";
+import type { CredentialPlace } from "../policy/credential.js";
 import type { Mode } from "../policy/decide.js";
+import { parseCredentials } from "./credentials.js";
 import { SHA256_HEX } from "../store/keysfile.js";
 import { YamlFile, type Problem, type YamlPath } from "../util/yaml.js";
 import { decisionWarnings, readDecision, type DecisionConfig } from "./decision.js";
@@ -49,6 +51,8 @@ export interface Config {
     readonly unknown: "forward" | "reject";
     readonly missing: "forward" | "reject";
     readonly maxEntries: number;
+    /** Where keys travel (`keys.credentials`). */
+    readonly credentials: readonly CredentialPlace[];
   };
   readonly admin:
     | {
@@ -238,7 +242,7 @@ export function parseConfig(file: string, text: string, env: NodeJS.ProcessEnv =
   let keys: Config["keys"] | undefined;
   if (keysRaw === undefined) y.fail([], 'missing field "keys" (with at least keys.file)');
   else {
-    const k = y.mapping(["keys"], keysRaw, ["file", "unknown", "missing", "max_entries"]);
+    const k = y.mapping(["keys"], keysRaw, ["file", "unknown", "missing", "max_entries", "credentials"]);
     if (k !== undefined) {
       const f = k["file"];
       if (f === undefined) y.fail(["keys"], 'missing field "file" (the keys file, relative to this file)');
@@ -252,7 +256,8 @@ export function parseConfig(file: string, text: string, env: NodeJS.ProcessEnv =
       if (typeof me !== "number" || !Number.isInteger(me) || me < 1 || me > 1_000_000) {
         y.fail(["keys", "max_entries"], "must be an integer from 1 to 1000000", me);
       }
-      if (typeof f === "string" && f !== "") {
+      const credentials = parseCredentials(y, k["credentials"]);
+      if (typeof f === "string" && f !== "" && credentials !== undefined) {
         const abs = resolve(dirname(file), f);
         keys = {
           file: abs,
@@ -260,6 +265,7 @@ export function parseConfig(file: string, text: string, env: NodeJS.ProcessEnv =
           unknown: (k["unknown"] as "forward" | "reject" | undefined) ?? "forward",
           missing: (k["missing"] as "forward" | "reject" | undefined) ?? "forward",
           maxEntries: typeof me === "number" ? me : DEFAULT_MAX_ENTRIES,
+          credentials,
         };
       }
     }

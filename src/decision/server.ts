@@ -13,6 +13,7 @@ import { resolveClientIp, type ClientIp } from "../clientip/resolve.js";
 import type { Config } from "../config/config.js";
 import type { Metrics } from "../metrics/metrics.js";
 import type { SourceTracker } from "../metrics/sources.js";
+import { compilePlaces } from "../policy/credential.js";
 import type { Decision } from "../policy/decide.js";
 import { enforceFor, type Enforcement, type StepSettings } from "../policy/enforce.js";
 import type { KeyStore } from "../store/store.js";
@@ -110,7 +111,13 @@ export class DecisionServer {
 
   constructor(private readonly deps: DecisionDeps) {
     const c = deps.config;
-    this.settings = { mode: c.mode, unknown: c.keys.unknown, missing: c.keys.missing, pingPath: c.pingPath };
+    this.settings = {
+      mode: c.mode,
+      unknown: c.keys.unknown,
+      missing: c.keys.missing,
+      pingPath: c.pingPath,
+      places: compilePlaces(c.keys.credentials),
+    };
     deps.metrics.countInflightWith(() => this.active);
     this.server = createServer({
       maxHeaderSize: SERVER_LIMITS.maxHeaderSize,

@@ -13,6 +13,8 @@ const TABLE: Record<AnswerReason, { status: number; message: string }> = {
   missing_api_key: { status: 401, message: "missing API key" },
   multiple_authorization: { status: 400, message: "multiple Authorization headers" },
   malformed_authorization: { status: 400, message: "malformed Authorization header" },
+  multiple_credentials: { status: 400, message: "multiple API keys" },
+  malformed_credential: { status: 400, message: "malformed API key" },
   invalid_client_ip: { status: 400, message: "client IP address could not be determined" },
   upstream_unavailable: { status: 502, message: "upstream unavailable" },
   upstream_timeout: { status: 504, message: "upstream timed out" },

@@ -4,6 +4,7 @@
  */
 import type { ClientIp } from "../clientip/resolve.js";
 import type { Ip } from "../ip/address.js";
+import type { CredentialFailure } from "./credential.js";
 
 /** Enforcement mode: `report` forwards would-be rejections and counts them. */
 export type Mode = "enforce" | "report";
@@ -22,7 +23,7 @@ export interface KeyPolicy {
 /** The credential a request carries, as read from its Authorization header(s). */
 export type Credential =
   | { readonly kind: "missing" }
-  | { readonly kind: "invalid"; readonly reason: "multiple_authorization" | "malformed_authorization" }
+  | { readonly kind: "invalid"; readonly reason: CredentialFailure }
   | { readonly kind: "key"; readonly key: KeyPolicy | undefined };
 
 /** Settings that shape decisions (SPEC §2). */
@@ -45,6 +46,8 @@ export type Reason =
   | "missing_api_key"
   | "multiple_authorization"
   | "malformed_authorization"
+  | "multiple_credentials"
+  | "malformed_credential"
   | "invalid_client_ip";
 
 /** A decision: forward or answer with `reason`; `reason` is also set for report-mode would-be denials. */

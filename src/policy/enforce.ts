@@ -7,7 +7,7 @@
  */
 import { resolveClientIp, type ClientIp, type CompiledTrust } from "../clientip/resolve.js";
 import { messageOf, statusOf, type AnswerReason } from "./answers.js";
-import { readBearer, type BearerResult } from "./credential.js";
+import { readCredential, type CompiledPlaces, type CredentialResult } from "./credential.js";
 import { decide, type Credential, type Decision, type DecisionSettings, type KeyPolicy } from "./decide.js";
 
 /** Where the step looks keys up (a store snapshot satisfies it). */
@@ -20,6 +20,8 @@ export interface KeyLookup {
 export interface StepSettings extends DecisionSettings {
   /** Answered by keyfence itself (SPEC §4); undefined on listeners without a ping. */
   readonly pingPath: string | undefined;
+  /** Where keys travel (`keys.credentials`, compiled). */
+  readonly places: CompiledPlaces;
 }
 
 /** Settings of the whole step, compiled once from the configuration. */
@@ -143,12 +145,12 @@ export function enforceFor(
     };
     return { decision, plan: answerPlan("bad_request", "", undefined, BAD_TARGET), target, path: url ?? "" };
   }
-  return enforceCredential(readBearer(rawHeaders), target, client, keys, settings);
+  return enforceCredential(readCredential(rawHeaders, target, settings.places), target, client, keys, settings);
 }
 
 /** The step from a credential already read (the management API reads it first, to recognise operator tokens). */
 export function enforceCredential(
-  read: BearerResult,
+  read: CredentialResult,
   target: string,
   client: ClientIp,
   keys: KeyLookup,

@@ -36,7 +36,7 @@ export function answerPlanned(res: ServerResponse, plan: JsonAnswer, requestId?:
 }
 
 /** Moved to util/http (the decision listener uses it too); re-exported for existing importers. */
-export { hasBody } from "../util/http.js";
+export { hasBody };
 
 /** Writes a plan's JSON answer on a raw socket (the upgrade path) with the same headers as {@link answer}, then closes it. */
 export function answerPlanOnSocket(socket: Duplex, plan: JsonAnswer, requestId: string): void {

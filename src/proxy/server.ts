@@ -11,11 +11,13 @@ import type { Logger } from "pino";
 import type { Config } from "../config/config.js";
 import type { Metrics, RequestOutcome } from "../metrics/metrics.js";
 import type { SourceTracker } from "../metrics/sources.js";
+import { compilePlaces } from "../policy/credential.js";
 import { enforce, type EnforceSettings, type Enforcement } from "../policy/enforce.js";
 import type { KeyStore } from "../store/store.js";
 import { forwardedFor, listenOn, requestIdOf, SERVER_LIMITS } from "../util/http.js";
 import { Forwarder, type ForwardResult } from "./forward.js";
 import { answerPlanned, answerPlanOnSocket, answerSocket } from "./respond.js";
+import { DenialLog } from "./denials.js";
 import { pipeUpgrade, type Cuttable } from "./upgrade.js";
 import { LineFormat } from "../util/logline.js";
 
@@ -71,6 +73,7 @@ export class ProxyServer {
   private readonly upgraded = new Set<Cuttable | Duplex>();
   private readonly settings: EnforceSettings;
   private active = 0;
+  private readonly denials: DenialLog;
   private idleWaiters: Array<() => void> = [];
 
   constructor(private readonly deps: ProxyDeps) {
@@ -81,8 +84,10 @@ export class ProxyServer {
       missing: c.keys.missing,
       trust: c.trustedProxies,
       pingPath: c.pingPath,
+      places: compilePlaces(c.keys.credentials),
     };
     deps.metrics.countInflightWith(() => this.active);
+    this.denials = new DenialLog(deps.log);
     this.forwarder = new Forwarder({ upstream: c.upstream, timeoutMs: c.upstreamTimeoutMs });
     this.server = createServer({
       maxHeaderSize: SERVER_LIMITS.maxHeaderSize,
@@ -152,7 +157,7 @@ export class ProxyServer {
     if (decision.keyId !== undefined && client.ip !== undefined) {
       this.deps.sources.record(decision.keyId, client.ip, refused, performance.timeOrigin + t1);
     }
-    if (refused) {
+    if (refused && this.denials.admit(decision.keyId ?? "", client.ip, performance.timeOrigin + t1)) {
       (decision.forward ? WOULD_DENY_LINE : DENIED_LINE).write(this.deps.log, {
         event: decision.forward ? "would_deny" : "denied",
         request_id: requestId,

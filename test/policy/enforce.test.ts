@@ -3,7 +3,7 @@ import { describe, test } from "node:test";
 import { compileTrust, type CompiledTrust } from "../../src/clientip/resolve.js";
 import { IpError, parseCidr, type Cidr } from "../../src/ip/address.js";
 import { compileMatcher } from "../../src/ip/matcher.js";
-import { secretHash } from "../../src/policy/credential.js";
+import { BEARER_ONLY, secretHash } from "../../src/policy/credential.js";
 import type { KeyPolicy, Mode } from "../../src/policy/decide.js";
 import { enforce, type EnforceSettings, type KeyLookup } from "../../src/policy/enforce.js";
 
@@ -30,6 +30,7 @@ const base: EnforceSettings = {
   missing: "forward",
   trust: compileTrust(["loopback"]) as CompiledTrust,
   pingPath: "/_keyfence/ping",
+  places: BEARER_ONLY,
 };
 const strict: EnforceSettings = { ...base, unknown: "reject", missing: "reject" };
 
