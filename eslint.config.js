@@ -84,6 +84,7 @@ export default tseslint.config(
   ...layer("src/store/**/*.ts", ["metrics", "proxy", "decision", "admin", "cli"]),
   ...layer("src/metrics/**/*.ts", ["config", "proxy", "decision", "admin", "cli"]),
   ...layer("src/config/**/*.ts", ["metrics", "proxy", "decision", "admin", "cli"]),
+  ...layer("src/net/**/*.ts", ["policy", "store", "metrics", "config", "proxy", "decision", "admin", "cli"]),
   ...layer("src/proxy/**/*.ts", ["decision", "admin", "cli"]),
   ...layer("src/decision/**/*.ts", ["proxy", "admin", "cli"]),
   ...layer("src/admin/**/*.ts", ["proxy", "decision", "cli"]),

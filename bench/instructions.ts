@@ -8,6 +8,7 @@
  * per-request cost, start-up and warm-up (JIT compilation) excluded.
  */
 import { execFile, spawn } from "node:child_process";
+import { randomUUID } from "node:crypto";
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -92,8 +93,9 @@ async function count(
   label: string,
   extra: Readonly<Record<string, string>> = {},
 ): Promise<{ perRequest: number; windows: number[] }> {
-  const out = join(dir, `cg.${Date.now()}`);
-  const log = join(dir, `cg.${Date.now()}.log`);
+  const name = randomUUID();
+  const out = join(dir, `cg.${name}`);
+  const log = join(dir, `cg.${name}.log`);
   const child = spawn(
     "valgrind",
     ["--tool=callgrind", `--callgrind-out-file=${out}`, "--smc-check=all-non-file", `--log-file=${log}`, ...cmd],

@@ -48,7 +48,8 @@ export function pageParams(url: URL): { limit: number; cursor: string | undefine
 /**
  * The confirmation step of a caller: a dashboard session must have re-confirmed
  * within the window; a token operator with a TOTP secret sends a code in
- * `X-Keyfence-OTP`; everyone else needs none.
+ * `X-Keyfence-OTP`, verified as one attempt under the client's limit;
+ * everyone else needs none.
  */
 export function confirmFor(
   req: IncomingMessage,
@@ -63,15 +64,17 @@ export function confirmFor(
       }
       return true;
     }
-    if (caller.kind !== "operator" || caller.operator.totpSecret === undefined) return false;
+    const secret = caller.kind === "operator" ? caller.operator.totpSecret : undefined;
+    if (caller.kind !== "operator" || secret === undefined) return false;
     const raw = req.headers[OTP_HEADER];
     const code = (Array.isArray(raw) ? raw[0] : raw)?.trim() ?? "";
     if (code === "") throw new ApiError(403, "confirmation_required", "confirmation required");
-    const check = await deps.confirmations.consume(caller.operator.name, caller.operator.totpSecret, code);
-    if (check !== "ok") {
-      deps.auth.throttle.fail(client.text);
-      throw new ApiError(403, "invalid_confirmation_code", "invalid confirmation code");
-    }
+    const check = await deps.auth.attempt(
+      client,
+      () => deps.confirmations.consume(caller.operator.name, secret, code),
+      (c) => c === "ok",
+    );
+    if (check !== "ok") throw new ApiError(403, "invalid_confirmation_code", "invalid confirmation code");
     return true;
   };
 }
@@ -95,48 +98,48 @@ async function conflictsAs409<T>(work: Promise<T>): Promise<T> {
 
 /** Registers `/v1/api-keys` and `/v1/audit` on the admin listener. */
 export function registerApi(admin: AdminServer, deps: ApiDeps): void {
-  const context = (req: IncomingMessage): { caller: Caller; client: ClientIp } => {
+  const context = async (req: IncomingMessage): Promise<{ caller: Caller; client: ClientIp }> => {
     const client = clientOf(req, deps.trust);
-    return { caller: deps.auth.authenticate(req, client), client };
+    return { caller: await deps.auth.authenticate(req, client), client };
   };
-  const change = (req: IncomingMessage): ChangeContext => {
-    const { caller, client } = context(req);
+  const change = async (req: IncomingMessage): Promise<ChangeContext> => {
+    const { caller, client } = await context(req);
     return { caller, client, confirm: confirmFor(req, caller, client, deps) };
   };
 
-  admin.route("/v1/api-keys", "GET", (req, res, _p, url) => {
-    context(req);
+  admin.route("/v1/api-keys", "GET", async (req, res, _p, url) => {
+    await context(req);
     const { limit, cursor } = pageParams(url);
     sendJson(res, 200, deps.keys.list(limit, cursor));
   });
   admin.route("/v1/api-keys", "POST", async (req, res) => {
-    const ctx = change(req);
+    const ctx = await change(req);
     const body = await readJson(req).catch(deferred);
     sendJson(res, 201, await conflictsAs409(deps.keys.create(body, ctx)));
   });
-  admin.route("/v1/api-keys/:id", "GET", (req, res, p) => {
-    context(req);
+  admin.route("/v1/api-keys/:id", "GET", async (req, res, p) => {
+    await context(req);
     sendJson(res, 200, deps.keys.get(p["id"] ?? ""));
   });
   admin.route("/v1/api-keys/:id", "PATCH", async (req, res, p) => {
-    const ctx = change(req);
+    const ctx = await change(req);
     const body = await readJson(req).catch(deferred);
     sendJson(res, 200, await conflictsAs409(deps.keys.update(p["id"] ?? "", body, ctx)));
   });
   admin.route("/v1/api-keys/:id", "DELETE", async (req, res, p) => {
-    const ctx = change(req);
+    const ctx = await change(req);
     await conflictsAs409(deps.keys.delete(p["id"] ?? "", ctx));
     res.writeHead(204, { "cache-control": "no-store" });
     res.end();
   });
   admin.route("/v1/api-keys/:id/sources", "GET", async (req, res, p) => {
-    context(req);
+    await context(req);
     const id = p["id"] ?? "";
     deps.keys.get(id); // 404 when absent
     sendJson(res, 200, { data: await deps.sources(id) });
   });
   admin.route("/v1/audit", "GET", async (req, res, _p, url) => {
-    context(req);
+    await context(req);
     const { limit, cursor } = pageParams(url);
     const before = cursor === undefined ? undefined : /^[1-9][0-9]*$/.test(cursor) ? Number(cursor) : NaN;
     if (Number.isNaN(before))

@@ -1,8 +1,8 @@
 /**
  * Who is calling the management API: an operator (token matched by SHA-256 in
  * constant time) or an API key with `api_keys:write`, itself held to its own
- * allow list (never softened by report mode). Failed attempts are throttled
- * per client IP.
+ * allow list (never softened by report mode). Every verification is an
+ * attempt under the per-client limit, counted when it starts.
  */
 import { timingSafeEqual } from "node:crypto";
 import type { IncomingMessage } from "node:http";
@@ -10,12 +10,13 @@ import type { ClientIp } from "../clientip/resolve.js";
 import type { Operator } from "../config/config.js";
 import { BEARER_ONLY, readBearer, secretHash } from "../policy/credential.js";
 import { messageOf } from "../policy/answers.js";
+import type { KeyPolicy } from "../policy/decide.js";
 import { enforceCredential, type StepSettings } from "../policy/enforce.js";
 import type { KeyRecord } from "../store/keysfile.js";
 import type { KeyStore } from "../store/store.js";
 import { ApiError } from "./errors.js";
+import type { AttemptLimit } from "./attempts.js";
 import { readCookie, SESSION_COOKIE, type Session, type SessionStore } from "./sessions.js";
-import type { FailureThrottle } from "./throttle.js";
 
 /** The scope that lets an API key manage keys. */
 export const WRITE_SCOPE = "api_keys:write";
@@ -29,13 +30,14 @@ export type Caller =
 const SAFE_METHODS = new Set(["GET", "HEAD", "OPTIONS"]);
 
 /**
- * True unless the request names another origin. Browsers send `Origin: null`
- * for form posts from pages with `Referrer-Policy: no-referrer`; that proves
- * nothing either way, so the CSRF token decides.
+ * True unless the request names another origin. `Origin: null` (sandboxed
+ * frames, `data:` pages, some redirects) counts as foreign when `nullIsForeign`;
+ * otherwise it proves nothing either way and the CSRF token decides.
  */
-export function sameOrigin(req: IncomingMessage): boolean {
+export function sameOrigin(req: IncomingMessage, nullIsForeign = false): boolean {
   const origin = req.headers.origin;
-  if (origin === undefined || origin === "null") return true;
+  if (origin === undefined) return true;
+  if (origin === "null") return !nullIsForeign;
   try {
     return new URL(origin).host === req.headers.host;
   } catch {
@@ -74,20 +76,21 @@ export class Authenticator {
   constructor(
     operators: readonly Operator[],
     private readonly store: KeyStore,
-    readonly throttle: FailureThrottle,
+    readonly attempts: AttemptLimit,
     readonly sessions: SessionStore,
   ) {
     this.operatorHashes = operators.map((operator) => ({ operator, hash: Buffer.from(operator.tokenSha256, "hex") }));
   }
 
-  /** Throws 429 while `client` is throttled. */
-  checkThrottle(client: ClientIp): void {
-    const wait = this.throttle.retryAfter(client.text);
-    if (wait > 0) {
-      throw new ApiError(429, "too_many_attempts", "too many failed attempts; try again later", undefined, {
-        "retry-after": String(wait),
-      });
-    }
+  /**
+   * Runs `verify` as one attempt of `client` (see {@link AttemptLimit});
+   * throws 429 `too_many_attempts` with `Retry-After` instead of running it
+   * when the client has no attempt left.
+   */
+  async attempt<T>(client: ClientIp, verify: () => T | Promise<T>, succeeded: (result: T) => boolean): Promise<T> {
+    const outcome = await this.attempts.attempt(client.text, verify, succeeded);
+    if (outcome.limited) throw tooManyAttempts(outcome.retryAfterS);
+    return outcome.result;
   }
 
   /** The operator whose token hashes to `tokenHash`, compared in constant time against every operator. */
@@ -100,15 +103,14 @@ export class Authenticator {
     return found;
   }
 
-  /** Authenticates a bearer token from `req`; throws the 400/401/403/429 to answer otherwise. */
-  authenticate(req: IncomingMessage, client: ClientIp): Caller {
-    this.checkThrottle(client);
+  /** Authenticates a bearer token or session cookie from `req`; throws the 400/401/403/429 to answer otherwise. */
+  async authenticate(req: IncomingMessage, client: ClientIp): Promise<Caller> {
     const bearer = readBearer(req.rawHeaders);
     if (bearer.kind === "invalid") {
       throw new ApiError(400, bearer.reason, messageOf(bearer.reason));
     }
     if (bearer.kind === "missing") {
-      const session = this.sessions.get(readCookie(req.headers.cookie, SESSION_COOKIE));
+      const session = await this.sessions.get(readCookie(req.headers.cookie, SESSION_COOKIE));
       if (session !== undefined) {
         if (!SAFE_METHODS.has(req.method ?? "GET")) checkCsrf(req, session);
         return { kind: "operator", operator: session.operator, via: "session", session };
@@ -124,17 +126,27 @@ export class Authenticator {
       );
     }
     const hash = secretHash(bearer.token);
-    const operator = this.operatorByTokenHash(hash);
-    if (operator) return { kind: "operator", operator, via: "token" };
-    const snapshot = this.store.snapshot;
-    const record = snapshot.recordByHash(hash);
-    const plan = record === undefined ? undefined : enforceCredential(bearer, "/", client, snapshot, ADMIN_POLICY).plan;
-    if (record === undefined || plan === undefined) {
-      this.throttle.fail(client.text);
+    type Found = { operator: Operator } | { policy: KeyPolicy; record: KeyRecord } | undefined;
+    const found = await this.attempt(
+      client,
+      (): Found => {
+        const operator = this.operatorByTokenHash(hash);
+        if (operator) return { operator };
+        const snapshot = this.store.snapshot;
+        const policy = snapshot.lookup(hash);
+        const record = snapshot.recordByHash(hash);
+        return policy === undefined || record === undefined ? undefined : { policy, record };
+      },
+      (r) => r !== undefined,
+    );
+    if (found !== undefined && "operator" in found) return { kind: "operator", operator: found.operator, via: "token" };
+    if (found === undefined) {
       throw new ApiError(401, "invalid_credential", "invalid credential", undefined, {
         "www-authenticate": 'Bearer realm="keyfence-admin"',
       });
     }
+    const { policy, record } = found;
+    const plan = enforceCredential(bearer, "/", client, { lookupToken: () => policy }, ADMIN_POLICY).plan;
     if (plan.kind === "answer") {
       const reason = plan.reason === "ip_not_allowed" ? plan.reason : "invalid_client_ip";
       throw new ApiError(plan.status, reason, plan.message);
@@ -144,4 +156,11 @@ export class Authenticator {
     }
     return { kind: "key", record };
   }
+}
+
+/** 429 `too_many_attempts`, telling the client when to try again. */
+export function tooManyAttempts(retryAfterS: number): ApiError {
+  return new ApiError(429, "too_many_attempts", "too many failed attempts; try again later", undefined, {
+    "retry-after": String(retryAfterS),
+  });
 }

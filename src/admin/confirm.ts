@@ -1,7 +1,8 @@
 /**
  * Step-up confirmation with RFC 6238 codes (otpauth): a code is valid for its
  * 30-second step ±1 step of clock skew, and accepted once per operator. The
- * last accepted step is persisted, so a code cannot be replayed after a restart.
+ * last accepted step lives in a {@link CodeState}, so a code cannot be
+ * replayed after a restart, nor twice by concurrent requests.
  */
 import { readFile } from "node:fs/promises";
 import { Secret, TOTP } from "otpauth";
@@ -10,14 +11,57 @@ import { writeFileAtomic } from "../store/filestore.js";
 /** The result of checking a code. */
 export type CodeCheck = "ok" | "invalid";
 
-/** TOTP verification with replay protection, shared by the API and the dashboard. */
-export class Confirmations {
-  private lastStep: Record<string, number> = {};
-  private loaded = false;
+/** Where the last accepted step of each operator lives (a file here, or shared by replicas). */
+export interface CodeState {
+  /**
+   * Marks `step` used for `operator` when it is later than every step used
+   * before, durably before resolving true; false otherwise. Claims are atomic:
+   * of concurrent claims of one step, exactly one gets true.
+   */
+  claim(operator: string, step: number): Promise<boolean>;
+}
+
+/** Code state in a JSON file, loaded once; claims run one at a time. */
+export class FileCodeState implements CodeState {
+  private state: Promise<Record<string, number>> | undefined;
+  private queue: Promise<unknown> = Promise.resolve();
 
   constructor(
     /** JSON file remembering the last accepted step per operator. */
-    private readonly stateFile: string,
+    private readonly file: string,
+  ) {}
+
+  private load(): Promise<Record<string, number>> {
+    this.state ??= (async () => {
+      try {
+        const data = JSON.parse(await readFile(this.file, "utf8")) as { last_step?: Record<string, number> };
+        return { ...data.last_step };
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === "ENOENT") return {};
+        this.state = undefined; // read again on the next claim
+        throw err;
+      }
+    })();
+    return this.state;
+  }
+
+  claim(operator: string, step: number): Promise<boolean> {
+    const run = this.queue.then(async () => {
+      const last = await this.load();
+      if (step <= (last[operator] ?? -1)) return false;
+      await writeFileAtomic(this.file, `${JSON.stringify({ last_step: { ...last, [operator]: step } })}\n`);
+      last[operator] = step;
+      return true;
+    });
+    this.queue = run.catch(() => undefined);
+    return run;
+  }
+}
+
+/** TOTP verification with replay protection, shared by the API and the dashboard. */
+export class Confirmations {
+  constructor(
+    private readonly state: CodeState,
     private readonly now: () => number = Date.now,
   ) {}
 
@@ -25,29 +69,14 @@ export class Confirmations {
     return new TOTP({ secret: Secret.fromBase32(secret.replace(/=+$/, "")), algorithm: "SHA1", digits: 6, period: 30 });
   }
 
-  private async load(): Promise<void> {
-    if (this.loaded) return;
-    try {
-      const data = JSON.parse(await readFile(this.stateFile, "utf8")) as { last_step?: Record<string, number> };
-      this.lastStep = data.last_step ?? {};
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
-    }
-    this.loaded = true;
-  }
-
   /** Checks `code` for `operator` and, when valid and unused, marks it used (durably) before answering ok. */
   async consume(operator: string, secret: string, code: string): Promise<CodeCheck> {
     if (!/^\d{6}$/.test(code)) return "invalid";
-    await this.load();
     const totp = this.totp(secret);
     const timestamp = this.now();
     const delta = totp.validate({ token: code, timestamp, window: 1 });
     if (delta === null) return "invalid";
     const step = totp.counter({ timestamp }) + delta;
-    if (step <= (this.lastStep[operator] ?? -1)) return "invalid";
-    this.lastStep = { ...this.lastStep, [operator]: step };
-    await writeFileAtomic(this.stateFile, `${JSON.stringify({ last_step: this.lastStep })}\n`);
-    return "ok";
+    return (await this.state.claim(operator, step)) ? "ok" : "invalid";
   }
 }

@@ -28,6 +28,7 @@ export type ApiErrorCode =
   | "invalid_confirmation_code"
   | "csrf_failed"
   | "conflict"
+  | "audit_unavailable"
   | "multiple_authorization"
   | "malformed_authorization";
 

@@ -2,8 +2,9 @@
  * The API-key operations behind the management API and the dashboard:
  * validation (every bad field at once, the one strict address parser),
  * self-lockout protection, step-up confirmation, durable writes through the
- * store, and the audit trail. Checks run in the SPEC order: 404, 400, 409,
- * confirmation; so a failed request never uses up a confirmation code.
+ * store, and the audit trail (written ahead of the change, withdrawn if the
+ * change fails: no change without its line). Checks run in the SPEC order:
+ * 404, 400, 409, confirmation; so a failed request never uses up a code.
  */
 import { randomBytes } from "node:crypto";
 import type { Logger } from "pino";
@@ -13,10 +14,11 @@ import { parseAllowList } from "../ip/list.js";
 import { compileMatcher } from "../ip/matcher.js";
 import { secretHash } from "../policy/credential.js";
 import type { Mode } from "../policy/decide.js";
-import { KEY_FIELDS, SCOPE, type KeyRecord } from "../store/keysfile.js";
-import type { KeyStore } from "../store/store.js";
-import type { Actor, AuditLog } from "./audit.js";
-import type { Caller } from "./auth.js";
+import { nameProblem, scopesProblems, isMode } from "../store/keyfields.js";
+import { KEY_FIELDS, type KeyRecord } from "../store/keysfile.js";
+import type { KeyStore, Plan } from "../store/store.js";
+import type { Actor, AuditEvent, AuditLog } from "./audit.js";
+import { WRITE_SCOPE, type Caller } from "./auth.js";
 import { ApiError, invalid, type FieldError } from "./errors.js";
 
 /** A key as the API shows it (never its secret or hash). */
@@ -72,16 +74,17 @@ interface Fields {
   mode?: Mode;
 }
 
-function hasControl(s: string): boolean {
-  for (let i = 0; i < s.length; i++) {
-    const c = s.charCodeAt(i);
-    if (c < 32 || c === 127) return true;
-  }
-  return false;
-}
+/** Most characters of a bad value quoted back in an error message. */
+const QUOTE_CHARS = 100;
 
 function quote(v: unknown): string {
-  return JSON.stringify(v) ?? String(v);
+  let text: string;
+  try {
+    text = JSON.stringify(v) ?? String(v);
+  } catch {
+    text = Array.isArray(v) ? "[...]" : "{...}"; // nested too deep to print
+  }
+  return text.length > QUOTE_CHARS ? `${text.slice(0, QUOTE_CHARS)}…` : text;
 }
 
 /** Validates a create or patch body; returns the fields given or every error. */
@@ -102,25 +105,21 @@ function readFields(body: unknown, allowed: readonly string[], maxEntries: numbe
   }
   const name = b["name"];
   if (name !== undefined && name !== null) {
-    if (typeof name !== "string" || name.trim() === "" || name.length > 200 || hasControl(name)) {
-      errors.push({
-        field: "name",
-        message: `must be a non-empty string of at most 200 characters, got ${quote(name)}`,
-      });
-    } else out.name = name;
+    const why = nameProblem(name);
+    if (why !== undefined) errors.push({ field: "name", message: `${why}, got ${quote(name)}` });
+    else out.name = name as string;
   }
   const scopes = b["scopes"];
   if (scopes !== undefined && scopes !== null) {
-    if (!Array.isArray(scopes))
-      errors.push({ field: "scopes", message: `must be a list of scope names, got ${quote(scopes)}` });
-    else {
-      scopes.forEach((s: unknown, i) => {
-        if (typeof s !== "string" || !SCOPE.test(s)) {
-          errors.push({ field: `scopes[${i}]`, message: `${quote(s)} is not a scope name such as messages:send` });
-        }
-      });
-      out.scopes = [...new Set(scopes.filter((s): s is string => typeof s === "string"))];
+    const problems = scopesProblems(scopes);
+    for (const p of problems) {
+      errors.push(
+        p.index === undefined
+          ? { field: "scopes", message: Array.isArray(scopes) ? p.message : `${p.message}, got ${quote(scopes)}` }
+          : { field: `scopes[${p.index}]`, message: `${quote((scopes as unknown[])[p.index])}: ${p.message}` },
+      );
     }
+    if (problems.length === 0) out.scopes = [...new Set(scopes as string[])];
   }
   const list = b["ip_allow_list"];
   if (list !== undefined && list !== null) {
@@ -144,8 +143,7 @@ function readFields(body: unknown, allowed: readonly string[], maxEntries: numbe
   }
   const mode = b["mode"];
   if (mode !== undefined && mode !== null) {
-    if (mode !== "enforce" && mode !== "report")
-      errors.push({ field: "mode", message: `must be "enforce" or "report", got ${quote(mode)}` });
+    if (!isMode(mode)) errors.push({ field: "mode", message: `must be "enforce" or "report", got ${quote(mode)}` });
     else out.mode = mode;
   }
   return errors.length > 0 ? errors : out;
@@ -155,6 +153,26 @@ function sameSet(a: readonly string[], b: readonly string[]): boolean {
   if (a.length !== b.length) return false;
   const s = new Set(a);
   return b.every((x) => s.has(x));
+}
+
+/**
+ * Whether a change sets, alters or loosens enforcement, so that a second
+ * factor must confirm it (SPEC §5): a create with a non-empty list, a change
+ * of the set of entries (to [] too), a delete of a key with a non-empty list,
+ * a mode change of a restricted key that ends in report mode (also by
+ * returning to a global `report`), and gaining `api_keys:write` (a create
+ * with it too). `before` is undefined for a create, `after` for a delete.
+ */
+export function needsConfirmation(
+  before: KeyRecord | undefined,
+  after: KeyRecord | undefined,
+  globalMode: Mode,
+): boolean {
+  if (after === undefined) return before !== undefined && before.ipAllowList.length > 0;
+  const gainsWrite = after.scopes.includes(WRITE_SCOPE) && !(before?.scopes.includes(WRITE_SCOPE) ?? false);
+  if (before === undefined) return after.ipAllowList.length > 0 || gainsWrite;
+  if (!sameSet(before.ipAllowList, after.ipAllowList) || gainsWrite) return true;
+  return after.ipAllowList.length > 0 && before.mode !== after.mode && (after.mode ?? globalMode) === "report";
 }
 
 function now(): string {
@@ -181,6 +199,8 @@ export class KeysService {
       readonly store: KeyStore;
       readonly audit: AuditLog;
       readonly maxEntries: number;
+      /** The configuration's `mode`, which keys without their own inherit. */
+      readonly globalMode: Mode;
       readonly log: Logger;
     },
   ) {}
@@ -206,8 +226,6 @@ export class KeysService {
       const f = readFields(body, CREATE_FIELDS, this.deps.maxEntries);
       const errors = Array.isArray(f) ? f : f.name === undefined ? [{ field: "name", message: "is required" }] : [];
       if (errors.length > 0 || Array.isArray(f)) throw invalid(errors);
-      const entries = f.list?.entries ?? [];
-      const confirmed = entries.length > 0 ? await ctx.confirm() : false;
       let id: string;
       do id = `key_${randomBytes(10).toString("hex")}`;
       while (snap.record(id) !== undefined);
@@ -218,16 +236,12 @@ export class KeysService {
         name: f.name ?? id,
         secretSha256: secretHash(secret),
         scopes: f.scopes ?? [],
-        ipAllowList: entries,
+        ipAllowList: f.list?.entries ?? [],
         mode: f.mode,
         createdAt: at,
         updatedAt: at,
       };
-      return {
-        change: { kind: "create", record },
-        result: { ...view(record), secret },
-        afterCommit: () => this.record("create", ctx, undefined, record, confirmed),
-      };
+      return this.planChange("create", ctx, undefined, record, { ...view(record), secret });
     });
   }
 
@@ -238,7 +252,6 @@ export class KeysService {
       if (before === undefined) throw notFound(id);
       const f = readFields(body, PATCH_FIELDS, this.deps.maxEntries);
       if (Array.isArray(f)) throw invalid(f);
-      const listChanges = f.list !== undefined && !sameSet(f.list.entries, before.ipAllowList);
       if (
         f.list !== undefined &&
         f.list.entries.length > 0 &&
@@ -254,7 +267,6 @@ export class KeysService {
           );
         }
       }
-      const confirmed = listChanges ? await ctx.confirm() : false;
       const after: KeyRecord = {
         ...before,
         name: f.name ?? before.name,
@@ -273,11 +285,7 @@ export class KeysService {
         // Nothing to change: no write, no audit line, updated_at stays.
         return { result: view(before) };
       }
-      return {
-        change: { kind: "update", record: after },
-        result: view(after),
-        afterCommit: () => this.record("update", ctx, before, after, confirmed),
-      };
+      return this.planChange("update", ctx, before, after, view(after));
     });
   }
 
@@ -286,22 +294,56 @@ export class KeysService {
     return this.deps.store.transact(async (snap) => {
       const before = snap.record(id);
       if (before === undefined) throw notFound(id);
-      const confirmed = before.ipAllowList.length > 0 ? await ctx.confirm() : false;
-      return {
-        change: { kind: "delete", id },
-        result: undefined,
-        afterCommit: () => this.record("delete", ctx, before, undefined, confirmed),
-      };
+      return this.planChange("delete", ctx, before, undefined, undefined);
     });
   }
 
-  private async record(
+  /**
+   * The last steps of every change, under the store's lock: confirmation when
+   * the change needs it, then the audit line, written ahead of the change
+   * (a change whose line cannot be written is refused) and withdrawn if the
+   * change then fails.
+   */
+  private async planChange<T>(
+    action: "create" | "update" | "delete",
+    ctx: ChangeContext,
+    before: KeyRecord | undefined,
+    after: KeyRecord | undefined,
+    result: T,
+  ): Promise<Plan<T>> {
+    const confirmed = needsConfirmation(before, after, this.deps.globalMode) ? await ctx.confirm() : false;
+    const event = await this.audit(action, ctx, before, after, confirmed);
+    const actor = event.actor;
+    const keyId = event.key_id;
+    return {
+      change: action === "delete" ? { kind: "delete", id: keyId } : { kind: action, record: after as KeyRecord },
+      result,
+      onAbort: () => this.deps.audit.withdraw(event),
+      afterCommit: () => {
+        this.deps.log.info(
+          {
+            event: `key_${action}d`,
+            audit_id: event.id,
+            key_id: keyId,
+            actor: `${actor.type}:${actor.id}`,
+            client_ip: ctx.client.text,
+            ip_allow_list_before: event.ip_allow_list.before,
+            ip_allow_list_after: event.ip_allow_list.after,
+          },
+          `key ${keyId} ${action}d by ${actor.type} ${actor.id}`,
+        );
+        return Promise.resolve();
+      },
+    };
+  }
+
+  private async audit(
     action: "create" | "update" | "delete",
     ctx: ChangeContext,
     before: KeyRecord | undefined,
     after: KeyRecord | undefined,
     confirmed: boolean,
-  ): Promise<void> {
+  ): Promise<AuditEvent> {
     const changes: Record<string, { before: unknown; after: unknown }> = {};
     const fields = [
       ["name", (r: KeyRecord) => r.name],
@@ -313,29 +355,34 @@ export class KeysService {
       const a = after ? get(after) : null;
       if (JSON.stringify(b) !== JSON.stringify(a)) changes[name] = { before: b, after: a };
     }
-    const actor = actorOf(ctx.caller);
     const keyId = (after ?? before)?.id ?? "";
-    const event = await this.deps.audit.append({
-      action,
-      actor,
-      client_ip: ctx.client.text,
-      key_id: keyId,
-      ip_allow_list: { before: before ? [...before.ipAllowList] : null, after: after ? [...after.ipAllowList] : null },
-      changes,
-      confirmed,
-    });
-    this.deps.log.info(
-      {
-        event: `key_${action}d`,
-        audit_id: event.id,
-        key_id: keyId,
-        actor: `${actor.type}:${actor.id}`,
+    try {
+      return await this.deps.audit.append({
+        action,
+        actor: actorOf(ctx.caller),
         client_ip: ctx.client.text,
-        ip_allow_list_before: event.ip_allow_list.before,
-        ip_allow_list_after: event.ip_allow_list.after,
-      },
-      `key ${keyId} ${action}d by ${actor.type} ${actor.id}`,
-    );
+        key_id: keyId,
+        ip_allow_list: {
+          before: before ? [...before.ipAllowList] : null,
+          after: after ? [...after.ipAllowList] : null,
+        },
+        changes,
+        confirmed,
+      });
+    } catch (err) {
+      this.deps.log.error(
+        { err, event: "audit_write_failed", key_id: keyId, action },
+        `cannot write the audit log; the ${action} of key ${keyId} was refused`,
+      );
+      throw new ApiError(
+        503,
+        "audit_unavailable",
+        "the audit log cannot be written, so nothing was changed; see the server log",
+        undefined,
+        {},
+        { cause: err },
+      );
+    }
   }
 }
 

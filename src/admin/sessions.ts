@@ -13,6 +13,8 @@ export const SESSION_COOKIE = "kf_session";
 
 /** One signed-in operator. */
 export interface Session {
+  /** The SHA-256 of its cookie: how the store names it. */
+  readonly id: string;
   readonly operator: Operator;
   /** Sent back by the page in `X-CSRF-Token` (or a form field) on every change. */
   readonly csrf: string;
@@ -31,8 +33,24 @@ export interface SessionOptions {
   readonly now?: () => number;
 }
 
+/** Where dashboard sessions live (in this process, or shared by replicas). */
+export interface SessionStore {
+  /** Session lifetimes. */
+  readonly options: SessionOptions;
+  /** Starts a session; returns the cookie value (never stored as such). */
+  create(operator: Operator): Promise<{ cookie: string; session: Session }>;
+  /** The live session behind a cookie value, touched; undefined when unknown or expired. */
+  get(cookie: string | undefined): Promise<Session | undefined>;
+  /** Ends the session behind a cookie value. */
+  end(cookie: string | undefined): Promise<void>;
+  /** Records a successful re-confirmation. */
+  confirm(session: Session): Promise<void>;
+  /** Whether the session re-confirmed within the confirmation window. */
+  recentlyConfirmed(session: Session): boolean;
+}
+
 /** In-memory session store (a restart signs everyone out). */
-export class SessionStore {
+export class MemorySessionStore implements SessionStore {
   private readonly sessions = new LRUCache<string, Session>({ max: 10_000 });
   private readonly now: () => number;
 
@@ -40,47 +58,45 @@ export class SessionStore {
     this.now = options.now ?? Date.now;
   }
 
-  /** Starts a session; returns the cookie value (never stored as such). */
-  create(operator: Operator): { cookie: string; session: Session } {
+  create(operator: Operator): Promise<{ cookie: string; session: Session }> {
     const cookie = randomBytes(32).toString("base64url");
     const t = this.now();
     const session: Session = {
+      id: secretHash(cookie),
       operator,
       csrf: randomBytes(24).toString("base64url"),
       created: t,
       seen: t,
       confirmedAt: undefined,
     };
-    this.sessions.set(secretHash(cookie), session);
-    return { cookie, session };
+    this.sessions.set(session.id, session);
+    return Promise.resolve({ cookie, session });
   }
 
-  /** The live session behind a cookie value, touched; undefined when unknown or expired. */
-  get(cookie: string | undefined): Session | undefined {
-    if (cookie === undefined || cookie === "") return undefined;
+  get(cookie: string | undefined): Promise<Session | undefined> {
+    if (cookie === undefined || cookie === "") return Promise.resolve(undefined);
     const key = secretHash(cookie);
     const s = this.sessions.get(key);
-    if (s === undefined) return undefined;
+    if (s === undefined) return Promise.resolve(undefined);
     const t = this.now();
     if (t - s.seen > this.options.idleMs || t - s.created > this.options.maxAgeMs) {
       this.sessions.delete(key);
-      return undefined;
+      return Promise.resolve(undefined);
     }
     s.seen = t;
-    return s;
+    return Promise.resolve(s);
   }
 
-  /** Ends the session behind a cookie value. */
-  end(cookie: string | undefined): void {
+  end(cookie: string | undefined): Promise<void> {
     if (cookie) this.sessions.delete(secretHash(cookie));
+    return Promise.resolve();
   }
 
-  /** Records a successful re-confirmation. */
-  confirm(session: Session): void {
+  confirm(session: Session): Promise<void> {
     session.confirmedAt = this.now();
+    return Promise.resolve();
   }
 
-  /** Whether the session re-confirmed within the confirmation window. */
   recentlyConfirmed(session: Session): boolean {
     return session.confirmedAt !== undefined && this.now() - session.confirmedAt <= this.options.confirmWindowMs;
   }

@@ -2,6 +2,7 @@
 /** The `keyfence` command: serve, check-config, hash-key (SPEC §1). */
 import { text } from "node:stream/consumers";
 import { ENV, formatListen, loadConfig, type Config } from "../config/config.js";
+import { limitsSummary } from "../config/limits.js";
 import { secretHash } from "../policy/credential.js";
 import { parseKeysFile, readKeysText } from "../store/keysfile.js";
 import { StoreLoadError } from "../store/store.js";
@@ -84,6 +85,7 @@ async function checkConfig(args: Args): Promise<number> {
       `  trusted_proxies  ${trust.none ? "none" : trust.ranges.length > 0 ? trust.ranges.join(", ") : "hop count"}`,
       `  keys             ${config.keys.displayName}: ${keys.keys.length} keys, ${restricted} restricted, ${entries} allow-list entries`,
       `  unknown/missing  ${config.keys.unknown}/${config.keys.missing}`,
+      `  limits           ${limitsSummary(config.limits)}`,
       `  admin            ${config.admin ? `${formatListen(config.admin.listen)}, ${config.admin.operators.length} operators` : "off"}`,
       "",
     ].join("\n"),

@@ -9,12 +9,12 @@ import { Registry } from "prom-client";
 import { registerApi } from "../admin/api.js";
 import { AuditLog } from "../admin/audit.js";
 import { Authenticator } from "../admin/auth.js";
-import { Confirmations } from "../admin/confirm.js";
+import { MemoryAttemptLimit } from "../admin/attempts.js";
+import { Confirmations, FileCodeState } from "../admin/confirm.js";
 import { KeysService } from "../admin/keys.js";
 import { AdminServer } from "../admin/server.js";
 import { registerDashboard } from "../admin/dashboard/routes.js";
-import { SessionStore } from "../admin/sessions.js";
-import { FailureThrottle } from "../admin/throttle.js";
+import { MemorySessionStore } from "../admin/sessions.js";
 import { formatListen, isLoopback, type Config } from "../config/config.js";
 import { DecisionServer } from "../decision/server.js";
 import { Metrics } from "../metrics/metrics.js";
@@ -47,7 +47,7 @@ export function sideFiles(keysFile: string): { audit: string; otpState: string }
   };
 }
 
-/** Failed authentications allowed per client IP per minute before 429. */
+/** Verifications (of credentials, codes, sign-ins) allowed per client IP per minute before 429, successes refunded. */
 export const AUTH_FAILURES_PER_MINUTE = 10;
 
 /** A running sidecar (or one process of a cluster). */
@@ -164,16 +164,22 @@ export async function startSidecar(
         ? (id: string) => cluster.sources(id)
         : (id: string) => Promise.resolve(sources.sources(id));
       const files = sideFiles(config.keys.file);
-      const audit = new AuditLog(files.audit);
-      const throttle = new FailureThrottle({ maxFailures: AUTH_FAILURES_PER_MINUTE, windowMs: 60_000 });
-      const sessions = new SessionStore({
+      const audit = await AuditLog.open(files.audit, config.admin.audit);
+      const attempts = new MemoryAttemptLimit({ max: AUTH_FAILURES_PER_MINUTE, windowMs: 60_000 });
+      const sessions = new MemorySessionStore({
         idleMs: config.admin.sessionIdleMs,
         maxAgeMs: config.admin.sessionMaxAgeMs,
         confirmWindowMs: config.admin.confirmWindowMs,
       });
-      const auth = new Authenticator(config.admin.operators, store, throttle, sessions);
-      const keys = new KeysService({ store, audit, maxEntries: config.keys.maxEntries, log });
-      const confirmations = new Confirmations(files.otpState);
+      const auth = new Authenticator(config.admin.operators, store, attempts, sessions);
+      const keys = new KeysService({
+        store,
+        audit,
+        maxEntries: config.keys.maxEntries,
+        globalMode: config.mode,
+        log,
+      });
+      const confirmations = new Confirmations(new FileCodeState(files.otpState));
       registerApi(admin, { keys, audit, auth, confirmations, sources: sourcesOf, trust: config.trustedProxies });
       registerDashboard(admin, {
         keys,

@@ -8,12 +8,15 @@ import { isAbsolute, relative, resolve, dirname } from "node:path";
 import { compileTrust, type CompiledTrust } from "../clientip/resolve.js";
 import { parseIp } from "../ip/address.js";
 import { DEFAULT_MAX_ENTRIES } from "../ip/list.js";
+import { readLimits, type Limits } from "./limits.js";
+import { readProxyProtocol } from "./proxyprotocol.js";
 import type { CredentialPlace } from "../policy/credential.js";
 import type { Mode } from "../policy/decide.js";
 import { parseCredentials } from "./credentials.js";
 import { SHA256_HEX } from "../store/keysfile.js";
 import { YamlFile, type Problem, type YamlPath } from "../util/yaml.js";
 import { decisionWarnings, readDecision, type DecisionConfig } from "./decision.js";
+import { AUDIT_FIELDS, readAuditSettings, type AuditSettings } from "./audit.js";
 
 /** A host and port to listen on. */
 export interface ListenAddress {
@@ -64,10 +67,16 @@ export interface Config {
         readonly sessionMaxAgeMs: number;
         /** How long a dashboard re-confirmation allows allow-list changes. */
         readonly confirmWindowMs: number;
+        /** How the audit log is rotated. */
+        readonly audit: AuditSettings;
       }
     | undefined;
   /** The decision endpoint for an existing ingress (SPEC §8); undefined: not started. */
   readonly decision: DecisionConfig | undefined;
+  /** Peers that must open each connection with a PROXY protocol header (SPEC §7); `none` when nobody. */
+  readonly proxyProtocol: CompiledTrust;
+  /** Resource limits of the proxy listener (SPEC §4). */
+  readonly limits: Limits;
   /** Risky but valid settings, to log at start. */
   readonly warnings: readonly string[];
 }
@@ -93,6 +102,8 @@ const TOP_FIELDS = [
   "keys",
   "decision",
   "admin",
+  "limits",
+  "proxy_protocol",
 ];
 const BASE32 = /^(?:[A-Z2-7]{8})*(?:[A-Z2-7]{2}={6}|[A-Z2-7]{4}={4}|[A-Z2-7]{5}={3}|[A-Z2-7]{7}=|[A-Z2-7]*)$/;
 
@@ -280,6 +291,7 @@ export function parseConfig(file: string, text: string, env: NodeJS.ProcessEnv =
       "session_idle_timeout_s",
       "session_max_age_s",
       "confirm_window_s",
+      ...AUDIT_FIELDS,
     ]);
     if (a !== undefined) {
       const al = listenAt(
@@ -299,8 +311,9 @@ export function parseConfig(file: string, text: string, env: NodeJS.ProcessEnv =
       const sessionIdleMs = seconds("session_idle_timeout_s", 1800, 86_400);
       const sessionMaxAgeMs = seconds("session_max_age_s", 43_200, 604_800);
       const confirmWindowMs = seconds("confirm_window_s", 300, 3600);
+      const audit = readAuditSettings(y, a);
       if (al !== undefined) {
-        admin = { listen: al, operators, sessionIdleMs, sessionMaxAgeMs, confirmWindowMs };
+        admin = { listen: al, operators, sessionIdleMs, sessionMaxAgeMs, confirmWindowMs, audit };
         if (!isLoopback(al.host)) {
           warnings.push(
             `the admin listener ${formatListen(al)} is not on loopback: the management API and /metrics are reachable from the network`,
@@ -310,11 +323,14 @@ export function parseConfig(file: string, text: string, env: NodeJS.ProcessEnv =
     }
   }
 
+  const limits = readLimits(y, top["limits"]);
+  const proxyProtocol = readProxyProtocol(y, top["proxy_protocol"], warnings);
+
   const decision = readDecision(y, top["decision"], (path, raw) => listenAt(path, raw, ""));
   if (trustedProxies) warnings.push(...decisionWarnings(decision, trustedProxies.none, isLoopback, formatListen));
 
   const problems = [...y.sortedProblems(), ...envProblems];
-  if (problems.length > 0 || !listen || !upstream || !trustedProxies || !keys) {
+  if (problems.length > 0 || !listen || !upstream || !trustedProxies || !keys || !proxyProtocol) {
     return { ok: false, problems };
   }
   return {
@@ -333,6 +349,8 @@ export function parseConfig(file: string, text: string, env: NodeJS.ProcessEnv =
       keys,
       admin,
       decision,
+      limits,
+      proxyProtocol,
       warnings,
     },
   };

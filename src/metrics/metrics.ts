@@ -25,6 +25,19 @@ export type RequestOutcome = "forwarded" | "answered" | "upstream_error" | "abor
 /** Upstream failure kinds. */
 export type UpstreamErrorKind = "connect" | "timeout" | "reset";
 
+/** The `limit` label of keyfence_limited_total: which limit of SPEC §4 refused or cut something. */
+export const LIMIT_KINDS = [
+  "body_idle",
+  "inflight_per_client",
+  "queue",
+  "connections",
+  "connections_per_peer",
+  "tunnel_idle",
+] as const;
+
+/** One of {@link LIMIT_KINDS}. */
+export type LimitKind = (typeof LIMIT_KINDS)[number];
+
 /** Sub-millisecond buckets for the enforcement step alone. */
 const DECISION_BUCKETS = [1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3];
 /** Buckets for whole requests: from 100 µs (keyfence's own answers) to upstream timeouts. */
@@ -39,6 +52,9 @@ export class Metrics {
   private readonly upstreamErrors: Record<UpstreamErrorKind, Counter.Internal>;
   /** What the in-flight gauge sums at scrape time, one reader per listener (see {@link countInflightWith}). */
   private readonly inflightReaders: Array<() => number> = [];
+  /** What the open-connections gauge reads at scrape time. */
+  private connectionsNow: () => number = () => 0;
+  private readonly limitedBy: Record<LimitKind, Counter.Internal>;
   private readonly reloads: Record<"success" | "failure", Counter.Internal>;
   private readonly lastReload: Gauge;
   private readonly keys: Gauge;
@@ -98,6 +114,30 @@ export class Metrics {
       reset: upstreamErrors.labels("reset"),
     };
     for (const c of Object.values(this.upstreamErrors)) c.inc(0);
+
+    /** keyfence_open_connections: connections open on the proxy listener now (the `limits.connections` cap applies to it). */
+    const connectionsNow = (): number => this.connectionsNow();
+    new Gauge({
+      name: "keyfence_open_connections",
+      help: "Connections open on the proxy listener.",
+      registers,
+      collect() {
+        this.set(connectionsNow());
+      },
+    });
+
+    /** keyfence_limited_total{limit}: requests refused or ended, and connections closed, by a limit of SPEC §4. */
+    const limited = new Counter({
+      name: "keyfence_limited_total",
+      help: "Requests and connections refused or cut by a resource limit, by limit.",
+      labelNames: ["limit"],
+      registers,
+    });
+    this.limitedBy = Object.fromEntries(LIMIT_KINDS.map((k) => [k, limited.labels(k)])) as Record<
+      LimitKind,
+      Counter.Internal
+    >;
+    for (const c of Object.values(this.limitedBy)) c.inc(0);
 
     /** keyfence_inflight_requests: requests being handled by the proxy listener now. */
     const inflightNow = (): number => this.inflightReaders.reduce((n, read) => n + read(), 0);
@@ -186,6 +226,16 @@ export class Metrics {
   /** Counts an upstream failure of a forwarded request. */
   upstreamError(kind: UpstreamErrorKind): void {
     this.upstreamErrors[kind].inc();
+  }
+
+  /** Counts one request or connection refused or cut by `limit`. */
+  limited(limit: LimitKind): void {
+    this.limitedBy[limit].inc();
+  }
+
+  /** Makes the open-connections gauge read `count` at scrape time. */
+  countConnectionsWith(count: () => number): void {
+    this.connectionsNow = count;
   }
 
   /** Adds `count` (a listener's own count of requests in flight) to what the in-flight gauge sums at scrape time. */

@@ -5,7 +5,15 @@
 import type { Reason } from "./decide.js";
 
 /** Machine-readable reasons (SPEC §4): the decision's plus the proxy's own. */
-export type AnswerReason = Reason | "upstream_unavailable" | "upstream_timeout" | "pong" | "bad_request";
+export type AnswerReason =
+  | Reason
+  | "upstream_unavailable"
+  | "upstream_timeout"
+  | "pong"
+  | "bad_request"
+  | "too_many_requests"
+  | "upstream_busy"
+  | "body_timeout";
 
 const TABLE: Record<AnswerReason, { status: number; message: string }> = {
   ip_not_allowed: { status: 403, message: "source IP %s is not allowed for this API key" },
@@ -19,6 +27,9 @@ const TABLE: Record<AnswerReason, { status: number; message: string }> = {
   upstream_unavailable: { status: 502, message: "upstream unavailable" },
   upstream_timeout: { status: 504, message: "upstream timed out" },
   pong: { status: 200, message: "pong" },
+  too_many_requests: { status: 429, message: "too many requests in flight from this client" },
+  upstream_busy: { status: 503, message: "upstream busy" },
+  body_timeout: { status: 408, message: "request body timed out" },
   bad_request: { status: 400, message: "bad request" },
 };
 

@@ -4,8 +4,10 @@
  * ways with backpressure, the upstream request aborted when the client leaves.
  */
 import type { IncomingMessage, ServerResponse } from "node:http";
+import type { Readable } from "node:stream";
 import { Pool, type Dispatcher } from "undici";
 import type { ClientIp } from "../clientip/resolve.js";
+import { BodyIdleError } from "./body.js";
 import { answer, hasBody } from "./respond.js";
 
 /** Headers that describe one connection, never forwarded (RFC 9110 §7.6.1, plus the legacy proxy ones). */
@@ -32,8 +34,11 @@ const REQUEST_LENGTHS = new Set([
 /** The same for response headers, which are also checked for the upstream's own X-Request-Id. */
 const RESPONSE_LENGTHS = new Set([...HOP_LENGTHS, "x-request-id".length]);
 
-/** How a forwarded request ended, for metrics and logs. */
-export type ForwardResult = "ok" | "connect" | "timeout" | "reset" | "aborted";
+/** How a forwarded request ended, for metrics and logs (`body_idle`: the client's body stalled, answered 408). */
+export type ForwardResult = "ok" | "connect" | "timeout" | "reset" | "aborted" | "body_idle";
+
+/** Most upstream connections kept at once, unless configured otherwise. */
+export const UPSTREAM_CONNECTIONS = 256;
 
 /** Upstream connection settings. */
 export interface ForwarderOptions {
@@ -177,7 +182,7 @@ export class Forwarder {
     const u = options.upstream;
     this.prefix = u.pathname === "/" ? "" : u.pathname.replace(/\/$/, "");
     this.pool = new Pool(u.origin, {
-      connections: options.connections ?? 256,
+      connections: options.connections ?? UPSTREAM_CONNECTIONS,
       pipelining: 1,
       headersTimeout: options.timeoutMs,
       bodyTimeout: options.timeoutMs,
@@ -193,6 +198,7 @@ export class Forwarder {
 
   /**
    * Forwards `req` and streams the answer into `res`; `done` reports how it ended (once).
+   * `body`, when given, is sent instead of reading `req` (see body.ts).
    * The handler uses undici's original callback interface (onConnect,
    * onHeaders…), which undici 7's client calls directly: the newer
    * controller interface is adapted onto it per request, and the adapter
@@ -205,6 +211,7 @@ export class Forwarder {
     target: string,
     requestId: string,
     done: (result: ForwardResult) => void,
+    body?: Buffer | Readable,
   ): void {
     let abort: ((err?: Error) => void) | undefined;
     let resume: (() => void) | undefined;
@@ -224,7 +231,7 @@ export class Forwarder {
       path: upstreamPath(this.prefix, target),
       method: req.method as Dispatcher.HttpMethod,
       headers: upstreamHeaders(req, client, requestId),
-      body: hasBody(req.headers) ? req : null,
+      body: body ?? (hasBody(req.headers) ? req : null),
     };
     /* eslint-disable @typescript-eslint/no-deprecated -- the callback interface, see above */
     const handler: Dispatcher.DispatchHandler = {
@@ -254,6 +261,11 @@ export class Forwarder {
         finish("ok");
       },
       onError: (err) => {
+        if (err instanceof BodyIdleError && !res.headersSent) {
+          answer(res, "body_timeout", { requestId });
+          finish("body_idle");
+          return;
+        }
         const result = classify(err);
         if (result === "aborted" || res.destroyed) {
           finish("aborted");

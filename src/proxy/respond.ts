@@ -28,6 +28,7 @@ export function answerPlanned(res: ServerResponse, plan: JsonAnswer, requestId?:
   const headers: OutgoingHttpHeaders = { "x-keyfence-reason": plan.reason };
   if (requestId !== undefined) headers["x-request-id"] = requestId;
   if (plan.status === 401) headers["www-authenticate"] = 'Bearer realm="keyfence"';
+  else if (plan.status === 429 || plan.status === 503) headers["retry-after"] = "1";
   const req = res.req as IncomingMessage | undefined;
   // An unread request body would be drained before the next request on this
   // connection; refuse to read (possibly huge) bodies of rejected requests.

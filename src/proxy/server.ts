@@ -6,7 +6,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { Socket } from "node:net";
 import { performance } from "node:perf_hooks";
-import type { Duplex } from "node:stream";
+import type { Duplex, Readable } from "node:stream";
 import type { Logger } from "pino";
 import type { Config } from "../config/config.js";
 import type { Metrics, RequestOutcome } from "../metrics/metrics.js";
@@ -15,8 +15,13 @@ import { compilePlaces } from "../policy/credential.js";
 import { enforce, type EnforceSettings, type Enforcement } from "../policy/enforce.js";
 import type { KeyStore } from "../store/store.js";
 import { forwardedFor, listenOn, requestIdOf, SERVER_LIMITS } from "../util/http.js";
-import { Forwarder, type ForwardResult } from "./forward.js";
-import { answerPlanned, answerPlanOnSocket, answerSocket } from "./respond.js";
+import { Forwarder, UPSTREAM_CONNECTIONS, type ForwardResult } from "./forward.js";
+import { answer, answerPlanned, answerPlanOnSocket, answerSocket, hasBody } from "./respond.js";
+import { perProcess, type Limits } from "../config/limits.js";
+import type { LimitKind } from "../metrics/metrics.js";
+import { readBody } from "./body.js";
+import { ConnectionGate, proxyProtocolPrelude } from "../net/connections.js";
+import { ClientSlots, closeWhenIdle, LimitLog, UpstreamGate } from "./limits.js";
 import { DenialLog } from "./denials.js";
 import { pipeUpgrade, type Cuttable } from "./upgrade.js";
 import { LineFormat } from "../util/logline.js";
@@ -75,6 +80,13 @@ export class ProxyServer {
   private active = 0;
   private readonly denials: DenialLog;
   private idleWaiters: Array<() => void> = [];
+  /** This process's share of `limits` (all of it unless in a cluster). */
+  private readonly limits: Limits;
+  private readonly limitLog: LimitLog;
+  private readonly slots: ClientSlots;
+  private readonly upstreamGate: UpstreamGate;
+  /** Connection caps in front of HTTP. */
+  readonly connections: ConnectionGate;
 
   constructor(private readonly deps: ProxyDeps) {
     const c = deps.config;
@@ -100,6 +112,23 @@ export class ProxyServer {
       this.handleUpgrade(req, socket, head),
     );
     this.server.on("clientError", (err: NodeJS.ErrnoException, socket: Socket) => clientError(err, socket));
+    this.limits = perProcess(c.limits, c.workers);
+    this.limitLog = new LimitLog(deps.log);
+    this.slots = new ClientSlots(this.limits.inflightPerClient);
+    this.upstreamGate = new UpstreamGate(UPSTREAM_CONNECTIONS, this.limits.queueMs);
+    this.connections = new ConnectionGate(this.server, {
+      connections: this.limits.connections,
+      connectionsPerPeer: this.limits.connectionsPerPeer,
+      refused: (why, peer) => this.limited(why, peer),
+      prelude: proxyProtocolPrelude(c.proxyProtocol, deps.log),
+    });
+    deps.metrics.countConnectionsWith(() => this.connections.connections);
+  }
+
+  /** Counts and logs (once per client per interval) something a limit refused or cut. */
+  private limited(limit: LimitKind, client: string): void {
+    this.deps.metrics.limited(limit);
+    this.limitLog.hit(limit, client);
   }
 
   /** Starts listening; resolves with the bound address. */
@@ -185,11 +214,44 @@ export class ProxyServer {
       this.completed(req, res.statusCode, t0, requestId, "answered", e);
       return;
     }
-    const target = e.target;
-    this.forwarder.forward(req, res, e.decision.client, target, requestId, (result: ForwardResult) => {
+    this.forward(req, res, e, e.target, requestId, t0);
+  }
+
+  /**
+   * Forwards an allowed request within the limits: a slot of its client
+   * (else 429), its body read first when small (a stalled one: 408), then an
+   * upstream connection within `queue_ms` (else 503).
+   */
+  private forward(
+    req: IncomingMessage,
+    res: ServerResponse,
+    e: Enforcement,
+    target: string,
+    requestId: string,
+    t0: number,
+  ): void {
+    const client = e.decision.client.text;
+    if (!this.slots.take(client)) {
+      this.limited("inflight_per_client", client);
+      answer(res, "too_many_requests", { requestId });
+      this.completed(req, res.statusCode, t0, requestId, "answered", e);
+      return;
+    }
+    const answered = (limit: LimitKind, reason: "upstream_busy" | "body_timeout"): void => {
+      this.slots.give(client);
+      this.limited(limit, client);
+      answer(res, reason, { requestId });
+      this.completed(req, res.statusCode, t0, requestId, "answered", e);
+    };
+    const done = (result: ForwardResult): void => {
+      this.upstreamGate.release();
+      this.slots.give(client);
       let outcome: RequestOutcome = "forwarded";
       if (result === "aborted") outcome = "aborted";
-      else if (result !== "ok") {
+      else if (result === "body_idle") {
+        outcome = "answered";
+        this.limited("body_idle", client);
+      } else if (result !== "ok") {
         outcome = "upstream_error";
         this.deps.metrics.upstreamError(result);
         this.deps.log.error(
@@ -198,6 +260,39 @@ export class ProxyServer {
         );
       }
       this.completed(req, res.statusCode, t0, requestId, outcome, e);
+    };
+    const send = (body: Buffer | Readable | undefined): void => {
+      let gone: (() => void) | undefined;
+      const withdraw = this.upstreamGate.acquire(
+        () => {
+          if (gone !== undefined) res.off("close", gone);
+          this.forwarder.forward(req, res, e.decision.client, target, requestId, done, body);
+        },
+        () => {
+          if (gone !== undefined) res.off("close", gone);
+          answered("queue", "upstream_busy");
+        },
+      );
+      if (withdraw !== undefined) {
+        // The client left while waiting: its place in the queue goes to the next one.
+        gone = () => {
+          withdraw();
+          this.slots.give(client);
+          this.completed(req, res.statusCode, t0, requestId, "aborted", e);
+        };
+        res.once("close", gone);
+      }
+    };
+    if (!hasBody(req.headers)) {
+      send(undefined);
+      return;
+    }
+    readBody(req, this.limits.bufferBodyBytes, this.limits.bodyIdleMs, (start) => {
+      if (start.kind === "idle") answered("body_idle", "body_timeout");
+      else if (start.kind === "aborted") {
+        this.slots.give(client);
+        this.completed(req, res.statusCode, t0, requestId, "aborted", e);
+      } else send(start.body);
     });
   }
 
@@ -259,6 +354,7 @@ export class ProxyServer {
       ({ result, status }) => {
         let outcome: RequestOutcome = "forwarded";
         if (result === "aborted") outcome = "aborted";
+        else if (result === "body_idle") outcome = "answered";
         else if (result !== "ok") {
           outcome = "upstream_error";
           this.deps.metrics.upstreamError(result);
@@ -271,6 +367,7 @@ export class ProxyServer {
       },
     );
     this.upgraded.add(up);
+    closeWhenIdle(socket, up, this.limits.tunnelIdleMs, () => this.limited("tunnel_idle", e.decision.client.text));
     socket.once("close", () => {
       this.upgraded.delete(socket);
       this.upgraded.delete(up);

@@ -9,7 +9,7 @@
  * document in place (comments and order of untouched entries survive), and
  * replace the file atomically (temp file, fsync, rename, fsync directory).
  */
-import { createHash } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { watch, type FSWatcher } from "node:fs";
 import type { BigIntStats } from "node:fs";
 import { open, rename, stat, unlink } from "node:fs/promises";
@@ -18,7 +18,7 @@ import { isMap, isSeq, parseDocument } from "yaml";
 import type { Problem } from "../util/yaml.js";
 import { Worker } from "node:worker_threads";
 import { parseKeysFile, readKeysText, type KeyRecord } from "./keysfile.js";
-import { editEntry, indexEntries, spliceChange, toYaml, type EntryIndex } from "./splice.js";
+import { editEntry, indexEntries, spliceChange, toYaml, WRITE_OPTIONS, type EntryIndex } from "./splice.js";
 import type { LoaderInput, LoaderMessage } from "./loader.js";
 import { MatcherCache, Snapshot, SnapshotBuilder } from "./snapshot.js";
 import {
@@ -87,17 +87,21 @@ type ReadResult =
   | { ok: true; snapshot: Snapshot; hash: string; bytes: Buffer; index?: EntryIndex | undefined }
   | { ok: false; problems: Problem[]; unchanged?: boolean };
 
-/** Writes `data` (a string as UTF-8) to `file` atomically: temp file, fsync, rename over, fsync the directory. */
+/**
+ * Writes `data` (a string as UTF-8) to `file` atomically: a new temp file
+ * with a random name (pids and clocks collide across containers and within a
+ * millisecond), fsync, rename over, fsync the directory.
+ */
 export async function writeFileAtomic(file: string, data: string | Uint8Array): Promise<void> {
   const dir = dirname(file);
-  const tmp = join(dir, `.${basename(file)}.${process.pid}.${Date.now()}.tmp`);
+  const tmp = join(dir, `.${basename(file)}.${randomBytes(12).toString("hex")}.tmp`);
   let mode = 0o600;
   try {
     mode = (await stat(file)).mode & 0o777;
   } catch {
     // a new file: owner-only
   }
-  const fh = await open(tmp, "w", mode);
+  const fh = await open(tmp, "wx", mode);
   try {
     await fh.writeFile(data);
     await fh.sync();
@@ -209,7 +213,12 @@ export class FileKeyStore implements KeyStore {
       }
       const p = await plan(this.snapshot);
       if (p.change) {
-        await this.commit(p.change);
+        try {
+          await this.commit(p.change);
+        } catch (err) {
+          await p.onAbort?.().catch(() => undefined);
+          throw err;
+        }
         await this.afterWrite?.();
       }
       if (p.afterCommit) await p.afterCommit();
@@ -381,7 +390,7 @@ export class FileKeyStore implements KeyStore {
     } else {
       seq.delete(indexOf(change.id));
     }
-    return doc.toString({ flowCollectionPadding: false });
+    return doc.toString(WRITE_OPTIONS);
   }
 
   private emitFailed(problems: readonly Problem[]): void {

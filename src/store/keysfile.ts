@@ -3,6 +3,7 @@ import { parseAllowList } from "../ip/list.js";
 import { readFile } from "node:fs/promises";
 import type { Mode } from "../policy/decide.js";
 import { YamlFile, type Problem } from "../util/yaml.js";
+import { isMode, nameProblem, scopesProblems } from "./keyfields.js";
 
 /** One API key as stored: never the secret, only its SHA-256. */
 export interface KeyRecord {
@@ -22,8 +23,6 @@ export interface KeyRecord {
 export const KEY_ID = /^[A-Za-z0-9_-]{1,64}$/;
 /** A SHA-256 in lowercase hex. */
 export const SHA256_HEX = /^[0-9a-f]{64}$/;
-/** Allowed scope names (e.g. `messages:send`, `api_keys:write`). */
-export const SCOPE = /^[A-Za-z0-9_.:*-]{1,128}$/;
 const RFC3339 = /^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$/;
 
 /** Field names a key entry may have. */
@@ -122,9 +121,8 @@ function readKey(y: YamlFile, i: number, raw: unknown, maxEntries: number): KeyR
     y.fail([...at, "id"], "must be 1 to 64 characters of A-Z, a-z, 0-9, _ and -", id);
   }
   const name = m["name"];
-  if (name !== undefined && (typeof name !== "string" || name.length === 0 || name.length > 200)) {
-    y.fail([...at, "name"], "must be a non-empty string of at most 200 characters", name);
-  }
+  const nameWhy = name === undefined ? undefined : nameProblem(name);
+  if (nameWhy !== undefined) y.fail([...at, "name"], nameWhy, name);
   const secret = m["secret_sha256"];
   if (secret === undefined) y.fail(at, 'missing field "secret_sha256"');
   else if (typeof secret !== "string" || !SHA256_HEX.test(secret)) {
@@ -136,13 +134,9 @@ function readKey(y: YamlFile, i: number, raw: unknown, maxEntries: number): KeyR
   }
   const scopes = m["scopes"];
   if (scopes !== undefined && scopes !== null) {
-    if (!Array.isArray(scopes)) y.fail([...at, "scopes"], "must be a list of scope names", scopes);
-    else {
-      scopes.forEach((s: unknown, k) => {
-        if (typeof s !== "string" || !SCOPE.test(s)) {
-          y.fail([...at, "scopes", k], "must be a scope name such as messages:send", s);
-        }
-      });
+    for (const p of scopesProblems(scopes)) {
+      if (p.index === undefined) y.fail([...at, "scopes"], p.message, Array.isArray(scopes) ? undefined : scopes);
+      else y.fail([...at, "scopes", p.index], p.message, (scopes as unknown[])[p.index]);
     }
   }
   let ipAllowList: readonly string[] = [];
@@ -161,7 +155,7 @@ function readKey(y: YamlFile, i: number, raw: unknown, maxEntries: number): KeyR
     }
   }
   const mode = m["mode"];
-  if (mode !== undefined && mode !== "enforce" && mode !== "report") {
+  if (mode !== undefined && !isMode(mode)) {
     y.fail([...at, "mode"], 'must be "enforce" or "report"', mode);
   }
   for (const field of ["created_at", "updated_at"] as const) {

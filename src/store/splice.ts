@@ -25,6 +25,13 @@ export interface EntryIndex {
   readonly end: number;
 }
 
+/**
+ * How keyfence writes YAML: compact flow lists, and never a folded line (the
+ * writer would fold long strings at 80 columns, once between the halves of a
+ * surrogate pair, which came back as U+FFFD).
+ */
+export const WRITE_OPTIONS = { flowCollectionPadding: false, lineWidth: 0 } as const;
+
 const ID_LINE = /^[ ]*(?:- )?id:[ ]*(["']?)([A-Za-z0-9_-]{1,64})\1[ ]*(?:#.*)?$/m;
 
 /**
@@ -153,9 +160,7 @@ export function spliceChange(
   const { indent, starts, bodies, end } = index;
   if (change.kind === "create") {
     const newline = end > 0 && bytes[end - 1] !== 10 ? "\n" : "";
-    const item = Buffer.from(
-      newline + reindent(stringify([toYaml(change.record)], { flowCollectionPadding: false }), indent),
-    );
+    const item = Buffer.from(newline + reindent(stringify([toYaml(change.record)], WRITE_OPTIONS), indent));
     const at = end + newline.length;
     return {
       parts: [bytes.subarray(0, end), item, bytes.subarray(end)],
@@ -188,9 +193,7 @@ export function spliceChange(
   const item = seq.items[0];
   if (!isMap(item)) return undefined;
   editEntry(doc, item, change.record);
-  const edited = Buffer.from(
-    reindent(doc.toString({ flowCollectionPadding: false }).replace(/\n$/, ""), indent) + trailing,
-  );
+  const edited = Buffer.from(reindent(doc.toString(WRITE_OPTIONS).replace(/\n$/, ""), indent) + trailing);
   const delta = edited.length - (to - from);
   return {
     parts: [bytes.subarray(0, from), edited, bytes.subarray(to)],

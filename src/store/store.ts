@@ -28,8 +28,14 @@ export type KeyChange =
 export interface Plan<T> {
   readonly change?: KeyChange;
   readonly result: T;
-  /** Runs after the change is durable and in force, still under the store's lock (e.g. the audit line). */
+  /** Runs after the change is durable and in force, still under the store's lock. */
   readonly afterCommit?: () => Promise<void>;
+  /**
+   * Runs, still under the store's lock, when the change could not be made
+   * (e.g. to withdraw the audit line written ahead of it); the transaction
+   * then rejects with the original error.
+   */
+  readonly onAbort?: () => Promise<void>;
 }
 
 /** A source of key records that the proxy and the management API share. */

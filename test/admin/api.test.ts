@@ -471,7 +471,7 @@ describe("management API", () => {
       const rename = await api(fx.kf, "PATCH", "/v1/api-keys/{id}", {
         path,
         headers: [fa(0)],
-        json: { name: "renamed", scopes: ["x:y"], mode: "report" },
+        json: { name: "renamed", scopes: ["x:y"], mode: "enforce" },
         ...from,
       });
       assert.equal(rename.status, 200, "renaming needs no code");

@@ -97,7 +97,7 @@ describe("dashboard in a real browser", () => {
     assert.match(headers["content-security-policy"] ?? "", /script-src 'self'/);
     assert.doesNotMatch(headers["content-security-policy"] ?? "", /unsafe-inline/);
     assert.equal(headers["x-frame-options"], "DENY");
-    assert.equal(headers["referrer-policy"], "no-referrer");
+    assert.equal(headers["referrer-policy"], "same-origin");
     await shot(page, "signin");
     await page.locator("#token:focus").waitFor(); // autofocus: no mouse needed
     await page.keyboard.type(TOKEN);

@@ -15,7 +15,7 @@ import { secretHash } from "../../policy/credential.js";
 import type { Mode } from "../../policy/decide.js";
 import { clientOf } from "../api.js";
 import type { AuditLog } from "../audit.js";
-import { checkCsrf, sameOrigin, type Authenticator } from "../auth.js";
+import { checkCsrf, sameOrigin, tooManyAttempts, type Authenticator } from "../auth.js";
 import { readJson } from "../body.js";
 import type { Confirmations } from "../confirm.js";
 import { ApiError } from "../errors.js";
@@ -41,12 +41,17 @@ export interface DashboardDeps {
   readonly log: Logger;
 }
 
-/** Headers on every dashboard page: no inline script, no framing, no referrer, nothing cached. */
+/**
+ * Headers on every dashboard page: no inline script, no framing, no referrer
+ * to other origins (`same-origin`, not `no-referrer`: under `no-referrer`
+ * browsers send `Origin: null` on the page's own form posts, which sign-in
+ * refuses), nothing cached.
+ */
 export const PAGE_HEADERS = {
   "content-security-policy":
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
   "x-frame-options": "DENY",
-  "referrer-policy": "no-referrer",
+  "referrer-policy": "same-origin",
   "x-content-type-options": "nosniff",
   "cache-control": "no-store",
 } as const;
@@ -95,7 +100,7 @@ export function registerDashboard(admin: AdminServer, deps: DashboardDeps): void
 
   const cookie = (value: string, maxAge?: number): string =>
     `${SESSION_COOKIE}=${value}; Path=/; HttpOnly; SameSite=Strict${deps.secureCookie ? "; Secure" : ""}${maxAge === undefined ? "" : `; Max-Age=${maxAge}`}`;
-  const sessionOf = (req: IncomingMessage): Session | undefined =>
+  const sessionOf = (req: IncomingMessage): Promise<Session | undefined> =>
     deps.sessions.get(readCookie(req.headers.cookie, SESSION_COOKIE));
   const context = (req: IncomingMessage, s: Session): PageContext => ({
     assets,
@@ -104,17 +109,13 @@ export function registerDashboard(admin: AdminServer, deps: DashboardDeps): void
     clientIp: clientOf(req, deps.trust).text,
     totp: s.operator.totpSecret !== undefined,
   });
-  /**
-   * The operator a token belongs to, when its code is also right (a right code
-   * is used up); undefined otherwise, counted against the client's throttle.
-   */
-  const verify = async (token: string, code: string, client: string): Promise<Operator | undefined> => {
+  /** The operator a token belongs to, when its code is also right (a right code is used up); undefined otherwise. */
+  const verify = async (token: string, code: string): Promise<Operator | undefined> => {
     const operator = token === "" ? undefined : deps.auth.operatorByTokenHash(secretHash(token));
     const ok =
       operator !== undefined &&
       (operator.totpSecret === undefined ||
         (await deps.confirmations.consume(operator.name, operator.totpSecret, code)) === "ok");
-    if (!ok) deps.auth.throttle.fail(client);
     return ok ? operator : undefined;
   };
   /** Runs `page` for a signed-in operator; sends others to the sign-in page. */
@@ -134,7 +135,7 @@ export function registerDashboard(admin: AdminServer, deps: DashboardDeps): void
       params: Readonly<Record<string, string>>,
       url: URL,
     ): Promise<void> => {
-      const s = sessionOf(req);
+      const s = await sessionOf(req);
       if (s === undefined) {
         redirect(res, "/");
         return;
@@ -159,8 +160,8 @@ export function registerDashboard(admin: AdminServer, deps: DashboardDeps): void
     res.end();
   });
 
-  admin.route("/", "GET", (req, res, _p, url) => {
-    const s = sessionOf(req);
+  admin.route("/", "GET", async (req, res, _p, url) => {
+    const s = await sessionOf(req);
     if (s === undefined) {
       sendHtml(res, 200, signInPage(assets));
       return;
@@ -187,27 +188,34 @@ export function registerDashboard(admin: AdminServer, deps: DashboardDeps): void
 
   admin.route("/session", "POST", async (req, res) => {
     const client = clientOf(req, deps.trust);
-    if (!sameOrigin(req)) {
+    if (!sameOrigin(req, true)) {
       sendHtml(res, 403, signInPage(assets, "Cross-origin sign-in refused."));
       return;
     }
-    const wait = deps.auth.throttle.retryAfter(client.text);
-    if (wait > 0) {
+    // One attempt, counted before the body is even read.
+    const outcome = await deps.auth.attempts.attempt(
+      client.text,
+      async () => {
+        const form = await readForm(req);
+        return verify(form.get("token") ?? "", (form.get("code") ?? "").trim());
+      },
+      (op) => op !== undefined,
+    );
+    if (outcome.limited) {
+      res.shouldKeepAlive = false; // the body is never read
+      const wait = outcome.retryAfterS;
       sendHtml(res, 429, signInPage(assets, `Too many failed attempts. Try again in ${wait} s.`), {
         "retry-after": String(wait),
       });
       return;
     }
-    const form = await readForm(req);
-    const token = form.get("token") ?? "";
-    const code = (form.get("code") ?? "").trim();
-    const operator = await verify(token, code, client.text);
+    const operator = outcome.result;
     if (operator === undefined) {
       deps.log.warn({ event: "signin_failed", client_ip: client.text }, "dashboard sign-in failed");
       sendHtml(res, 401, signInPage(assets, "Invalid token or code."));
       return;
     }
-    const { cookie: value } = deps.sessions.create(operator);
+    const { cookie: value } = await deps.sessions.create(operator);
     deps.log.info(
       { event: "signin", operator: operator.name, client_ip: client.text },
       `operator ${operator.name} signed in`,
@@ -217,29 +225,37 @@ export function registerDashboard(admin: AdminServer, deps: DashboardDeps): void
 
   admin.route("/session/end", "POST", async (req, res) => {
     const value = readCookie(req.headers.cookie, SESSION_COOKIE);
-    const s = deps.sessions.get(value);
+    const s = await deps.sessions.get(value);
     if (s !== undefined) {
       const form = await readForm(req);
       checkCsrf(req, s, form.get("csrf") ?? "");
-      deps.sessions.end(value);
+      await deps.sessions.end(value);
       deps.log.info({ event: "signout", operator: s.operator.name }, `operator ${s.operator.name} signed out`);
     }
     redirect(res, "/", { "set-cookie": cookie("", 0) });
   });
 
   admin.route("/session/confirm", "POST", async (req, res) => {
-    const s = sessionOf(req);
+    const s = await sessionOf(req);
     if (s === undefined) throw new ApiError(401, "missing_credential", "session expired; sign in again");
     checkCsrf(req, s);
     const client = clientOf(req, deps.trust);
-    deps.auth.checkThrottle(client);
-    const body = (await readJson(req)) as { token?: unknown; code?: unknown } | null;
-    const token = typeof body?.token === "string" ? body.token : "";
-    const code = typeof body?.code === "string" ? body.code.trim() : "";
-    if ((await verify(token, code, client.text))?.name !== s.operator.name) {
-      throw new ApiError(403, "invalid_confirmation_code", "invalid token or code");
+    const outcome = await deps.auth.attempts.attempt(
+      client.text,
+      async () => {
+        const body = (await readJson(req)) as { token?: unknown; code?: unknown } | null;
+        const token = typeof body?.token === "string" ? body.token : "";
+        const code = typeof body?.code === "string" ? body.code.trim() : "";
+        return (await verify(token, code))?.name === s.operator.name;
+      },
+      (ok) => ok,
+    );
+    if (outcome.limited) {
+      res.shouldKeepAlive = false;
+      throw tooManyAttempts(outcome.retryAfterS);
     }
-    deps.sessions.confirm(s);
+    if (!outcome.result) throw new ApiError(403, "invalid_confirmation_code", "invalid token or code");
+    await deps.sessions.confirm(s);
     res.writeHead(204, { "cache-control": "no-store" });
     res.end();
   });
