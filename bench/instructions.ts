@@ -35,8 +35,13 @@ const WINDOW = quick ? 1000 : 3000;
 /** `--windows=N` measures N windows (median reported); 5 by default (the first measured window of a Node process runs about 10% high). */
 const WINDOWS = Number(process.argv.find((a) => a.startsWith("--windows="))?.slice("--windows=".length) ?? 5);
 
-/** Sends `n` requests over 8 keep-alive connections, the bearer taken from `secrets` in turn. */
-async function drive(url: string, n: number, secrets: readonly string[]): Promise<void> {
+/** Sends `n` requests over 8 keep-alive connections, the bearer taken from `secrets` in turn, with `extra` headers. */
+async function drive(
+  url: string,
+  n: number,
+  secrets: readonly string[],
+  extra: Readonly<Record<string, string>> = {},
+): Promise<void> {
   const pool = new Pool(url, { connections: 8 });
   const per = Math.ceil(n / 8);
   let next = 0;
@@ -44,7 +49,11 @@ async function drive(url: string, n: number, secrets: readonly string[]): Promis
     Array.from({ length: 8 }, async () => {
       for (let i = 0; i < per; i++) {
         const secret = secrets[next++ % secrets.length] ?? "";
-        const r = await pool.request({ path: "/", method: "GET", headers: { authorization: `Bearer ${secret}` } });
+        const r = await pool.request({
+          path: "/",
+          method: "GET",
+          headers: { ...extra, authorization: `Bearer ${secret}` },
+        });
         await r.body.dump();
       }
     }),
@@ -82,6 +91,7 @@ async function count(
   port: () => number | undefined,
   secrets: readonly string[],
   label: string,
+  extra: Readonly<Record<string, string>> = {},
 ): Promise<{ perRequest: number; windows: number[] }> {
   const name = randomUUID();
   const out = join(dir, `cg.${name}`);
@@ -102,17 +112,17 @@ async function count(
       await new Promise((r) => setTimeout(r, 500));
     }
     const url = `http://127.0.0.1:${p}`;
-    await drive(url, WARMUP, secrets);
+    await drive(url, WARMUP, secrets, extra);
     // The first counter read attaches vgdb; the window after it measures about
     // twice the steady cost whatever the warm-up (seen with 2,000 to 25,000
     // requests), so it is run and discarded.
     await instructionsSoFar(child.pid as number);
-    await drive(url, WINDOW, secrets);
+    await drive(url, WINDOW, secrets, extra);
     if (keep !== undefined) await callgrindControl(child.pid as number, "--zero");
     const windows: number[] = [];
     for (let w = 0; w < WINDOWS; w++) {
       const before = await instructionsSoFar(child.pid as number);
-      await drive(url, WINDOW, secrets);
+      await drive(url, WINDOW, secrets, extra);
       const after = await instructionsSoFar(child.pid as number);
       windows.push((after - before) / WINDOW);
     }
@@ -170,7 +180,14 @@ async function main(): Promise<void> {
       join(ROOT, script),
       ...args,
     ];
-    type Contender = { label: string; cmd: string[]; port: () => number | undefined; secrets: string[] };
+    type Contender = {
+      label: string;
+      cmd: string[];
+      port: () => number | undefined;
+      secrets: string[];
+      /** Headers besides the bearer (what an ingress adds to its question). */
+      extra?: Record<string, string>;
+    };
     const keyfence = (label: string, secrets: string[]): Contender => ({
       label,
       cmd: node("dist/src/cli/main.js", "serve", "--config", kfConfig),
@@ -184,6 +201,25 @@ async function main(): Promise<void> {
       port: () => undefined,
       secrets: [secret],
     });
+    // keyfence as a decision endpoint behind nginx on loopback: asked the way
+    // deploy/ingress/nginx asks (original method and URI, the client's address).
+    const decDir = join(dir, "decision");
+    mkdirSync(decDir);
+    const decPort = await freePort();
+    const decConfig = keyfenceConfig(
+      decDir,
+      upstreamUrl,
+      await freePort(),
+      await freePort(),
+      `trusted_proxies: [loopback]\ndecision:\n  listen: "127.0.0.1:${decPort}"\n`,
+    );
+    const decision = (label: string, secret: string): Contender => ({
+      label,
+      cmd: node("dist/src/cli/main.js", "serve", "--config", decConfig),
+      port: () => decPort,
+      secrets: [secret],
+      extra: { "x-original-method": "POST", "x-original-uri": "/v1/messages?to=a", "x-forwarded-for": "127.0.0.1" },
+    });
     const contenders: Contender[] = [
       server("keyfence forwarder, no checks", ALLOWED, "bare.js", upstreamUrl),
       keyfence("keyfence, allowed", [ALLOWED]),
@@ -191,6 +227,9 @@ async function main(): Promise<void> {
       server("http-proxy 1.18", ALLOWED, "httpproxy.js", upstreamUrl),
       server("node:http fixed 403", DENIED, "deny403.js"),
       keyfence("keyfence, denied (403)", [DENIED]),
+      server("node:http bare 200 answer", ALLOWED, "answer200.js"),
+      decision("keyfence decision, allowed", ALLOWED),
+      decision("keyfence decision, denied (403)", DENIED),
     ];
     if (have("nginx")) {
       const ngPort = await freePort();
@@ -208,7 +247,7 @@ async function main(): Promise<void> {
     const rows: Array<{ label: string; perRequest: number; windows: number[] }> = [];
     for (const c of contenders) {
       if (only !== undefined && !new RegExp(only, "i").test(c.label)) continue;
-      const { perRequest, windows } = await count(dir, c.cmd, c.port, c.secrets, c.label);
+      const { perRequest, windows } = await count(dir, c.cmd, c.port, c.secrets, c.label, c.extra);
       rows.push({ label: c.label, perRequest, windows });
       process.stderr.write(
         `${c.label}: ${Math.round(perRequest).toLocaleString("en-US")} instructions per request (windows: ${windows.map((w) => Math.round(w).toLocaleString("en-US")).join(", ")})\n`,
@@ -245,6 +284,21 @@ async function main(): Promise<void> {
           ["keyfence allowed ÷ nginx", ratio("keyfence, allowed", "nginx, allowed"), "≤ 2×"],
           ["keyfence denied ÷ nginx 403", ratio("keyfence, denied (403)", "nginx, denied (403)"), "≤ 1.5×"],
           ["keyfence denied ÷ node:http fixed 403", ratio("keyfence, denied (403)", "node:http fixed 403"), "—"],
+          [
+            "keyfence decision allowed ÷ node:http bare 200 answer",
+            ratio("keyfence decision, allowed", "node:http bare 200 answer"),
+            "≤ 1.3× (issue #14, in instructions)",
+          ],
+          [
+            "keyfence decision denied ÷ node:http fixed 403",
+            ratio("keyfence decision, denied (403)", "node:http fixed 403"),
+            "—",
+          ],
+          [
+            "keyfence decision allowed ÷ keyfence allowed (proxy)",
+            ratio("keyfence decision, allowed", "keyfence, allowed"),
+            "—",
+          ],
         ],
       ),
     ].join("\n");

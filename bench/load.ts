@@ -4,7 +4,9 @@
  * denied path, 1 and 2 workers); keyfence's own forwarder with no checks (the
  * floor of our stack); http-proxy 1.18 and http-proxy-3 with keep-alive
  * agents; and nginx (geo + map per-key check, upstream keepalive, one worker)
- * when installed. Rounds are interleaved; medians are reported with requests/s,
+ * when installed; keyfence's decision endpoint (allowed, denied) beside a
+ * bare node:http 200 answer, and the shipped nginx ingress asking it
+ * (CPU of nginx and keyfence together). Rounds are interleaved; medians are reported with requests/s,
  * p50/p99 latency and the proxy's CPU microseconds per request.
  *
  * Options: --quick (1 s runs, 1 round), --rounds N, --seconds S,
@@ -18,6 +20,7 @@ import { secretHash } from "../src/policy/credential.js";
 import { machine, table } from "./lib.js";
 import { runAutocannon, runWrk, type LoadResult, type LoadSpec } from "./loadgen.js";
 import { cpuSeconds, freePort, have, ROOT, startLogged, startNode, type Proc } from "./procs.js";
+import { nginxIngressConfig } from "./ingress.js";
 import { barChart } from "./svg.js";
 
 const argv = process.argv.slice(2);
@@ -45,8 +48,8 @@ interface Contender {
   readonly url: string;
   readonly headers: Record<string, string>;
   readonly expect: number;
-  /** Process whose CPU time is the proxy's (undefined for the upstream itself). */
-  readonly pid: number | undefined;
+  /** Processes whose CPU time is the proxy's (none for the upstream itself; nginx and keyfence for an ingress asking keyfence). */
+  readonly pids: readonly number[];
 }
 
 /** The benchmark keys file: the allowed key (loopback), the denied key (elsewhere), then `more` (YAML list items). */
@@ -151,7 +154,7 @@ async function main(): Promise<void> {
     procs.push(up);
     const upstream = `http://127.0.0.1:${up.port}`;
     const contenders: Contender[] = [
-      { id: "direct", label: "direct to upstream", url: `${upstream}/`, headers: {}, expect: 200, pid: undefined },
+      { id: "direct", label: "direct to upstream", url: `${upstream}/`, headers: {}, expect: 200, pids: [] },
     ];
 
     for (const workers of [1, 2]) {
@@ -177,7 +180,7 @@ async function main(): Promise<void> {
         url: `http://127.0.0.1:${port}/`,
         headers: { authorization: `Bearer ${ALLOWED}` },
         expect: 200,
-        pid: kf.pid,
+        pids: [kf.pid],
       });
       if (workers === 1) {
         contenders.push({
@@ -186,7 +189,7 @@ async function main(): Promise<void> {
           url: `http://127.0.0.1:${port}/`,
           headers: { authorization: `Bearer ${DENIED}` },
           expect: 403,
-          pid: kf.pid,
+          pids: [kf.pid],
         });
       }
     }
@@ -194,6 +197,7 @@ async function main(): Promise<void> {
     const nodeServers: Array<[string, string, string, string[], string, number]> = [
       ["bare", "keyfence forwarder, no checks", "bare.js", [upstream], ALLOWED, 200],
       ["node-403", "node:http fixed 403, nothing else", "deny403.js", [], DENIED, 403],
+      ["node-200", "node:http bare 200 answer, nothing else", "answer200.js", [], ALLOWED, 200],
       ["http-proxy", "http-proxy 1.18 + keep-alive agent", "httpproxy.js", [upstream], ALLOWED, 200],
       ["http-proxy-3", "http-proxy-3 + keep-alive agent", "httpproxy.js", [upstream, "3"], ALLOWED, 200],
     ];
@@ -206,9 +210,45 @@ async function main(): Promise<void> {
         url: `http://127.0.0.1:${p.port}/`,
         headers: { authorization: `Bearer ${secret}` },
         expect,
-        pid: p.pid,
+        pids: [p.pid],
       });
     }
+
+    // keyfence as the decision endpoint, asked directly the way nginx asks it, and behind the shipped nginx ingress.
+    const decPort = await freePort();
+    const decAdmin = await freePort();
+    const ddir = join(dir, "decision");
+    mkdirSync(ddir);
+    const decConfig = keyfenceConfig(
+      ddir,
+      upstream,
+      await freePort(),
+      decAdmin,
+      `trusted_proxies: [loopback]\ndecision:\n  listen: "127.0.0.1:${decPort}"\n`,
+    );
+    const dec = await startKeyfence(ddir, decConfig, decAdmin, "keyfence-decision");
+    procs.push(dec);
+    const asked = {
+      "x-original-method": "POST",
+      "x-original-uri": "/v1/messages?to=a",
+      "x-forwarded-for": "127.0.0.1",
+    };
+    contenders.push({
+      id: "decision",
+      label: "keyfence decision, allowed",
+      url: `http://127.0.0.1:${decPort}/`,
+      headers: { ...asked, authorization: `Bearer ${ALLOWED}` },
+      expect: 200,
+      pids: [dec.pid],
+    });
+    contenders.push({
+      id: "decision-denied",
+      label: "keyfence decision, denied (403)",
+      url: `http://127.0.0.1:${decPort}/`,
+      headers: { ...asked, authorization: `Bearer ${DENIED}` },
+      expect: 403,
+      pids: [dec.pid],
+    });
 
     if (have("nginx")) {
       const port = await freePort();
@@ -228,7 +268,7 @@ async function main(): Promise<void> {
         url: `http://127.0.0.1:${port}/`,
         headers: { authorization: `Bearer ${ALLOWED}` },
         expect: 200,
-        pid: ng.pid,
+        pids: [ng.pid],
       });
       contenders.push({
         id: "nginx-denied",
@@ -236,7 +276,27 @@ async function main(): Promise<void> {
         url: `http://127.0.0.1:${port}/`,
         headers: { authorization: `Bearer ${DENIED}` },
         expect: 403,
-        pid: ng.pid,
+        pids: [ng.pid],
+      });
+      // The shipped deploy/ingress/nginx configuration asking keyfence's decision endpoint.
+      const ingPort = await freePort();
+      const ingDir = join(dir, "ingress");
+      mkdirSync(ingDir);
+      const ingConf = nginxIngressConfig(ingDir, { port: ingPort, decisionPort: decPort, appPort: up.port });
+      const ing = await startLogged("nginx-ingress", "nginx", ["-c", ingConf, "-p", ingDir], join(ingDir, "out"), () =>
+        fetch(`http://127.0.0.1:${ingPort}/_keyfence/ping`).then(
+          () => true,
+          () => false,
+        ),
+      );
+      procs.push(ing);
+      contenders.push({
+        id: "nginx-decision",
+        label: "nginx + keyfence decision, allowed",
+        url: `http://127.0.0.1:${ingPort}/`,
+        headers: { authorization: `Bearer ${ALLOWED}` },
+        expect: 200,
+        pids: [ing.pid, dec.pid],
       });
     } else {
       process.stderr.write("nginx is not installed: skipping it (Debian: apt-get install nginx)\n");
@@ -259,10 +319,11 @@ async function main(): Promise<void> {
           connections: CONNECTIONS,
           expect: c.expect,
         };
-        const cpu0 = c.pid ? cpuSeconds(c.pid) : 0;
+        const cpu = (): number => c.pids.reduce((n, pid) => n + cpuSeconds(pid), 0);
+        const cpu0 = cpu();
         const r = await run(spec);
-        const cpu1 = c.pid ? cpuSeconds(c.pid) : 0;
-        const cpuUsPerReq = c.pid && r.requests > 0 ? ((cpu1 - cpu0) * 1e6) / r.requests : NaN;
+        const cpu1 = cpu();
+        const cpuUsPerReq = c.pids.length > 0 && r.requests > 0 ? ((cpu1 - cpu0) * 1e6) / r.requests : NaN;
         runs.set(c.id, [...(runs.get(c.id) ?? []), { ...r, cpuUsPerReq }]);
         process.stderr.write(
           `round ${round}/${ROUNDS} ${c.label.padEnd(36)} ${r.rps.toFixed(0).padStart(7)} req/s  p50 ${r.p50ms.toFixed(2)} ms  p99 ${r.p99ms.toFixed(2)} ms  ${Number.isNaN(cpuUsPerReq) ? "" : `${cpuUsPerReq.toFixed(1)} µs CPU/req`}${r.unexpected + r.errors > 0 ? `  (${r.unexpected} unexpected, ${r.errors} errors)` : ""}\n`,
@@ -298,6 +359,14 @@ async function main(): Promise<void> {
       ["floor: node:http fixed 403 CPU/req ÷ nginx 403", cpu("node-403", "nginx-denied"), "—"],
       ["floor: no-check forwarder CPU/req ÷ nginx", cpu("bare", "nginx"), "—"],
       ["keyfence 2 workers req/s ÷ 1 worker", ratio(by.get("keyfence-2w")?.rps, kf?.rps), "—"],
+      [
+        "keyfence decision CPU/req ÷ node:http bare 200 answer",
+        cpu("decision", "node-200"),
+        "≤ 1.3× (in instructions)",
+      ],
+      ["keyfence decision denied CPU/req ÷ node:http fixed 403", cpu("decision-denied", "node-403"), "—"],
+      ["nginx + keyfence decision CPU/allowed req ÷ keyfence (proxy)", cpu("nginx-decision", "keyfence"), "≤ 0.7×"],
+      ["nginx + keyfence decision CPU/allowed req ÷ nginx alone", cpu("nginx-decision", "nginx"), "—"],
     ];
     const md = [
       `Machine: ${machine()}. Load: ${TOOL}, 1 thread, ${CONNECTIONS} connections, ${SECONDS} s per run, ${ROUNDS} interleaved rounds, medians. CPU is the proxy process tree's user+system time per request (from /proc).`,

@@ -19,7 +19,9 @@ type Request =
   | { kf: "req"; id: number; op: "sources"; keyId: string };
 
 /** Messages from a worker. */
-type Reply = { kf: "res"; id: number; ok: boolean; data?: unknown; error?: string } | { kf: "ready"; port: number };
+type Reply =
+  | { kf: "res"; id: number; ok: boolean; data?: unknown; error?: string }
+  | { kf: "ready"; port: number; decisionPort?: number };
 
 /** How long the primary waits for a worker's answer (a reload of a large file included). */
 const REQUEST_TIMEOUT_MS = 30_000;
@@ -84,7 +86,7 @@ export async function runWorker(config: Config, log: Logger): Promise<Sidecar> {
       .then(() => flushLogger(log))
       .then(() => process.exit(0));
   });
-  send({ kf: "ready", port: sidecar.proxyAddress?.port ?? 0 });
+  send({ kf: "ready", port: sidecar.proxyAddress?.port ?? 0, decisionPort: sidecar.decisionAddress?.port });
   return sidecar;
 }
 
@@ -101,6 +103,7 @@ export async function runPrimary(config: Config, log: Logger): Promise<{ stop():
   let seq = 0;
   let stopping = false;
   let port = 0;
+  let decisionPort: number | undefined;
 
   const request = (w: Worker, op: Request["op"], extra: { keyId?: string } = {}): Promise<unknown> =>
     new Promise((resolve, reject) => {
@@ -124,6 +127,7 @@ export async function runPrimary(config: Config, log: Logger): Promise<{ stop():
       w.on("message", (m: Reply) => {
         if (m.kf === "ready") {
           port = m.port;
+          decisionPort = m.decisionPort;
           w.off("exit", onExit);
           workers.add(w);
           w.once("exit", (code, signal) => {
@@ -173,6 +177,10 @@ export async function runPrimary(config: Config, log: Logger): Promise<{ stop():
   logListening(log, config, {
     proxy: { host: config.listen.host, port },
     admin: sidecar.adminAddress,
+    decision:
+      config.decision && decisionPort !== undefined
+        ? { host: config.decision.listen.host, port: decisionPort }
+        : undefined,
     snapshot: sidecar.store.snapshot,
     workers: config.workers,
   });

@@ -16,6 +16,7 @@ import { AdminServer } from "../admin/server.js";
 import { registerDashboard } from "../admin/dashboard/routes.js";
 import { MemorySessionStore } from "../admin/sessions.js";
 import { formatListen, isLoopback, type Config } from "../config/config.js";
+import { DecisionServer } from "../decision/server.js";
 import { Metrics } from "../metrics/metrics.js";
 import { SourceTracker, type ObservedSource } from "../metrics/sources.js";
 import { ProxyServer } from "../proxy/server.js";
@@ -74,6 +75,8 @@ export const AUTH_FAILURES_PER_MINUTE = 10;
 export interface Sidecar {
   /** The proxy listener's address (undefined in a cluster primary, whose workers proxy). */
   readonly proxyAddress: { host: string; port: number } | undefined;
+  /** The decision listener's address (undefined without `decision`, and in a cluster primary: workers decide). */
+  readonly decisionAddress: { host: string; port: number } | undefined;
   readonly adminAddress: { host: string; port: number } | undefined;
   readonly store: KeyStore;
   readonly metrics: Metrics;
@@ -169,9 +172,15 @@ export async function startSidecar(
     proxy = new ProxyServer({ config, store, metrics, sources, log });
     proxyAddress = await proxy.listen(config.listen.host, config.listen.port);
   }
+  let decision: DecisionServer | undefined;
+  let decisionAddress: { host: string; port: number } | undefined;
   let admin: AdminServer | undefined;
   let adminAddress: { host: string; port: number } | undefined;
   try {
+    if (config.decision && role !== "primary") {
+      decision = new DecisionServer({ config, store, metrics, sources, log });
+      decisionAddress = await decision.listen(config.decision.listen.host, config.decision.listen.port);
+    }
     if (config.admin && role !== "worker") {
       admin = new AdminServer({
         metrics: cluster ? () => cluster.metrics() : () => registry.metrics(),
@@ -215,6 +224,7 @@ export async function startSidecar(
     }
   } catch (err) {
     await proxy?.drain(0);
+    await decision?.drain(0);
     throw err;
   }
   store.watch();
@@ -222,12 +232,19 @@ export async function startSidecar(
     for (const w of config.warnings) log.warn({ event: "risky_setting" }, w);
   }
   if (role === "single") {
-    logListening(log, config, { proxy: proxyAddress, admin: adminAddress, snapshot: snap, workers: 1 });
+    logListening(log, config, {
+      proxy: proxyAddress,
+      admin: adminAddress,
+      decision: decisionAddress,
+      snapshot: snap,
+      workers: 1,
+    });
   }
 
   let stopping: Promise<void> | undefined;
   return {
     proxyAddress,
+    decisionAddress,
     adminAddress,
     store,
     metrics,
@@ -235,10 +252,14 @@ export async function startSidecar(
     sources,
     stop() {
       stopping ??= (async () => {
-        if (proxy) {
+        if (proxy || decision) {
           log.info({ event: "draining", timeout_ms: config.drainTimeoutMs }, "stopping: draining in-flight requests");
         }
-        const cut = proxy ? (await proxy.drain(config.drainTimeoutMs)).cut : 0;
+        const [proxied, decided] = await Promise.all([
+          proxy ? proxy.drain(config.drainTimeoutMs) : { cut: 0 },
+          decision ? decision.drain(config.drainTimeoutMs) : { cut: 0 },
+        ]);
+        const cut = proxied.cut + decided.cut;
         await admin?.close();
         await store.close();
         log.info({ event: "stopped", cut_connections: cut }, "stopped");
@@ -261,17 +282,20 @@ export function logListening(
   at: {
     proxy: { host: string; port: number } | undefined;
     admin: { host: string; port: number } | undefined;
+    decision?: { host: string; port: number } | undefined;
     snapshot: Snapshot;
     workers: number;
   },
 ): void {
   const proxy = at.proxy ? formatListen(at.proxy) : null;
   const admin = at.admin ? formatListen(at.admin) : null;
+  const decision = at.decision ? formatListen(at.decision) : undefined;
   log.info(
     {
       event: "listening",
       proxy,
       admin,
+      decision,
       upstream: config.upstream.href,
       mode: config.mode,
       keys: at.snapshot.size,
@@ -280,6 +304,6 @@ export function logListening(
       workers: at.workers,
       trusted_proxies: trustSummary(config),
     },
-    `keyfence ${VERSION} listening on http://${proxy ?? "-"}${at.workers > 1 ? ` with ${at.workers} workers` : ""}${admin ? `, admin on http://${admin}` : ""}`,
+    `keyfence ${VERSION} listening on http://${proxy ?? "-"}${at.workers > 1 ? ` with ${at.workers} workers` : ""}${decision ? `, decisions on http://${decision}` : ""}${admin ? `, admin on http://${admin}` : ""}`,
   );
 }

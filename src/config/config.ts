@@ -16,6 +16,7 @@ import type { Mode } from "../policy/decide.js";
 import { parseCredentials } from "./credentials.js";
 import { SHA256_HEX } from "../store/keysfile.js";
 import { YamlFile, type Problem, type YamlPath } from "../util/yaml.js";
+import { decisionWarnings, readDecision, type DecisionConfig } from "./decision.js";
 import { AUDIT_FIELDS, readAuditSettings, type AuditSettings } from "./audit.js";
 import { parseStoreConfig, STORE_FIELDS, type StoreConfig } from "./store.js";
 
@@ -74,6 +75,8 @@ export interface Config {
         readonly audit: AuditSettings;
       }
     | undefined;
+  /** The decision endpoint for an existing ingress (SPEC §8); undefined: not started. */
+  readonly decision: DecisionConfig | undefined;
   /** Peers that must open each connection with a PROXY protocol header (SPEC §7); `none` when nobody. */
   readonly proxyProtocol: CompiledTrust;
   /** Resource limits of the proxy listener (SPEC §4). */
@@ -101,6 +104,7 @@ const TOP_FIELDS = [
   "access_log",
   "workers",
   "keys",
+  "decision",
   "admin",
   "limits",
   "proxy_protocol",
@@ -347,6 +351,9 @@ export function parseConfig(file: string, text: string, env: NodeJS.ProcessEnv =
   const limits = readLimits(y, top["limits"]);
   const proxyProtocol = readProxyProtocol(y, top["proxy_protocol"], warnings);
 
+  const decision = readDecision(y, top["decision"], (path, raw) => listenAt(path, raw, ""));
+  if (trustedProxies) warnings.push(...decisionWarnings(decision, trustedProxies.none, isLoopback, formatListen));
+
   const problems = [...y.sortedProblems(), ...fileProblems, ...envProblems];
   if (problems.length > 0 || !listen || !upstream || !trustedProxies || !keys || !proxyProtocol) {
     return keys ? { ok: false, problems, keys } : { ok: false, problems };
@@ -366,6 +373,7 @@ export function parseConfig(file: string, text: string, env: NodeJS.ProcessEnv =
       workers,
       keys,
       admin,
+      decision,
       limits,
       proxyProtocol,
       warnings,

@@ -50,8 +50,8 @@ export class Metrics {
   private readonly requestDuration: Record<RequestOutcome, HistogramSeries>;
   private readonly decisionDuration: HistogramSeries;
   private readonly upstreamErrors: Record<UpstreamErrorKind, Counter.Internal>;
-  /** What the in-flight gauge reads at scrape time (see {@link countInflightWith}). */
-  private inflightNow: () => number = () => 0;
+  /** What the in-flight gauge sums at scrape time, one reader per listener (see {@link countInflightWith}). */
+  private readonly inflightReaders: Array<() => number> = [];
   /** What the open-connections gauge reads at scrape time. */
   private connectionsNow: () => number = () => 0;
   private readonly limitedBy: Record<LimitKind, Counter.Internal>;
@@ -141,7 +141,7 @@ export class Metrics {
     for (const c of Object.values(this.limitedBy)) c.inc(0);
 
     /** keyfence_inflight_requests: requests being handled by the proxy listener now. */
-    const inflightNow = (): number => this.inflightNow();
+    const inflightNow = (): number => this.inflightReaders.reduce((n, read) => n + read(), 0);
     new Gauge({
       name: "keyfence_inflight_requests",
       help: "Proxied requests in flight.",
@@ -246,9 +246,9 @@ export class Metrics {
     this.connectionsNow = count;
   }
 
-  /** Makes the in-flight gauge read `count` (the proxy listener's own count of requests in flight) at scrape time. */
+  /** Adds `count` (a listener's own count of requests in flight) to what the in-flight gauge sums at scrape time. */
   countInflightWith(count: () => number): void {
-    this.inflightNow = count;
+    this.inflightReaders.push(count);
   }
 
   /** Records a snapshot installed (at load, reload or write). */

@@ -3,7 +3,7 @@ import { STATUS_CODES, type IncomingMessage, type OutgoingHttpHeaders, type Serv
 import type { Duplex } from "node:stream";
 import type { AnswerReason } from "../policy/answers.js";
 import { answerPlan, type JsonAnswer } from "../policy/enforce.js";
-import { sendJson } from "../util/http.js";
+import { hasBody, sendJson } from "../util/http.js";
 
 function bodyOf(plan: JsonAnswer): Readonly<Record<string, unknown>> {
   return plan.body ?? { message: plan.message };
@@ -36,15 +36,8 @@ export function answerPlanned(res: ServerResponse, plan: JsonAnswer, requestId?:
   sendJson(res, plan.status, bodyOf(plan), headers);
 }
 
-/** True when a request announces a body. */
-export function hasBody(headers: {
-  "content-length"?: string | undefined;
-  "transfer-encoding"?: string | undefined;
-}): boolean {
-  if (headers["transfer-encoding"] !== undefined) return true;
-  const cl = headers["content-length"];
-  return cl !== undefined && cl !== "0";
-}
+/** Moved to util/http (the decision listener uses it too); re-exported for existing importers. */
+export { hasBody };
 
 /** Writes a plan's JSON answer on a raw socket (the upgrade path) with the same headers as {@link answer}, then closes it. */
 export function answerPlanOnSocket(socket: Duplex, plan: JsonAnswer, requestId: string): void {

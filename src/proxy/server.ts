@@ -14,7 +14,7 @@ import type { SourceTracker } from "../metrics/sources.js";
 import { compilePlaces } from "../policy/credential.js";
 import { enforce, type EnforceSettings, type Enforcement } from "../policy/enforce.js";
 import type { KeyStore } from "../store/store.js";
-import { forwardedFor, listenOn, SERVER_LIMITS } from "../util/http.js";
+import { forwardedFor, listenOn, requestIdOf, SERVER_LIMITS } from "../util/http.js";
 import { Forwarder, UPSTREAM_CONNECTIONS, type ForwardResult } from "./forward.js";
 import { answer, answerPlanned, answerPlanOnSocket, answerSocket, hasBody } from "./respond.js";
 import { perProcess, type Limits } from "../config/limits.js";
@@ -25,7 +25,6 @@ import { ClientSlots, closeWhenIdle, LimitLog, UpstreamGate } from "./limits.js"
 import { DenialLog } from "./denials.js";
 import { pipeUpgrade, type Cuttable } from "./upgrade.js";
 import { LineFormat } from "../util/logline.js";
-import { randomUuid } from "../util/uuid.js";
 
 /** What the proxy listener needs. */
 export interface ProxyDeps {
@@ -69,13 +68,8 @@ const ACCESS_LINE = new LineFormat(
 /** Moved to the enforcement step; re-exported for existing importers. */
 export { requestTarget } from "../policy/enforce.js";
 
-const REQUEST_ID = /^[A-Za-z0-9._:@/+=-]{1,128}$/;
-
-/** The client's X-Request-Id when it is one plain token of at most 128 characters; a fresh UUID otherwise. */
-export function requestIdOf(req: IncomingMessage): string {
-  const h = req.headers["x-request-id"];
-  return typeof h === "string" && REQUEST_ID.test(h) ? h : randomUuid();
-}
+/** Moved to util/http (the decision listener uses it too); re-exported for existing importers. */
+export { requestIdOf };
 
 /** The public proxy listener. */
 export class ProxyServer {

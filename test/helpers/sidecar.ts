@@ -28,6 +28,8 @@ export interface TestKey {
 export interface TestSidecar {
   url: string;
   adminUrl: string;
+  /** The decision listener's base URL ("" without a `decision` section). */
+  decisionUrl: string;
   dir: string;
   keysFile: string;
   sidecar: Sidecar;
@@ -99,6 +101,7 @@ export async function startTestSidecar(opts: {
   return {
     url: `http://127.0.0.1:${sidecar.proxyAddress?.port ?? 0}`,
     adminUrl: sidecar.adminAddress ? `http://127.0.0.1:${sidecar.adminAddress.port}` : "",
+    decisionUrl: sidecar.decisionAddress ? `http://127.0.0.1:${sidecar.decisionAddress.port}` : "",
     dir,
     keysFile,
     sidecar,

@@ -1,0 +1,237 @@
+/**
+ * The decision listener (SPEC §8): an existing ingress (nginx `auth_request`,
+ * Traefik `forwardAuth`, Caddy `forward_auth`, Envoy `ext_authz`) asks it about
+ * each request it holds; keyfence decides the original request exactly as the
+ * proxy would and answers 200 (go on) or the proxy's own rejection. Nothing is
+ * ever forwarded and no request body is ever read.
+ */
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import type { Socket } from "node:net";
+import { performance } from "node:perf_hooks";
+import type { Logger } from "pino";
+import { resolveClientIp, type ClientIp } from "../clientip/resolve.js";
+import type { Config } from "../config/config.js";
+import type { Metrics } from "../metrics/metrics.js";
+import type { SourceTracker } from "../metrics/sources.js";
+import { compilePlaces } from "../policy/credential.js";
+import type { Decision } from "../policy/decide.js";
+import { enforceFor, type Enforcement, type StepSettings } from "../policy/enforce.js";
+import type { KeyStore } from "../store/store.js";
+import { forwardedFor, hasBody, listenOn, requestIdOf, sendJson, SERVER_LIMITS } from "../util/http.js";
+import { LineFormat } from "../util/logline.js";
+
+/** What the decision listener needs: the same parts as the proxy's, so decisions count, log and observe alike. */
+export interface DecisionDeps {
+  readonly config: Config;
+  readonly store: KeyStore;
+  readonly metrics: Metrics;
+  readonly sources: SourceTracker;
+  readonly log: Logger;
+}
+
+/** The original request as the ingress describes it. */
+export interface OriginalRequest {
+  readonly method: string;
+  /** The request target as the client sent it (the enforcement step reads it as the proxy reads `req.url`). */
+  readonly url: string | undefined;
+}
+
+/** A header's single value; repeated or absent headers give undefined. */
+function single(v: string | string[] | undefined): string | undefined {
+  return typeof v === "string" ? v : undefined;
+}
+
+/**
+ * The method and target of the request the ingress asks about: from
+ * `X-Forwarded-Method`/`X-Forwarded-Uri` (Traefik, Caddy) or
+ * `X-Original-Method`/`X-Original-URI` (nginx) when the peer is a trusted
+ * proxy, else (an ingress that sends the original request line, as Envoy's
+ * `ext_authz` does, or a peer whose headers count for nothing) the request's own.
+ */
+export function originalRequest(req: IncomingMessage, peerTrusted: boolean): OriginalRequest {
+  let method = req.method ?? "GET";
+  let uri = req.url;
+  if (peerTrusted) {
+    const h = req.headers;
+    method = single(h["x-forwarded-method"]) ?? single(h["x-original-method"]) ?? method;
+    uri = single(h["x-forwarded-uri"]) ?? single(h["x-original-uri"]) ?? uri;
+  }
+  return { method, url: uri };
+}
+
+const DENIAL_FIELDS = [
+  "event",
+  "request_id",
+  "reason",
+  "key_id",
+  "client_ip",
+  "peer_ip",
+  "method",
+  "path",
+  "mode",
+  "listener",
+] as const;
+const DENIED_LINE = new LineFormat("warn", DENIAL_FIELDS, "request denied");
+const WOULD_DENY_LINE = new LineFormat("warn", DENIAL_FIELDS, "request would be denied (report mode): forwarded");
+const ACCESS_LINE = new LineFormat(
+  "info",
+  [
+    "event",
+    "request_id",
+    "method",
+    "path",
+    "status",
+    "outcome",
+    "decision",
+    "key_id",
+    "client_ip",
+    "duration_ms",
+    "listener",
+  ] as const,
+  "request",
+);
+
+/** Header values must be printable ASCII; messages are, but a client-chosen part never breaks the answer. */
+function headerSafe(s: string): string {
+  return /^[\x20-\x7e]*$/.test(s) ? s : s.replace(/[^\x20-\x7e]/g, "?");
+}
+
+const MALFORMED_BODY = '{"message":"malformed HTTP request"}';
+const MALFORMED =
+  "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nCache-Control: no-store\r\n" +
+  "X-Keyfence-Reason: bad_request\r\nX-Keyfence-Message: malformed HTTP request\r\n" +
+  `Content-Length: ${MALFORMED_BODY.length}\r\nConnection: close\r\n\r\n${MALFORMED_BODY}`;
+
+/** The decision listener. */
+export class DecisionServer {
+  readonly server: Server;
+  private readonly settings: StepSettings;
+  private active = 0;
+  private idleWaiters: Array<() => void> = [];
+
+  constructor(private readonly deps: DecisionDeps) {
+    const c = deps.config;
+    this.settings = {
+      mode: c.mode,
+      unknown: c.keys.unknown,
+      missing: c.keys.missing,
+      pingPath: c.pingPath,
+      places: compilePlaces(c.keys.credentials),
+    };
+    deps.metrics.countInflightWith(() => this.active);
+    this.server = createServer({
+      maxHeaderSize: SERVER_LIMITS.maxHeaderSize,
+      headersTimeout: SERVER_LIMITS.headersTimeout,
+      requestTimeout: SERVER_LIMITS.requestTimeout,
+      keepAliveTimeout: SERVER_LIMITS.keepAliveTimeout,
+    });
+    this.server.on("request", (req: IncomingMessage, res: ServerResponse) => this.handle(req, res));
+    // No "upgrade" listener: Node then hands Upgrade requests to the request handler, so
+    // they are asked about like any other and answered with a plain response, never a tunnel.
+    this.server.on("clientError", (err: NodeJS.ErrnoException, socket: Socket) => {
+      if (!socket.writable || err.code === "ECONNRESET") socket.destroy();
+      else socket.end(MALFORMED);
+    });
+  }
+
+  /** Starts listening; resolves with the bound address. */
+  listen(host: string, port: number): Promise<{ host: string; port: number }> {
+    return listenOn(this.server, host, port);
+  }
+
+  /** Stops accepting, lets in-flight questions finish for up to `timeoutMs`, then closes every connection. */
+  async drain(timeoutMs: number): Promise<{ cut: number }> {
+    const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    this.server.closeIdleConnections();
+    const idle = this.active === 0 ? Promise.resolve() : new Promise<void>((r) => this.idleWaiters.push(r));
+    let timer: NodeJS.Timeout | undefined;
+    const timedOut = new Promise<"timeout">((r) => {
+      timer = setTimeout(() => r("timeout"), timeoutMs);
+    });
+    const result = await Promise.race([idle.then(() => "idle" as const), timedOut]);
+    clearTimeout(timer);
+    const cut = result === "timeout" ? this.active : 0;
+    this.server.closeAllConnections();
+    await closed;
+    return { cut };
+  }
+
+  /** Counts, logs and remembers a decision as the proxy does. */
+  private account(e: Enforcement, client: ClientIp, method: string, requestId: () => string, t0: number): void {
+    const decision = e.decision;
+    const t1 = performance.now();
+    this.deps.metrics.decision(decision.outcome, (t1 - t0) / 1000);
+    const refused = decision.reason === "ip_not_allowed" || decision.reason === "invalid_client_ip";
+    if (decision.keyId !== undefined && client.ip !== undefined) {
+      this.deps.sources.record(decision.keyId, client.ip, refused, performance.timeOrigin + t1);
+    }
+    if (refused) {
+      (decision.forward ? WOULD_DENY_LINE : DENIED_LINE).write(this.deps.log, {
+        event: decision.forward ? "would_deny" : "denied",
+        request_id: requestId(),
+        reason: decision.reason,
+        key_id: decision.keyId,
+        client_ip: client.text,
+        peer_ip: client.peer,
+        method,
+        path: e.path,
+        mode: decision.mode,
+        listener: "decision",
+      });
+    }
+  }
+
+  private handle(req: IncomingMessage, res: ServerResponse): void {
+    const t0 = performance.now();
+    this.active++;
+    // Made only when something carries it (a refusal, a log line): an allowed answer has no body to explain.
+    let id: string | undefined;
+    const requestId = (): string => (id ??= requestIdOf(req));
+    const client = resolveClientIp(req.socket.remoteAddress, forwardedFor(req), this.deps.config.trustedProxies);
+    const original = originalRequest(req, client.peerTrusted);
+    // A body sent along (Traefik's forwardBody, Envoy's with_request_body) is never read: once answered, the connection closes.
+    if (!req.complete && hasBody(req.headers)) res.shouldKeepAlive = false;
+    const e = enforceFor(req.rawHeaders, original.url, client, this.deps.store.snapshot, this.settings);
+    const decision: Decision = e.decision;
+    this.account(e, client, original.method, requestId, t0);
+    if (e.plan.kind === "forward") {
+      const headers: Record<string, string | number> = { "content-length": 0 };
+      if (decision.keyId !== undefined) headers["x-keyfence-key-id"] = decision.keyId;
+      res.writeHead(200, headers);
+      res.end();
+    } else {
+      const plan = e.plan;
+      const headers: Record<string, string> = {
+        "x-keyfence-reason": plan.reason,
+        "x-keyfence-message": headerSafe(plan.message),
+        "x-request-id": requestId(),
+      };
+      if (plan.status === 401) headers["www-authenticate"] = 'Bearer realm="keyfence"';
+      if (decision.keyId !== undefined) headers["x-keyfence-key-id"] = decision.keyId;
+      sendJson(res, plan.status, plan.body ?? { message: plan.message }, headers);
+    }
+    const seconds = (performance.now() - t0) / 1000;
+    this.deps.metrics.request("answered", seconds);
+    if (this.deps.config.accessLog) {
+      ACCESS_LINE.write(this.deps.log, {
+        event: "access",
+        request_id: requestId(),
+        method: original.method,
+        path: e.path,
+        status: res.statusCode,
+        outcome: "answered",
+        decision: decision.outcome,
+        key_id: decision.keyId,
+        client_ip: client.text,
+        duration_ms: Math.round(seconds * 1e6) / 1000,
+        listener: "decision",
+      });
+    }
+    this.active--;
+    if (this.active === 0 && this.idleWaiters.length > 0) {
+      const waiters = this.idleWaiters;
+      this.idleWaiters = [];
+      for (const w of waiters) w();
+    }
+  }
+}
