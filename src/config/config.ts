@@ -266,7 +266,14 @@ export function parseConfig(file: string, text: string, env: NodeJS.ProcessEnv =
   let keys: Config["keys"] | undefined;
   if (keysRaw === undefined) y.fail([], 'missing field "keys" (with at least keys.file)');
   else {
-    const k = y.mapping(["keys"], keysRaw, ["file", "unknown", "missing", "max_entries", "credentials", ...STORE_FIELDS]);
+    const k = y.mapping(["keys"], keysRaw, [
+      "file",
+      "unknown",
+      "missing",
+      "max_entries",
+      "credentials",
+      ...STORE_FIELDS,
+    ]);
     if (k !== undefined) {
       const store = parseStoreConfig(y, k, dirname(file));
       // With Redis the keys file is optional: it only places the side files (audit log, code state).

@@ -5,6 +5,7 @@
  * proxy would and answers 200 (go on) or the proxy's own rejection. Nothing is
  * ever forwarded and no request body is ever read.
  */
+import { DenialLog } from "../metrics/denials.js";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { Socket } from "node:net";
 import { performance } from "node:perf_hooks";
@@ -106,10 +107,13 @@ const MALFORMED =
 export class DecisionServer {
   readonly server: Server;
   private readonly settings: StepSettings;
+  /** Denial lines limited per key, as on the proxy listener. */
+  private readonly denials: DenialLog;
   private active = 0;
   private idleWaiters: Array<() => void> = [];
 
   constructor(private readonly deps: DecisionDeps) {
+    this.denials = new DenialLog(deps.log);
     const c = deps.config;
     this.settings = {
       mode: c.mode,
@@ -165,7 +169,7 @@ export class DecisionServer {
     if (decision.keyId !== undefined && client.ip !== undefined) {
       this.deps.sources.record(decision.keyId, client.ip, refused, performance.timeOrigin + t1);
     }
-    if (refused) {
+    if (refused && this.denials.admit(decision.keyId ?? "", client.ip, performance.timeOrigin + t1)) {
       (decision.forward ? WOULD_DENY_LINE : DENIED_LINE).write(this.deps.log, {
         event: decision.forward ? "would_deny" : "denied",
         request_id: requestId(),

@@ -22,7 +22,7 @@ import type { LimitKind } from "../metrics/metrics.js";
 import { readBody } from "./body.js";
 import { ConnectionGate, proxyProtocolPrelude } from "../net/connections.js";
 import { ClientSlots, closeWhenIdle, LimitLog, UpstreamGate } from "./limits.js";
-import { DenialLog } from "./denials.js";
+import { DenialLog } from "../metrics/denials.js";
 import { pipeUpgrade, type Cuttable } from "./upgrade.js";
 import { LineFormat } from "../util/logline.js";
 

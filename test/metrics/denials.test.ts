@@ -4,7 +4,7 @@ import { Writable } from "node:stream";
 import { describe, test } from "node:test";
 import { createLogger } from "../../src/cli/sidecar.js";
 import { parseIp, type Ip } from "../../src/ip/address.js";
-import { DenialLog } from "../../src/proxy/denials.js";
+import { DenialLog } from "../../src/metrics/denials.js";
 import { bearer, send } from "../helpers/http.js";
 import { eventually, sidecarFixture, startTestSidecar } from "../helpers/sidecar.js";
 
@@ -123,5 +123,32 @@ describe("a denial flood through the proxy", () => {
       observed.map((o) => [o.network, o.requests, o.denied]),
       [["127.0.0.0/24", 150, 150]],
     );
+  });
+});
+
+describe("a denial flood through the decision listener", () => {
+  const fx = sidecarFixture((up) =>
+    startTestSidecar({
+      upstream: up.url,
+      keys: [{ id: "k_far", secret: "s_far", allow: ["203.0.113.0/24"] }],
+      config: { decision: { listen: "127.0.0.1:0" } },
+    }),
+  );
+  test("60 denials: at most 20 lines per second, the rest in summaries", async () => {
+    const n = fx.kf.logs.length;
+    const started = Date.now();
+    const rs = await Promise.all(
+      Array.from({ length: 60 }, () => send(`${fx.kf.decisionUrl}/x`, { headers: [bearer("s_far")] })),
+    );
+    for (const r of rs) assert.equal(r.status, 403);
+    const seconds = Math.floor(Date.now() / 1000) - Math.floor(started / 1000) + 1;
+    const mine = (): Array<Record<string, unknown>> => fx.kf.logs.slice(n).filter((l) => l["key_id"] === "k_far");
+    const logged = (): number => mine().filter((l) => l["event"] === "denied").length;
+    const summarised = (): number =>
+      mine()
+        .filter((l) => l["event"] === "denied_summary")
+        .reduce((sum, l) => sum + Number(l["count"]), 0);
+    await eventually(() => logged() + summarised() === 60, 5000, "every denial in a line or a summary");
+    assert.ok(logged() <= 20 * seconds, `${String(logged())} lines in ${String(seconds)} s`);
   });
 });
