@@ -11,7 +11,7 @@ import { SourceTracker } from "../src/metrics/sources.js";
 import { readBearer, secretHash } from "../src/policy/credential.js";
 import { decide } from "../src/policy/decide.js";
 import { MatcherCache, Snapshot } from "../src/store/snapshot.js";
-import { randomUuid } from "../src/util/uuid.js";
+import { randomUUID } from "node:crypto";
 import { machine, opsPerSecond, table } from "./lib.js";
 
 const MS = process.argv.includes("--quick") ? 150 : 500;
@@ -62,7 +62,7 @@ const steps: Array<[string, () => unknown, "enforce" | "adds" | "alt"]> = [
   ["metrics: decision counter + histogram", () => metrics.decision("allowed", 0.000004), "adds"],
   ["metrics: request histogram", () => metrics.request("forwarded", 0.0012), "adds"],
   ["observed sources record", () => sources.record("key_42", clientIp, false), "adds"],
-  ["request id (randomUuid)", () => randomUuid(), "adds"],
+  ["request id (crypto.randomUUID)", () => randomUUID(), "adds"],
   ["performance.now()", () => performance.now(), "adds"],
 ];
 

@@ -1,6 +1,6 @@
 /** Small HTTP helpers shared by both listeners. */
+import { randomUUID } from "node:crypto";
 import type { IncomingMessage, OutgoingHttpHeaders, Server, ServerResponse } from "node:http";
-import { randomUuid } from "./uuid.js";
 
 /** Writes a JSON answer that is never cached; a response already started is cut instead. */
 export function sendJson(res: ServerResponse, status: number, body: unknown, headers: OutgoingHttpHeaders = {}): void {
@@ -53,7 +53,7 @@ const REQUEST_ID = /^[A-Za-z0-9._:@/+=-]{1,128}$/;
 /** The client's X-Request-Id when it is one plain token of at most 128 characters; a fresh UUID otherwise. */
 export function requestIdOf(req: IncomingMessage): string {
   const h = req.headers["x-request-id"];
-  return typeof h === "string" && REQUEST_ID.test(h) ? h : randomUuid();
+  return typeof h === "string" && REQUEST_ID.test(h) ? h : randomUUID();
 }
 
 /** True when a request announces a body. */
