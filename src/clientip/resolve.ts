@@ -106,19 +106,6 @@ function hop(raw: string): Hop {
   return { ip, text: ip === undefined ? raw : formatIp(ip) };
 }
 
-// The socket peer of consecutive requests is usually the same address (the
-// load balancer in front, or one busy client): remember the last one parsed.
-let lastPeerRaw = "";
-let lastPeer: Hop = hop("");
-
-function peerHop(raw: string): Hop {
-  if (raw !== lastPeerRaw) {
-    lastPeer = hop(raw);
-    lastPeerRaw = raw;
-  }
-  return lastPeer;
-}
-
 /**
  * Splits an X-Forwarded-For value (repeated header lines already joined with
  * commas) into entries, right-most first; empty entries and optional
@@ -150,7 +137,7 @@ export function resolveClientIp(
   forwardedFor: string | undefined,
   trust: CompiledTrust,
 ): ClientIp {
-  const peer = peerHop(peerRaw ?? "");
+  const peer = hop(peerRaw ?? "");
   if (trust.none || !trust.trust(peer.ip, 0)) {
     return { peer: peer.text, ip: peer.ip, text: peer.text, peerTrusted: false, forwardedFor };
   }

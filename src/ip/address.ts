@@ -83,6 +83,9 @@ function hexValue(c: number): number {
   return -1;
 }
 
+// The core's one piece of module state: a scratch array that scanV6 fills and
+// fill() reads within the same synchronous call, so no value survives a call
+// and nothing can interleave (it saves an allocation per IPv6 parse).
 const groups = new Array<number>(8);
 
 /** Parses s[start, end) as RFC 4291 IPv6 text; returns the address or undefined. */
