@@ -5,7 +5,7 @@
  * proxy would and answers 200 (go on) or the proxy's own rejection. Nothing is
  * ever forwarded and no request body is ever read.
  */
-import { DenialLog } from "../metrics/denials.js";
+import { ACCESS_LINE, DENIED_LINE, DenialLog, WOULD_DENY_LINE } from "../metrics/denials.js";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { Socket } from "node:net";
 import { performance } from "node:perf_hooks";
@@ -19,7 +19,6 @@ import type { Decision } from "../policy/decide.js";
 import { enforceFor, type Enforcement, type StepSettings } from "../policy/enforce.js";
 import type { KeyStore } from "../store/store.js";
 import { forwardedFor, hasBody, listenOn, requestIdOf, sendJson, SERVER_LIMITS } from "../util/http.js";
-import { LineFormat } from "../util/logline.js";
 
 /** What the decision listener needs: the same parts as the proxy's, so decisions count, log and observe alike. */
 export interface DecisionDeps {
@@ -59,38 +58,6 @@ export function originalRequest(req: IncomingMessage, peerTrusted: boolean): Ori
   }
   return { method, url: uri };
 }
-
-const DENIAL_FIELDS = [
-  "event",
-  "request_id",
-  "reason",
-  "key_id",
-  "client_ip",
-  "peer_ip",
-  "method",
-  "path",
-  "mode",
-  "listener",
-] as const;
-const DENIED_LINE = new LineFormat("warn", DENIAL_FIELDS, "request denied");
-const WOULD_DENY_LINE = new LineFormat("warn", DENIAL_FIELDS, "request would be denied (report mode): forwarded");
-const ACCESS_LINE = new LineFormat(
-  "info",
-  [
-    "event",
-    "request_id",
-    "method",
-    "path",
-    "status",
-    "outcome",
-    "decision",
-    "key_id",
-    "client_ip",
-    "duration_ms",
-    "listener",
-  ] as const,
-  "request",
-);
 
 /** Header values must be printable ASCII; messages are, but a client-chosen part never breaks the answer. */
 function headerSafe(s: string): string {

@@ -7,6 +7,47 @@
  */
 import type { Logger } from "pino";
 import { formatCidr, type Ip } from "../ip/address.js";
+import { LineFormat } from "../util/logline.js";
+
+/** Fields of a denial line (`listener` is set by listeners other than the proxy). */
+const DENIAL_FIELDS = [
+  "event",
+  "request_id",
+  "reason",
+  "key_id",
+  "client_ip",
+  "peer_ip",
+  "method",
+  "path",
+  "mode",
+  "listener",
+] as const;
+/** The line of a request refused by its key's allow list (or its client IP). */
+export const DENIED_LINE = new LineFormat("warn", DENIAL_FIELDS, "request denied");
+/** The line of a request report mode forwarded although its key's list would refuse it. */
+export const WOULD_DENY_LINE = new LineFormat(
+  "warn",
+  DENIAL_FIELDS,
+  "request would be denied (report mode): forwarded",
+);
+/** The access log line (`access_log: true`), one per request. */
+export const ACCESS_LINE = new LineFormat(
+  "info",
+  [
+    "event",
+    "request_id",
+    "method",
+    "path",
+    "status",
+    "outcome",
+    "decision",
+    "key_id",
+    "client_ip",
+    "duration_ms",
+    "listener",
+  ] as const,
+  "request",
+);
 
 /** Lines a key may write per second before its denials are summarised (the issue's 20/s). */
 export const DENIAL_LINES_PER_SECOND = 20;

@@ -22,9 +22,8 @@ import type { LimitKind } from "../metrics/metrics.js";
 import { readBody } from "./body.js";
 import { ConnectionGate, proxyProtocolPrelude } from "../net/connections.js";
 import { ClientSlots, closeWhenIdle, LimitLog, UpstreamGate } from "./limits.js";
-import { DenialLog } from "../metrics/denials.js";
+import { ACCESS_LINE, DENIED_LINE, DenialLog, WOULD_DENY_LINE } from "../metrics/denials.js";
 import { pipeUpgrade, type Cuttable } from "./upgrade.js";
-import { LineFormat } from "../util/logline.js";
 
 /** What the proxy listener needs. */
 export interface ProxyDeps {
@@ -34,36 +33,6 @@ export interface ProxyDeps {
   readonly sources: SourceTracker;
   readonly log: Logger;
 }
-
-const DENIAL_FIELDS = [
-  "event",
-  "request_id",
-  "reason",
-  "key_id",
-  "client_ip",
-  "peer_ip",
-  "method",
-  "path",
-  "mode",
-] as const;
-const DENIED_LINE = new LineFormat("warn", DENIAL_FIELDS, "request denied");
-const WOULD_DENY_LINE = new LineFormat("warn", DENIAL_FIELDS, "request would be denied (report mode): forwarded");
-const ACCESS_LINE = new LineFormat(
-  "info",
-  [
-    "event",
-    "request_id",
-    "method",
-    "path",
-    "status",
-    "outcome",
-    "decision",
-    "key_id",
-    "client_ip",
-    "duration_ms",
-  ] as const,
-  "request",
-);
 
 /** Moved to the enforcement step; re-exported for existing importers. */
 export { requestTarget } from "../policy/enforce.js";
@@ -197,6 +166,7 @@ export class ProxyServer {
         method: req.method,
         path: e.path,
         mode: decision.mode,
+        listener: undefined,
       });
     }
     return e;
@@ -320,6 +290,7 @@ export class ProxyServer {
         key_id: decision.keyId,
         client_ip: decision.client.text,
         duration_ms: Math.round(seconds * 1e6) / 1000,
+        listener: undefined,
       });
     }
     this.end();
