@@ -23,6 +23,8 @@ test("kill -9 during a stream of writes: the file is old or new, never torn; ans
     const child = kf.child;
     const answered: string[] = [];
     let stop = false;
+    let enoughAnswered: () => void = () => undefined;
+    const enough = new Promise<void>((r) => (enoughAnswered = r));
     const writer = async (w: number): Promise<void> => {
       for (let i = 0; !stop; i++) {
         try {
@@ -33,13 +35,15 @@ test("kill -9 during a stream of writes: the file is old or new, never torn; ans
             timeoutMs: 2000,
           });
           if (r.status === 201) answered.push((r.json() as { id: string }).id);
+          if (answered.length >= 6) enoughAnswered();
         } catch {
           return; // the process is gone
         }
       }
     };
     const writers = [0, 1, 2, 3].map(writer);
-    await new Promise((r) => setTimeout(r, 400));
+    // Kill once some writes were answered (and more are in flight), however slow the machine.
+    await Promise.race([enough, new Promise((r) => setTimeout(r, 15_000).unref())]);
     child.kill("SIGKILL");
     await kf.exited;
     stop = true;
