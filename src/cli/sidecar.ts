@@ -9,12 +9,13 @@ import { Registry } from "prom-client";
 import { registerApi } from "../admin/api.js";
 import { AuditLog } from "../admin/audit.js";
 import { Authenticator } from "../admin/auth.js";
-import { MemoryAttemptLimit } from "../admin/attempts.js";
-import { Confirmations, FileCodeState } from "../admin/confirm.js";
+import { MemoryAttemptLimit, type AttemptLimit } from "../admin/attempts.js";
+import { Confirmations, FileCodeState, type CodeState } from "../admin/confirm.js";
 import { KeysService } from "../admin/keys.js";
 import { AdminServer } from "../admin/server.js";
 import { registerDashboard } from "../admin/dashboard/routes.js";
-import { MemorySessionStore } from "../admin/sessions.js";
+import { RedisAttemptLimit, RedisCodeState, RedisSessionStore } from "../admin/redis-state.js";
+import { MemorySessionStore, type SessionStore } from "../admin/sessions.js";
 import { formatListen, isLoopback, type Config } from "../config/config.js";
 import { DecisionServer } from "../decision/server.js";
 import { Metrics } from "../metrics/metrics.js";
@@ -192,12 +193,25 @@ export async function startSidecar(
         : (id: string) => Promise.resolve(sources.sources(id));
       const files = sideFiles(config.keys.file);
       const audit = await AuditLog.open(files.audit, config.admin.audit);
-      const attempts = new MemoryAttemptLimit({ max: AUTH_FAILURES_PER_MINUTE, windowMs: 60_000 });
-      const sessions = new MemorySessionStore({
+      const limit = { max: AUTH_FAILURES_PER_MINUTE, windowMs: 60_000 };
+      const lifetimes = {
         idleMs: config.admin.sessionIdleMs,
         maxAgeMs: config.admin.sessionMaxAgeMs,
         confirmWindowMs: config.admin.confirmWindowMs,
-      });
+      };
+      // With Redis, replicas share the limit, the code state and the sessions (SPEC §6).
+      let attempts: AttemptLimit;
+      let sessions: SessionStore;
+      let codes: CodeState;
+      if (store instanceof RedisKeyStore) {
+        attempts = new RedisAttemptLimit(store, limit);
+        sessions = new RedisSessionStore(store, config.admin.operators, lifetimes);
+        codes = new RedisCodeState(store);
+      } else {
+        attempts = new MemoryAttemptLimit(limit);
+        sessions = new MemorySessionStore(lifetimes);
+        codes = new FileCodeState(files.otpState);
+      }
       const auth = new Authenticator(config.admin.operators, store, attempts, sessions);
       const keys = new KeysService({
         store,
@@ -206,7 +220,7 @@ export async function startSidecar(
         globalMode: config.mode,
         log,
       });
-      const confirmations = new Confirmations(new FileCodeState(files.otpState));
+      const confirmations = new Confirmations(codes);
       registerApi(admin, { keys, audit, auth, confirmations, sources: sourcesOf, trust: config.trustedProxies });
       registerDashboard(admin, {
         keys,

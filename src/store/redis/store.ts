@@ -196,6 +196,9 @@ const HEAD = `return {redis.call('GET', KEYS[2]) or '', redis.call('GET', KEYS[1
 
 type Client = ReturnType<typeof createClient>;
 
+/** The store's Redis connection, lent to the admin state shared through the same Redis (sessions, codes, attempts). */
+export type RedisClient = Client;
+
 function strings(reply: unknown): string[] {
   if (!Array.isArray(reply)) throw new Error("internal: unexpected reply from a keyfence script");
   return reply.map((x) => (typeof x === "string" ? x : String(x)));
@@ -270,6 +273,29 @@ export class RedisKeyStore implements KeyStore {
 
   get description(): string {
     return `Redis ${this.options.displayUrl} (prefix ${JSON.stringify(this.options.prefix)})`;
+  }
+
+  /** The key prefix under which this store, and the admin state shared beside it, live. */
+  get prefix(): string {
+    return this.options.prefix;
+  }
+
+  /**
+   * Runs `command` on the store's connection. Throws {@link StoreUnavailableError}
+   * when Redis is not connected or the command fails, so callers fail closed.
+   */
+  async command<T>(command: (client: RedisClient) => Promise<T>): Promise<T> {
+    const client = this.client;
+    if (client === undefined || !this.connected || this.closed) {
+      throw new StoreUnavailableError(this.state.reason || `the key store ${this.description} is unavailable`);
+    }
+    try {
+      return await command(client);
+    } catch (err) {
+      throw new StoreUnavailableError(`the key store ${this.description} is unreachable: ${(err as Error).message}`, {
+        cause: err,
+      });
+    }
   }
 
   /** The store version the snapshot reflects (0 before the first sync). */

@@ -1,0 +1,226 @@
+/**
+ * The admin state replicas share through the Redis key store (SPEC §6):
+ * confirmation-code state, the failed-attempt limit and dashboard sessions,
+ * under the store's prefix and on its connection. Every check is one atomic
+ * script; when Redis cannot be reached they throw StoreUnavailableError
+ * (503 `store_unavailable`) rather than skip the limit or the one-use check.
+ */
+import { randomBytes } from "node:crypto";
+import type { Operator } from "../config/config.js";
+import { secretHash } from "../policy/credential.js";
+import type { RedisKeyStore } from "../store/redis/store.js";
+import type { AttemptLimit, AttemptLimitOptions, AttemptOutcome } from "./attempts.js";
+import type { CodeState } from "./confirm.js";
+import type { Session, SessionOptions, SessionStore } from "./sessions.js";
+
+/** KEYS: the operator's last-step key. ARGV: step. Compare-and-set: 1 when `step` is later than the stored one. */
+const CLAIM = `
+local last = tonumber(redis.call('GET', KEYS[1]) or '-1')
+if tonumber(ARGV[1]) <= last then return 0 end
+redis.call('SET', KEYS[1], ARGV[1])
+return 1
+`;
+
+/** The last accepted TOTP step per operator, at `<prefix>otp:<operator>`. */
+export class RedisCodeState implements CodeState {
+  constructor(private readonly store: RedisKeyStore) {}
+
+  async claim(operator: string, step: number): Promise<boolean> {
+    const key = `${this.store.prefix}otp:${operator}`;
+    const reply = await this.store.command((c) => c.eval(CLAIM, { keys: [key], arguments: [String(step)] }));
+    return reply === 1;
+  }
+}
+
+/**
+ * KEYS: the client's attempt log (a sorted set, start time → random member).
+ * ARGV: now, window ms, max, member. Drops starts older than the window;
+ * reserves one when fewer than max remain and returns {1}, else {0, oldest}.
+ */
+const RESERVE = `
+local now, window, max = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+if redis.call('ZCARD', KEYS[1]) >= max then
+  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  return {0, oldest[2]}
+end
+if ARGV[4] ~= '' then
+  redis.call('ZADD', KEYS[1], now, ARGV[4])
+  redis.call('PEXPIRE', KEYS[1], window)
+end
+return {1, '0'}
+`;
+
+/**
+ * The failed-attempt limit shared by replicas, at `<prefix>attempts:<client>`:
+ * the same sliding log as {@link MemoryAttemptLimit}, reserved atomically
+ * in Redis before the verification runs and refunded (removed) after a
+ * success or an error.
+ */
+export class RedisAttemptLimit implements AttemptLimit {
+  private readonly now: () => number;
+
+  constructor(
+    private readonly store: RedisKeyStore,
+    private readonly options: AttemptLimitOptions,
+  ) {
+    this.now = options.now ?? Date.now;
+  }
+
+  private key(client: string): string {
+    return `${this.store.prefix}attempts:${client}`;
+  }
+
+  /** Reserves an attempt (`member` non-empty) or only checks; the seconds to wait, 0 when reserved or free. */
+  private async reserve(client: string, member: string): Promise<number> {
+    const now = this.now();
+    const reply = await this.store.command((c) =>
+      c.eval(RESERVE, {
+        keys: [this.key(client)],
+        arguments: [String(now), String(this.options.windowMs), String(this.options.max), member],
+      }),
+    );
+    if (!Array.isArray(reply)) throw new Error("internal: unexpected reply from the attempt script");
+    const [ok, oldest] = reply as unknown[];
+    if (ok === 1) return 0;
+    return Math.max(1, Math.ceil((Number(oldest) + this.options.windowMs - now) / 1000));
+  }
+
+  async attempt<T>(
+    client: string,
+    verify: () => T | Promise<T>,
+    succeeded: (result: T) => boolean,
+  ): Promise<AttemptOutcome<T>> {
+    const member = randomBytes(12).toString("base64url");
+    const wait = await this.reserve(client, member);
+    if (wait > 0) return { limited: true, retryAfterS: wait };
+    const refund = (): Promise<unknown> => this.store.command((c) => c.zRem(this.key(client), member));
+    let result: T;
+    try {
+      result = await verify();
+    } catch (err) {
+      await refund().catch(() => undefined);
+      throw err;
+    }
+    if (succeeded(result)) await refund();
+    return { limited: false, result };
+  }
+
+  async retryAfter(client: string): Promise<number> {
+    return this.reserve(client, "");
+  }
+}
+
+/** KEYS: the session. ARGV: seen, ttl ms. Touches a session that still exists. */
+const TOUCH = `
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'seen', ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+`;
+
+/** KEYS: the session. ARGV: confirmed at. Records a re-confirmation of a session that still exists. */
+const CONFIRM = `
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'confirmed', ARGV[1])
+return 1
+`;
+
+/**
+ * Dashboard sessions shared by replicas: a hash per session at
+ * `<prefix>session:<SHA-256 of the cookie>` (operator name, CSRF token,
+ * times), expiring after the idle time or at the maximum age, whichever
+ * comes first. A session whose operator left the configuration is gone.
+ */
+export class RedisSessionStore implements SessionStore {
+  private readonly now: () => number;
+  private readonly operators: ReadonlyMap<string, Operator>;
+
+  constructor(
+    private readonly store: RedisKeyStore,
+    operators: readonly Operator[],
+    readonly options: SessionOptions,
+  ) {
+    this.now = options.now ?? Date.now;
+    this.operators = new Map(operators.map((o) => [o.name, o]));
+  }
+
+  private key(id: string): string {
+    return `${this.store.prefix}session:${id}`;
+  }
+
+  /** How long the session may live from `t` on. */
+  private ttl(created: number, t: number): number {
+    return Math.max(1, Math.min(this.options.idleMs, created + this.options.maxAgeMs - t));
+  }
+
+  async create(operator: Operator): Promise<{ cookie: string; session: Session }> {
+    const cookie = randomBytes(32).toString("base64url");
+    const t = this.now();
+    const session: Session = {
+      id: secretHash(cookie),
+      operator,
+      csrf: randomBytes(24).toString("base64url"),
+      created: t,
+      seen: t,
+      confirmedAt: undefined,
+    };
+    const key = this.key(session.id);
+    await this.store.command((c) =>
+      c
+        .multi()
+        .hSet(key, { operator: operator.name, csrf: session.csrf, created: String(t), seen: String(t) })
+        .pExpire(key, this.ttl(t, t))
+        .exec(),
+    );
+    return { cookie, session };
+  }
+
+  async get(cookie: string | undefined): Promise<Session | undefined> {
+    if (cookie === undefined || cookie === "") return undefined;
+    const id = secretHash(cookie);
+    const key = this.key(id);
+    const h = await this.store.command((c) => c.hGetAll(key));
+    const operator = this.operators.get(h["operator"] ?? "");
+    const created = Number(h["created"]);
+    const seen = Number(h["seen"]);
+    const csrf = h["csrf"];
+    const t = this.now();
+    if (operator === undefined || csrf === undefined || !Number.isFinite(created) || !Number.isFinite(seen)) {
+      return undefined;
+    }
+    if (t - seen > this.options.idleMs || t - created > this.options.maxAgeMs) {
+      await this.store.command((c) => c.del(key));
+      return undefined;
+    }
+    const touched = await this.store.command((c) =>
+      c.eval(TOUCH, { keys: [key], arguments: [String(t), String(this.ttl(created, t))] }),
+    );
+    if (touched !== 1) return undefined;
+    const confirmed = h["confirmed"] === undefined ? undefined : Number(h["confirmed"]);
+    return {
+      id,
+      operator,
+      csrf,
+      created,
+      seen: t,
+      confirmedAt: confirmed !== undefined && Number.isFinite(confirmed) ? confirmed : undefined,
+    };
+  }
+
+  async end(cookie: string | undefined): Promise<void> {
+    if (!cookie) return;
+    const key = this.key(secretHash(cookie));
+    await this.store.command((c) => c.del(key));
+  }
+
+  async confirm(session: Session): Promise<void> {
+    const t = this.now();
+    await this.store.command((c) => c.eval(CONFIRM, { keys: [this.key(session.id)], arguments: [String(t)] }));
+    session.confirmedAt = t;
+  }
+
+  recentlyConfirmed(session: Session): boolean {
+    return session.confirmedAt !== undefined && this.now() - session.confirmedAt <= this.options.confirmWindowMs;
+  }
+}
