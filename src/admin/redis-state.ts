@@ -8,10 +8,20 @@
 import { randomBytes } from "node:crypto";
 import type { Operator } from "../config/config.js";
 import { secretHash } from "../policy/credential.js";
-import type { RedisKeyStore } from "../store/redis/store.js";
+import type { createClient } from "redis";
 import type { AttemptLimit, AttemptLimitOptions, AttemptOutcome } from "./attempts.js";
 import type { CodeState } from "./confirm.js";
 import type { Session, SessionOptions, SessionStore } from "./sessions.js";
+
+/**
+ * The connection and key prefix of the Redis key store (which implements
+ * this), lent to the state shared beside it: `command` throws
+ * StoreUnavailableError when Redis cannot be reached.
+ */
+export interface RedisConnection {
+  readonly prefix: string;
+  command<T>(command: (client: ReturnType<typeof createClient>) => Promise<T>): Promise<T>;
+}
 
 /** KEYS: the operator's last-step key. ARGV: step. Compare-and-set: 1 when `step` is later than the stored one. */
 const CLAIM = `
@@ -23,7 +33,7 @@ return 1
 
 /** The last accepted TOTP step per operator, at `<prefix>otp:<operator>`. */
 export class RedisCodeState implements CodeState {
-  constructor(private readonly store: RedisKeyStore) {}
+  constructor(private readonly store: RedisConnection) {}
 
   async claim(operator: string, step: number): Promise<boolean> {
     const key = `${this.store.prefix}otp:${operator}`;
@@ -61,7 +71,7 @@ export class RedisAttemptLimit implements AttemptLimit {
   private readonly now: () => number;
 
   constructor(
-    private readonly store: RedisKeyStore,
+    private readonly store: RedisConnection,
     private readonly options: AttemptLimitOptions,
   ) {
     this.now = options.now ?? Date.now;
@@ -137,7 +147,7 @@ export class RedisSessionStore implements SessionStore {
   private readonly operators: ReadonlyMap<string, Operator>;
 
   constructor(
-    private readonly store: RedisKeyStore,
+    private readonly store: RedisConnection,
     operators: readonly Operator[],
     readonly options: SessionOptions,
   ) {
