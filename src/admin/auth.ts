@@ -127,18 +127,26 @@ export class Authenticator {
     }
     const hash = secretHash(bearer.token);
     type Found = { operator: Operator } | { policy: KeyPolicy; record: KeyRecord } | undefined;
-    const found = await this.attempt(
-      client,
-      (): Found => {
-        const operator = this.operatorByTokenHash(hash);
-        if (operator) return { operator };
-        const snapshot = this.store.snapshot;
-        const policy = snapshot.lookup(hash);
-        const record = snapshot.recordByHash(hash);
-        return policy === undefined || record === undefined ? undefined : { policy, record };
-      },
-      (r) => r !== undefined,
-    );
+    const lookup = (): Found => {
+      const operator = this.operatorByTokenHash(hash);
+      if (operator) return { operator };
+      const snapshot = this.store.snapshot;
+      const policy = snapshot.lookup(hash);
+      const record = snapshot.recordByHash(hash);
+      return policy === undefined || record === undefined ? undefined : { policy, record };
+    };
+    // A token's lookup is local and has no side effect, so it runs first: a
+    // known token holds no attempt (concurrent API calls of one script, also
+    // through replicas sharing a Redis limit, are never limited) but is still
+    // refused while the client is locked out; an unknown one is counted
+    // atomically before its answer, so only 10 a minute get a verdict.
+    let found = lookup();
+    if (found !== undefined) {
+      const wait = await this.attempts.retryAfter(client.text);
+      if (wait > 0) throw tooManyAttempts(wait);
+    } else {
+      found = await this.attempt(client, lookup, (r) => r !== undefined);
+    }
     if (found !== undefined && "operator" in found) return { kind: "operator", operator: found.operator, via: "token" };
     if (found === undefined) {
       throw new ApiError(401, "invalid_credential", "invalid credential", undefined, {
