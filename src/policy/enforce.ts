@@ -1,5 +1,5 @@
 /**
- * The enforcement step (DESIGN "The flow of one request"): one pure function
+ * The enforcement step (docs/ARCHITECTURE.md, "One request"): one pure function
  * from what a request carries to a decision and the plan of what to answer.
  * Every entry point calls it (the proxy's requests, upgrades and ping, the
  * management API's key callers, the decision endpoint) and only carries out
