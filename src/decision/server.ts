@@ -5,18 +5,18 @@
  * proxy would and answers 200 (go on) or the proxy's own rejection. Nothing is
  * ever forwarded and no request body is ever read.
  */
-import { ACCESS_LINE, DENIED_LINE, DenialLog, WOULD_DENY_LINE } from "../metrics/denials.js";
+import { ACCESS_LINE, DecisionRecorder } from "../metrics/denials.js";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { Socket } from "node:net";
 import { performance } from "node:perf_hooks";
 import type { Logger } from "pino";
-import { resolveClientIp, type ClientIp } from "../clientip/resolve.js";
+import { resolveClientIp } from "../clientip/resolve.js";
 import type { Config } from "../config/config.js";
 import type { Metrics } from "../metrics/metrics.js";
 import type { SourceTracker } from "../metrics/sources.js";
 import { compilePlaces } from "../policy/credential.js";
 import type { Decision } from "../policy/decide.js";
-import { enforceFor, type Enforcement, type StepSettings } from "../policy/enforce.js";
+import { enforceFor, type StepSettings } from "../policy/enforce.js";
 import type { KeyStore } from "../store/store.js";
 import { forwardedFor, hasBody, listenOn, requestIdOf, sendJson, SERVER_LIMITS } from "../util/http.js";
 
@@ -74,13 +74,13 @@ const MALFORMED =
 export class DecisionServer {
   readonly server: Server;
   private readonly settings: StepSettings;
-  /** Denial lines limited per key, as on the proxy listener. */
-  private readonly denials: DenialLog;
+  /** Metrics, observed sources and denial lines, as on the proxy listener. */
+  private readonly recorder: DecisionRecorder;
   private active = 0;
   private idleWaiters: Array<() => void> = [];
 
   constructor(private readonly deps: DecisionDeps) {
-    this.denials = new DenialLog(deps.log);
+    this.recorder = new DecisionRecorder(deps.metrics, deps.sources, deps.log, "decision");
     const c = deps.config;
     this.settings = {
       mode: c.mode,
@@ -127,31 +127,6 @@ export class DecisionServer {
     return { cut };
   }
 
-  /** Counts, logs and remembers a decision as the proxy does. */
-  private account(e: Enforcement, client: ClientIp, method: string, requestId: () => string, t0: number): void {
-    const decision = e.decision;
-    const t1 = performance.now();
-    this.deps.metrics.decision(decision.outcome, (t1 - t0) / 1000);
-    const refused = decision.reason === "ip_not_allowed" || decision.reason === "invalid_client_ip";
-    if (decision.keyId !== undefined && client.ip !== undefined) {
-      this.deps.sources.record(decision.keyId, client.ip, refused, performance.timeOrigin + t1);
-    }
-    if (refused && this.denials.admit(decision.keyId ?? "", client.ip, performance.timeOrigin + t1)) {
-      (decision.forward ? WOULD_DENY_LINE : DENIED_LINE).write(this.deps.log, {
-        event: decision.forward ? "would_deny" : "denied",
-        request_id: requestId(),
-        reason: decision.reason,
-        key_id: decision.keyId,
-        client_ip: client.text,
-        peer_ip: client.peer,
-        method,
-        path: e.path,
-        mode: decision.mode,
-        listener: "decision",
-      });
-    }
-  }
-
   private handle(req: IncomingMessage, res: ServerResponse): void {
     const t0 = performance.now();
     this.active++;
@@ -164,7 +139,7 @@ export class DecisionServer {
     if (!req.complete && hasBody(req.headers)) res.shouldKeepAlive = false;
     const e = enforceFor(req.rawHeaders, original.url, client, this.deps.store.snapshot, this.settings);
     const decision: Decision = e.decision;
-    this.account(e, client, original.method, requestId, t0);
+    this.recorder.record(e, original.method, requestId, t0);
     if (e.plan.kind === "forward") {
       const headers: Record<string, string | number> = { "content-length": 0 };
       if (decision.keyId !== undefined) headers["x-keyfence-key-id"] = decision.keyId;

@@ -7,7 +7,11 @@
  */
 import type { Logger } from "pino";
 import { formatCidr, type Ip } from "../ip/address.js";
+import { performance } from "node:perf_hooks";
+import type { Enforcement } from "../policy/enforce.js";
 import { LineFormat } from "../util/logline.js";
+import type { Metrics } from "./metrics.js";
+import type { SourceTracker } from "./sources.js";
 
 /** Fields of a denial line (`listener` is set by listeners other than the proxy). */
 const DENIAL_FIELDS = [
@@ -192,5 +196,50 @@ export class DenialLog {
       },
       `${String(w.folded)} more denials of this key in that second (${String(w.lines)} logged one by one)`,
     );
+  }
+}
+
+/**
+ * What every listener reports of each decision, the same way: the decision
+ * counter and histogram, the key's observed sources, and the denial line
+ * (limited per key by {@link DenialLog}).
+ */
+export class DecisionRecorder {
+  private readonly denials: DenialLog;
+
+  constructor(
+    private readonly metrics: Metrics,
+    private readonly sources: SourceTracker,
+    private readonly log: Logger,
+    /** Named in denial lines; undefined for the proxy listener. */
+    private readonly listener: string | undefined,
+  ) {
+    this.denials = new DenialLog(log);
+  }
+
+  /** Records `e`, decided from `t0` (performance.now()); `requestId` is called only when a line is written. */
+  record(e: Enforcement, method: string | undefined, requestId: string | (() => string), t0: number): void {
+    const decision = e.decision;
+    const client = decision.client;
+    const t1 = performance.now();
+    this.metrics.decision(decision.outcome, e.target === undefined ? 0 : (t1 - t0) / 1000);
+    const refused = decision.reason === "ip_not_allowed" || decision.reason === "invalid_client_ip";
+    if (decision.keyId !== undefined && client.ip !== undefined) {
+      this.sources.record(decision.keyId, client.ip, refused, performance.timeOrigin + t1);
+    }
+    if (refused && this.denials.admit(decision.keyId ?? "", client.ip, performance.timeOrigin + t1)) {
+      (decision.forward ? WOULD_DENY_LINE : DENIED_LINE).write(this.log, {
+        event: decision.forward ? "would_deny" : "denied",
+        request_id: typeof requestId === "string" ? requestId : requestId(),
+        reason: decision.reason,
+        key_id: decision.keyId,
+        client_ip: client.text,
+        peer_ip: client.peer,
+        method,
+        path: e.path,
+        mode: decision.mode,
+        listener: this.listener,
+      });
+    }
   }
 }

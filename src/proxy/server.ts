@@ -22,7 +22,7 @@ import type { LimitKind } from "../metrics/metrics.js";
 import { readBody } from "./body.js";
 import { ConnectionGate, proxyProtocolPrelude } from "../net/connections.js";
 import { ClientSlots, closeWhenIdle, LimitLog, UpstreamGate } from "./limits.js";
-import { ACCESS_LINE, DENIED_LINE, DenialLog, WOULD_DENY_LINE } from "../metrics/denials.js";
+import { ACCESS_LINE, DecisionRecorder } from "../metrics/denials.js";
 import { pipeUpgrade, type Cuttable } from "./upgrade.js";
 
 /** What the proxy listener needs. */
@@ -47,7 +47,7 @@ export class ProxyServer {
   private readonly upgraded = new Set<Cuttable | Duplex>();
   private readonly settings: EnforceSettings;
   private active = 0;
-  private readonly denials: DenialLog;
+  private readonly recorder: DecisionRecorder;
   private idleWaiters: Array<() => void> = [];
   /** This process's share of `limits` (all of it unless in a cluster). */
   private readonly limits: Limits;
@@ -68,7 +68,7 @@ export class ProxyServer {
       places: compilePlaces(c.keys.credentials),
     };
     deps.metrics.countInflightWith(() => this.active);
-    this.denials = new DenialLog(deps.log);
+    this.recorder = new DecisionRecorder(deps.metrics, deps.sources, deps.log, undefined);
     this.forwarder = new Forwarder({ upstream: c.upstream, timeoutMs: c.upstreamTimeoutMs });
     this.server = createServer({
       maxHeaderSize: SERVER_LIMITS.maxHeaderSize,
@@ -147,28 +147,7 @@ export class ProxyServer {
       this.deps.store.snapshot,
       this.settings,
     );
-    const decision = e.decision;
-    const client = decision.client;
-    const t1 = performance.now();
-    this.deps.metrics.decision(decision.outcome, e.target === undefined ? 0 : (t1 - t0) / 1000);
-    const refused = decision.reason === "ip_not_allowed" || decision.reason === "invalid_client_ip";
-    if (decision.keyId !== undefined && client.ip !== undefined) {
-      this.deps.sources.record(decision.keyId, client.ip, refused, performance.timeOrigin + t1);
-    }
-    if (refused && this.denials.admit(decision.keyId ?? "", client.ip, performance.timeOrigin + t1)) {
-      (decision.forward ? WOULD_DENY_LINE : DENIED_LINE).write(this.deps.log, {
-        event: decision.forward ? "would_deny" : "denied",
-        request_id: requestId,
-        reason: decision.reason,
-        key_id: decision.keyId,
-        client_ip: client.text,
-        peer_ip: client.peer,
-        method: req.method,
-        path: e.path,
-        mode: decision.mode,
-        listener: undefined,
-      });
-    }
+    this.recorder.record(e, req.method, requestId, t0);
     return e;
   }
 
