@@ -11,7 +11,14 @@ import { secretHash } from "../policy/credential.js";
 import type { createClient } from "redis";
 import type { AttemptLimit, AttemptLimitOptions, AttemptOutcome } from "./attempts.js";
 import type { CodeState } from "./confirm.js";
-import type { Session, SessionOptions, SessionStore } from "./sessions.js";
+import {
+  confirmedWithin,
+  newSession,
+  sessionExpired,
+  type Session,
+  type SessionOptions,
+  type SessionStore,
+} from "./sessions.js";
 
 /**
  * The connection and key prefix of the Redis key store (which implements
@@ -165,16 +172,8 @@ export class RedisSessionStore implements SessionStore {
   }
 
   async create(operator: Operator): Promise<{ cookie: string; session: Session }> {
-    const cookie = randomBytes(32).toString("base64url");
     const t = this.now();
-    const session: Session = {
-      id: secretHash(cookie),
-      operator,
-      csrf: randomBytes(24).toString("base64url"),
-      created: t,
-      seen: t,
-      confirmedAt: undefined,
-    };
+    const { cookie, session } = newSession(operator, t);
     const key = this.key(session.id);
     await this.store.command((c) =>
       c
@@ -199,7 +198,7 @@ export class RedisSessionStore implements SessionStore {
     if (operator === undefined || csrf === undefined || !Number.isFinite(created) || !Number.isFinite(seen)) {
       return undefined;
     }
-    if (t - seen > this.options.idleMs || t - created > this.options.maxAgeMs) {
+    if (sessionExpired({ seen, created }, t, this.options)) {
       await this.store.command((c) => c.del(key));
       return undefined;
     }
@@ -231,6 +230,6 @@ export class RedisSessionStore implements SessionStore {
   }
 
   recentlyConfirmed(session: Session): boolean {
-    return session.confirmedAt !== undefined && this.now() - session.confirmedAt <= this.options.confirmWindowMs;
+    return confirmedWithin(session, this.now(), this.options);
   }
 }

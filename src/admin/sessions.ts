@@ -59,18 +59,9 @@ export class MemorySessionStore implements SessionStore {
   }
 
   create(operator: Operator): Promise<{ cookie: string; session: Session }> {
-    const cookie = randomBytes(32).toString("base64url");
-    const t = this.now();
-    const session: Session = {
-      id: secretHash(cookie),
-      operator,
-      csrf: randomBytes(24).toString("base64url"),
-      created: t,
-      seen: t,
-      confirmedAt: undefined,
-    };
-    this.sessions.set(session.id, session);
-    return Promise.resolve({ cookie, session });
+    const made = newSession(operator, this.now());
+    this.sessions.set(made.session.id, made.session);
+    return Promise.resolve(made);
   }
 
   get(cookie: string | undefined): Promise<Session | undefined> {
@@ -79,7 +70,7 @@ export class MemorySessionStore implements SessionStore {
     const s = this.sessions.get(key);
     if (s === undefined) return Promise.resolve(undefined);
     const t = this.now();
-    if (t - s.seen > this.options.idleMs || t - s.created > this.options.maxAgeMs) {
+    if (sessionExpired(s, t, this.options)) {
       this.sessions.delete(key);
       return Promise.resolve(undefined);
     }
@@ -98,8 +89,32 @@ export class MemorySessionStore implements SessionStore {
   }
 
   recentlyConfirmed(session: Session): boolean {
-    return session.confirmedAt !== undefined && this.now() - session.confirmedAt <= this.options.confirmWindowMs;
+    return confirmedWithin(session, this.now(), this.options);
   }
+}
+
+/** A new session of `operator` at time `t`, and its cookie value (256 random bits; only its SHA-256 is kept). */
+export function newSession(operator: Operator, t: number): { cookie: string; session: Session } {
+  const cookie = randomBytes(32).toString("base64url");
+  const session: Session = {
+    id: secretHash(cookie),
+    operator,
+    csrf: randomBytes(24).toString("base64url"),
+    created: t,
+    seen: t,
+    confirmedAt: undefined,
+  };
+  return { cookie, session };
+}
+
+/** Whether a session last seen at `seen` and created at `created` has expired at `t` (idle or too old). */
+export function sessionExpired(s: { seen: number; created: number }, t: number, options: SessionOptions): boolean {
+  return t - s.seen > options.idleMs || t - s.created > options.maxAgeMs;
+}
+
+/** Whether `session` re-confirmed within the confirmation window before `t`. */
+export function confirmedWithin(session: Session, t: number, options: SessionOptions): boolean {
+  return session.confirmedAt !== undefined && t - session.confirmedAt <= options.confirmWindowMs;
 }
 
 /** Reads one cookie from a Cookie header. */
