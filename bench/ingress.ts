@@ -33,18 +33,27 @@ export interface NginxIngress {
 
 /** Writes nginx.conf for the shipped ingress configuration in `dir`; returns its path (run `nginx -c PATH -p DIR`). */
 export function nginxIngressConfig(dir: string, o: NginxIngress): string {
-  for (const d of ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"]) mkdirSync(join(dir, d), { recursive: true });
   const site = shippedIngress("nginx/keyfence.conf", [
     ["127.0.0.1:8081", `127.0.0.1:${o.decisionPort}`],
     ["127.0.0.1:3000", `127.0.0.1:${o.appPort}`],
     ["listen 8080;", `listen 127.0.0.1:${o.port};`],
   ]);
   writeFileSync(join(dir, "keyfence.conf"), o.edit ? o.edit(site) : site);
+  return writeNginxConf(dir, o.master !== false, `${o.httpExtra ?? ""}\n  include ${dir}/keyfence.conf;\n`);
+}
+
+/**
+ * Writes `dir`/nginx.conf: one worker (with or without a master process),
+ * temp paths inside `dir`, no access log, and `http` holding `httpBody`;
+ * returns its path (run `nginx -c PATH -p DIR`).
+ */
+export function writeNginxConf(dir: string, master: boolean, httpBody: string): string {
+  for (const d of ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"]) mkdirSync(join(dir, d), { recursive: true });
   const conf = join(dir, "nginx.conf");
   writeFileSync(
     conf,
     `daemon off;
-master_process ${o.master === false ? "off" : "on"};
+master_process ${master ? "on" : "off"};
 worker_processes 1;
 pid ${dir}/nginx.pid;
 error_log ${dir}/error.log warn;
@@ -56,9 +65,7 @@ http {
   fastcgi_temp_path ${dir}/fastcgi;
   uwsgi_temp_path ${dir}/uwsgi;
   scgi_temp_path ${dir}/scgi;
-${o.httpExtra ?? ""}
-  include ${dir}/keyfence.conf;
-}
+${httpBody}}
 `,
   );
   return conf;

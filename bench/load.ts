@@ -20,7 +20,7 @@ import { secretHash } from "../src/policy/credential.js";
 import { machine, table } from "./lib.js";
 import { runAutocannon, runWrk, type LoadResult, type LoadSpec } from "./loadgen.js";
 import { cpuSeconds, freePort, have, ROOT, startLogged, startNode, type Proc } from "./procs.js";
-import { nginxIngressConfig } from "./ingress.js";
+import { nginxIngressConfig, writeNginxConf } from "./ingress.js";
 import { barChart } from "./svg.js";
 
 const argv = process.argv.slice(2);
@@ -103,24 +103,10 @@ export async function startKeyfence(
  * and the per-key geo + map check; returns its path.
  */
 export function nginxConfig(dir: string, port: number, upstreamPort: number, master = true): string {
-  for (const d of ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"]) mkdirSync(join(dir, d), { recursive: true });
-  const conf = join(dir, "nginx.conf");
-  writeFileSync(
-    conf,
-    `daemon off;
-master_process ${master ? "on" : "off"};
-worker_processes 1;
-pid ${dir}/nginx.pid;
-error_log ${dir}/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path ${dir}/client_body;
-  proxy_temp_path ${dir}/proxy;
-  fastcgi_temp_path ${dir}/fastcgi;
-  uwsgi_temp_path ${dir}/uwsgi;
-  scgi_temp_path ${dir}/scgi;
-  upstream up { server 127.0.0.1:${upstreamPort}; keepalive 64; }
+  return writeNginxConf(
+    dir,
+    master,
+    `  upstream up { server 127.0.0.1:${upstreamPort}; keepalive 64; }
   # The nginx way to pin a key to networks: geo for the client network, map over key and network.
   geo $kf_net { default other; 127.0.0.1/32 local; }
   map "$http_authorization|$kf_net" $kf_deny { default 1; "Bearer ${ALLOWED}|local" 0; }
@@ -134,10 +120,8 @@ http {
       proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
     }
   }
-}
 `,
   );
-  return conf;
 }
 
 function median(xs: number[]): number {
