@@ -33,6 +33,17 @@ function canonical(a: string): string {
   return ip.kind() === "ipv6" ? (ip as ipaddr.IPv6).toRFC5952String() : ip.toString();
 }
 
+/** `header` followed by `rest` reads back as `header` with source `src`:`sp`, and every shorter prefix is incomplete. */
+function readsBack(header: Buffer, rest: Uint8Array, src: string, sp: number): void {
+  const h = parseProxyHeader(Buffer.concat([header, rest]));
+  assert.equal(h.kind, "header", `${header.toString("latin1")} -> ${JSON.stringify(h)}`);
+  if (h.kind !== "header") return;
+  assert.equal(h.length, header.length);
+  assert.equal(h.source?.address, canonical(src));
+  assert.equal(h.source?.port, sp);
+  for (let n = 0; n < header.length; n++) assert.equal(parseProxyHeader(header.subarray(0, n)).kind, "incomplete");
+}
+
 describe("PROXY protocol parser: valid headers", () => {
   const cases: Array<{ desc: string; input: Buffer; length: number; source: string | undefined; port?: number }> = [
     {
@@ -204,14 +215,7 @@ describe("PROXY protocol parser: properties", () => {
         (six, a4, b4, a6, b6, sp, dp, rest) => {
           const [src, dst] = six ? [a6, b6] : [a4, b4];
           const header = Buffer.from(`PROXY ${six ? "TCP6" : "TCP4"} ${src} ${dst} ${sp} ${dp}\r\n`, "latin1");
-          const h = parseProxyHeader(Buffer.concat([header, rest]));
-          assert.equal(h.kind, "header", `${header.toString("latin1")} -> ${JSON.stringify(h)}`);
-          if (h.kind !== "header") return;
-          assert.equal(h.length, header.length);
-          assert.equal(h.source?.address, canonical(src));
-          assert.equal(h.source?.port, sp);
-          for (let n = 0; n < header.length; n++)
-            assert.equal(parseProxyHeader(header.subarray(0, n)).kind, "incomplete");
+          readsBack(header, rest, src, sp);
         },
       ),
       { numRuns: 300 },
@@ -232,14 +236,7 @@ describe("PROXY protocol parser: properties", () => {
           const src = six ? a6 : a4;
           const dst = six ? "::1" : "127.0.0.1";
           const header = v2(0x21, six ? 0x21 : 0x11, Buffer.concat([addrBlock(src, dst, sp, dp), tlv]));
-          const h = parseProxyHeader(Buffer.concat([header, rest]));
-          assert.equal(h.kind, "header");
-          if (h.kind !== "header") return;
-          assert.equal(h.length, header.length);
-          assert.equal(h.source?.address, canonical(src));
-          assert.equal(h.source?.port, sp);
-          for (let n = 0; n < header.length; n++)
-            assert.equal(parseProxyHeader(header.subarray(0, n)).kind, "incomplete");
+          readsBack(header, rest, src, sp);
         },
       ),
       { numRuns: 300 },
