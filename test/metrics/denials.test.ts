@@ -93,6 +93,24 @@ describe("DenialLog with a controllable clock", () => {
   });
 });
 
+/** Waits until `total` denials of k_far since log line `from` are in lines or summaries; at most 20 lines a second since `started`. */
+async function linesOrSummaries(
+  logs: ReadonlyArray<Record<string, unknown>>,
+  from: number,
+  total: number,
+  started: number,
+): Promise<void> {
+  const seconds = Math.floor(Date.now() / 1000) - Math.floor(started / 1000) + 1;
+  const mine = (): Array<Record<string, unknown>> => logs.slice(from).filter((l) => l["key_id"] === "k_far");
+  const logged = (): number => mine().filter((l) => l["event"] === "denied").length;
+  const summarised = (): number =>
+    mine()
+      .filter((l) => l["event"] === "denied_summary")
+      .reduce((sum, l) => sum + Number(l["count"]), 0);
+  await eventually(() => logged() + summarised() === total, 5000, "every denial in a line or a summary");
+  assert.ok(logged() <= 20 * seconds, `${String(logged())} lines in ${String(seconds)} s`);
+}
+
 describe("a denial flood through the proxy", () => {
   const fx = sidecarFixture((up) =>
     startTestSidecar({ upstream: up.url, keys: [{ id: "k_far", secret: "s_far", allow: ["203.0.113.0/24"] }] }),
@@ -107,15 +125,7 @@ describe("a denial flood through the proxy", () => {
       for (const r of rs) assert.equal(r.status, 403);
     };
     for (let i = 0; i < 3; i++) await batch();
-    const seconds = Math.floor(Date.now() / 1000) - Math.floor(started / 1000) + 1;
-    const mine = (): Array<Record<string, unknown>> => fx.kf.logs.slice(n).filter((l) => l["key_id"] === "k_far");
-    const logged = (): number => mine().filter((l) => l["event"] === "denied").length;
-    const summarised = (): number =>
-      mine()
-        .filter((l) => l["event"] === "denied_summary")
-        .reduce((sum, l) => sum + Number(l["count"]), 0);
-    await eventually(() => logged() + summarised() === 150, 5000, "every denial in a line or a summary");
-    assert.ok(logged() <= 20 * seconds, `${String(logged())} lines in ${String(seconds)} s`);
+    await linesOrSummaries(fx.kf.logs, n, 150, started);
     const metrics = (await send(`${fx.kf.adminUrl}/metrics`)).body;
     assert.match(metrics, /^keyfence_decisions_total\{decision="denied"\} 150$/m);
     const observed = fx.kf.sidecar.sources.sources("k_far");
@@ -141,14 +151,6 @@ describe("a denial flood through the decision listener", () => {
       Array.from({ length: 60 }, () => send(`${fx.kf.decisionUrl}/x`, { headers: [bearer("s_far")] })),
     );
     for (const r of rs) assert.equal(r.status, 403);
-    const seconds = Math.floor(Date.now() / 1000) - Math.floor(started / 1000) + 1;
-    const mine = (): Array<Record<string, unknown>> => fx.kf.logs.slice(n).filter((l) => l["key_id"] === "k_far");
-    const logged = (): number => mine().filter((l) => l["event"] === "denied").length;
-    const summarised = (): number =>
-      mine()
-        .filter((l) => l["event"] === "denied_summary")
-        .reduce((sum, l) => sum + Number(l["count"]), 0);
-    await eventually(() => logged() + summarised() === 60, 5000, "every denial in a line or a summary");
-    assert.ok(logged() <= 20 * seconds, `${String(logged())} lines in ${String(seconds)} s`);
+    await linesOrSummaries(fx.kf.logs, n, 60, started);
   });
 });
