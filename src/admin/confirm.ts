@@ -6,7 +6,7 @@
  */
 import { readFile } from "node:fs/promises";
 import { Secret, TOTP } from "otpauth";
-import { writeFileAtomic } from "../store/filestore.js";
+import { writeFileAtomic } from "../util/atomic.js";
 
 /** The result of checking a code. */
 export type CodeCheck = "ok" | "invalid";

@@ -8,7 +8,8 @@ import type { Readable } from "node:stream";
 import { Pool, type Dispatcher } from "undici";
 import type { ClientIp } from "../clientip/resolve.js";
 import { BodyIdleError } from "./body.js";
-import { answer, hasBody } from "./respond.js";
+import { hasBody } from "../util/http.js";
+import { answer } from "./respond.js";
 
 /** Headers that describe one connection, never forwarded (RFC 9110 §7.6.1, plus the legacy proxy ones). */
 export const HOP_BY_HOP = new Set([

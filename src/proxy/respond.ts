@@ -36,9 +36,6 @@ export function answerPlanned(res: ServerResponse, plan: JsonAnswer, requestId?:
   sendJson(res, plan.status, bodyOf(plan), headers);
 }
 
-/** Moved to util/http (the decision listener uses it too); re-exported for existing importers. */
-export { hasBody };
-
 /** Writes a plan's JSON answer on a raw socket (the upgrade path) with the same headers as {@link answer}, then closes it. */
 export function answerPlanOnSocket(socket: Duplex, plan: JsonAnswer, requestId: string): void {
   let extra = `X-Request-Id: ${requestId}\r\n`;

@@ -14,9 +14,9 @@ import type { SourceTracker } from "../metrics/sources.js";
 import { compilePlaces } from "../policy/credential.js";
 import { enforce, type EnforceSettings, type Enforcement } from "../policy/enforce.js";
 import type { KeyStore } from "../store/store.js";
-import { forwardedFor, listenOn, requestIdOf, SERVER_LIMITS } from "../util/http.js";
+import { forwardedFor, hasBody, listenOn, requestIdOf, SERVER_LIMITS } from "../util/http.js";
 import { Forwarder, UPSTREAM_CONNECTIONS, type ForwardResult } from "./forward.js";
-import { answer, answerPlanned, answerPlanOnSocket, answerSocket, hasBody } from "./respond.js";
+import { answer, answerPlanned, answerPlanOnSocket, answerSocket } from "./respond.js";
 import { perProcess, type Limits } from "../config/limits.js";
 import type { LimitKind } from "../metrics/metrics.js";
 import { readBody } from "./body.js";
@@ -33,12 +33,6 @@ export interface ProxyDeps {
   readonly sources: SourceTracker;
   readonly log: Logger;
 }
-
-/** Moved to the enforcement step; re-exported for existing importers. */
-export { requestTarget } from "../policy/enforce.js";
-
-/** Moved to util/http (the decision listener uses it too); re-exported for existing importers. */
-export { requestIdOf };
 
 /** The public proxy listener. */
 export class ProxyServer {

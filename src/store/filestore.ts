@@ -93,9 +93,6 @@ export async function joinSliced(parts: readonly Uint8Array[], sliceBytes = COPY
   return out;
 }
 
-/** Kept for callers that imported it from here (see ../util/atomic.ts). */
-export { writeFileAtomic };
-
 type ReadResult =
   | { ok: true; snapshot: Snapshot; hash: string; bytes: Buffer; ids: string[]; index?: EntryIndex | undefined }
   | { ok: false; problems: Problem[]; unchanged?: boolean };
