@@ -4,11 +4,11 @@
  * status codes.
  */
 import type { IncomingMessage } from "node:http";
-import { resolveClientIp, type ClientIp, type CompiledTrust } from "../clientip/resolve.js";
+import type { ClientIp, CompiledTrust } from "../clientip/resolve.js";
 import { StoreConflictError } from "../store/store.js";
-import { forwardedFor, sendJson } from "../util/http.js";
+import { sendJson } from "../util/http.js";
 import type { AuditLog } from "./audit.js";
-import type { Authenticator, Caller } from "./auth.js";
+import { credentialAuth, type ApiCaller, type Authenticator, type Caller } from "./auth.js";
 import { readJson } from "./body.js";
 import type { ObservedSource } from "../metrics/sources.js";
 import type { Confirmations } from "./confirm.js";
@@ -28,11 +28,6 @@ export interface ApiDeps {
   /** Observed sources of a key (in a cluster: merged from every worker). */
   readonly sources: (keyId: string) => Promise<ObservedSource[]>;
   readonly trust: CompiledTrust;
-}
-
-/** Resolves the client IP of an admin request exactly as the proxy does. */
-export function clientOf(req: IncomingMessage, trust: CompiledTrust): ClientIp {
-  return resolveClientIp(req.socket.remoteAddress, forwardedFor(req), trust);
 }
 
 /** Reads `limit` (1–1000, default 100) and `cursor` from the query. */
@@ -60,7 +55,7 @@ export function confirmFor(
   return async () => {
     if (caller.kind === "operator" && caller.via === "session") {
       if (!deps.auth.sessions.recentlyConfirmed(caller.session)) {
-        throw new ApiError(403, "confirmation_required", "confirmation required");
+        throw new ApiError("confirmation_required");
       }
       return true;
     }
@@ -68,13 +63,13 @@ export function confirmFor(
     if (caller.kind !== "operator" || secret === undefined) return false;
     const raw = req.headers[OTP_HEADER];
     const code = (Array.isArray(raw) ? raw[0] : raw)?.trim() ?? "";
-    if (code === "") throw new ApiError(403, "confirmation_required", "confirmation required");
+    if (code === "") throw new ApiError("confirmation_required");
     const check = await deps.auth.attempt(
       client,
       () => deps.confirmations.consume(caller.operator.name, secret, code),
       (c) => c === "ok",
     );
-    if (check !== "ok") throw new ApiError(403, "invalid_confirmation_code", "invalid confirmation code");
+    if (check !== "ok") throw new ApiError("invalid_confirmation_code");
     return true;
   };
 }
@@ -90,56 +85,48 @@ async function conflictsAs409<T>(work: Promise<T>): Promise<T> {
   try {
     return await work;
   } catch (err) {
-    if (err instanceof StoreConflictError)
-      throw new ApiError(409, "conflict", err.message, undefined, {}, { cause: err });
+    if (err instanceof StoreConflictError) throw new ApiError("conflict", err.message, { cause: err });
     throw err;
   }
 }
 
-/** Registers `/v1/api-keys` and `/v1/audit` on the admin listener. */
+/** Registers `/v1/api-keys` and `/v1/audit` on the admin listener, each behind {@link credentialAuth}. */
 export function registerApi(admin: AdminServer, deps: ApiDeps): void {
-  const context = async (req: IncomingMessage): Promise<{ caller: Caller; client: ClientIp }> => {
-    const client = clientOf(req, deps.trust);
-    return { caller: await deps.auth.authenticate(req, client), client };
-  };
-  const change = async (req: IncomingMessage): Promise<ChangeContext> => {
-    const { caller, client } = await context(req);
-    return { caller, client, confirm: confirmFor(req, caller, client, deps) };
-  };
+  const auth = { auth: credentialAuth(deps.auth, deps.trust) };
+  const change = (req: IncomingMessage, { caller, client }: ApiCaller): ChangeContext => ({
+    caller,
+    client,
+    confirm: confirmFor(req, caller, client, deps),
+  });
 
-  admin.route("/v1/api-keys", "GET", async (req, res, _p, url) => {
-    await context(req);
+  admin.route("GET", "/v1/api-keys", auth, (_req, res, { url }) => {
     const { limit, cursor } = pageParams(url);
     sendJson(res, 200, deps.keys.list(limit, cursor));
   });
-  admin.route("/v1/api-keys", "POST", async (req, res) => {
-    const ctx = await change(req);
+  admin.route("POST", "/v1/api-keys", auth, async (req, res, { caller }) => {
+    const ctx = change(req, caller);
     const body = await readJson(req).catch(deferred);
     sendJson(res, 201, await conflictsAs409(deps.keys.create(body, ctx)));
   });
-  admin.route("/v1/api-keys/:id", "GET", async (req, res, p) => {
-    await context(req);
-    sendJson(res, 200, deps.keys.get(p["id"] ?? ""));
+  admin.route("GET", "/v1/api-keys/:id", auth, (_req, res, { params }) => {
+    sendJson(res, 200, deps.keys.get(params["id"] ?? ""));
   });
-  admin.route("/v1/api-keys/:id", "PATCH", async (req, res, p) => {
-    const ctx = await change(req);
+  admin.route("PATCH", "/v1/api-keys/:id", auth, async (req, res, { params, caller }) => {
+    const ctx = change(req, caller);
     const body = await readJson(req).catch(deferred);
-    sendJson(res, 200, await conflictsAs409(deps.keys.update(p["id"] ?? "", body, ctx)));
+    sendJson(res, 200, await conflictsAs409(deps.keys.update(params["id"] ?? "", body, ctx)));
   });
-  admin.route("/v1/api-keys/:id", "DELETE", async (req, res, p) => {
-    const ctx = await change(req);
-    await conflictsAs409(deps.keys.delete(p["id"] ?? "", ctx));
+  admin.route("DELETE", "/v1/api-keys/:id", auth, async (req, res, { params, caller }) => {
+    await conflictsAs409(deps.keys.delete(params["id"] ?? "", change(req, caller)));
     res.writeHead(204, { "cache-control": "no-store" });
     res.end();
   });
-  admin.route("/v1/api-keys/:id/sources", "GET", async (req, res, p) => {
-    await context(req);
-    const id = p["id"] ?? "";
+  admin.route("GET", "/v1/api-keys/:id/sources", auth, async (_req, res, { params }) => {
+    const id = params["id"] ?? "";
     deps.keys.get(id); // 404 when absent
     sendJson(res, 200, { data: await deps.sources(id) });
   });
-  admin.route("/v1/audit", "GET", async (req, res, _p, url) => {
-    await context(req);
+  admin.route("GET", "/v1/audit", auth, async (_req, res, { url }) => {
     const { limit, cursor } = pageParams(url);
     const before = cursor === undefined ? undefined : /^[1-9][0-9]*$/.test(cursor) ? Number(cursor) : NaN;
     if (Number.isNaN(before))

@@ -6,7 +6,7 @@
  */
 import { timingSafeEqual } from "node:crypto";
 import type { IncomingMessage } from "node:http";
-import type { ClientIp } from "../clientip/resolve.js";
+import { resolveClientIp, type ClientIp, type CompiledTrust } from "../clientip/resolve.js";
 import type { Operator } from "../config/config.js";
 import { BEARER_ONLY, readBearer, secretHash } from "../policy/credential.js";
 import { messageOf } from "../policy/answers.js";
@@ -14,8 +14,10 @@ import type { KeyPolicy } from "../policy/decide.js";
 import { enforceCredential, type StepSettings } from "../policy/enforce.js";
 import type { KeyRecord } from "../store/keysfile.js";
 import type { KeyStore } from "../store/store.js";
-import { ApiError } from "./errors.js";
+import { forwardedFor } from "../util/http.js";
+import { ApiError, invalidCredential, missingCredential, tooManyAttempts } from "./errors.js";
 import type { AttemptLimit } from "./attempts.js";
+import type { RouteAuth } from "./server.js";
 import { readCookie, SESSION_COOKIE, type Session, type SessionStore } from "./sessions.js";
 
 /** The scope that lets an API key manage keys. */
@@ -50,12 +52,12 @@ export function sameOrigin(req: IncomingMessage, nullIsForeign = false): boolean
  * Origin, when the browser sends one, must be this admin listener's.
  */
 export function checkCsrf(req: IncomingMessage, session: Session, formToken?: string): void {
-  if (!sameOrigin(req)) throw new ApiError(403, "csrf_failed", "cross-origin request refused");
+  if (!sameOrigin(req)) throw new ApiError("csrf_failed", "cross-origin request refused");
   const sent = formToken ?? req.headers["x-csrf-token"];
   const token = typeof sent === "string" ? Buffer.from(sent) : Buffer.alloc(0);
   const expected = Buffer.from(session.csrf);
   if (token.length !== expected.length || !timingSafeEqual(token, expected)) {
-    throw new ApiError(403, "csrf_failed", "missing or wrong CSRF token; reload the page");
+    throw new ApiError("csrf_failed");
   }
 }
 
@@ -107,7 +109,7 @@ export class Authenticator {
   async authenticate(req: IncomingMessage, client: ClientIp): Promise<Caller> {
     const bearer = readBearer(req.rawHeaders);
     if (bearer.kind === "invalid") {
-      throw new ApiError(400, bearer.reason, messageOf(bearer.reason));
+      throw new ApiError(bearer.reason, messageOf(bearer.reason));
     }
     if (bearer.kind === "missing") {
       const session = await this.sessions.get(readCookie(req.headers.cookie, SESSION_COOKIE));
@@ -115,15 +117,7 @@ export class Authenticator {
         if (!SAFE_METHODS.has(req.method ?? "GET")) checkCsrf(req, session);
         return { kind: "operator", operator: session.operator, via: "session", session };
       }
-      throw new ApiError(
-        401,
-        "missing_credential",
-        "missing credential: send Authorization: Bearer <token>",
-        undefined,
-        {
-          "www-authenticate": 'Bearer realm="keyfence-admin"',
-        },
-      );
+      throw missingCredential();
     }
     const hash = secretHash(bearer.token);
     type Found = { operator: Operator } | { policy: KeyPolicy; record: KeyRecord } | undefined;
@@ -149,26 +143,43 @@ export class Authenticator {
     }
     if (found !== undefined && "operator" in found) return { kind: "operator", operator: found.operator, via: "token" };
     if (found === undefined) {
-      throw new ApiError(401, "invalid_credential", "invalid credential", undefined, {
-        "www-authenticate": 'Bearer realm="keyfence-admin"',
-      });
+      throw invalidCredential();
     }
     const { policy, record } = found;
     const plan = enforceCredential(bearer, "/", client, { lookupToken: () => policy }, ADMIN_POLICY).plan;
     if (plan.kind === "answer") {
       const reason = plan.reason === "ip_not_allowed" ? plan.reason : "invalid_client_ip";
-      throw new ApiError(plan.status, reason, plan.message);
+      throw new ApiError(reason, plan.message);
     }
     if (!record.scopes.includes(WRITE_SCOPE)) {
-      throw new ApiError(403, "missing_scope", `this API key lacks the ${WRITE_SCOPE} scope`);
+      throw new ApiError("missing_scope", `this API key lacks the ${WRITE_SCOPE} scope`);
     }
     return { kind: "key", record };
   }
 }
 
-/** 429 `too_many_attempts`, telling the client when to try again. */
-export function tooManyAttempts(retryAfterS: number): ApiError {
-  return new ApiError(429, "too_many_attempts", "too many failed attempts; try again later", undefined, {
-    "retry-after": String(retryAfterS),
-  });
+/** Resolves the client IP of an admin request exactly as the proxy does. */
+export function clientOf(req: IncomingMessage, trust: CompiledTrust): ClientIp {
+  return resolveClientIp(req.socket.remoteAddress, forwardedFor(req), trust);
+}
+
+/** A management API caller and the client IP it calls from. */
+export interface ApiCaller {
+  readonly caller: Caller;
+  readonly client: ClientIp;
+}
+
+/**
+ * The management API's authentication: an operator token, an API key with
+ * {@link WRITE_SCOPE}, or a session cookie (CSRF-checked on changes); refused
+ * with 400/401/403/429 (see {@link Authenticator.authenticate}).
+ */
+export function credentialAuth(auth: Authenticator, trust: CompiledTrust): RouteAuth<ApiCaller> {
+  return {
+    name: "credential",
+    check: async (req) => {
+      const client = clientOf(req, trust);
+      return { caller: await auth.authenticate(req, client), client };
+    },
+  };
 }

@@ -31,34 +31,27 @@ export async function readJson(req: IncomingMessage, limit = MAX_BODY_BYTES): Pr
   const type = (req.headers["content-type"] ?? "").split(";")[0]?.trim().toLowerCase();
   if (type !== "application/json") {
     req.resume();
-    throw new ApiError(415, "unsupported_media_type", "the body must be JSON (Content-Type: application/json)");
+    throw new ApiError("unsupported_media_type");
   }
   const declared = Number(req.headers["content-length"] ?? "0");
   if (declared > limit) {
-    throw new ApiError(413, "payload_too_large", `the body is larger than ${limit} bytes`);
+    throw new ApiError("payload_too_large", `the body is larger than ${limit} bytes`);
   }
   const chunks: Buffer[] = [];
   let size = 0;
   for await (const chunk of req as AsyncIterable<Buffer>) {
     size += chunk.length;
-    if (size > limit) throw new ApiError(413, "payload_too_large", `the body is larger than ${limit} bytes`);
+    if (size > limit) throw new ApiError("payload_too_large", `the body is larger than ${limit} bytes`);
     chunks.push(chunk);
   }
   const text = Buffer.concat(chunks).toString("utf8");
   // Deep nesting is refused before parsing: every later step may recurse.
   if (nestsDeeper(text, MAX_JSON_DEPTH)) {
-    throw new ApiError(400, "invalid_request", `malformed JSON: nested deeper than ${MAX_JSON_DEPTH} levels`);
+    throw new ApiError("invalid_request", `malformed JSON: nested deeper than ${MAX_JSON_DEPTH} levels`);
   }
   try {
     return JSON.parse(text) as unknown;
   } catch (err) {
-    throw new ApiError(
-      400,
-      "invalid_request",
-      `malformed JSON: ${(err as Error).message}`,
-      undefined,
-      {},
-      { cause: err },
-    );
+    throw new ApiError("invalid_request", `malformed JSON: ${(err as Error).message}`, { cause: err });
   }
 }

@@ -261,7 +261,6 @@ export class KeysService {
         const ip = ctx.client.ip;
         if (ip === undefined || !compileMatcher(f.list.cidrs).contains(ip)) {
           throw new ApiError(
-            409,
             "self_lockout",
             `the new ip_allow_list does not admit ${ctx.client.text}, the IP this key is calling from: the key would lock itself out (include that address, or make the change with another credential)`,
           );
@@ -374,18 +373,11 @@ export class KeysService {
         { err, event: "audit_write_failed", key_id: keyId, action },
         `cannot write the audit log; the ${action} of key ${keyId} was refused`,
       );
-      throw new ApiError(
-        503,
-        "audit_unavailable",
-        "the audit log cannot be written, so nothing was changed; see the server log",
-        undefined,
-        {},
-        { cause: err },
-      );
+      throw new ApiError("audit_unavailable", undefined, { cause: err });
     }
   }
 }
 
 function notFound(id: string): ApiError {
-  return new ApiError(404, "not_found", `no API key with id ${quote(id)}`);
+  return new ApiError("not_found", `no API key with id ${quote(id)}`);
 }

@@ -9,7 +9,7 @@ import { Registry } from "prom-client";
 import { readBearer } from "../policy/credential.js";
 import { listenOn, SERVER_LIMITS, sendJson } from "../util/http.js";
 import { StoreUnavailableError } from "../store/store.js";
-import { ApiError } from "./errors.js";
+import { ApiError, storeUnavailable } from "./errors.js";
 
 /** What the admin listener needs. */
 export interface AdminDeps {
@@ -20,23 +20,52 @@ export interface AdminDeps {
   readonly ready?: () => { up: boolean; reason: string; store: string };
 }
 
-/** The answer to a write while the key store is unreachable (SPEC §6). */
-export function storeUnavailable(cause?: unknown): ApiError {
-  return new ApiError(503, "store_unavailable", "key store unavailable", undefined, {}, { cause });
-}
-
 /** Content type of the Prometheus text exposition format. */
 const PROMETHEUS_CONTENT_TYPE = Registry.PROMETHEUS_CONTENT_TYPE;
 
 /** Path parameters of a matched route. */
 export type Params = Readonly<Record<string, string>>;
 
+/**
+ * How a route authenticates its caller before its handler runs: `check`
+ * resolves the caller, throws the {@link ApiError} to refuse with, or answers
+ * the request itself (a redirect to sign-in) and resolves `undefined`.
+ */
+export interface RouteAuth<C> {
+  /** The name in the route table: `public`, `operator`, `session`, ... */
+  readonly name: string;
+  readonly check: (req: IncomingMessage, res: ServerResponse) => Promise<C | undefined>;
+}
+
+/** No authentication: the handler's caller is `null`. */
+export const PUBLIC: RouteAuth<null> = { name: "public", check: () => Promise.resolve(null) };
+
+/** What a handler gets besides the request and response. */
+export interface RouteContext<C> {
+  readonly params: Params;
+  readonly url: URL;
+  /** The caller its route's {@link RouteAuth} resolved. */
+  readonly caller: C;
+}
+
 /** A route handler; throwing an {@link ApiError} answers it as JSON. */
-export type Handler = (req: IncomingMessage, res: ServerResponse, params: Params, url: URL) => void | Promise<void>;
+export type Handler<C> = (req: IncomingMessage, res: ServerResponse, ctx: RouteContext<C>) => void | Promise<void>;
+
+/** One declared route, as the route table lists it. */
+export interface RouteInfo {
+  readonly method: string;
+  readonly path: string;
+  /** The name of its {@link RouteAuth}. */
+  readonly auth: string;
+}
+
+/** A declared method of a path: its authentication, then its handler. */
+type Endpoint = (req: IncomingMessage, res: ServerResponse, params: Params, url: URL) => Promise<void>;
 
 interface Route {
+  readonly path: string;
   readonly segments: readonly string[];
-  readonly methods: Partial<Record<string, Handler>>;
+  readonly methods: Partial<Record<string, { auth: string; run: Endpoint }>>;
 }
 
 /** Answers an API error as JSON with its reason header. */
@@ -58,13 +87,13 @@ export class AdminServer {
       requestTimeout: 60_000,
       keepAliveTimeout: 5_000,
     });
-    this.route("/healthz", "GET", (_req, res) => sendJson(res, 200, { status: "ok" }));
-    this.route("/readyz", "GET", (_req, res) => {
+    this.route("GET", "/healthz", { auth: PUBLIC }, (_req, res) => sendJson(res, 200, { status: "ok" }));
+    this.route("GET", "/readyz", { auth: PUBLIC }, (_req, res) => {
       const r = this.deps.ready?.();
       if (r === undefined || r.up) sendJson(res, 200, { status: "ready" });
       else sendJson(res, 503, { status: "unavailable", store: r.store, message: r.reason });
     });
-    this.route("/metrics", "GET", async (_req, res) => {
+    this.route("GET", "/metrics", { auth: PUBLIC }, async (_req, res) => {
       const text = await this.deps.metrics();
       res.writeHead(200, { "content-type": PROMETHEUS_CONTENT_TYPE, "cache-control": "no-store" });
       res.end(text);
@@ -89,15 +118,32 @@ export class AdminServer {
     this.server.on("clientError", (_err, socket) => socket.destroy());
   }
 
-  /** Registers a handler; `path` segments starting with ":" capture a parameter. */
-  route(path: string, method: string, handler: Handler): void {
+  /**
+   * Declares `method path`: `auth` authenticates every request before
+   * `handler` runs; `path` segments starting with ":" capture a parameter.
+   */
+  route<C>(method: string, path: string, options: { readonly auth: RouteAuth<C> }, handler: Handler<C>): void {
     const segments = path.split("/");
-    let r = this.routes.find((x) => x.segments.join("/") === segments.join("/"));
+    let r = this.routes.find((x) => x.path === path);
     if (r === undefined) {
-      r = { segments, methods: {} };
+      r = { path, segments, methods: {} };
       this.routes.push(r);
     }
-    r.methods[method] = handler;
+    const { auth } = options;
+    r.methods[method] = {
+      auth: auth.name,
+      run: async (req, res, params, url) => {
+        const caller = await auth.check(req, res);
+        if (caller !== undefined) await handler(req, res, { params, url, caller });
+      },
+    };
+  }
+
+  /** Every declared route with the name of its authentication, in declaration order. */
+  routeTable(): RouteInfo[] {
+    return this.routes.flatMap((r) =>
+      Object.entries(r.methods).map(([method, m]) => ({ method, path: r.path, auth: m?.auth ?? "" })),
+    );
   }
 
   /** Starts listening; resolves with the bound address. */
@@ -137,23 +183,23 @@ export class AdminServer {
   private async dispatch(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const bearer = readBearer(req.rawHeaders);
     if (bearer.kind === "invalid" && bearer.reason === "multiple_authorization") {
-      throw new ApiError(400, "multiple_authorization", "multiple Authorization headers");
+      throw new ApiError("multiple_authorization");
     }
     let url: URL;
     try {
       url = new URL(req.url ?? "/", "http://admin.invalid");
     } catch {
-      throw new ApiError(400, "invalid_request", "malformed request target");
+      throw new ApiError("invalid_request", "malformed request target");
     }
     const found = this.match(url.pathname);
-    if (found === undefined) throw new ApiError(404, "not_found", "not found");
+    if (found === undefined) throw new ApiError("not_found");
     const method = req.method === "HEAD" ? "GET" : (req.method ?? "GET");
-    const handler = found.route.methods[method];
-    if (handler === undefined) {
-      throw new ApiError(405, "method_not_allowed", `method ${req.method ?? ""} not allowed`, undefined, {
-        allow: Object.keys(found.route.methods).join(", "),
+    const endpoint = found.route.methods[method];
+    if (endpoint === undefined) {
+      throw new ApiError("method_not_allowed", `method ${req.method ?? ""} not allowed`, {
+        headers: { allow: Object.keys(found.route.methods).join(", ") },
       });
     }
-    await handler(req, res, found.params, url);
+    await endpoint.run(req, res, found.params, url);
   }
 }

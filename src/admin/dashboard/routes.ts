@@ -14,14 +14,13 @@ import type { Operator } from "../../config/config.js";
 import type { ObservedSource } from "../../metrics/sources.js";
 import { secretHash } from "../../policy/credential.js";
 import type { Mode } from "../../policy/decide.js";
-import { clientOf } from "../api.js";
 import type { AuditLog } from "../audit.js";
-import { checkCsrf, sameOrigin, tooManyAttempts, type Authenticator } from "../auth.js";
+import { checkCsrf, clientOf, sameOrigin, type Authenticator } from "../auth.js";
 import { readJson } from "../body.js";
 import type { Confirmations } from "../confirm.js";
-import { ApiError } from "../errors.js";
+import { ApiError, tooManyAttempts } from "../errors.js";
 import type { KeysService } from "../keys.js";
-import type { AdminServer } from "../server.js";
+import { PUBLIC, type AdminServer, type RouteAuth } from "../server.js";
 import { readCookie, SESSION_COOKIE, type Session, type SessionStore } from "../sessions.js";
 import type { SafeHtml } from "./html.js";
 import { auditPage, keyFormPage, keysPage, signInPage, type Assets, type PageContext } from "./pages.js";
@@ -86,7 +85,7 @@ async function readForm(req: IncomingMessage): Promise<URLSearchParams> {
   let size = 0;
   for await (const c of req as AsyncIterable<Buffer>) {
     size += c.length;
-    if (size > 8192) throw new ApiError(413, "payload_too_large", "form too large");
+    if (size > 8192) throw new ApiError("payload_too_large", "form too large");
     chunks.push(c);
   }
   return new URLSearchParams(Buffer.concat(chunks).toString("utf8"));
@@ -107,61 +106,86 @@ function isCurrentCode(secret: string, code: string): boolean {
   return totp.validate({ token: code, window: 1 }) !== null;
 }
 
+/** A dashboard page: the session of a signed-in operator; anyone else is redirected to sign in. */
+function sessionAuth(sessions: SessionStore): RouteAuth<Session> {
+  return {
+    name: "session",
+    check: async (req, res) => {
+      const s = await sessions.get(readCookie(req.headers.cookie, SESSION_COOKIE));
+      if (s === undefined) redirect(res, "/");
+      return s;
+    },
+  };
+}
+
+/** A dashboard call that changes the session: a session (else 401), its CSRF token and origin (else 403). */
+function sessionChangeAuth(sessions: SessionStore): RouteAuth<Session> {
+  return {
+    name: "session+csrf",
+    check: async (req) => {
+      const s = await sessions.get(readCookie(req.headers.cookie, SESSION_COOKIE));
+      if (s === undefined) throw new ApiError("missing_credential", "session expired; sign in again");
+      checkCsrf(req, s);
+      return s;
+    },
+  };
+}
+
+/** Public, with the caller's session when it has one (the sign-in page doubles as the keys list). */
+function optionalSessionAuth(sessions: SessionStore): RouteAuth<Session | null> {
+  return {
+    name: "public",
+    check: async (req) => (await sessions.get(readCookie(req.headers.cookie, SESSION_COOKIE))) ?? null,
+  };
+}
+
+/** What the dashboard's route groups share. */
+interface Dashboard {
+  readonly deps: DashboardDeps;
+  readonly assets: Assets;
+  /** The `Set-Cookie` value of a session cookie (`maxAge` 0 clears it). */
+  cookie(value: string, maxAge?: number): string;
+  /** What every signed-in page shows. */
+  context(req: IncomingMessage, s: Session): PageContext;
+  /** The operator a token belongs to, when its code is also right (a right code is used up); undefined otherwise. */
+  verify(token: string, code: string): Promise<Operator | undefined>;
+}
+
 /** Registers the dashboard routes and assets. */
 export function registerDashboard(admin: AdminServer, deps: DashboardDeps): void {
   const js = asset("app", "text/javascript", readFileSync(new URL("./client/app.js", import.meta.url)));
   const css = asset("app", "text/css", Buffer.from(STYLES));
-  const files = new Map([js, css].map((a) => [a.url, a]));
-  const assets: Assets = { js: js.url, css: css.url };
-
-  const cookie = (value: string, maxAge?: number): string =>
-    `${SESSION_COOKIE}=${value}; Path=/; HttpOnly; SameSite=Strict${deps.secureCookie ? "; Secure" : ""}${maxAge === undefined ? "" : `; Max-Age=${maxAge}`}`;
-  const sessionOf = (req: IncomingMessage): Promise<Session | undefined> =>
-    deps.sessions.get(readCookie(req.headers.cookie, SESSION_COOKIE));
-  const context = (req: IncomingMessage, s: Session): PageContext => ({
-    assets,
-    operator: s.operator.name,
-    csrf: s.csrf,
-    clientIp: clientOf(req, deps.trust).text,
-    totp: s.operator.totpSecret !== undefined,
-  });
-  /** The operator a token belongs to, when its code is also right (a right code is used up); undefined otherwise. */
-  const verify = async (token: string, code: string): Promise<Operator | undefined> => {
-    const operator = token === "" ? undefined : deps.auth.operatorByTokenHash(secretHash(token));
-    const ok =
-      operator !== undefined &&
-      (operator.totpSecret === undefined ||
-        (await deps.confirmations.consume(operator.name, operator.totpSecret, code)) === "ok");
-    return ok ? operator : undefined;
+  const d: Dashboard = {
+    deps,
+    assets: { js: js.url, css: css.url },
+    cookie: (value, maxAge) =>
+      `${SESSION_COOKIE}=${value}; Path=/; HttpOnly; SameSite=Strict${deps.secureCookie ? "; Secure" : ""}${maxAge === undefined ? "" : `; Max-Age=${maxAge}`}`,
+    context: (req, s) => ({
+      assets: { js: js.url, css: css.url },
+      operator: s.operator.name,
+      csrf: s.csrf,
+      clientIp: clientOf(req, deps.trust).text,
+      totp: s.operator.totpSecret !== undefined,
+    }),
+    verify: async (token, code) => {
+      const operator = token === "" ? undefined : deps.auth.operatorByTokenHash(secretHash(token));
+      const ok =
+        operator !== undefined &&
+        (operator.totpSecret === undefined ||
+          (await deps.confirmations.consume(operator.name, operator.totpSecret, code)) === "ok");
+      return ok ? operator : undefined;
+    },
   };
-  /** Runs `page` for a signed-in operator; sends others to the sign-in page. */
-  const signedIn =
-    (
-      page: (
-        req: IncomingMessage,
-        res: ServerResponse,
-        s: Session,
-        params: Readonly<Record<string, string>>,
-        url: URL,
-      ) => void | Promise<void>,
-    ) =>
-    async (
-      req: IncomingMessage,
-      res: ServerResponse,
-      params: Readonly<Record<string, string>>,
-      url: URL,
-    ): Promise<void> => {
-      const s = await sessionOf(req);
-      if (s === undefined) {
-        redirect(res, "/");
-        return;
-      }
-      await page(req, res, s, params, url);
-    };
+  registerAssets(admin, new Map([js, css].map((a) => [a.url, a])));
+  registerSessionRoutes(admin, d);
+  registerConfirm(admin, d);
+  registerPages(admin, d);
+}
 
-  admin.route("/assets/:file", "GET", (_req, res, p) => {
-    const a = files.get(`/assets/${p["file"] ?? ""}`);
-    if (a === undefined) throw new ApiError(404, "not_found", "not found");
+function registerAssets(admin: AdminServer, files: ReadonlyMap<string, { type: string; body: Buffer }>): void {
+  admin.route("GET", "/assets/:file", { auth: PUBLIC }, (_req, res, { params }) => {
+    const a = files.get(`/assets/${params["file"] ?? ""}`);
+    if (a === undefined) throw new ApiError("not_found");
     res.writeHead(200, {
       "content-type": `${a.type}; charset=utf-8`,
       "content-length": a.body.length,
@@ -170,39 +194,16 @@ export function registerDashboard(admin: AdminServer, deps: DashboardDeps): void
     });
     res.end(a.body);
   });
-
-  admin.route("/favicon.ico", "GET", (_req, res) => {
+  admin.route("GET", "/favicon.ico", { auth: PUBLIC }, (_req, res) => {
     res.writeHead(204, { "cache-control": "public, max-age=86400" });
     res.end();
   });
+}
 
-  admin.route("/", "GET", async (req, res, _p, url) => {
-    const s = await sessionOf(req);
-    if (s === undefined) {
-      sendHtml(res, 200, signInPage(assets));
-      return;
-    }
-    const q = (url.searchParams.get("q") ?? "").trim();
-    const needle = q.toLowerCase();
-    const all = deps.keys
-      .list(1_000_000)
-      .data.filter((k) => needle === "" || [k.name, k.id, ...k.scopes].some((f) => f.toLowerCase().includes(needle)));
-    const pages = Math.max(1, Math.ceil(all.length / PAGE_SIZE));
-    const page = Math.min(pages, Math.max(1, Number(url.searchParams.get("page")) || 1));
-    sendHtml(
-      res,
-      200,
-      keysPage(context(req, s), all.slice((page - 1) * PAGE_SIZE, page * PAGE_SIZE), {
-        q,
-        page,
-        pages,
-        total: all.length,
-        globalMode: deps.globalMode,
-      }),
-    );
-  });
-
-  admin.route("/session", "POST", async (req, res) => {
+/** Sign-in (`POST /session`) and sign-out (`POST /session/end`). */
+function registerSessionRoutes(admin: AdminServer, d: Dashboard): void {
+  const { deps, assets } = d;
+  admin.route("POST", "/session", { auth: PUBLIC }, async (req, res) => {
     const client = clientOf(req, deps.trust);
     if (!sameOrigin(req, true)) {
       sendHtml(res, 403, signInPage(assets, "Cross-origin sign-in refused."));
@@ -213,7 +214,7 @@ export function registerDashboard(admin: AdminServer, deps: DashboardDeps): void
       client.text,
       async () => {
         const form = await readForm(req);
-        return verify(form.get("token") ?? "", (form.get("code") ?? "").trim());
+        return d.verify(form.get("token") ?? "", (form.get("code") ?? "").trim());
       },
       (op) => op !== undefined,
     );
@@ -236,25 +237,26 @@ export function registerDashboard(admin: AdminServer, deps: DashboardDeps): void
       { event: "signin", operator: operator.name, client_ip: client.text },
       `operator ${operator.name} signed in`,
     );
-    redirect(res, "/", { "set-cookie": cookie(value) });
+    redirect(res, "/", { "set-cookie": d.cookie(value) });
   });
 
-  admin.route("/session/end", "POST", async (req, res) => {
-    const value = readCookie(req.headers.cookie, SESSION_COOKIE);
-    const s = await deps.sessions.get(value);
-    if (s !== undefined) {
+  admin.route("POST", "/session/end", { auth: optionalSessionAuth(deps.sessions) }, async (req, res, { caller }) => {
+    const s = caller;
+    if (s !== null) {
       const form = await readForm(req);
       checkCsrf(req, s, form.get("csrf") ?? "");
-      await deps.sessions.end(value);
+      await deps.sessions.end(readCookie(req.headers.cookie, SESSION_COOKIE));
       deps.log.info({ event: "signout", operator: s.operator.name }, `operator ${s.operator.name} signed out`);
     }
-    redirect(res, "/", { "set-cookie": cookie("", 0) });
+    redirect(res, "/", { "set-cookie": d.cookie("", 0) });
   });
+}
 
-  admin.route("/session/confirm", "POST", async (req, res) => {
-    const s = await sessionOf(req);
-    if (s === undefined) throw new ApiError(401, "missing_credential", "session expired; sign in again");
-    checkCsrf(req, s);
+/** `POST /session/confirm`: re-confirms a session with the operator's token (and code) before allow-list changes. */
+function registerConfirm(admin: AdminServer, d: Dashboard): void {
+  const { deps } = d;
+  admin.route("POST", "/session/confirm", { auth: sessionChangeAuth(deps.sessions) }, async (req, res, ctx) => {
+    const s = ctx.caller;
     const client = clientOf(req, deps.trust);
     type Confirmed = "ok" | "used" | "invalid";
     const outcome = await deps.auth.attempts.attempt(
@@ -263,7 +265,7 @@ export function registerDashboard(admin: AdminServer, deps: DashboardDeps): void
         const body = (await readJson(req)) as { token?: unknown; code?: unknown } | null;
         const token = typeof body?.token === "string" ? body.token : "";
         const code = typeof body?.code === "string" ? body.code.trim() : "";
-        if ((await verify(token, code))?.name === s.operator.name) return "ok";
+        if ((await d.verify(token, code))?.name === s.operator.name) return "ok";
         // The right token with a current code that was refused: it was used already (to sign in, say).
         const secret = s.operator.totpSecret;
         const used =
@@ -278,48 +280,62 @@ export function registerDashboard(admin: AdminServer, deps: DashboardDeps): void
       res.shouldKeepAlive = false;
       throw tooManyAttempts(outcome.retryAfterS);
     }
-    if (outcome.result === "used") {
-      throw new ApiError(
-        403,
-        "confirmation_code_used",
-        "This code was already used (to sign in or to confirm). Wait for the next code from your authenticator, then confirm with it.",
-      );
-    }
-    if (outcome.result !== "ok") throw new ApiError(403, "invalid_confirmation_code", "invalid token or code");
+    if (outcome.result === "used") throw new ApiError("confirmation_code_used");
+    if (outcome.result !== "ok") throw new ApiError("invalid_confirmation_code", "invalid token or code");
     await deps.sessions.confirm(s);
     res.writeHead(204, { "cache-control": "no-store" });
     res.end();
   });
+}
 
-  admin.route(
-    "/keys/new",
-    "GET",
-    signedIn((req, res, s) => sendHtml(res, 200, keyFormPage(context(req, s), undefined, []))),
+/** The pages: the keys list (or sign-in), a key's form, the audit log. */
+function registerPages(admin: AdminServer, d: Dashboard): void {
+  const { deps, assets } = d;
+  const signedIn = { auth: sessionAuth(deps.sessions) };
+
+  admin.route("GET", "/", { auth: optionalSessionAuth(deps.sessions) }, (req, res, { url, caller: s }) => {
+    if (s === null) {
+      sendHtml(res, 200, signInPage(assets));
+      return;
+    }
+    const q = (url.searchParams.get("q") ?? "").trim();
+    const needle = q.toLowerCase();
+    const all = deps.keys
+      .list(1_000_000)
+      .data.filter((k) => needle === "" || [k.name, k.id, ...k.scopes].some((f) => f.toLowerCase().includes(needle)));
+    const pages = Math.max(1, Math.ceil(all.length / PAGE_SIZE));
+    const page = Math.min(pages, Math.max(1, Number(url.searchParams.get("page")) || 1));
+    sendHtml(
+      res,
+      200,
+      keysPage(d.context(req, s), all.slice((page - 1) * PAGE_SIZE, page * PAGE_SIZE), {
+        q,
+        page,
+        pages,
+        total: all.length,
+        globalMode: deps.globalMode,
+      }),
+    );
+  });
+  admin.route("GET", "/keys/new", signedIn, (req, res, { caller: s }) =>
+    sendHtml(res, 200, keyFormPage(d.context(req, s), undefined, [])),
   );
-  admin.route(
-    "/keys/:id",
-    "GET",
-    signedIn(async (req, res, s, p) => {
-      const id = p["id"] ?? "";
-      const key = deps.keys.get(id);
-      sendHtml(res, 200, keyFormPage(context(req, s), key, await deps.sources(id)));
-    }),
-  );
-  admin.route(
-    "/audit",
-    "GET",
-    signedIn(async (req, res, s, _p, url) => {
-      const cursor = url.searchParams.get("cursor");
-      const before = cursor !== null && /^[1-9][0-9]*$/.test(cursor) ? Number(cursor) : undefined;
-      const page = await deps.audit.page(50, before);
-      const nameOf = (id: string): string | undefined => {
-        try {
-          return deps.keys.get(id).name;
-        } catch {
-          return undefined; // deleted since
-        }
-      };
-      sendHtml(res, 200, auditPage(context(req, s), page.data, page.next_cursor, nameOf));
-    }),
-  );
+  admin.route("GET", "/keys/:id", signedIn, async (req, res, { caller: s, params }) => {
+    const id = params["id"] ?? "";
+    const key = deps.keys.get(id);
+    sendHtml(res, 200, keyFormPage(d.context(req, s), key, await deps.sources(id)));
+  });
+  admin.route("GET", "/audit", signedIn, async (req, res, { caller: s, url }) => {
+    const cursor = url.searchParams.get("cursor");
+    const before = cursor !== null && /^[1-9][0-9]*$/.test(cursor) ? Number(cursor) : undefined;
+    const page = await deps.audit.page(50, before);
+    const nameOf = (id: string): string | undefined => {
+      try {
+        return deps.keys.get(id).name;
+      } catch {
+        return undefined; // deleted since
+      }
+    };
+    sendHtml(res, 200, auditPage(d.context(req, s), page.data, page.next_cursor, nameOf));
+  });
 }
