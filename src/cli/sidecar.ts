@@ -12,7 +12,7 @@ import { Authenticator } from "../admin/auth.js";
 import { MemoryAttemptLimit, type AttemptLimit } from "../admin/attempts.js";
 import { Confirmations, FileCodeState, type CodeState } from "../admin/confirm.js";
 import { KeysService } from "../admin/keys.js";
-import { AdminServer } from "../admin/server.js";
+import { AdminServer, type RouteInfo } from "../admin/server.js";
 import { registerDashboard } from "../admin/dashboard/routes.js";
 import { RedisAttemptLimit, RedisCodeState, RedisSessionStore } from "../admin/redis-state.js";
 import { MemorySessionStore, type SessionStore } from "../admin/sessions.js";
@@ -79,6 +79,8 @@ export interface Sidecar {
   /** The decision listener's address (undefined without `decision`, and in a cluster primary: workers decide). */
   readonly decisionAddress: { host: string; port: number } | undefined;
   readonly adminAddress: { host: string; port: number } | undefined;
+  /** The admin listener's declared routes with their authentication (empty without one). */
+  readonly adminRoutes: readonly RouteInfo[];
   readonly store: KeyStore;
   readonly metrics: Metrics;
   readonly registry: Registry;
@@ -260,6 +262,7 @@ export async function startSidecar(
     proxyAddress,
     decisionAddress,
     adminAddress,
+    adminRoutes: admin?.routeTable() ?? [],
     store,
     metrics,
     registry,
