@@ -174,68 +174,52 @@ export async function loadConfig(path: string, env: NodeJS.ProcessEnv = process.
   return parseConfig(file, text, env);
 }
 
+/** What the section readers of one {@link parseConfig} share. */
+interface ParseContext {
+  readonly y: YamlFile;
+  readonly file: string;
+  readonly env: NodeJS.ProcessEnv;
+  /** Start-up warnings, in the order they are logged. */
+  readonly warnings: string[];
+  /** Problems with environment overrides. */
+  readonly envProblems: Problem[];
+  /** Problems in files the configuration names (admin.operators_file). */
+  readonly fileProblems: Problem[];
+}
+
+/** `value`, unless the environment variable `key` is set and not empty. */
+function fromEnv(cx: ParseContext, key: string, value: unknown): unknown {
+  const v = cx.env[key];
+  return v === undefined || v === "" ? value : v;
+}
+
+function envFail(cx: ParseContext, variable: string, value: string, message: string): void {
+  cx.envProblems.push({ file: "(environment)", line: 0, col: 0, path: variable, value, message });
+}
+
+/** A listen address at `path`, its problem blamed on `variable` when that overrides it. */
+function listenAt(cx: ParseContext, path: YamlPath, raw: unknown, variable: string): ListenAddress | undefined {
+  if (typeof raw !== "string" || parseListen(raw) === undefined) {
+    const message = 'must be "host:port" (an IPv6 host in brackets: "[::]:8080"), port 0-65535';
+    if (cx.env[variable]) envFail(cx, variable, cx.env[variable] ?? "", message);
+    else cx.y.fail(path, message, raw);
+    return undefined;
+  }
+  return parseListen(raw);
+}
+
 /** Validates configuration text; `file` is its absolute path (paths inside are relative to it). */
 export function parseConfig(file: string, text: string, env: NodeJS.ProcessEnv = {}): ConfigResult {
   const y = new YamlFile(displayPath(file), text);
   const root = y.value();
   if (y.problemCount > 0) return { ok: false, problems: y.problems };
   const top = y.mapping([], root ?? {}, TOP_FIELDS) ?? {};
-  const warnings: string[] = [];
-  const envProblems: Problem[] = [];
-  /** Problems in files the configuration names (admin.operators_file). */
-  const fileProblems: Problem[] = [];
-  const fromEnv = (key: string, value: unknown): unknown => {
-    const v = env[key];
-    return v === undefined || v === "" ? value : v;
-  };
-  const envFail = (variable: string, value: string, message: string): void => {
-    envProblems.push({ file: "(environment)", line: 0, col: 0, path: variable, value, message });
-  };
+  const cx: ParseContext = { y, file, env, warnings: [], envProblems: [], fileProblems: [] };
+  const { warnings } = cx;
 
-  const listenAt = (path: YamlPath, raw: unknown, variable: string): ListenAddress | undefined => {
-    if (typeof raw !== "string" || parseListen(raw) === undefined) {
-      const message = 'must be "host:port" (an IPv6 host in brackets: "[::]:8080"), port 0-65535';
-      if (env[variable]) envFail(variable, env[variable] ?? "", message);
-      else y.fail(path, message, raw);
-      return undefined;
-    }
-    return parseListen(raw);
-  };
-
-  const listen = listenAt(["listen"], fromEnv(ENV.listen, top["listen"] ?? "127.0.0.1:8080"), ENV.listen);
-
-  let upstream: URL | undefined;
-  const upstreamRaw = fromEnv(ENV.upstream, top["upstream"]);
-  if (upstreamRaw === undefined) y.fail([], 'missing field "upstream" (the URL of the protected service)');
-  else {
-    const why = checkUpstream(upstreamRaw);
-    if (typeof why === "string") {
-      if (env[ENV.upstream]) envFail(ENV.upstream, env[ENV.upstream] ?? "", why);
-      else y.fail(["upstream"], why, upstreamRaw);
-    } else upstream = why;
-  }
-
-  let trustedProxies: CompiledTrust | undefined;
-  const tp = top["trusted_proxies"] ?? [];
-  if (typeof tp === "number") {
-    if (!Number.isInteger(tp) || tp < 0 || tp > 64)
-      y.fail(["trusted_proxies"], "a hop count must be an integer from 0 to 64", tp);
-    else trustedProxies = compileTrust(tp) as CompiledTrust;
-  } else if (!Array.isArray(tp)) {
-    y.fail(["trusted_proxies"], "must be a list of names, addresses and CIDR ranges, or a hop count", tp);
-  } else {
-    const compiled = compileTrust(tp);
-    if (Array.isArray(compiled))
-      for (const p of compiled) y.failAddress(["trusted_proxies", p.index], p.reason, p.value);
-    else {
-      trustedProxies = compiled;
-      for (const c of compiled.catchAll) {
-        warnings.push(
-          `trusted_proxies trusts every address (${c}): any client can then choose its own IP with X-Forwarded-For`,
-        );
-      }
-    }
-  }
+  const listen = listenAt(cx, ["listen"], fromEnv(cx, ENV.listen, top["listen"] ?? "127.0.0.1:8080"), ENV.listen);
+  const upstream = readUpstream(cx, top["upstream"]);
+  const trustedProxies = readTrustedProxies(cx, top["trusted_proxies"] ?? []);
 
   const pingPath = top["ping_path"] ?? "/_keyfence/ping";
   if (typeof pingPath !== "string" || !/^\/[\x21-\x7e]*$/.test(pingPath) || /[?#]/.test(pingPath)) {
@@ -262,106 +246,15 @@ export function parseConfig(file: string, text: string, env: NodeJS.ProcessEnv =
   const accessLog = top["access_log"] ?? false;
   if (typeof accessLog !== "boolean") y.fail(["access_log"], "must be true or false", accessLog);
 
-  const keysRaw = top["keys"];
-  let keys: Config["keys"] | undefined;
-  if (keysRaw === undefined) y.fail([], 'missing field "keys" (with at least keys.file)');
-  else {
-    const k = y.mapping(["keys"], keysRaw, [
-      "file",
-      "unknown",
-      "missing",
-      "max_entries",
-      "credentials",
-      ...STORE_FIELDS,
-    ]);
-    if (k !== undefined) {
-      const store = parseStoreConfig(y, k, dirname(file));
-      // With Redis the keys file is optional: it only places the side files (audit log, code state).
-      const f = k["file"] ?? (store?.kind === "redis" ? "keys.yaml" : undefined);
-      if (f === undefined) y.fail(["keys"], 'missing field "file" (the keys file, relative to this file)');
-      else if (typeof f !== "string" || f === "") y.fail(["keys", "file"], "must be a path", f);
-      for (const field of ["unknown", "missing"] as const) {
-        const v = k[field];
-        if (v !== undefined && v !== "forward" && v !== "reject")
-          y.fail(["keys", field], 'must be "forward" or "reject"', v);
-      }
-      let me = k["max_entries"] ?? DEFAULT_MAX_ENTRIES;
-      if (typeof me !== "number" || !Number.isInteger(me) || me < 1 || me > 1_000_000) {
-        y.fail(["keys", "max_entries"], "must be an integer from 1 to 1000000", me);
-        me = DEFAULT_MAX_ENTRIES; // the keys file is still checked (check-config), with the default
-      }
-      const credentials = parseCredentials(y, k["credentials"]);
-      if (typeof f === "string" && f !== "" && credentials !== undefined && store !== undefined) {
-        const abs = resolve(dirname(file), f);
-        keys = {
-          file: abs,
-          displayName: displayPath(abs),
-          unknown: (k["unknown"] as "forward" | "reject" | undefined) ?? "forward",
-          missing: (k["missing"] as "forward" | "reject" | undefined) ?? "forward",
-          maxEntries: typeof me === "number" ? me : DEFAULT_MAX_ENTRIES,
-          credentials,
-          store,
-        };
-      }
-    }
-  }
-
-  let admin: Config["admin"];
-  const adminRaw = top["admin"];
-  if (adminRaw !== undefined && adminRaw !== null) {
-    const a = y.mapping(["admin"], adminRaw, [
-      "listen",
-      "operators",
-      "operators_file",
-      "session_idle_timeout_s",
-      "session_max_age_s",
-      "confirm_window_s",
-      ...AUDIT_FIELDS,
-    ]);
-    if (a !== undefined) {
-      const al = listenAt(
-        ["admin", "listen"],
-        fromEnv(ENV.adminListen, a["listen"] ?? "127.0.0.1:9090"),
-        ENV.adminListen,
-      );
-      const names = new Set<string>();
-      const operators = readOperators(y, ["admin", "operators"], a["operators"], names);
-      const opsFile = a["operators_file"];
-      if (opsFile !== undefined) {
-        if (typeof opsFile !== "string" || opsFile === "")
-          y.fail(["admin", "operators_file"], "must be a path", opsFile);
-        else operators.push(...readOperatorsFile(resolve(dirname(file), opsFile), names, fileProblems));
-      }
-      const seconds = (field: string, fallback: number, max: number): number => {
-        const v = a[field] ?? fallback;
-        if (typeof v !== "number" || !Number.isInteger(v) || v < 1 || v > max) {
-          y.fail(["admin", field], `must be an integer number of seconds from 1 to ${max}`, v);
-          return fallback * 1000;
-        }
-        return v * 1000;
-      };
-      const sessionIdleMs = seconds("session_idle_timeout_s", 1800, 86_400);
-      const sessionMaxAgeMs = seconds("session_max_age_s", 43_200, 604_800);
-      const confirmWindowMs = seconds("confirm_window_s", 300, 3600);
-      const audit = readAuditSettings(y, a);
-      if (al !== undefined) {
-        admin = { listen: al, operators, sessionIdleMs, sessionMaxAgeMs, confirmWindowMs, audit };
-        if (!isLoopback(al.host)) {
-          warnings.push(
-            `the admin listener ${formatListen(al)} is not on loopback: the management API and /metrics are reachable from the network`,
-          );
-        }
-      }
-    }
-  }
-
+  const keys = readKeysSection(cx, top["keys"]);
+  const admin = readAdminSection(cx, top["admin"]);
   const limits = readLimits(y, top["limits"]);
   const proxyProtocol = readProxyProtocol(y, top["proxy_protocol"], warnings);
 
-  const decision = readDecision(y, top["decision"], (path, raw) => listenAt(path, raw, ""));
+  const decision = readDecision(y, top["decision"], (path, raw) => listenAt(cx, path, raw, ""));
   if (trustedProxies) warnings.push(...decisionWarnings(decision, trustedProxies.none, isLoopback, formatListen));
 
-  const problems = [...y.sortedProblems(), ...fileProblems, ...envProblems];
+  const problems = [...y.sortedProblems(), ...cx.fileProblems, ...cx.envProblems];
   if (problems.length > 0 || !listen || !upstream || !trustedProxies || !keys || !proxyProtocol) {
     return keys ? { ok: false, problems, keys } : { ok: false, problems };
   }
@@ -386,6 +279,133 @@ export function parseConfig(file: string, text: string, env: NodeJS.ProcessEnv =
       warnings,
     },
   };
+}
+
+/** `upstream` (or its environment override): required, an http(s) URL. */
+function readUpstream(cx: ParseContext, raw: unknown): URL | undefined {
+  const upstreamRaw = fromEnv(cx, ENV.upstream, raw);
+  if (upstreamRaw === undefined) {
+    cx.y.fail([], 'missing field "upstream" (the URL of the protected service)');
+    return undefined;
+  }
+  const why = checkUpstream(upstreamRaw);
+  if (typeof why !== "string") return why;
+  if (cx.env[ENV.upstream]) envFail(cx, ENV.upstream, cx.env[ENV.upstream] ?? "", why);
+  else cx.y.fail(["upstream"], why, upstreamRaw);
+  return undefined;
+}
+
+/** `trusted_proxies`: a hop count or a list of names, addresses and ranges; warns when it trusts everyone. */
+function readTrustedProxies(cx: ParseContext, tp: unknown): CompiledTrust | undefined {
+  const { y } = cx;
+  if (typeof tp === "number") {
+    if (!Number.isInteger(tp) || tp < 0 || tp > 64) {
+      y.fail(["trusted_proxies"], "a hop count must be an integer from 0 to 64", tp);
+      return undefined;
+    }
+    return compileTrust(tp) as CompiledTrust;
+  }
+  if (!Array.isArray(tp)) {
+    y.fail(["trusted_proxies"], "must be a list of names, addresses and CIDR ranges, or a hop count", tp);
+    return undefined;
+  }
+  const compiled = compileTrust(tp);
+  if (Array.isArray(compiled)) {
+    for (const p of compiled) y.failAddress(["trusted_proxies", p.index], p.reason, p.value);
+    return undefined;
+  }
+  for (const c of compiled.catchAll) {
+    cx.warnings.push(
+      `trusted_proxies trusts every address (${c}): any client can then choose its own IP with X-Forwarded-For`,
+    );
+  }
+  return compiled;
+}
+
+/** The `keys` section: required, with at least `file` (optional with Redis). */
+function readKeysSection(cx: ParseContext, keysRaw: unknown): Config["keys"] | undefined {
+  const { y, file } = cx;
+  if (keysRaw === undefined) {
+    y.fail([], 'missing field "keys" (with at least keys.file)');
+    return undefined;
+  }
+  const k = y.mapping(["keys"], keysRaw, ["file", "unknown", "missing", "max_entries", "credentials", ...STORE_FIELDS]);
+  if (k === undefined) return undefined;
+  const store = parseStoreConfig(y, k, dirname(file));
+  // With Redis the keys file is optional: it only places the side files (audit log, code state).
+  const f = k["file"] ?? (store?.kind === "redis" ? "keys.yaml" : undefined);
+  if (f === undefined) y.fail(["keys"], 'missing field "file" (the keys file, relative to this file)');
+  else if (typeof f !== "string" || f === "") y.fail(["keys", "file"], "must be a path", f);
+  for (const field of ["unknown", "missing"] as const) {
+    const v = k[field];
+    if (v !== undefined && v !== "forward" && v !== "reject")
+      y.fail(["keys", field], 'must be "forward" or "reject"', v);
+  }
+  let me = k["max_entries"] ?? DEFAULT_MAX_ENTRIES;
+  if (typeof me !== "number" || !Number.isInteger(me) || me < 1 || me > 1_000_000) {
+    y.fail(["keys", "max_entries"], "must be an integer from 1 to 1000000", me);
+    me = DEFAULT_MAX_ENTRIES; // the keys file is still checked (check-config), with the default
+  }
+  const credentials = parseCredentials(y, k["credentials"]);
+  if (typeof f !== "string" || f === "" || credentials === undefined || store === undefined) return undefined;
+  const abs = resolve(dirname(file), f);
+  return {
+    file: abs,
+    displayName: displayPath(abs),
+    unknown: (k["unknown"] as "forward" | "reject" | undefined) ?? "forward",
+    missing: (k["missing"] as "forward" | "reject" | undefined) ?? "forward",
+    maxEntries: typeof me === "number" ? me : DEFAULT_MAX_ENTRIES,
+    credentials,
+    store,
+  };
+}
+
+/** The optional `admin` section: listener, operators, session lifetimes, audit settings. */
+function readAdminSection(cx: ParseContext, adminRaw: unknown): Config["admin"] {
+  const { y, file } = cx;
+  if (adminRaw === undefined || adminRaw === null) return undefined;
+  const a = y.mapping(["admin"], adminRaw, [
+    "listen",
+    "operators",
+    "operators_file",
+    "session_idle_timeout_s",
+    "session_max_age_s",
+    "confirm_window_s",
+    ...AUDIT_FIELDS,
+  ]);
+  if (a === undefined) return undefined;
+  const al = listenAt(
+    cx,
+    ["admin", "listen"],
+    fromEnv(cx, ENV.adminListen, a["listen"] ?? "127.0.0.1:9090"),
+    ENV.adminListen,
+  );
+  const names = new Set<string>();
+  const operators = readOperators(y, ["admin", "operators"], a["operators"], names);
+  const opsFile = a["operators_file"];
+  if (opsFile !== undefined) {
+    if (typeof opsFile !== "string" || opsFile === "") y.fail(["admin", "operators_file"], "must be a path", opsFile);
+    else operators.push(...readOperatorsFile(resolve(dirname(file), opsFile), names, cx.fileProblems));
+  }
+  const seconds = (field: string, fallback: number, max: number): number => {
+    const v = a[field] ?? fallback;
+    if (typeof v !== "number" || !Number.isInteger(v) || v < 1 || v > max) {
+      y.fail(["admin", field], `must be an integer number of seconds from 1 to ${max}`, v);
+      return fallback * 1000;
+    }
+    return v * 1000;
+  };
+  const sessionIdleMs = seconds("session_idle_timeout_s", 1800, 86_400);
+  const sessionMaxAgeMs = seconds("session_max_age_s", 43_200, 604_800);
+  const confirmWindowMs = seconds("confirm_window_s", 300, 3600);
+  const audit = readAuditSettings(y, a);
+  if (al === undefined) return undefined;
+  if (!isLoopback(al.host)) {
+    cx.warnings.push(
+      `the admin listener ${formatListen(al)} is not on loopback: the management API and /metrics are reachable from the network`,
+    );
+  }
+  return { listen: al, operators, sessionIdleMs, sessionMaxAgeMs, confirmWindowMs, audit };
 }
 
 function checkUpstream(raw: unknown): URL | string {
