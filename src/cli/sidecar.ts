@@ -141,28 +141,7 @@ export async function startSidecar(
   const store = openStore(config, log);
   const registry = new Registry();
   const metrics = new Metrics(registry, { version: VERSION, cache: store.matcherCache });
-  store.subscribe({
-    change: (snap, cause) => {
-      metrics.snapshotInstalled(snap.size, snap.entries, cause === "reload");
-      if (cause === "reload" && config.keys.store.kind === "file")
-        log.info({ event: "store_reloaded", keys: snap.size, entries: snap.entries }, "keys file reloaded");
-    },
-    health: (h) => {
-      metrics.storeHealth(h.up);
-      if (h.up) log.info({ event: "store_up", store: store.description }, `key store ${store.description} is back`);
-      else log.error({ event: "store_down", store: store.description }, h.reason);
-    },
-    reloadFailed: (problems) => {
-      metrics.reloadFailed();
-      for (const p of problems) {
-        log.error({ event: "store_reload_failed", ...problemFields(p) }, formatStoreProblem(p));
-      }
-      log.error(
-        { event: "store_reload_failed", problems: problems.length },
-        "keys file change refused; the last good version keeps serving",
-      );
-    },
-  });
+  watchStore(store, metrics, config, log);
   const snap = await store.load();
   metrics.storeHealth(store.health.up);
   const sources = new SourceTracker();
@@ -185,57 +164,7 @@ export async function startSidecar(
       decisionAddress = await decision.listen(config.decision.listen.host, config.decision.listen.port);
     }
     if (config.admin && role !== "worker") {
-      admin = new AdminServer({
-        metrics: cluster ? () => cluster.metrics() : () => registry.metrics(),
-        log,
-        ready: () => ({ ...store.health, store: store.description }),
-      });
-      const sourcesOf = cluster
-        ? (id: string) => cluster.sources(id)
-        : (id: string) => Promise.resolve(sources.sources(id));
-      const files = sideFiles(config.keys.file);
-      const audit = await AuditLog.open(files.audit, config.admin.audit);
-      const limit = { max: AUTH_FAILURES_PER_MINUTE, windowMs: 60_000 };
-      const lifetimes = {
-        idleMs: config.admin.sessionIdleMs,
-        maxAgeMs: config.admin.sessionMaxAgeMs,
-        confirmWindowMs: config.admin.confirmWindowMs,
-      };
-      // With Redis, replicas share the limit, the code state and the sessions (SPEC §6).
-      let attempts: AttemptLimit;
-      let sessions: SessionStore;
-      let codes: CodeState;
-      if (store instanceof RedisKeyStore) {
-        attempts = new RedisAttemptLimit(store, limit);
-        sessions = new RedisSessionStore(store, config.admin.operators, lifetimes);
-        codes = new RedisCodeState(store);
-      } else {
-        attempts = new MemoryAttemptLimit(limit);
-        sessions = new MemorySessionStore(lifetimes);
-        codes = new FileCodeState(files.otpState);
-      }
-      const auth = new Authenticator(config.admin.operators, store, attempts, sessions);
-      const keys = new KeysService({
-        store,
-        audit,
-        maxEntries: config.keys.maxEntries,
-        globalMode: config.mode,
-        log,
-      });
-      const confirmations = new Confirmations(codes);
-      registerApi(admin, { keys, audit, auth, confirmations, sources: sourcesOf, trust: config.trustedProxies });
-      registerDashboard(admin, {
-        keys,
-        audit,
-        auth,
-        sessions,
-        confirmations,
-        sources: sourcesOf,
-        trust: config.trustedProxies,
-        secureCookie: !isLoopback(config.admin.listen.host),
-        globalMode: config.mode,
-        log,
-      });
+      admin = await buildAdmin(config, config.admin, { store, registry, sources, log, cluster });
       adminAddress = await admin.listen(config.admin.listen.host, config.admin.listen.port);
     }
   } catch (err) {
@@ -284,6 +213,101 @@ export async function startSidecar(
       return stopping;
     },
   };
+}
+
+/** Logs and counts what the key store reports: reloads, health changes, refused reloads. */
+function watchStore(store: KeyStore, metrics: Metrics, config: Config, log: Logger): void {
+  store.subscribe({
+    change: (snap, cause) => {
+      metrics.snapshotInstalled(snap.size, snap.entries, cause === "reload");
+      if (cause === "reload" && config.keys.store.kind === "file")
+        log.info({ event: "store_reloaded", keys: snap.size, entries: snap.entries }, "keys file reloaded");
+    },
+    health: (h) => {
+      metrics.storeHealth(h.up);
+      if (h.up) log.info({ event: "store_up", store: store.description }, `key store ${store.description} is back`);
+      else log.error({ event: "store_down", store: store.description }, h.reason);
+    },
+    reloadFailed: (problems) => {
+      metrics.reloadFailed();
+      for (const p of problems) {
+        log.error({ event: "store_reload_failed", ...problemFields(p) }, formatStoreProblem(p));
+      }
+      log.error(
+        { event: "store_reload_failed", problems: problems.length },
+        "keys file change refused; the last good version keeps serving",
+      );
+    },
+  });
+}
+
+/** What the admin listener is built from. */
+interface AdminParts {
+  readonly store: KeyStore;
+  readonly registry: Registry;
+  readonly sources: SourceTracker;
+  readonly log: Logger;
+  readonly cluster: ClusterLink | undefined;
+}
+
+/** Builds the admin listener (not yet listening): health, metrics, the management API and the dashboard. */
+async function buildAdmin(
+  config: Config,
+  adminConfig: NonNullable<Config["admin"]>,
+  { store, registry, sources, log, cluster }: AdminParts,
+): Promise<AdminServer> {
+  const admin = new AdminServer({
+    metrics: cluster ? () => cluster.metrics() : () => registry.metrics(),
+    log,
+    ready: () => ({ ...store.health, store: store.description }),
+  });
+  const sourcesOf = cluster
+    ? (id: string) => cluster.sources(id)
+    : (id: string) => Promise.resolve(sources.sources(id));
+  const files = sideFiles(config.keys.file);
+  const audit = await AuditLog.open(files.audit, adminConfig.audit);
+  const limit = { max: AUTH_FAILURES_PER_MINUTE, windowMs: 60_000 };
+  const lifetimes = {
+    idleMs: adminConfig.sessionIdleMs,
+    maxAgeMs: adminConfig.sessionMaxAgeMs,
+    confirmWindowMs: adminConfig.confirmWindowMs,
+  };
+  // With Redis, replicas share the limit, the code state and the sessions (SPEC §6).
+  let attempts: AttemptLimit;
+  let sessions: SessionStore;
+  let codes: CodeState;
+  if (store instanceof RedisKeyStore) {
+    attempts = new RedisAttemptLimit(store, limit);
+    sessions = new RedisSessionStore(store, adminConfig.operators, lifetimes);
+    codes = new RedisCodeState(store);
+  } else {
+    attempts = new MemoryAttemptLimit(limit);
+    sessions = new MemorySessionStore(lifetimes);
+    codes = new FileCodeState(files.otpState);
+  }
+  const auth = new Authenticator(adminConfig.operators, store, attempts, sessions);
+  const keys = new KeysService({
+    store,
+    audit,
+    maxEntries: config.keys.maxEntries,
+    globalMode: config.mode,
+    log,
+  });
+  const confirmations = new Confirmations(codes);
+  registerApi(admin, { keys, audit, auth, confirmations, sources: sourcesOf, trust: config.trustedProxies });
+  registerDashboard(admin, {
+    keys,
+    audit,
+    auth,
+    sessions,
+    confirmations,
+    sources: sourcesOf,
+    trust: config.trustedProxies,
+    secureCookie: !isLoopback(adminConfig.listen.host),
+    globalMode: config.mode,
+    log,
+  });
+  return admin;
 }
 
 /** How `trusted_proxies` reads in a log line. */
