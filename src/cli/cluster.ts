@@ -8,7 +8,7 @@
  */
 import cluster, { type Worker } from "node:cluster";
 import type { Logger } from "pino";
-import { AggregatorRegistry, type MetricObjectWithValues, type MetricValue } from "prom-client";
+import { AggregatorRegistry, type MetricObjectWithValues, type MetricValue, type Registry } from "prom-client";
 import type { Config } from "../config/config.js";
 import type { ObservedSource } from "../metrics/sources.js";
 import { flushLogger, logListening, startSidecar, type ClusterLink, type Sidecar } from "./sidecar.js";
@@ -90,96 +90,139 @@ export async function runWorker(config: Config, log: Logger): Promise<Sidecar> {
   return sidecar;
 }
 
-/** Runs this process as the cluster primary: forks `config.workers` proxies, then serves the admin listener. */
-export async function runPrimary(config: Config, log: Logger): Promise<{ stop(): Promise<void> }> {
-  // Workers accept connections themselves (the kernel spreads them); the primary never relays.
-  cluster.schedulingPolicy = cluster.SCHED_NONE;
-  cluster.setupPrimary({ exec: process.argv[1] ?? "", args: process.argv.slice(2) });
-  const workers = new Set<Worker>();
-  const pending = new Map<
+/** The primary's workers: forking (and re-forking when one exits), and requests to them over IPC. */
+class WorkerPool {
+  readonly workers = new Set<Worker>();
+  private readonly pending = new Map<
     number,
     { resolve: (v: unknown) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }
   >();
-  let seq = 0;
-  let stopping = false;
-  let port = 0;
-  let decisionPort: number | undefined;
+  private seq = 0;
+  /** Set when stopping: exited workers are no longer replaced. */
+  stopping = false;
+  /** The proxy port the workers share. */
+  port = 0;
+  /** The decision port the workers share, if any. */
+  decisionPort: number | undefined;
 
-  const request = (w: Worker, op: Request["op"], extra: { keyId?: string } = {}): Promise<unknown> =>
-    new Promise((resolve, reject) => {
-      const id = ++seq;
+  constructor(private readonly log: Logger) {}
+
+  /** Sends `op` to worker `w`; rejects when it fails or takes longer than {@link REQUEST_TIMEOUT_MS}. */
+  request(w: Worker, op: Request["op"], extra: { keyId?: string } = {}): Promise<unknown> {
+    return new Promise((resolve, reject) => {
+      const id = ++this.seq;
       const timer = setTimeout(() => {
-        pending.delete(id);
+        this.pending.delete(id);
         reject(new Error(`worker ${w.id} did not answer ${op} within ${REQUEST_TIMEOUT_MS} ms`));
       }, REQUEST_TIMEOUT_MS);
-      pending.set(id, { resolve, reject, timer });
+      this.pending.set(id, { resolve, reject, timer });
       w.send({ kf: "req", id, op, ...extra });
     });
+  }
 
-  const fork = (): Promise<Worker> =>
-    new Promise((resolve, reject) => {
+  /** Forks a worker; resolves when it is ready, rejects when it exits before. */
+  fork(): Promise<Worker> {
+    return new Promise((resolve, reject) => {
       const w = cluster.fork({ KEYFENCE_WORKER: "1" });
       const onExit = (code: number | null, signal: string | null): void => {
-        workers.delete(w);
+        this.workers.delete(w);
         reject(new Error(`worker exited before it was ready (code ${code ?? signal})`));
       };
       w.once("exit", onExit);
       w.on("message", (m: Reply) => {
         if (m.kf === "ready") {
-          port = m.port;
-          decisionPort = m.decisionPort;
+          this.port = m.port;
+          this.decisionPort = m.decisionPort;
           w.off("exit", onExit);
-          workers.add(w);
-          w.once("exit", (code, signal) => {
-            workers.delete(w);
-            if (stopping) return;
-            log.error({ event: "worker_exited", worker: w.id, code, signal }, "worker exited; starting a new one");
-            setTimeout(() => {
-              if (!stopping) fork().catch((err: unknown) => log.error({ err }, "cannot restart worker"));
-            }, 1000).unref();
-          });
+          this.workers.add(w);
+          w.once("exit", (code, signal) => this.exited(w, code, signal));
           resolve(w);
         } else if (m.kf === "res") {
-          const p = pending.get(m.id);
+          const p = this.pending.get(m.id);
           if (!p) return;
-          pending.delete(m.id);
+          this.pending.delete(m.id);
           clearTimeout(p.timer);
           if (m.ok) p.resolve(m.data);
           else p.reject(new Error(m.error ?? "worker request failed"));
         }
       });
     });
+  }
 
-  await Promise.all(Array.from({ length: config.workers }, () => fork()));
+  /** How the primary's sidecar reaches the workers; `own` is the primary's registry. */
+  link(own: () => Registry): ClusterLink {
+    return {
+      metrics: async () => {
+        const mine = await own().getMetricsAsJSON();
+        const others = (await Promise.all(
+          [...this.workers].map((w) => this.request(w, "metrics")),
+        )) as MetricObjectWithValues<MetricValue<string>>[][];
+        return AggregatorRegistry.aggregate([mine, ...others]).metrics();
+      },
+      sources: async (keyId) =>
+        mergeSources(
+          (await Promise.all(
+            [...this.workers].map((w) => this.request(w, "sources", { keyId })),
+          )) as ObservedSource[][],
+        ),
+      syncWorkers: async () => {
+        const results = await Promise.allSettled([...this.workers].map((w) => this.request(w, "reload")));
+        for (const r of results) {
+          if (r.status === "rejected")
+            this.log.error(
+              { event: "worker_sync_failed", err: r.reason as Error },
+              "a worker did not confirm the reload",
+            );
+        }
+      },
+    };
+  }
 
-  const link: ClusterLink = {
-    async metrics() {
-      const own = await sidecar.registry.getMetricsAsJSON();
-      const others = (await Promise.all([...workers].map((w) => request(w, "metrics")))) as MetricObjectWithValues<
-        MetricValue<string>
-      >[][];
-      return AggregatorRegistry.aggregate([own, ...others]).metrics();
-    },
-    async sources(keyId) {
-      return mergeSources(
-        (await Promise.all([...workers].map((w) => request(w, "sources", { keyId })))) as ObservedSource[][],
-      );
-    },
-    async syncWorkers() {
-      const results = await Promise.allSettled([...workers].map((w) => request(w, "reload")));
-      for (const r of results) {
-        if (r.status === "rejected")
-          log.error({ event: "worker_sync_failed", err: r.reason as Error }, "a worker did not confirm the reload");
-      }
-    },
-  };
-  const sidecar = await startSidecar(config, log, { role: "primary", cluster: link });
+  /** Stops every worker: drained when it answers, killed when it does not. */
+  async stopAll(): Promise<void> {
+    this.stopping = true;
+    await Promise.all(
+      [...this.workers].map(
+        (w) =>
+          new Promise<void>((resolve) => {
+            w.once("exit", () => resolve());
+            this.request(w, "stop").then(
+              () => w.disconnect(),
+              () => w.kill("SIGKILL"),
+            );
+          }),
+      ),
+    );
+  }
+
+  private exited(w: Worker, code: number | null, signal: string | null): void {
+    this.workers.delete(w);
+    if (this.stopping) return;
+    this.log.error({ event: "worker_exited", worker: w.id, code, signal }, "worker exited; starting a new one");
+    setTimeout(() => {
+      if (!this.stopping) this.fork().catch((err: unknown) => this.log.error({ err }, "cannot restart worker"));
+    }, 1000).unref();
+  }
+}
+
+/** Runs this process as the cluster primary: forks `config.workers` proxies, then serves the admin listener. */
+export async function runPrimary(config: Config, log: Logger): Promise<{ stop(): Promise<void> }> {
+  // Workers accept connections themselves (the kernel spreads them); the primary never relays.
+  cluster.schedulingPolicy = cluster.SCHED_NONE;
+  cluster.setupPrimary({ exec: process.argv[1] ?? "", args: process.argv.slice(2) });
+  const pool = new WorkerPool(log);
+  await Promise.all(Array.from({ length: config.workers }, () => pool.fork()));
+
+  const sidecar: Sidecar = await startSidecar(config, log, {
+    role: "primary",
+    cluster: pool.link(() => sidecar.registry),
+  });
   logListening(log, config, {
-    proxy: { host: config.listen.host, port },
+    proxy: { host: config.listen.host, port: pool.port },
     admin: sidecar.adminAddress,
     decision:
-      config.decision && decisionPort !== undefined
-        ? { host: config.decision.listen.host, port: decisionPort }
+      config.decision && pool.decisionPort !== undefined
+        ? { host: config.decision.listen.host, port: pool.decisionPort }
         : undefined,
     snapshot: sidecar.store.snapshot,
     workers: config.workers,
@@ -187,23 +230,12 @@ export async function runPrimary(config: Config, log: Logger): Promise<{ stop():
 
   return {
     async stop() {
-      stopping = true;
+      pool.stopping = true;
       log.info(
-        { event: "draining", timeout_ms: config.drainTimeoutMs, workers: workers.size },
+        { event: "draining", timeout_ms: config.drainTimeoutMs, workers: pool.workers.size },
         "stopping: draining workers",
       );
-      await Promise.all(
-        [...workers].map(
-          (w) =>
-            new Promise<void>((resolve) => {
-              w.once("exit", () => resolve());
-              request(w, "stop").then(
-                () => w.disconnect(),
-                () => w.kill("SIGKILL"),
-              );
-            }),
-        ),
-      );
+      await pool.stopAll();
       await sidecar.stop();
     },
   };
