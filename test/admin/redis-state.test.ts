@@ -7,35 +7,26 @@
  * reservations never exceed the limit, and a closed store fails closed.
  */
 import assert from "node:assert/strict";
-import { after, before, describe, test } from "node:test";
+import { after, describe, test } from "node:test";
 import fc from "fast-check";
 import { MemoryAttemptLimit } from "../../src/admin/attempts.js";
 import { RedisAttemptLimit, RedisCodeState, RedisSessionStore } from "../../src/admin/redis-state.js";
 import type { Operator } from "../../src/config/config.js";
-import { connectOnce, importRecords } from "../../src/store/redis/io.js";
 import { RedisKeyStore } from "../../src/store/redis/store.js";
 import { StoreUnavailableError } from "../../src/store/store.js";
 import { needBinary } from "../helpers/binary.js";
-import { startRedis, type RedisServer } from "../helpers/redis.js";
+import { redisFixture } from "../helpers/redis.js";
 
 const redisBin = needBinary("redis-server", "redis-server");
 const OPS: Operator = { name: "ops", tokenSha256: "0".repeat(64), totpSecret: undefined };
 const OTHER: Operator = { name: "other", tokenSha256: "1".repeat(64), totpSecret: undefined };
 
-let prefixes = 0;
-
 describe("Redis admin state", { skip: redisBin.skip }, () => {
-  let redis: RedisServer;
   const stores: RedisKeyStore[] = [];
   /** Two connected stores ("replicas") on a fresh prefix. */
   const replicas = async (): Promise<[RedisKeyStore, RedisKeyStore]> => {
-    const prefix = `as${++prefixes}:`;
-    const c = await connectOnce(redis.url);
-    try {
-      await importRecords(c, prefix, []);
-    } finally {
-      c.destroy();
-    }
+    const prefix = redis.newPrefix();
+    await redis.seed(prefix);
     const open = async (): Promise<RedisKeyStore> => {
       const s = new RedisKeyStore({ url: redis.url, displayUrl: redis.url, prefix, maxEntries: 1000 });
       stores.push(s);
@@ -45,13 +36,10 @@ describe("Redis admin state", { skip: redisBin.skip }, () => {
     return [await open(), await open()];
   };
 
-  before(async () => {
-    redis = await startRedis(redisBin.path ?? "redis-server");
-  });
   after(async () => {
     await Promise.all(stores.map((s) => s.close()));
-    await redis.kill();
   });
+  const redis = redisFixture(redisBin.path, "as");
 
   test("attempt limit: the same outcomes as the in-process limit for any sequence (fast-check)", async () => {
     const [a, b] = await replicas();

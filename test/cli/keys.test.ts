@@ -8,7 +8,7 @@ import { after, before, describe, test } from "node:test";
 import { stringify } from "yaml";
 import { parseKeysFile } from "../../src/store/keysfile.js";
 import { needBinary } from "../helpers/binary.js";
-import { startRedis, type RedisServer } from "../helpers/redis.js";
+import { redisFixture } from "../helpers/redis.js";
 import { keysYaml } from "../helpers/sidecar.js";
 import { BIN } from "../helpers/spawn.js";
 
@@ -43,10 +43,9 @@ describe("keyfence keys import/export", () => {
   after(() => rmSync(dir, { recursive: true, force: true }));
 
   describe("into Redis", { skip: redisBin.skip }, () => {
-    let redis: RedisServer;
+    const redis = redisFixture(redisBin.path, "t");
     let config: string;
-    before(async () => {
-      redis = await startRedis(redisBin.path ?? "redis-server");
+    before(() => {
       config = join(dir, "redis.yaml");
       writeFileSync(
         config,
@@ -57,7 +56,6 @@ describe("keyfence keys import/export", () => {
         }),
       );
     });
-    after(() => redis.kill());
 
     test("export of an uninitialized store fails clearly", async () => {
       const r = await run(["keys", "export", "--config", config]);

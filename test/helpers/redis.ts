@@ -5,6 +5,9 @@
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { createServer, connect, type Server, type Socket } from "node:net";
+import { after, before } from "node:test";
+import type { KeyRecord } from "../../src/store/keysfile.js";
+import { connectOnce, importRecords } from "../../src/store/redis/io.js";
 
 /** A running redis-server. */
 export interface RedisServer {
@@ -129,5 +132,65 @@ export async function startRelay(target: number): Promise<Relay> {
       for (const s of sockets) s.destroy();
       await new Promise((r) => server.close(r));
     },
+  };
+}
+
+/** A one-off Redis connection, as `keyfence keys` opens one. */
+export type RedisClient = Awaited<ReturnType<typeof connectOnce>>;
+
+/** The redis-server of one suite, with a fresh key prefix per test and the store set-up steps tests share. */
+export interface RedisFixture {
+  readonly server: RedisServer;
+  readonly url: string;
+  readonly port: number;
+  /** A key prefix no other test of the suite has used. */
+  newPrefix(): string;
+  /** Initializes the store under `prefix` with `records` (as `keyfence keys import` does). */
+  seed(prefix: string, records?: readonly KeyRecord[]): Promise<void>;
+  /** Runs `work` on a one-off connection, closed afterwards. */
+  withClient<T>(work: (client: RedisClient) => Promise<T>): Promise<T>;
+}
+
+/**
+ * Registers hooks in the calling `describe` block that start `binary` (from
+ * `needBinary`) before its tests and kill it after them; prefixes start with
+ * `tag`.
+ */
+export function redisFixture(binary: string | undefined, tag: string): RedisFixture {
+  let server: RedisServer | undefined;
+  let prefixes = 0;
+  before(async () => {
+    server = await startRedis(binary ?? "redis-server");
+  });
+  after(async () => {
+    await server?.kill();
+  });
+  const ready = (): RedisServer => {
+    if (server === undefined) throw new Error("redisFixture: used outside its suite's tests");
+    return server;
+  };
+  const withClient = async <T>(work: (client: RedisClient) => Promise<T>): Promise<T> => {
+    const c = await connectOnce(ready().url);
+    try {
+      return await work(c);
+    } finally {
+      c.destroy();
+    }
+  };
+  return {
+    get server() {
+      return ready();
+    },
+    get url() {
+      return ready().url;
+    },
+    get port() {
+      return ready().port;
+    },
+    newPrefix: () => `${tag}${++prefixes}:`,
+    seed: async (prefix, records = []) => {
+      await withClient((c) => importRecords(c, prefix, records));
+    },
+    withClient,
   };
 }

@@ -8,10 +8,9 @@ import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { after, before, describe, test } from "node:test";
 import { Secret } from "otpauth";
-import { connectOnce, importRecords } from "../../src/store/redis/io.js";
 import { needBinary } from "../helpers/binary.js";
 import { bearer, send, type Reply } from "../helpers/http.js";
-import { startRedis, startRelay, type RedisServer, type Relay } from "../helpers/redis.js";
+import { redisFixture, startRelay, type Relay } from "../helpers/redis.js";
 import { eventually, startTestSidecar, type TestSidecar } from "../helpers/sidecar.js";
 import { awayFromStepBoundary, code } from "../helpers/totp.js";
 import { startUpstream, type Upstream } from "../helpers/upstream.js";
@@ -23,9 +22,6 @@ const OPERATORS = [
   { name: "ops", token_sha256: sha("tok_ops") },
   { name: "otp", token_sha256: sha("tok_otp"), totp_secret: OTP_SECRET },
 ];
-
-let prefixes = 0;
-const newPrefix = (): string => `st${++prefixes}:`;
 
 /** A restricted key's creation, which needs a code from the TOTP operator. */
 function createRestricted(kf: TestSidecar, otp: string): Promise<Reply> {
@@ -57,7 +53,6 @@ function withCookie(kf: TestSidecar, cookie: string): Promise<Reply> {
 }
 
 describe("admin state shared through Redis", { skip: redisBin.skip }, () => {
-  let redis: RedisServer;
   let up: Upstream;
   const started: TestSidecar[] = [];
   const start = async (url: string, prefix: string): Promise<TestSidecar> => {
@@ -72,25 +67,19 @@ describe("admin state shared through Redis", { skip: redisBin.skip }, () => {
   };
   /** Two replicas on a fresh prefix. */
   const pair = async (): Promise<[TestSidecar, TestSidecar]> => {
-    const prefix = newPrefix();
-    const c = await connectOnce(redis.url);
-    try {
-      await importRecords(c, prefix, []);
-    } finally {
-      c.destroy();
-    }
+    const prefix = redis.newPrefix();
+    await redis.seed(prefix);
     return [await start(redis.url, prefix), await start(redis.url, prefix)];
   };
 
   before(async () => {
-    redis = await startRedis(redisBin.path ?? "redis-server");
     up = await startUpstream();
   });
   after(async () => {
     await Promise.all(started.map((kf) => kf.stop()));
     await up.close();
-    await redis.kill();
   });
+  const redis = redisFixture(redisBin.path, "st");
 
   test("a code used on one replica is refused on the other; a later code still works", async () => {
     const [a, b] = await pair();
@@ -157,13 +146,8 @@ describe("admin state shared through Redis", { skip: redisBin.skip }, () => {
   });
 
   test("Redis unreachable: sign-ins, sessions and codes answer 503 store_unavailable", async () => {
-    const prefix = newPrefix();
-    const c = await connectOnce(redis.url);
-    try {
-      await importRecords(c, prefix, []);
-    } finally {
-      c.destroy();
-    }
+    const prefix = redis.newPrefix();
+    await redis.seed(prefix);
     const relay: Relay = await startRelay(redis.port);
     try {
       const kf = await start(relay.url, prefix);

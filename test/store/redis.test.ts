@@ -14,11 +14,11 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { stringify } from "yaml";
 import { StoreLoadError } from "../../src/store/store.js";
-import { connectOnce, exportRecords, importRecords } from "../../src/store/redis/io.js";
+import { exportRecords, importRecords } from "../../src/store/redis/io.js";
 import type { KeyRecord } from "../../src/store/keysfile.js";
 import { needBinary } from "../helpers/binary.js";
 import { bearer, send, type Reply } from "../helpers/http.js";
-import { startRedis, startRelay, type RedisServer, type Relay } from "../helpers/redis.js";
+import { redisFixture, startRelay, type Relay } from "../helpers/redis.js";
 import { eventually, startTestSidecar, type TestSidecar } from "../helpers/sidecar.js";
 import { spawnKeyfence } from "../helpers/spawn.js";
 import { startUpstream, type Upstream } from "../helpers/upstream.js";
@@ -43,15 +43,6 @@ function record(id: string, secret: string, allow: string[] = []): KeyRecord {
 
 /** The initial store: one key usable from loopback, one pinned elsewhere. */
 const SEED = [record("k_open", "s_open"), record("k_pinned", "s_pinned", ["203.0.113.0/24"])];
-
-async function seed(url: string, prefix: string, records: readonly KeyRecord[] = SEED): Promise<void> {
-  const c = await connectOnce(url);
-  try {
-    await importRecords(c, prefix, records);
-  } finally {
-    c.destroy();
-  }
-}
 
 async function replica(
   up: Upstream,
@@ -93,11 +84,7 @@ async function storeUp(kf: TestSidecar): Promise<string | undefined> {
   return /^keyfence_store_up (\d)/m.exec(m.body)?.[1];
 }
 
-let prefixes = 0;
-const newPrefix = (): string => `kf${++prefixes}:`;
-
 describe("Redis store", { skip: redisBin.skip }, () => {
-  let redis: RedisServer;
   let up: Upstream;
   const started: TestSidecar[] = [];
   const start = async (url: string, prefix: string, extra?: Record<string, unknown>): Promise<TestSidecar> => {
@@ -107,18 +94,18 @@ describe("Redis store", { skip: redisBin.skip }, () => {
   };
 
   before(async () => {
-    redis = await startRedis(redisBin.path ?? "redis-server");
     up = await startUpstream();
   });
   after(async () => {
     await Promise.all(started.map((kf) => kf.stop()));
     await up.close();
-    await redis.kill();
   });
+  const redis = redisFixture(redisBin.path, "kf");
+  const seed = (prefix: string, records: readonly KeyRecord[] = SEED): Promise<void> => redis.seed(prefix, records);
 
   test("a change through any of three replicas is enforced by all three within 1 s", async () => {
-    const prefix = newPrefix();
-    await seed(redis.url, prefix);
+    const prefix = redis.newPrefix();
+    await seed(prefix);
     const r = [await start(redis.url, prefix), await start(redis.url, prefix), await start(redis.url, prefix)] as const;
     for (const kf of r) {
       assert.equal(await proxied(kf, "s_open"), 200);
@@ -152,8 +139,8 @@ describe("Redis store", { skip: redisBin.skip }, () => {
   });
 
   test("concurrent writes through three replicas lose nothing", async () => {
-    const prefix = newPrefix();
-    await seed(redis.url, prefix, []);
+    const prefix = redis.newPrefix();
+    await seed(prefix, []);
     const r = [await start(redis.url, prefix), await start(redis.url, prefix), await start(redis.url, prefix)];
     // 30 creates at once, spread over the replicas.
     const made = await Promise.all(
@@ -187,18 +174,13 @@ describe("Redis store", { skip: redisBin.skip }, () => {
         );
       }
     }
-    const c = await connectOnce(redis.url);
-    try {
-      const all = await exportRecords(c, prefix);
-      assert.equal(all.length, 30);
-    } finally {
-      c.destroy();
-    }
+    const all = await redis.withClient((c) => exportRecords(c, prefix));
+    assert.equal(all.length, 30);
   });
 
   test("one replica cut off keeps enforcing, answers writes 503, and catches up on what it missed", async () => {
-    const prefix = newPrefix();
-    await seed(redis.url, prefix);
+    const prefix = redis.newPrefix();
+    await seed(prefix);
     const relay: Relay = await startRelay(redis.port);
     try {
       const a = await start(redis.url, prefix);
@@ -234,12 +216,11 @@ describe("Redis store", { skip: redisBin.skip }, () => {
   });
 
   test("vanished data is an outage, never no keys, until an import restores it", async () => {
-    const prefix = newPrefix();
-    await seed(redis.url, prefix);
+    const prefix = redis.newPrefix();
+    await seed(prefix);
     const a = await start(redis.url, prefix);
     const b = await start(redis.url, prefix);
-    const c = await connectOnce(redis.url);
-    try {
+    await redis.withClient(async (c) => {
       // As after a restart without persistence: every key under the prefix is gone.
       const names = await c.keys(`${prefix}*`);
       await c.del(names);
@@ -257,17 +238,15 @@ describe("Redis store", { skip: redisBin.skip }, () => {
         await eventually(async () => (await send(`${kf.adminUrl}/readyz`)).status === 200, 7000, "readyz 200");
         assert.equal(await proxied(kf, "s_open"), 403);
       }
-    } finally {
-      c.destroy();
-    }
+    });
   });
 
   test("redis-server killed and restarted: fail-static, 503, then catch-up once the store is restored", async () => {
-    const prefix = newPrefix();
-    await seed(redis.url, prefix);
+    const prefix = redis.newPrefix();
+    await seed(prefix);
     const a = await start(redis.url, prefix);
     const b = await start(redis.url, prefix);
-    await redis.kill();
+    await redis.server.kill();
     for (const kf of [a, b]) {
       await eventually(async () => (await send(`${kf.adminUrl}/readyz`)).status === 503, 3000, "readyz 503");
       assert.equal(await proxied(kf, "s_open"), 200);
@@ -276,14 +255,14 @@ describe("Redis store", { skip: redisBin.skip }, () => {
       const w = await apiCall(kf, "PATCH", "/v1/api-keys/k_pinned", { ip_allow_list: [] });
       assert.equal(w.status, 503);
     }
-    await redis.start();
+    await redis.server.start();
     // Without persistence the data is gone: still an outage.
     await new Promise((r) => setTimeout(r, 300));
     for (const kf of [a, b]) {
       assert.equal((await send(`${kf.adminUrl}/readyz`)).status, 503);
       assert.equal(await proxied(kf, "s_pinned"), 403);
     }
-    await seed(redis.url, prefix, [...SEED, record("k_new", "s_new")]);
+    await seed(prefix, [...SEED, record("k_new", "s_new")]);
     for (const kf of [a, b]) {
       await eventually(async () => (await proxied(kf, "s_new")) === 200, 7000, "the restored store");
       assert.equal((await send(`${kf.adminUrl}/readyz`)).status, 200);
@@ -291,8 +270,8 @@ describe("Redis store", { skip: redisBin.skip }, () => {
   });
 
   test("a replica started while Redis is down starts from snapshot_file, else exits 1", async () => {
-    const prefix = newPrefix();
-    await seed(redis.url, prefix);
+    const prefix = redis.newPrefix();
+    await seed(prefix);
     const dir = mkdtempSync(join(tmpdir(), "keyfence-redis-"));
     const relay = await startRelay(redis.port);
     try {
