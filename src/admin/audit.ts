@@ -1,29 +1,41 @@
 /**
- * The audit log: one JSON line per change, appended and fsynced to a file
- * next to the keys file, rotated by size (`keys.audit.jsonl`, then `.1`, `.2`
- * ... up to `keep` files in all). An append never reads the file; a page is
- * read from the newest end, parsing only the lines it returns. It never holds
- * a secret.
+ * The audit log (SPEC §5, §6): one event per change, never a secret, read
+ * newest first. Two implementations behind {@link AuditLog}:
+ *
+ * - {@link FileAuditLog}: one JSON line per change, appended and fsynced to a
+ *   file next to the keys file ahead of the change (withdrawn if the change
+ *   fails), rotated by size (`keys.audit.jsonl`, then `.1`, `.2` ... up to
+ *   `keep` files in all). An append never reads the file; a page is read from
+ *   the newest end, parsing only the lines it returns.
+ * - {@link JournalAuditLog}: the journal of a shared store (Redis: a capped
+ *   stream), whose entry the store commits in the same atomic write as the
+ *   change; every replica reads the same log.
  */
 import { open, rename, unlink, type FileHandle } from "node:fs/promises";
 import { dirname } from "node:path";
 import { AUDIT_DEFAULTS, type AuditSettings } from "../config/audit.js";
+import type { Journal } from "../store/store.js";
 
 /** Who made a change. */
 export interface Actor {
-  readonly type: "operator" | "key";
-  /** Operator name or key id. */
+  /** `cli`: `keyfence keys import`, as the operating-system user on a host. */
+  readonly type: "operator" | "key" | "cli";
+  /** Operator name, key id, or `user@host`. */
   readonly id: string;
   /** How the operator was signed in (`token` or a dashboard `session`). */
   readonly via?: "token" | "session";
 }
+
+/** The actions an audit event records. */
+export const AUDIT_ACTIONS = ["create", "update", "delete", "import"] as const;
 
 /** One audit event as stored and served. */
 export interface AuditEvent {
   /** Sequence number, increasing; also the pagination cursor. */
   readonly id: number;
   readonly time: string;
-  readonly action: "create" | "update" | "delete";
+  /** `import`: a batch of `keyfence keys import` into a shared store (see `import`). */
+  readonly action: (typeof AUDIT_ACTIONS)[number];
   readonly actor: Actor;
   readonly client_ip: string;
   readonly key_id: string;
@@ -32,6 +44,33 @@ export interface AuditEvent {
   readonly changes: Record<string, { readonly before: unknown; readonly after: unknown }>;
   /** Whether a second factor confirmed the change. */
   readonly confirmed: boolean;
+  /** Of an `import` only: the file imported and the ids of the keys it wrote (new or different). */
+  readonly import?: { readonly from: string; readonly key_ids: readonly string[] };
+}
+
+/** An event before the log numbers and times it. */
+export type AuditDraft = Omit<AuditEvent, "id" | "time">;
+
+/** The entry of a change about to be made, ready before the change is committed. */
+export interface PreparedAudit {
+  /** The event's id when it is already written (ahead of the change). */
+  readonly id?: number;
+  /** The entry for the store to commit in the same atomic write as the change (a store's journal). */
+  readonly journal?: string;
+  /** Withdraws an entry written ahead, because its change could not be made. */
+  withdraw(): Promise<void>;
+}
+
+/** Where audit events are kept and read back. */
+export interface AuditLog {
+  /**
+   * Prepares the entry of a change about to be made: written ahead of it, or
+   * handed to the store to commit with it. Rejects when it cannot be
+   * written; the change is then refused.
+   */
+  prepare(draft: AuditDraft): Promise<PreparedAudit>;
+  /** Events newest first, `limit` at a time, older than `cursor` (an event id) when given. */
+  page(limit: number, cursor?: number): Promise<AuditPage>;
 }
 
 /** A page of events, newest first. */
@@ -91,8 +130,8 @@ async function* linesBackwards(file: string): AsyncGenerator<Buffer> {
   }
 }
 
-/** Append-only, size-rotated audit file. */
-export class AuditLog {
+/** Append-only, size-rotated audit file, written ahead of each change. */
+export class FileAuditLog implements AuditLog {
   private nextId = 1;
   /** The last line was torn (a crash mid-append): the next append starts a new line first. */
   private torn = false;
@@ -107,8 +146,8 @@ export class AuditLog {
   ) {}
 
   /** Opens the log: reads the end of its newest file once, for the next id. */
-  static async open(file: string, options: AuditSettings = AUDIT_DEFAULTS): Promise<AuditLog> {
-    const log = new AuditLog(file, options);
+  static async open(file: string, options: AuditSettings = AUDIT_DEFAULTS): Promise<FileAuditLog> {
+    const log = new FileAuditLog(file, options);
     log.torn = await endsTorn(file);
     for (const f of log.files()) {
       for await (const line of linesBackwards(f)) {
@@ -149,11 +188,16 @@ export class AuditLog {
     this.torn = false;
   }
 
+  async prepare(draft: AuditDraft): Promise<PreparedAudit> {
+    const event = await this.append(draft);
+    return { id: event.id, withdraw: () => this.withdraw(event) };
+  }
+
   /**
    * Appends one event (assigning its id and time) and fsyncs before
    * resolving; rejects, leaving no line behind, when it cannot be written.
    */
-  append(event: Omit<AuditEvent, "id" | "time">): Promise<AuditEvent> {
+  append(event: AuditDraft): Promise<AuditEvent> {
     return this.serial(async () => {
       const full: AuditEvent = { id: this.nextId, time: new Date().toISOString(), ...event };
       const line = Buffer.from(`${this.torn ? "\n" : ""}${JSON.stringify(full)}\n`);
@@ -220,6 +264,84 @@ export class AuditLog {
     }
     const last = data.at(-1);
     return { data, next_cursor: more && last ? String(last.id) : null };
+  }
+}
+
+/** The text of `event` in a journal: its JSON without the id (the journal numbers its entries). */
+export function encodeJournalEntry(event: Omit<AuditEvent, "id">): string {
+  return JSON.stringify(event);
+}
+
+const isStrings = (v: unknown): v is string[] => Array.isArray(v) && v.every((x) => typeof x === "string");
+const isRecord = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v);
+
+/** The event numbered `id` stored as `text`; undefined when `text` is not a well-formed entry. */
+export function decodeJournalEntry(id: number, text: string): AuditEvent | undefined {
+  let v: unknown;
+  try {
+    v = JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+  if (!isRecord(v) || "id" in v) return undefined;
+  const { time, action, actor, client_ip, key_id, ip_allow_list: list, changes, confirmed } = v;
+  if (typeof time !== "string" || !(AUDIT_ACTIONS as readonly unknown[]).includes(action)) return undefined;
+  if (
+    !isRecord(actor) ||
+    typeof actor["id"] !== "string" ||
+    !["operator", "key", "cli"].includes(String(actor["type"]))
+  ) {
+    return undefined;
+  }
+  if (actor["via"] !== undefined && actor["via"] !== "token" && actor["via"] !== "session") return undefined;
+  if (typeof client_ip !== "string" || typeof key_id !== "string" || typeof confirmed !== "boolean") return undefined;
+  const listOk = (x: unknown): boolean => x === null || isStrings(x);
+  if (!isRecord(list) || !listOk(list["before"]) || !listOk(list["after"])) return undefined;
+  if (!isRecord(changes) || !Object.values(changes).every((c) => isRecord(c) && "before" in c && "after" in c)) {
+    return undefined;
+  }
+  const imp = v["import"];
+  if (imp !== undefined && !(isRecord(imp) && typeof imp["from"] === "string" && isStrings(imp["key_ids"]))) {
+    return undefined;
+  }
+  return { id, ...(v as Omit<AuditEvent, "id">) };
+}
+
+/**
+ * The audit log kept in a shared store's journal (Redis: a capped stream):
+ * the store commits each entry in the same atomic write as its change, so
+ * nothing is written ahead and nothing needs withdrawing. Reads fail with
+ * the store (503 `store_unavailable` while it cannot be reached).
+ */
+export class JournalAuditLog implements AuditLog {
+  constructor(
+    private readonly journal: Journal,
+    private readonly now: () => Date = () => new Date(),
+  ) {}
+
+  prepare(draft: AuditDraft): Promise<PreparedAudit> {
+    const journal = encodeJournalEntry({ time: this.now().toISOString(), ...draft });
+    return Promise.resolve({ journal, withdraw: () => Promise.resolve() });
+  }
+
+  async page(limit: number, cursor?: number): Promise<AuditPage> {
+    // One more than asked for, to know whether there is an older page.
+    const entries = await this.journal.page(limit + 1, cursor);
+    const data: AuditEvent[] = [];
+    let more = false;
+    let last: number | undefined;
+    for (const e of entries) {
+      if (data.length === limit) {
+        more = true;
+        break;
+      }
+      last = e.seq;
+      const event = decodeJournalEntry(e.seq, e.text);
+      if (event !== undefined) data.push(event); // a malformed entry is skipped, never fatal
+    }
+    // Entries skipped as malformed may leave a short page with more behind it.
+    if (!more && entries.length > limit) more = true;
+    return { data, next_cursor: more && last !== undefined ? String(last) : null };
   }
 }
 

@@ -2,8 +2,9 @@
  * The API-key operations behind the management API and the dashboard:
  * validation (every bad field at once, the one strict address parser),
  * self-lockout protection, step-up confirmation, durable writes through the
- * store, and the audit trail (written ahead of the change, withdrawn if the
- * change fails: no change without its line). Checks run in the SPEC order:
+ * store, and the audit trail (written ahead of the change and withdrawn if it
+ * fails, or committed with it by a store that keeps the log: no change
+ * without its entry). Checks run in the SPEC order:
  * 404, 400, 409, confirmation; so a failed request never uses up a code.
  */
 import { randomBytes } from "node:crypto";
@@ -16,8 +17,9 @@ import { secretHash } from "../policy/credential.js";
 import type { Mode } from "../policy/decide.js";
 import { nameProblem, scopesProblems, isMode } from "../store/keyfields.js";
 import { KEY_FIELDS, type KeyRecord } from "../store/keysfile.js";
-import type { KeyStore, Plan } from "../store/store.js";
-import type { Actor, AuditEvent, AuditLog } from "./audit.js";
+import type { Snapshot } from "../store/snapshot.js";
+import { JournalWriteError, type KeyStore, type Plan } from "../store/store.js";
+import type { Actor, AuditLog, PreparedAudit } from "./audit.js";
 import { WRITE_SCOPE, type Caller } from "./auth.js";
 import { ApiError, invalid, type FieldError } from "./errors.js";
 
@@ -205,6 +207,25 @@ export class KeysService {
     },
   ) {}
 
+  /** Runs a change through the store; a store that could not write the change's audit entry made no change: 503. */
+  private async transact<T>(plan: (snap: Snapshot) => Promise<Plan<T>>): Promise<T> {
+    try {
+      return await this.deps.store.transact(plan);
+    } catch (err) {
+      if (err instanceof JournalWriteError) throw this.auditFailed(err, "change", "");
+      throw err;
+    }
+  }
+
+  /** Logs why an audit entry could not be written and answers 503 `audit_unavailable`. */
+  private auditFailed(err: unknown, action: string, keyId: string): ApiError {
+    this.deps.log.error(
+      { err, event: "audit_write_failed", key_id: keyId || undefined, action },
+      `cannot write the audit log; the ${action}${keyId ? ` of key ${keyId}` : ""} was refused`,
+    );
+    return new ApiError("audit_unavailable", undefined, { cause: err });
+  }
+
   /** Keys ordered by id, `limit` at a time, after `cursor` (an id) when given. */
   list(limit: number, cursor?: string): KeyPage {
     const all = this.deps.store.snapshot.records().sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
@@ -222,7 +243,7 @@ export class KeysService {
 
   /** Creates a key with a fresh secret; the secret is in the result only. */
   create(body: unknown, ctx: ChangeContext): Promise<KeyView & { secret: string }> {
-    return this.deps.store.transact(async (snap) => {
+    return this.transact(async (snap) => {
       const f = readFields(body, CREATE_FIELDS, this.deps.maxEntries);
       const errors = Array.isArray(f) ? f : f.name === undefined ? [{ field: "name", message: "is required" }] : [];
       if (errors.length > 0 || Array.isArray(f)) throw invalid(errors);
@@ -247,7 +268,7 @@ export class KeysService {
 
   /** Updates name, scopes, list and mode; omitted or null fields stay; a list replaces the old one whole. */
   update(id: string, body: unknown, ctx: ChangeContext): Promise<KeyView> {
-    return this.deps.store.transact(async (snap) => {
+    return this.transact(async (snap) => {
       const before = snap.record(id);
       if (before === undefined) throw notFound(id);
       const f = readFields(body, PATCH_FIELDS, this.deps.maxEntries);
@@ -290,7 +311,7 @@ export class KeysService {
 
   /** Deletes a key; a restricted key needs confirmation. */
   delete(id: string, ctx: ChangeContext): Promise<void> {
-    return this.deps.store.transact(async (snap) => {
+    return this.transact(async (snap) => {
       const before = snap.record(id);
       if (before === undefined) throw notFound(id);
       return this.planChange("delete", ctx, before, undefined, undefined);
@@ -311,23 +332,24 @@ export class KeysService {
     result: T,
   ): Promise<Plan<T>> {
     const confirmed = needsConfirmation(before, after, this.deps.globalMode) ? await ctx.confirm() : false;
-    const event = await this.audit(action, ctx, before, after, confirmed);
-    const actor = event.actor;
-    const keyId = event.key_id;
+    const audit = await this.audit(action, ctx, before, after, confirmed);
+    const actor = actorOf(ctx.caller);
+    const keyId = (after ?? before)?.id ?? "";
     return {
       change: action === "delete" ? { kind: "delete", id: keyId } : { kind: action, record: after as KeyRecord },
       result,
-      onAbort: () => this.deps.audit.withdraw(event),
-      afterCommit: () => {
+      journal: audit.journal,
+      onAbort: () => audit.withdraw(),
+      afterCommit: (committed) => {
         this.deps.log.info(
           {
             event: `key_${action}d`,
-            audit_id: event.id,
+            audit_id: audit.id ?? committed.journalSeq,
             key_id: keyId,
             actor: `${actor.type}:${actor.id}`,
             client_ip: ctx.client.text,
-            ip_allow_list_before: event.ip_allow_list.before,
-            ip_allow_list_after: event.ip_allow_list.after,
+            ip_allow_list_before: before ? before.ipAllowList : null,
+            ip_allow_list_after: after ? after.ipAllowList : null,
           },
           `key ${keyId} ${action}d by ${actor.type} ${actor.id}`,
         );
@@ -342,7 +364,7 @@ export class KeysService {
     before: KeyRecord | undefined,
     after: KeyRecord | undefined,
     confirmed: boolean,
-  ): Promise<AuditEvent> {
+  ): Promise<PreparedAudit> {
     const changes: Record<string, { before: unknown; after: unknown }> = {};
     const fields = [
       ["name", (r: KeyRecord) => r.name],
@@ -356,7 +378,7 @@ export class KeysService {
     }
     const keyId = (after ?? before)?.id ?? "";
     try {
-      return await this.deps.audit.append({
+      return await this.deps.audit.prepare({
         action,
         actor: actorOf(ctx.caller),
         client_ip: ctx.client.text,
@@ -369,11 +391,7 @@ export class KeysService {
         confirmed,
       });
     } catch (err) {
-      this.deps.log.error(
-        { err, event: "audit_write_failed", key_id: keyId, action },
-        `cannot write the audit log; the ${action} of key ${keyId} was refused`,
-      );
-      throw new ApiError("audit_unavailable", undefined, { cause: err });
+      throw this.auditFailed(err, action, keyId);
     }
   }
 }

@@ -4,14 +4,17 @@
  * refuses the whole import, naming file:line:col) and write the store as a
  * keys file. A progress bar shows on a terminal (stderr).
  */
+import { hostname, userInfo } from "node:os";
 import { basename, dirname, join, resolve } from "node:path";
 import { SingleBar } from "cli-progress";
 import { lock } from "proper-lockfile";
+import { encodeJournalEntry } from "../admin/audit.js";
+import { AUDIT_DEFAULTS } from "../config/audit.js";
 import { displayPath, ENV, loadConfig, type Config } from "../config/config.js";
 import { LOCK_STALE_MS } from "../store/filestore.js";
 import { parseKeysFile, readKeysText, type KeyRecord } from "../store/keysfile.js";
 import { keysFileText } from "../store/redis/store.js";
-import { connectOnce, exportRecords, ImportRefused, importRecords } from "../store/redis/io.js";
+import { connectOnce, exportRecords, ImportRefused, importRecords, IMPORTED_IDS } from "../store/redis/io.js";
 import { writeFileAtomic } from "../util/atomic.js";
 import { formatProblem } from "../util/yaml.js";
 
@@ -113,7 +116,10 @@ async function importKeys(config: Config, from: string): Promise<number> {
     if (store.kind === "redis") {
       const client = await connectOnce(store.url);
       try {
-        const r = await importRecords(client, store.prefix, parsed.keys, (d, t) => bar.update(d, t));
+        const r = await importRecords(client, store.prefix, parsed.keys, {
+          progress: (d, t) => bar.update(d, t),
+          journal: { template: importEntry(file), maxLen: config.admin?.audit.maxEntries ?? AUDIT_DEFAULTS.maxEntries },
+        });
         summary = `${r.changed} keys written, ${r.unchanged} unchanged${r.initialized ? " (the store was initialized)" : ""}`;
       } finally {
         client.destroy();
@@ -124,7 +130,9 @@ async function importKeys(config: Config, from: string): Promise<number> {
   } catch (err) {
     if (err instanceof ImportRefused) {
       bar.stop();
-      process.stderr.write(`keyfence keys import: ${err.message}; nothing was imported\n`);
+      process.stderr.write(
+        `keyfence keys import: ${err.message}${err.imported === 0 ? "; nothing was imported" : ""}\n`,
+      );
       return 1;
     }
     throw err;
@@ -133,6 +141,36 @@ async function importKeys(config: Config, from: string): Promise<number> {
   }
   process.stderr.write(`imported ${name} into ${describe(config)}: ${summary}\n`);
   return 0;
+}
+
+/** Who runs this command: `user@host` (the uid when the user has no name). */
+function cliActor(): string {
+  let user: string;
+  try {
+    user = userInfo().username;
+  } catch {
+    user = `uid ${process.getuid?.() ?? "?"}`;
+  }
+  return `${user}@${hostname()}`;
+}
+
+/**
+ * The audit entry of each import batch into Redis (its ids stand in as
+ * IMPORTED_IDS): who imported which file, when, and the ids written. The
+ * records' earlier values are not in it (export first to keep them).
+ */
+function importEntry(from: string): string {
+  return encodeJournalEntry({
+    time: new Date().toISOString(),
+    action: "import",
+    actor: { type: "cli", id: cliActor() },
+    client_ip: "",
+    key_id: "",
+    ip_allow_list: { before: null, after: null },
+    changes: {},
+    confirmed: false,
+    import: { from, key_ids: [IMPORTED_IDS] },
+  });
 }
 
 /** Merges `records` into the keys file by id, under the lock the running processes take. */

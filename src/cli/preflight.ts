@@ -20,11 +20,12 @@ function whoAmI(): string {
  * confirmation-code state next to it. Resolves with a message naming the uid
  * that needs write access when this process cannot do that, by really
  * trying: permissions, a read-only file system or mount, an existing audit
- * log owned by someone else. Resolves undefined when it can, or when there is
- * no admin listener (nothing is written then).
+ * log owned by someone else. Resolves undefined when it can, when there is
+ * no admin listener, or with `keys.store: redis` (nothing is written there
+ * then: keys, audit log and code state live in Redis).
  */
 export async function keysDirProblem(config: Config): Promise<string | undefined> {
-  if (!config.admin) return undefined;
+  if (!config.admin || config.keys.store.kind === "redis") return undefined;
   const dir = dirname(config.keys.file);
   const fix = `give ${whoAmI()} write access to ${dir} (a writable volume or bind mount owned by it), or remove the admin section to run without the management API`;
   const probe = `${dir}/.keyfence-write-check.${process.pid}`;

@@ -7,7 +7,7 @@ import { basename, dirname, extname, join } from "node:path";
 import pino, { type Logger } from "pino";
 import { Registry } from "prom-client";
 import { registerApi } from "../admin/api.js";
-import { AuditLog } from "../admin/audit.js";
+import { FileAuditLog, JournalAuditLog, type AuditLog } from "../admin/audit.js";
 import { Authenticator } from "../admin/auth.js";
 import { MemoryAttemptLimit, type AttemptLimit } from "../admin/attempts.js";
 import { Confirmations, FileCodeState, type CodeState } from "../admin/confirm.js";
@@ -40,7 +40,7 @@ export const VERSION: string = (() => {
   }
 })();
 
-/** Files kept next to the keys file: the audit log and the confirmation-code state. */
+/** Files kept next to the keys file: the audit log and the confirmation-code state (file store only). */
 export function sideFiles(keysFile: string): { audit: string; otpState: string } {
   const stem = basename(keysFile, extname(keysFile));
   return {
@@ -59,6 +59,7 @@ export function openStore(config: Config, log?: Logger): KeyStore {
       prefix: where.prefix,
       snapshotFile: where.snapshotFile,
       maxEntries: config.keys.maxEntries,
+      journalMaxLen: config.admin?.audit.maxEntries,
       notice: (event, message, fields) => log?.warn({ event, ...fields }, message),
     });
   }
@@ -265,7 +266,10 @@ async function buildAdmin(
     ? (id: string) => cluster.sources(id)
     : (id: string) => Promise.resolve(sources.sources(id));
   const files = sideFiles(config.keys.file);
-  const audit = await AuditLog.open(files.audit, adminConfig.audit);
+  // A store that keeps a journal (Redis) holds the audit log all replicas share.
+  const audit: AuditLog = store.journal
+    ? new JournalAuditLog(store.journal)
+    : await FileAuditLog.open(files.audit, adminConfig.audit);
   const limit = { max: AUTH_FAILURES_PER_MINUTE, windowMs: 60_000 };
   const lifetimes = {
     idleMs: adminConfig.sessionIdleMs,

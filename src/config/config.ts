@@ -17,7 +17,7 @@ import { parseCredentials } from "./credentials.js";
 import { SHA256_HEX } from "../store/keysfile.js";
 import { YamlFile, type Problem, type YamlPath } from "../util/yaml.js";
 import { decisionWarnings, readDecision, type DecisionConfig } from "./decision.js";
-import { AUDIT_FIELDS, readAuditSettings, type AuditSettings } from "./audit.js";
+import { AUDIT_FIELDS, FILE_AUDIT_FIELDS, readAuditSettings, type AuditSettings } from "./audit.js";
 import { parseStoreConfig, STORE_FIELDS, type StoreConfig } from "./store.js";
 
 /** A host and port to listen on. */
@@ -58,7 +58,7 @@ export interface Config {
     readonly maxEntries: number;
     /** Where keys travel (`keys.credentials`). */
     readonly credentials: readonly CredentialPlace[];
-    /** Where keys live (SPEC §6); with Redis, `file` only places the side files. */
+    /** Where keys live (SPEC §6); with Redis, `file` is not read (keys, audit log and code state live in Redis). */
     readonly store: StoreConfig;
   };
   readonly admin:
@@ -247,7 +247,7 @@ export function parseConfig(file: string, text: string, env: NodeJS.ProcessEnv =
   if (typeof accessLog !== "boolean") y.fail(["access_log"], "must be true or false", accessLog);
 
   const keys = readKeysSection(cx, top["keys"]);
-  const admin = readAdminSection(cx, top["admin"]);
+  const admin = readAdminSection(cx, top["admin"], keys?.store.kind);
   const limits = readLimits(y, top["limits"]);
   const proxyProtocol = readProxyProtocol(y, top["proxy_protocol"], warnings);
 
@@ -332,7 +332,7 @@ function readKeysSection(cx: ParseContext, keysRaw: unknown): Config["keys"] | u
   const k = y.mapping(["keys"], keysRaw, ["file", "unknown", "missing", "max_entries", "credentials", ...STORE_FIELDS]);
   if (k === undefined) return undefined;
   const store = parseStoreConfig(y, k, dirname(file));
-  // With Redis the keys file is optional: it only places the side files (audit log, code state).
+  // With Redis the keys file is optional and unused: keys, audit log and code state live in Redis.
   const f = k["file"] ?? (store?.kind === "redis" ? "keys.yaml" : undefined);
   if (f === undefined) y.fail(["keys"], 'missing field "file" (the keys file, relative to this file)');
   else if (typeof f !== "string" || f === "") y.fail(["keys", "file"], "must be a path", f);
@@ -360,8 +360,8 @@ function readKeysSection(cx: ParseContext, keysRaw: unknown): Config["keys"] | u
   };
 }
 
-/** The optional `admin` section: listener, operators, session lifetimes, audit settings. */
-function readAdminSection(cx: ParseContext, adminRaw: unknown): Config["admin"] {
+/** The optional `admin` section: listener, operators, session lifetimes, audit settings (for the `store` keys live in). */
+function readAdminSection(cx: ParseContext, adminRaw: unknown, store: "file" | "redis" | undefined): Config["admin"] {
   const { y, file } = cx;
   if (adminRaw === undefined || adminRaw === null) return undefined;
   const a = y.mapping(["admin"], adminRaw, [
@@ -399,6 +399,15 @@ function readAdminSection(cx: ParseContext, adminRaw: unknown): Config["admin"] 
   const sessionMaxAgeMs = seconds("session_max_age_s", 43_200, 604_800);
   const confirmWindowMs = seconds("confirm_window_s", 300, 3600);
   const audit = readAuditSettings(y, a);
+  // Each audit setting bounds one kind of log: say so when it has no effect.
+  const onRedis = store === "redis";
+  for (const field of onRedis ? FILE_AUDIT_FIELDS : (["audit_max_entries"] as const)) {
+    if (a[field] !== undefined) {
+      cx.warnings.push(
+        `admin.${field} has no effect with keys.store: ${onRedis ? "redis (the audit log is a Redis stream, capped by admin.audit_max_entries)" : "file (it caps the Redis audit stream)"}`,
+      );
+    }
+  }
   if (al === undefined) return undefined;
   if (!isLoopback(al.host)) {
     cx.warnings.push(

@@ -29,6 +29,7 @@ import type { LoaderInput, LoaderMessage } from "./loader.js";
 import { MatcherCache, Snapshot, SnapshotBuilder } from "./snapshot.js";
 import { changedId, type KeyChange } from "./change.js";
 import {
+  JournalWriteError,
   StoreConflictError,
   StoreLoadError,
   type ChangeCause,
@@ -223,6 +224,10 @@ export class FileKeyStore implements KeyStore {
         );
       }
       const p = await plan(this.snapshot);
+      if (p.change && p.journal !== undefined) {
+        await p.onAbort?.().catch(() => undefined);
+        throw new JournalWriteError("the file store keeps no journal: its audit log is written ahead of each change");
+      }
       if (p.change) {
         try {
           await this.commit(p.change);
@@ -232,7 +237,7 @@ export class FileKeyStore implements KeyStore {
         }
         for (const hook of this.commitHooks) await hook();
       }
-      if (p.afterCommit) await p.afterCommit();
+      if (p.afterCommit) await p.afterCommit({});
       return p.result;
     })();
   }

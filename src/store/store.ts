@@ -54,12 +54,46 @@ export interface StoreListener {
   health?(health: StoreHealth): void;
 }
 
+/** One entry of a store's journal, numbered by the store. */
+export interface JournalEntry {
+  /** Sequence number: increasing, never reused. */
+  readonly seq: number;
+  /** The entry as its writer encoded it (opaque to the store). */
+  readonly text: string;
+}
+
+/**
+ * A journal a shared store keeps beside its keys (the audit log of SPEC §6):
+ * each entry is committed in the same atomic write as its change, so no
+ * change is made without it, and every instance reads the same entries.
+ */
+export interface Journal {
+  /**
+   * Entries newest first: at most `limit`, numbered below `before` when
+   * given. Rejects with {@link StoreUnavailableError} when the store cannot be reached.
+   */
+  page(limit: number, before?: number): Promise<JournalEntry[]>;
+}
+
+/** What a committed change reports to its plan's `afterCommit`. */
+export interface Committed {
+  /** The number the store gave the plan's journal entry (none without one). */
+  readonly journalSeq?: number;
+}
+
 /** What a transaction's plan decided: an optional change, its result, and work to do once the change is durable. */
 export interface Plan<T> {
   readonly change?: KeyChange;
   readonly result: T;
-  /** Runs after the change is durable and in force, before the transaction resolves (e.g. the audit line). */
-  readonly afterCommit?: () => Promise<void>;
+  /**
+   * An entry for the store's {@link KeyStore.journal}, committed in the same
+   * atomic write as `change` (ignored without a change); only for a store
+   * that keeps a journal. When it cannot be written the change is not made
+   * and the transaction rejects with {@link JournalWriteError}.
+   */
+  readonly journal?: string;
+  /** Runs after the change is durable and in force, before the transaction resolves (e.g. the audit log line). */
+  readonly afterCommit?: (committed: Committed) => Promise<void>;
   /**
    * Runs, still under the store's lock, when the change could not be made
    * (e.g. to withdraw the audit line written ahead of it); the transaction
@@ -78,6 +112,8 @@ export interface KeyStore {
   readonly matcherCache: MatcherCache;
   /** Whether the source is reachable now. */
   readonly health: StoreHealth;
+  /** The journal the store keeps beside its keys (Redis: the shared audit log); undefined when it keeps none. */
+  readonly journal?: Journal;
   /** How logs and messages name the store (a file's path, a Redis URL without its password). */
   readonly description: string;
   /** Subscribes to changes; returns the unsubscribe function. */
@@ -130,5 +166,13 @@ export class StoreUnavailableError extends Error {
   constructor(message: string, options?: { cause?: unknown }) {
     super(message, options);
     this.name = "StoreUnavailableError";
+  }
+}
+
+/** A write refused because its journal entry could not be written: nothing was changed. */
+export class JournalWriteError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = "JournalWriteError";
   }
 }

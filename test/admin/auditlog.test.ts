@@ -20,7 +20,16 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, test } from "node:test";
 import { monitorEventLoopDelay } from "node:perf_hooks";
-import { AuditLog, type AuditEvent } from "../../src/admin/audit.js";
+import fc from "fast-check";
+import {
+  AUDIT_ACTIONS,
+  decodeJournalEntry,
+  encodeJournalEntry,
+  FileAuditLog,
+  JournalAuditLog,
+  type AuditEvent,
+} from "../../src/admin/audit.js";
+import type { Journal } from "../../src/store/store.js";
 import { parseConfig } from "../../src/config/config.js";
 import { bearer, send, type Reply } from "../helpers/http.js";
 import { startTestSidecar, type TestSidecar } from "../helpers/sidecar.js";
@@ -37,7 +46,7 @@ const EVENT: Omit<AuditEvent, "id" | "time"> = {
   confirmed: false,
 };
 
-async function allIds(log: AuditLog, limit: number): Promise<number[]> {
+async function allIds(log: FileAuditLog, limit: number): Promise<number[]> {
   const out: number[] = [];
   let cursor: number | undefined;
   for (let i = 0; i < 10_000; i++) {
@@ -54,7 +63,7 @@ describe("audit log (unit)", () => {
     const dir = mkdtempSync(join(tmpdir(), "keyfence-audit-"));
     try {
       const file = join(dir, "keys.audit.jsonl");
-      const log = await AuditLog.open(file, { rotateBytes: 2048, keep: 3 });
+      const log = await FileAuditLog.open(file, { rotateBytes: 2048, keep: 3, maxEntries: 100_000 });
       for (let i = 0; i < 100; i++) await log.append({ ...EVENT, key_id: `k${i}` });
       assert.deepEqual(readdirSync(dir).sort(), ["keys.audit.jsonl", "keys.audit.jsonl.1", "keys.audit.jsonl.2"]);
       for (const f of readdirSync(dir)) assert.ok(readFileSync(join(dir, f)).length <= 2048, f);
@@ -68,7 +77,7 @@ describe("audit log (unit)", () => {
       assert.ok(ids.length >= 20 && ids.length < 100, `kept ${ids.length}: only what 3 files hold`);
       const first = await log.page(1);
       assert.equal(first.data[0]?.key_id, "k99");
-      const reopened = await AuditLog.open(file, { rotateBytes: 2048, keep: 3 });
+      const reopened = await FileAuditLog.open(file, { rotateBytes: 2048, keep: 3, maxEntries: 100_000 });
       assert.equal((await reopened.append(EVENT)).id, 101);
     } finally {
       rmSync(dir, { recursive: true, force: true });
@@ -79,11 +88,11 @@ describe("audit log (unit)", () => {
     const dir = mkdtempSync(join(tmpdir(), "keyfence-audit-"));
     try {
       const file = join(dir, "a.jsonl");
-      const log = await AuditLog.open(file);
+      const log = await FileAuditLog.open(file);
       await log.append(EVENT);
       await log.append(EVENT);
       appendFileSync(file, '{"id":3,"time":"2026-'); // a crash mid-append
-      const after = await AuditLog.open(file);
+      const after = await FileAuditLog.open(file);
       const e = await after.append({ ...EVENT, key_id: "next" });
       assert.equal(e.id, 3);
       assert.deepEqual(
@@ -104,26 +113,150 @@ describe("audit log (unit)", () => {
     }
   });
 
-  test("admin.audit_rotate_bytes and admin.audit_keep: defaults and located errors", () => {
-    const parse = (admin: string): ReturnType<typeof parseConfig> =>
+  test("admin.audit_rotate_bytes, audit_keep and audit_max_entries: defaults, located errors, warnings", () => {
+    const parse = (admin: string, keys = "  file: keys.yaml\n"): ReturnType<typeof parseConfig> =>
       parseConfig(
         "/tmp/k.yaml",
-        `upstream: "http://127.0.0.1:1"\nkeys:\n  file: keys.yaml\nadmin:\n  listen: "127.0.0.1:0"\n${admin}`,
+        `upstream: "http://127.0.0.1:1"\nkeys:\n${keys}admin:\n  listen: "127.0.0.1:0"\n${admin}`,
       );
     const d = parse("");
     assert.ok(d.ok);
-    assert.deepEqual(d.config.admin?.audit, { rotateBytes: 64 * 1024 * 1024, keep: 8 });
+    assert.deepEqual(d.config.admin?.audit, { rotateBytes: 64 * 1024 * 1024, keep: 8, maxEntries: 100_000 });
+    assert.deepEqual(d.config.warnings, []);
     const set = parse("  audit_rotate_bytes: 1048576\n  audit_keep: 3\n");
     assert.ok(set.ok);
-    assert.deepEqual(set.config.admin?.audit, { rotateBytes: 1048576, keep: 3 });
-    const bad = parse('  audit_rotate_bytes: "64M"\n  audit_keep: 0\n');
+    assert.deepEqual(set.config.admin?.audit, { rotateBytes: 1048576, keep: 3, maxEntries: 100_000 });
+    const bad = parse('  audit_rotate_bytes: "64M"\n  audit_keep: 0\n  audit_max_entries: 99\n');
     assert.ok(!bad.ok);
     assert.deepEqual(
       bad.problems.map((p) => [p.path, p.line]),
       [
         ["admin.audit_rotate_bytes", 6],
         ["admin.audit_keep", 7],
+        ["admin.audit_max_entries", 8],
       ],
+    );
+    for (const v of ["1.5", "-1", '"1e5"', "100000001", "true"]) {
+      const r = parse(`  audit_max_entries: ${v}\n`);
+      assert.ok(!r.ok, v);
+      assert.match(r.problems[0]?.message ?? "", /integer from 100 to 100000000/, v);
+    }
+    // A setting for the other kind of log is accepted with a warning saying it has no effect.
+    const redis = '  store: redis\n  redis:\n    url: "redis://127.0.0.1:6379"\n';
+    const onRedis = parse("  audit_max_entries: 500\n  audit_keep: 2\n", redis);
+    assert.ok(onRedis.ok);
+    assert.equal(onRedis.config.admin?.audit.maxEntries, 500);
+    assert.equal(onRedis.config.warnings.length, 1);
+    assert.match(onRedis.config.warnings[0] ?? "", /admin\.audit_keep has no effect with keys\.store: redis/);
+    const onFile = parse("  audit_max_entries: 500\n");
+    assert.ok(onFile.ok);
+    assert.match(onFile.config.warnings.join("\n"), /admin\.audit_max_entries has no effect with keys\.store: file/);
+  });
+
+  test("journal entries: decode(encode(event)) is the event with its number, for any event (fast-check)", () => {
+    const text = fc.string({ unit: "binary", maxLength: 30 });
+    const list = fc.option(fc.array(text, { maxLength: 4 }), { nil: null });
+    const event = fc.record(
+      {
+        time: fc.date({ noInvalidDate: true, min: new Date(0), max: new Date(4e12) }).map((d) => d.toISOString()),
+        action: fc.constantFrom(...AUDIT_ACTIONS),
+        actor: fc.oneof(
+          fc.record({
+            type: fc.constant("operator" as const),
+            id: text,
+            via: fc.constantFrom("token" as const, "session" as const),
+          }),
+          fc.record({ type: fc.constantFrom("key" as const, "cli" as const), id: text }),
+        ),
+        client_ip: text,
+        key_id: text,
+        ip_allow_list: fc.record({ before: list, after: list }),
+        changes: fc.dictionary(
+          fc.constantFrom("name", "scopes", "mode", "__proto__", "constructor"),
+          fc.record({ before: fc.jsonValue(), after: fc.jsonValue() }),
+        ),
+        confirmed: fc.boolean(),
+        import: fc.record({ from: text, key_ids: fc.array(text, { maxLength: 5 }) }),
+      },
+      { requiredKeys: ["time", "action", "actor", "client_ip", "key_id", "ip_allow_list", "changes", "confirmed"] },
+    );
+    fc.assert(
+      fc.property(fc.integer({ min: 1, max: Number.MAX_SAFE_INTEGER }), event, (id, e) => {
+        const back = decodeJournalEntry(id, encodeJournalEntry(e));
+        // JSON is the reference: what a JSON round trip keeps is what a reader of the file log gets too.
+        assert.deepEqual(back, { id, ...(JSON.parse(JSON.stringify(e)) as object) });
+        assert.equal(Object.keys(back ?? {})[0], "id");
+      }),
+    );
+  });
+
+  test("journal entries: anything else decodes to undefined, never throws", () => {
+    const good = encodeJournalEntry({ ...EVENT, time: "2026-11-30T10:00:00.000Z" });
+    const broken = [
+      "",
+      "{",
+      "null",
+      "[]",
+      '"x"',
+      good.slice(0, -1),
+      good.replace('"action":"update"', '"action":"rename"'),
+      good.replace('"type":"operator"', '"type":"root"'),
+      good.replace('"via":"token"', '"via":"magic"'),
+      good.replace('"client_ip":"127.0.0.1"', '"client_ip":7'),
+      good.replace('"before":["10.0.0.1"]', '"before":"10.0.0.1"'),
+      good.replace('"changes":{}', '"changes":{"name":1}'),
+      good.replace('"confirmed":false', '"confirmed":"no"'),
+      good.replace('"confirmed":false', '"confirmed":false,"import":{"from":1,"key_ids":[]}'),
+      `{"id":3,${good.slice(1)}`,
+    ];
+    assert.ok(decodeJournalEntry(1, good));
+    for (const b of broken) assert.equal(decodeJournalEntry(1, b), undefined, b);
+    fc.assert(
+      fc.property(fc.string({ unit: "binary" }), (s) => {
+        decodeJournalEntry(1, s);
+      }),
+    );
+  });
+
+  test("JournalAuditLog pages: the well-formed entries newest first, whatever the page size (fast-check against a list)", async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.array(fc.boolean(), { maxLength: 40 }),
+        fc.integer({ min: 1, max: 12 }),
+        async (wellFormed, limit) => {
+          // Entries numbered 1..n, oldest first; some malformed (as a hand-edited stream may hold).
+          const entries = wellFormed.map((ok, i) => ({
+            seq: i + 1,
+            text: ok
+              ? encodeJournalEntry({ ...EVENT, key_id: `k${i + 1}`, time: "2026-11-30T10:00:00.000Z" })
+              : "{oops",
+          }));
+          const journal: Journal = {
+            page: (max, before) =>
+              Promise.resolve(
+                entries
+                  .filter((e) => before === undefined || e.seq < before)
+                  .reverse()
+                  .slice(0, max),
+              ),
+          };
+          const log = new JournalAuditLog(journal);
+          const got: number[] = [];
+          let cursor: number | undefined;
+          for (let i = 0; i < 100; i++) {
+            const page = await log.page(limit, cursor);
+            assert.ok(page.data.length <= limit);
+            got.push(...page.data.map((e) => e.id));
+            if (page.next_cursor === null) break;
+            cursor = Number(page.next_cursor);
+          }
+          const expected = entries
+            .filter((_, i) => wellFormed[i])
+            .map((e) => e.seq)
+            .reverse();
+          assert.deepEqual(got, expected);
+        },
+      ),
     );
   });
 });

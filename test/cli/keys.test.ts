@@ -6,6 +6,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { stringify } from "yaml";
+import { decodeJournalEntry, type AuditEvent } from "../../src/admin/audit.js";
 import { parseKeysFile } from "../../src/store/keysfile.js";
 import { needBinary } from "../helpers/binary.js";
 import { redisFixture } from "../helpers/redis.js";
@@ -72,13 +73,47 @@ describe("keyfence keys import/export", () => {
       assert.equal(e.code, 1, "the store is still uninitialized");
     });
 
+    test("an import whose audit entry cannot be written imports nothing", async () => {
+      const cfg = join(dir, "redis-broken-audit.yaml");
+      writeFileSync(
+        cfg,
+        stringify({
+          listen: "127.0.0.1:0",
+          upstream: "http://127.0.0.1:1",
+          keys: { store: "redis", redis: { url: redis.url, prefix: "broken:" } },
+        }),
+      );
+      await redis.withClient((c) => c.set("broken:audit", "not a stream"));
+      const r = await run(["keys", "import", "--config", cfg, "--from", join(dir, "in.yaml")]);
+      assert.equal(r.code, 1, r.err);
+      assert.match(r.err, /cannot write the audit stream broken:audit .*WRONGTYPE.*nothing was imported/);
+      assert.equal(await redis.withClient((c) => c.hLen("broken:keys")), 0);
+    });
+
     test("import, export round trip; a second import is a no-op", async () => {
       const first = await run(["keys", "import", "--config", config, "--from", join(dir, "in.yaml")]);
       assert.equal(first.code, 0, first.err);
       assert.match(first.err, /2 keys written, 0 unchanged \(the store was initialized\)/);
+      // One audit entry for the import, with who ran it, the file and the keys written.
+      const entries = async (): Promise<AuditEvent[]> =>
+        redis.withClient(async (c) =>
+          (await c.xRevRange("t:audit", "+", "-")).map((r) => {
+            const e = decodeJournalEntry(Number(r.id.split("-")[0]), r.message["e"] ?? "");
+            assert.ok(e, r.message["e"]);
+            return e;
+          }),
+        );
+      const logged = await entries();
+      assert.equal(logged.length, 1);
+      const entry = logged[0] as AuditEvent;
+      assert.equal(entry.action, "import");
+      assert.equal(entry.actor.type, "cli");
+      assert.match(entry.actor.id, /.@./);
+      assert.deepEqual(entry.import, { from: join(dir, "in.yaml"), key_ids: ["k_a", "k_b"] });
       const again = await run(["keys", "import", "--config", config, "--from", join(dir, "in.yaml")]);
       assert.equal(again.code, 0, again.err);
       assert.match(again.err, /0 keys written, 2 unchanged/);
+      assert.equal((await entries()).length, 1, "an import that changes nothing writes no entry");
       const out = join(dir, "out.yaml");
       const e = await run(["keys", "export", "--config", config, "--to", out]);
       assert.equal(e.code, 0, e.err);

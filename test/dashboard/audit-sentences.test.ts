@@ -37,6 +37,23 @@ function read(e: AuditEvent): string[] {
 
 const cases: Array<{ desc: string; e: Partial<AuditEvent>; reads: string[] }> = [
   {
+    desc: "an import batch names the file and the keys it wrote",
+    e: {
+      action: "import",
+      actor: { type: "cli", id: "alice@host" },
+      client_ip: "",
+      key_id: "",
+      ip_allow_list: { before: null, after: null },
+      import: { from: "/srv/keys.yaml", key_ids: ["k_a", "k_<b>"] },
+    },
+    reads: ["imported from /srv/keys.yaml: 2 keys written", "keys: k_a, k_<b>"],
+  },
+  {
+    desc: "an import of one key",
+    e: { action: "import", actor: { type: "cli", id: "u@h" }, import: { from: "k.yaml", key_ids: ["k_a"] } },
+    reads: ["imported from k.yaml: 1 key written", "keys: k_a"],
+  },
+  {
     desc: "create with scopes, a mode and a list",
     e: {
       action: "create",

@@ -332,6 +332,13 @@ export function eventSentences(e: AuditEvent): { summary: string; details: SafeH
   const listBefore = e.ip_allow_list.before ?? [];
   const listAfter = e.ip_allow_list.after ?? [];
   const details: SafeHtml[] = [];
+  if (e.action === "import") {
+    const ids = e.import?.key_ids ?? [];
+    return {
+      summary: `imported from ${e.import?.from ?? "a keys file"}: ${ids.length} ${ids.length === 1 ? "key" : "keys"} written`,
+      details: ids.length === 0 ? [] : [html`keys: <span class="mono">${joined(ids)}</span>`],
+    };
+  }
   if (e.action === "create") {
     const scopes = strings(c["scopes"]?.after);
     const mode = c["mode"]?.after;
@@ -390,8 +397,15 @@ export function auditPage(
           e.key_id;
         return html`<li class="event">
           <p class="what">
-            ${current === undefined ? html`<strong>${name}</strong>` : html`<a href="/keys/${encodeURIComponent(e.key_id)}"><strong>${name}</strong></a>`}
-            <code>${e.key_id}</code> ${summary}
+            ${
+              e.action === "import"
+                ? html`<strong>keyfence keys import</strong>`
+                : current === undefined
+                  ? html`<strong>${name}</strong> <code>${e.key_id}</code>`
+                  : html`<a href="/keys/${encodeURIComponent(e.key_id)}"><strong>${name}</strong></a>
+                      <code>${e.key_id}</code>`
+            }
+            ${summary}
           </p>
           ${
             details.length > 0
@@ -401,10 +415,10 @@ export function auditPage(
               : ""
           }
           <p class="meta">
-            by ${e.actor.type === "operator" ? "operator" : "key"}
+            by ${e.actor.type === "operator" ? "operator" : e.actor.type === "cli" ? "command-line user" : "key"}
             <strong>${e.actor.id}</strong
             >${e.actor.via === "session" ? " (dashboard)" : ""}${e.confirmed ? html` <span class="tag">confirmed</span>` : ""}
-            from <code>${e.client_ip}</code> · ${timeHtml(e.time)}
+            ${e.client_ip === "" ? "" : html`from <code>${e.client_ip}</code>`} · ${timeHtml(e.time)}
           </p>
         </li>`;
       })}

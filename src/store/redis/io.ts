@@ -10,36 +10,69 @@
 import { randomBytes } from "node:crypto";
 import { createClient } from "redis";
 import type { KeyRecord } from "../keysfile.js";
-import { decodeRecord, encodeRecord, LOG_MAX, redisKeys } from "./store.js";
+import { decodeRecord, encodeRecord, journalAppendLua, LOG_MAX, redisKeys } from "./store.js";
 
 /** Records per import script call. */
 const IMPORT_BATCH = 1_000;
 
-/** KEYS: keys, hashes, version, generation, log. ARGV: channel, log length, fresh ("1"/"0"), then id, record, secret hash triples. */
+/**
+ * KEYS: keys, hashes, version, generation, log, audit. ARGV: channel, log
+ * length, fresh ("1"/"0"), journal entry head and tail ("" for none; the
+ * entry is head, the JSON array of the ids written, tail), journal length,
+ * then id, record, secret hash triples. Finds what changed, writes the
+ * batch's journal entry, then the changes. Returns the number written, or
+ * {'journal', error}.
+ */
 const IMPORT = `
-local changed = {}
-for i = 4, #ARGV, 3 do
-  local id, rec, sha = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local cur = redis.call('HGET', KEYS[1], id)
-  if cur ~= rec then
-    if cur then
-      local old = cjson.decode(cur)[2]
-      if old ~= sha then redis.call('HDEL', KEYS[2], old) end
-    end
-    redis.call('HSET', KEYS[1], id, rec)
-    redis.call('HSET', KEYS[2], sha, id)
-    table.insert(changed, id)
+local changed, prev = {}, {}
+for i = 7, #ARGV, 3 do
+  local cur = redis.call('HGET', KEYS[1], ARGV[i])
+  if cur ~= ARGV[i + 1] then
+    table.insert(changed, i)
+    prev[i] = cur
   end
 end
-if #changed == 0 or ARGV[3] == '1' then return #changed end
+if #changed == 0 then return 0 end
+local entry = ''
+if ARGV[4] ~= '' then
+  local ids = {}
+  for _, i in ipairs(changed) do table.insert(ids, ARGV[i]) end
+  entry = ARGV[4] .. cjson.encode(ids) .. ARGV[5]
+end
+${journalAppendLua(6, "entry", "ARGV[6]")}
+for _, i in ipairs(changed) do
+  local id, rec, sha, cur = ARGV[i], ARGV[i + 1], ARGV[i + 2], prev[i]
+  if cur then
+    local old = cjson.decode(cur)[2]
+    if old ~= sha then redis.call('HDEL', KEYS[2], old) end
+  end
+  redis.call('HSET', KEYS[1], id, rec)
+  redis.call('HSET', KEYS[2], sha, id)
+end
+if ARGV[3] == '1' then return #changed end
 local v = redis.call('INCR', KEYS[3])
-for j, id in ipairs(changed) do
-  redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[2], v .. '-' .. j, 'id', id)
+for j, i in ipairs(changed) do
+  redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[2], v .. '-' .. j, 'id', ARGV[i])
 end
 local gen = redis.call('GET', KEYS[4])
 if gen then redis.call('PUBLISH', ARGV[1], gen .. ' ' .. v) end
 return #changed
 `;
+
+/** Stands for the ids an import batch wrote, in the journal entry template of {@link ImportOptions.journal}. */
+export const IMPORTED_IDS = "\u0000ids written by this batch\u0000";
+
+/** How an import records itself. */
+export interface ImportOptions {
+  /** Called after each batch. */
+  readonly progress?: (done: number, total: number) => void;
+  /**
+   * The journal (audit) entry each batch that writes anything commits with
+   * its writes: JSON text in which the string array `[IMPORTED_IDS]` stands
+   * for the ids the batch wrote; and about how many entries the journal keeps.
+   */
+  readonly journal?: { readonly template: string; readonly maxLen: number };
+}
 
 /** What an import did. */
 export interface ImportResult {
@@ -51,9 +84,12 @@ export interface ImportResult {
   readonly initialized: boolean;
 }
 
-/** A failure of an import that changed nothing, with what to fix. */
+/** A failure of an import, with what to fix; `imported` records were written before it (0: nothing changed). */
 export class ImportRefused extends Error {
-  constructor(message: string) {
+  constructor(
+    message: string,
+    readonly imported = 0,
+  ) {
     super(message);
     this.name = "ImportRefused";
   }
@@ -72,16 +108,27 @@ export async function connectOnce(url: string): Promise<Client> {
 }
 
 /**
- * Copies `records` into the store under `prefix`; `progress(done, total)` is
- * called after each batch. Refuses (changing nothing) when a secret of
- * `records` belongs to another key in the store.
+ * Copies `records` into the store under `prefix`, in batches, each with its
+ * journal entry when `options.journal` is given. Refuses (changing nothing)
+ * when a secret of `records` belongs to another key in the store, and stops
+ * at the first batch whose journal entry cannot be written (that batch
+ * changes nothing; earlier ones stay imported).
  */
 export async function importRecords(
   client: Client,
   prefix: string,
   records: readonly KeyRecord[],
-  progress?: (done: number, total: number) => void,
+  options: ImportOptions = {},
 ): Promise<ImportResult> {
+  const { progress, journal } = options;
+  let head = "";
+  let tail = "";
+  if (journal !== undefined) {
+    const at = journal.template.indexOf(JSON.stringify([IMPORTED_IDS]));
+    if (at < 0) throw new Error("internal: an import journal template without [IMPORTED_IDS]");
+    head = journal.template.slice(0, at);
+    tail = journal.template.slice(at + JSON.stringify([IMPORTED_IDS]).length);
+  }
   const names = redisKeys(prefix);
   const fresh = (await client.get(names.generation)) === null;
   if (fresh) await client.del([names.keys, names.hashes, names.log, names.version]);
@@ -104,12 +151,19 @@ export async function importRecords(
   let changed = 0;
   for (let i = 0; i < records.length; i += IMPORT_BATCH) {
     const batch = records.slice(i, i + IMPORT_BATCH);
-    const args = [names.channel, String(LOG_MAX), fresh ? "1" : "0"];
+    const args = [names.channel, String(LOG_MAX), fresh ? "1" : "0", head, tail, String(journal?.maxLen ?? 0)];
     for (const r of batch) args.push(r.id, encodeRecord(r), r.secretSha256);
     const n = await client.eval(IMPORT, {
-      keys: [names.keys, names.hashes, names.version, names.generation, names.log],
+      keys: [names.keys, names.hashes, names.version, names.generation, names.log, names.audit],
       arguments: args,
     });
+    if (Array.isArray(n)) {
+      const why: unknown = n[1];
+      throw new ImportRefused(
+        `cannot write the audit stream ${names.audit} (${typeof why === "string" ? why : "unknown error"}): the import stopped after ${i} of ${records.length} records`,
+        i,
+      );
+    }
     changed += Number(n);
     progress?.(Math.min(i + IMPORT_BATCH, records.length), records.length);
   }

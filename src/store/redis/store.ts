@@ -8,12 +8,15 @@
  * - `generation`: a marker set when the store is initialized (`keyfence keys
  *   import`); its absence means the data vanished, which is an outage;
  * - `log`: a capped stream, one entry `<version>-0 {id}` per change, from
- *   which a replica that fell behind catches up.
+ *   which a replica that fell behind catches up;
+ * - `audit`: the journal (the shared audit log), a stream capped at about
+ *   `journalMaxLen` entries, one entry `<seq>-0 {e: text}` per change.
  *
  * A write is one Lua script: it checks the generation and that the key is
  * still what the writer's snapshot held (optimistic concurrency: on a
- * mismatch the replica catches up and plans again), applies the change,
- * bumps the version, appends to the log and publishes `<generation>
+ * mismatch the replica catches up and plans again), appends the change's
+ * journal entry first (a change whose entry cannot be written is not made),
+ * applies the change, bumps the version, appends to the log and publishes `<generation>
  * <version>` on the `changes` channel. A replica applies a message whose
  * version is ahead of its own by catching up through the log (one script
  * call returning every changed record); it also catches up on connect, on
@@ -29,10 +32,12 @@ import { changedId, type KeyChange } from "../change.js";
 import { parseKeysFile, type KeyRecord } from "../keysfile.js";
 import { MatcherCache, Snapshot, SnapshotBuilder } from "../snapshot.js";
 import {
+  JournalWriteError,
   StoreConflictError,
   StoreLoadError,
   StoreUnavailableError,
   type ChangeCause,
+  type Journal,
   type KeyStore,
   type Plan,
   type StoreHealth,
@@ -55,12 +60,16 @@ export interface RedisKeyStoreOptions {
   readonly commandTimeoutMs?: number;
   /** How long `load` waits for a first connection. */
   readonly connectTimeoutMs?: number;
+  /** About how many journal (audit) entries are kept; XADD trims with `MAXLEN ~`, so a few more may stay. */
+  readonly journalMaxLen?: number;
   /** Called with lines worth logging (start from the snapshot file, resyncs). */
   readonly notice?: (event: string, message: string, fields?: Record<string, unknown>) => void;
 }
 
 /** Default of {@link RedisKeyStoreOptions.syncIntervalMs}. */
 export const DEFAULT_SYNC_INTERVAL_MS = 5_000;
+/** Default of {@link RedisKeyStoreOptions.journalMaxLen}. */
+export const DEFAULT_JOURNAL_MAX_LEN = 100_000;
 /** Entries kept in the change log; a replica further behind resyncs in full. */
 export const LOG_MAX = 100_000;
 /** Records per HSCAN batch of a full resync (each batch is decoded and added between other work). */
@@ -77,6 +86,7 @@ export function redisKeys(prefix: string): {
   version: string;
   generation: string;
   log: string;
+  audit: string;
   channel: string;
 } {
   return {
@@ -85,6 +95,7 @@ export function redisKeys(prefix: string): {
     version: `${prefix}version`,
     generation: `${prefix}generation`,
     log: `${prefix}log`,
+    audit: `${prefix}audit`,
     channel: `${prefix}changes`,
   };
 }
@@ -131,10 +142,37 @@ export function decodeRecord(id: string, text: string): KeyRecord | undefined {
 }
 
 /**
- * KEYS: keys, hashes, version, generation, log. ARGV: generation, kind, id,
- * expected record ("" for none), new record, new secret hash, old secret
- * hash, channel, log length. Checks everything before it changes anything
- * (a script that returns early is not rolled back).
+ * Lua that appends the journal entry `entry` (a Lua expression; "" for none)
+ * to the stream KEYS[k], capped at about `maxLen` entries, numbered one past
+ * the last number the stream ever gave (never reused, even after a trim),
+ * and sets \`seq\` to it; returns {'journal', error} when it cannot. Shared by
+ * the commit and import scripts; it runs before their first write.
+ */
+export function journalAppendLua(k: number, entry: string, maxLen: string): string {
+  return `
+local seq = 0
+if ${entry} ~= '' then
+  seq = 1
+  if redis.call('EXISTS', KEYS[${k}]) == 1 then
+    local info = redis.pcall('XINFO', 'STREAM', KEYS[${k}])
+    if info.err then return {'journal', info.err} end
+    for i = 1, #info, 2 do
+      if info[i] == 'last-generated-id' then seq = tonumber(string.match(info[i + 1], '^(%d+)')) + 1 end
+    end
+  end
+  local added = redis.pcall('XADD', KEYS[${k}], 'MAXLEN', '~', ${maxLen}, seq .. '-0', 'e', ${entry})
+  if type(added) == 'table' and added.err then return {'journal', added.err} end
+end
+`;
+}
+
+/**
+ * KEYS: keys, hashes, version, generation, log, audit. ARGV: generation,
+ * kind, id, expected record ("" for none), new record, new secret hash, old
+ * secret hash, channel, log length, journal entry ("" for none), journal
+ * length. Checks everything, then writes the journal entry, before it
+ * changes anything (a script that returns early is not rolled back).
+ * Returns {'ok', version, journal seq (0 without an entry)} or why not.
  */
 const COMMIT = `
 local gen = redis.call('GET', KEYS[4])
@@ -150,6 +188,7 @@ if ARGV[2] ~= 'delete' then
   local owner = redis.call('HGET', KEYS[2], ARGV[6])
   if owner and owner ~= ARGV[3] then return {'duplicate'} end
 end
+${journalAppendLua(6, "ARGV[10]", "ARGV[11]")}
 if ARGV[2] ~= 'create' then redis.call('HDEL', KEYS[2], ARGV[7]) end
 if ARGV[2] == 'delete' then
   redis.call('HDEL', KEYS[1], ARGV[3])
@@ -160,7 +199,7 @@ end
 local v = redis.call('INCR', KEYS[3])
 redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[9], v .. '-0', 'id', ARGV[3])
 redis.call('PUBLISH', ARGV[8], gen .. ' ' .. v)
-return {'ok', tostring(v)}
+return {'ok', tostring(v), tostring(seq)}
 `;
 
 /**
@@ -270,6 +309,19 @@ export class RedisKeyStore implements KeyStore {
   get health(): StoreHealth {
     return this.state;
   }
+
+  /** The shared audit log: a capped stream under the prefix, written by the commit script. */
+  readonly journal: Journal = {
+    page: (limit, before) => {
+      if (before !== undefined && before <= 1) return Promise.resolve([]);
+      // An incomplete id as the end of XREVRANGE means its highest sequence: below `before` exactly.
+      const end = before === undefined ? "+" : String(before - 1);
+      return this.command(async (c) => {
+        const rows = await c.xRevRange(this.names.audit, end, "-", { COUNT: limit });
+        return rows.map((r) => ({ seq: Number(r.id.split("-")[0]), text: r.message["e"] ?? "" }));
+      });
+    },
+  };
 
   get description(): string {
     return `Redis ${this.options.displayUrl} (prefix ${JSON.stringify(this.options.prefix)})`;
@@ -593,7 +645,7 @@ export class RedisKeyStore implements KeyStore {
       const base = this.snapshot;
       const p = await plan(base);
       if (p.change === undefined) {
-        if (p.afterCommit) await p.afterCommit();
+        if (p.afterCommit) await p.afterCommit({});
         return p.result;
       }
       const change = p.change;
@@ -603,7 +655,14 @@ export class RedisKeyStore implements KeyStore {
       try {
         reply = strings(
           await client.eval(COMMIT, {
-            keys: [this.names.keys, this.names.hashes, this.names.version, this.names.generation, this.names.log],
+            keys: [
+              this.names.keys,
+              this.names.hashes,
+              this.names.version,
+              this.names.generation,
+              this.names.log,
+              this.names.audit,
+            ],
             arguments: [
               this.generation,
               change.kind,
@@ -614,6 +673,8 @@ export class RedisKeyStore implements KeyStore {
               before?.secretSha256 ?? "",
               this.names.channel,
               String(LOG_MAX),
+              p.journal ?? "",
+              String(this.options.journalMaxLen ?? DEFAULT_JOURNAL_MAX_LEN),
             ],
           }),
         );
@@ -623,12 +684,15 @@ export class RedisKeyStore implements KeyStore {
         this.setHealth({ up: false, reason });
         throw new StoreUnavailableError(reason, { cause: err });
       }
-      const [kind, v] = reply;
+      const [kind, v, seq] = reply;
       if (kind !== "ok") await p.onAbort?.().catch(() => undefined);
       if (kind === "conflict") continue; // another writer got there first: plan again on its result
       if (kind === "gone") {
         await this.sync("reload").catch(() => undefined);
         throw new StoreUnavailableError(this.state.reason);
+      }
+      if (kind === "journal") {
+        throw new JournalWriteError(`cannot append to the audit stream ${this.names.audit}: ${v ?? ""}`);
       }
       if (kind === "duplicate") {
         throw new StoreConflictError("another key already has this secret", [
@@ -637,7 +701,7 @@ export class RedisKeyStore implements KeyStore {
       }
       await this.applyOwn(change, Number(v));
       for (const hook of this.commitHooks) await hook();
-      if (p.afterCommit) await p.afterCommit();
+      if (p.afterCommit) await p.afterCommit(p.journal === undefined ? {} : { journalSeq: Number(seq) });
       return p.result;
     }
     throw new StoreConflictError("the key changed on other replicas too often; try again", []);
