@@ -52,7 +52,11 @@ export function confirmFor(
   client: ClientIp,
   deps: Pick<ApiDeps, "confirmations" | "auth">,
 ): () => Promise<boolean> {
+  // A write that loses a race to another replica is planned again and asks
+  // again: the code this request already used stays its confirmation.
+  let confirmedByCode = false;
   return async () => {
+    if (confirmedByCode) return true;
     if (caller.kind === "operator" && caller.via === "session") {
       if (!deps.auth.sessions.recentlyConfirmed(caller.session)) {
         throw new ApiError("confirmation_required");
@@ -70,6 +74,7 @@ export function confirmFor(
       (c) => c === "ok",
     );
     if (check !== "ok") throw new ApiError("invalid_confirmation_code");
+    confirmedByCode = true;
     return true;
   };
 }
