@@ -31,6 +31,8 @@ export interface KeyView {
   readonly ip_allow_list: readonly string[];
   /** The key's own mode; null inherits the global `mode`. */
   readonly mode: Mode | null;
+  /** A sandbox key (SPEC §9): its allowed requests go to `sandbox_upstream`. */
+  readonly sandbox: boolean;
   readonly created_at: string | null;
   readonly updated_at: string | null;
 }
@@ -43,6 +45,7 @@ export function view(r: KeyRecord): KeyView {
     scopes: r.scopes,
     ip_allow_list: r.ipAllowList,
     mode: r.mode ?? null,
+    sandbox: r.sandbox === true,
     created_at: r.createdAt ?? null,
     updated_at: r.updatedAt ?? null,
   };
@@ -66,14 +69,15 @@ export const SECRET_PREFIX = "kf_";
 /** Bytes of randomness in a secret (256 bits). */
 const SECRET_BYTES = 32;
 
-const CREATE_FIELDS = ["name", "scopes", "ip_allow_list", "mode"];
-const PATCH_FIELDS = ["name", "scopes", "ip_allow_list", "mode"];
+const CREATE_FIELDS = ["name", "scopes", "ip_allow_list", "mode", "sandbox"];
+const PATCH_FIELDS = ["name", "scopes", "ip_allow_list", "mode", "sandbox"];
 
 interface Fields {
   name?: string;
   scopes?: string[];
   list?: { entries: readonly string[]; cidrs: readonly Cidr[] };
   mode?: Mode;
+  sandbox?: boolean;
 }
 
 /** Most characters of a bad value quoted back in an error message. */
@@ -148,6 +152,12 @@ function readFields(body: unknown, allowed: readonly string[], maxEntries: numbe
     if (!isMode(mode)) errors.push({ field: "mode", message: `must be "enforce" or "report", got ${quote(mode)}` });
     else out.mode = mode;
   }
+  const sandbox = b["sandbox"];
+  if (sandbox !== undefined && sandbox !== null) {
+    if (typeof sandbox !== "boolean")
+      errors.push({ field: "sandbox", message: `must be true or false, got ${quote(sandbox)}` });
+    else out.sandbox = sandbox;
+  }
   return errors.length > 0 ? errors : out;
 }
 
@@ -162,8 +172,9 @@ function sameSet(a: readonly string[], b: readonly string[]): boolean {
  * factor must confirm it (SPEC §5): a create with a non-empty list, a change
  * of the set of entries (to [] too), a delete of a key with a non-empty list,
  * a mode change of a restricted key that ends in report mode (also by
- * returning to a global `report`), and gaining `api_keys:write` (a create
- * with it too). `before` is undefined for a create, `after` for a delete.
+ * returning to a global `report`), gaining `api_keys:write` (a create
+ * with it too), and a sandbox key leaving the sandbox (it then reaches the
+ * real upstream). `before` is undefined for a create, `after` for a delete.
  */
 export function needsConfirmation(
   before: KeyRecord | undefined,
@@ -174,6 +185,7 @@ export function needsConfirmation(
   const gainsWrite = after.scopes.includes(WRITE_SCOPE) && !(before?.scopes.includes(WRITE_SCOPE) ?? false);
   if (before === undefined) return after.ipAllowList.length > 0 || gainsWrite;
   if (!sameSet(before.ipAllowList, after.ipAllowList) || gainsWrite) return true;
+  if (before.sandbox === true && after.sandbox !== true) return true;
   return after.ipAllowList.length > 0 && before.mode !== after.mode && (after.mode ?? globalMode) === "report";
 }
 
@@ -259,6 +271,7 @@ export class KeysService {
         scopes: f.scopes ?? [],
         ipAllowList: f.list?.entries ?? [],
         mode: f.mode,
+        ...(f.sandbox === true ? { sandbox: true } : {}),
         createdAt: at,
         updatedAt: at,
       };
@@ -287,7 +300,7 @@ export class KeysService {
           );
         }
       }
-      const after: KeyRecord = {
+      let after: KeyRecord = {
         ...before,
         name: f.name ?? before.name,
         scopes: f.scopes ?? before.scopes,
@@ -295,12 +308,17 @@ export class KeysService {
         mode: f.mode ?? before.mode,
         updatedAt: now(),
       };
+      if (f.sandbox !== undefined) {
+        after = { ...after, sandbox: f.sandbox };
+        if (!f.sandbox) delete (after as { sandbox?: boolean }).sandbox;
+      }
       const same = (a: unknown, b: unknown): boolean => JSON.stringify(a) === JSON.stringify(b);
       if (
         after.name === before.name &&
         same(after.scopes, before.scopes) &&
         same(after.ipAllowList, before.ipAllowList) &&
-        after.mode === before.mode
+        after.mode === before.mode &&
+        (after.sandbox === true) === (before.sandbox === true)
       ) {
         // Nothing to change: no write, no audit line, updated_at stays.
         return { result: view(before) };
@@ -370,6 +388,7 @@ export class KeysService {
       ["name", (r: KeyRecord) => r.name],
       ["scopes", (r: KeyRecord) => r.scopes],
       ["mode", (r: KeyRecord) => r.mode ?? null],
+      ["sandbox", (r: KeyRecord) => r.sandbox === true],
     ] as const;
     for (const [name, get] of fields) {
       const b = before ? get(before) : null;

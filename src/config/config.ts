@@ -19,6 +19,8 @@ import { YamlFile, type Problem, type YamlPath } from "../util/yaml.js";
 import { decisionWarnings, readDecision, type DecisionConfig } from "./decision.js";
 import { AUDIT_FIELDS, FILE_AUDIT_FIELDS, readAuditSettings, type AuditSettings } from "./audit.js";
 import { parseStoreConfig, STORE_FIELDS, type StoreConfig } from "./store.js";
+import { readForwardIdentity, readRouteScopes } from "./routes.js";
+import type { RouteScopes } from "../policy/routes.js";
 
 /** A host and port to listen on. */
 export interface ListenAddress {
@@ -39,6 +41,12 @@ export interface Config {
   readonly file: string;
   readonly listen: ListenAddress;
   readonly upstream: URL;
+  /** Where allowed requests of sandbox keys go (SPEC §9); undefined: to `upstream` like any other. */
+  readonly sandboxUpstream: URL | undefined;
+  /** Send the checked key's identity upstream as X-Keyfence-Key-Id, -Key-Scopes and -Sandbox (SPEC §9). */
+  readonly forwardIdentity: boolean;
+  /** `route_scopes` (SPEC §9): which routes need which scope; no rules by default. */
+  readonly routeScopes: RouteScopes;
   readonly trustedProxies: CompiledTrust;
   readonly pingPath: string;
   readonly mode: Mode;
@@ -108,6 +116,9 @@ const TOP_FIELDS = [
   "admin",
   "limits",
   "proxy_protocol",
+  "route_scopes",
+  "sandbox_upstream",
+  "forward_identity",
 ];
 /** Allowed operator names (`admin.operators[].name`). */
 export const OPERATOR_NAME = /^[A-Za-z0-9_.@-]{1,64}$/;
@@ -220,6 +231,7 @@ export function parseConfig(file: string, text: string, env: NodeJS.ProcessEnv =
   const listen = listenAt(cx, ["listen"], fromEnv(cx, ENV.listen, top["listen"] ?? "127.0.0.1:8080"), ENV.listen);
   const upstream = readUpstream(cx, top["upstream"]);
   const trustedProxies = readTrustedProxies(cx, top["trusted_proxies"] ?? []);
+  const { sandboxUpstream, forwardIdentity, routeScopes } = readWhatAndWhere(cx, top);
 
   const pingPath = top["ping_path"] ?? "/_keyfence/ping";
   if (typeof pingPath !== "string" || !/^\/[\x21-\x7e]*$/.test(pingPath) || /[?#]/.test(pingPath)) {
@@ -255,7 +267,7 @@ export function parseConfig(file: string, text: string, env: NodeJS.ProcessEnv =
   if (trustedProxies) warnings.push(...decisionWarnings(decision, trustedProxies.none, isLoopback, formatListen));
 
   const problems = [...y.sortedProblems(), ...cx.fileProblems, ...cx.envProblems];
-  if (problems.length > 0 || !listen || !upstream || !trustedProxies || !keys || !proxyProtocol) {
+  if (problems.length > 0 || !listen || !upstream || !trustedProxies || !keys || !proxyProtocol || !routeScopes) {
     return keys ? { ok: false, problems, keys } : { ok: false, problems };
   }
   return {
@@ -264,6 +276,9 @@ export function parseConfig(file: string, text: string, env: NodeJS.ProcessEnv =
       file,
       listen,
       upstream,
+      sandboxUpstream,
+      forwardIdentity,
+      routeScopes,
       trustedProxies,
       pingPath: pingPath as string,
       mode: mode as Mode,
@@ -293,6 +308,26 @@ function readUpstream(cx: ParseContext, raw: unknown): URL | undefined {
   if (cx.env[ENV.upstream]) envFail(cx, ENV.upstream, cx.env[ENV.upstream] ?? "", why);
   else cx.y.fail(["upstream"], why, upstreamRaw);
   return undefined;
+}
+
+/** The SPEC §9 settings: `sandbox_upstream`, `forward_identity` and `route_scopes` (undefined when invalid). */
+function readWhatAndWhere(
+  cx: ParseContext,
+  top: Record<string, unknown>,
+): { sandboxUpstream: URL | undefined; forwardIdentity: boolean; routeScopes: RouteScopes | undefined } {
+  const { y } = cx;
+  let sandboxUpstream: URL | undefined;
+  const raw = top["sandbox_upstream"];
+  if (raw !== undefined && raw !== null) {
+    const why = checkUpstream(raw);
+    if (typeof why === "string") y.fail(["sandbox_upstream"], why, raw);
+    else sandboxUpstream = why;
+  }
+  return {
+    sandboxUpstream,
+    forwardIdentity: readForwardIdentity(y, top["forward_identity"]),
+    routeScopes: readRouteScopes(y, top["route_scopes"], cx.warnings),
+  };
 }
 
 /** `trusted_proxies`: a hop count or a list of names, addresses and ranges; warns when it trusts everyone. */

@@ -16,7 +16,7 @@ import type { Metrics } from "../metrics/metrics.js";
 import type { SourceTracker } from "../metrics/sources.js";
 import { compilePlaces } from "../policy/credential.js";
 import type { Decision } from "../policy/decide.js";
-import { enforceFor, type StepSettings } from "../policy/enforce.js";
+import { enforceFor, ipPathOf, type StepSettings } from "../policy/enforce.js";
 import type { KeyStore } from "../store/store.js";
 import { forwardedFor, hasBody, listenOn, requestIdOf, sendJson, SERVER_LIMITS } from "../util/http.js";
 
@@ -87,7 +87,9 @@ export class DecisionServer {
       unknown: c.keys.unknown,
       missing: c.keys.missing,
       pingPath: c.pingPath,
+      ipPath: ipPathOf(c.pingPath),
       places: compilePlaces(c.keys.credentials),
+      routes: c.routeScopes,
     };
     deps.metrics.countInflightWith(() => this.active);
     this.server = createServer({
@@ -137,12 +139,25 @@ export class DecisionServer {
     const original = originalRequest(req, client.peerTrusted);
     // A body sent along (Traefik's forwardBody, Envoy's with_request_body) is never read: once answered, the connection closes.
     if (!req.complete && hasBody(req.headers)) res.shouldKeepAlive = false;
-    const e = enforceFor(req.rawHeaders, original.url, client, this.deps.store.snapshot, this.settings);
+    const e = enforceFor(
+      req.rawHeaders,
+      original.url,
+      client,
+      this.deps.store.snapshot,
+      this.settings,
+      original.method,
+    );
     const decision: Decision = e.decision;
     this.recorder.record(e, original.method, requestId, t0);
     if (e.plan.kind === "forward") {
       const headers: Record<string, string | number> = { "content-length": 0 };
-      if (decision.keyId !== undefined) headers["x-keyfence-key-id"] = decision.keyId;
+      const key = decision.key;
+      if (key !== undefined) {
+        // The identity is always there for the ingress to route by (sandbox) or pass on (SPEC §9).
+        headers["x-keyfence-key-id"] = key.id;
+        headers["x-keyfence-key-scopes"] = key.scopes.join(" ");
+        headers["x-keyfence-sandbox"] = key.sandbox ? "true" : "false";
+      }
       res.writeHead(200, headers);
       res.end();
     } else {
@@ -166,7 +181,7 @@ export class DecisionServer {
         path: e.path,
         status: res.statusCode,
         outcome: "answered",
-        decision: decision.outcome,
+        decision: e.decided ? decision.outcome : undefined,
         key_id: decision.keyId,
         client_ip: client.text,
         duration_ms: Math.round(seconds * 1e6) / 1000,

@@ -219,15 +219,21 @@ export class DecisionRecorder {
 
   /** Records `e`, decided from `t0` (performance.now()); `requestId` is called only when a line is written. */
   record(e: Enforcement, method: string | undefined, requestId: string | (() => string), t0: number): void {
+    if (!e.decided) return;
     const decision = e.decision;
     const client = decision.client;
     const t1 = performance.now();
     this.metrics.decision(decision.outcome, e.target === undefined ? 0 : (t1 - t0) / 1000);
-    const refused = decision.reason === "ip_not_allowed" || decision.reason === "invalid_client_ip";
+    const reason = decision.reason;
+    const refused = reason === "ip_not_allowed" || reason === "invalid_client_ip";
     if (decision.keyId !== undefined && client.ip !== undefined) {
+      // A missing scope is no verdict on the address: its network counts as a request, not a denial.
       this.sources.record(decision.keyId, client.ip, refused, performance.timeOrigin + t1);
     }
-    if (refused && this.denials.admit(decision.keyId ?? "", client.ip, performance.timeOrigin + t1)) {
+    if (
+      (refused || reason === "missing_scope") &&
+      this.denials.admit(decision.keyId ?? "", client.ip, performance.timeOrigin + t1)
+    ) {
       (decision.forward ? WOULD_DENY_LINE : DENIED_LINE).write(this.log, {
         event: decision.forward ? "would_deny" : "denied",
         request_id: typeof requestId === "string" ? requestId : requestId(),

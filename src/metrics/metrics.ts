@@ -17,6 +17,7 @@ export const OUTCOMES: readonly Outcome[] = [
   "missing_key",
   "invalid_client_ip",
   "bad_request",
+  "missing_scope",
 ];
 
 /** How a proxied request ended, the `outcome` label of the request histogram. */

@@ -10,6 +10,7 @@ export type AnswerReason =
   | "upstream_unavailable"
   | "upstream_timeout"
   | "pong"
+  | "client_ip"
   | "bad_request"
   | "too_many_requests"
   | "upstream_busy"
@@ -24,9 +25,12 @@ const TABLE: Record<AnswerReason, { status: number; message: string }> = {
   multiple_credentials: { status: 400, message: "multiple API keys" },
   malformed_credential: { status: 400, message: "malformed API key" },
   invalid_client_ip: { status: 400, message: "client IP address could not be determined" },
+  missing_scope: { status: 403, message: "API key lacks scope %s" },
+  ambiguous_path: { status: 400, message: "ambiguous request path: %s" },
   upstream_unavailable: { status: 502, message: "upstream unavailable" },
   upstream_timeout: { status: 504, message: "upstream timed out" },
   pong: { status: 200, message: "pong" },
+  client_ip: { status: 200, message: "%s" },
   too_many_requests: { status: 429, message: "too many requests in flight from this client" },
   upstream_busy: { status: 503, message: "upstream busy" },
   body_timeout: { status: 408, message: "request body timed out" },
@@ -38,8 +42,8 @@ export function statusOf(reason: AnswerReason): number {
   return TABLE[reason].status;
 }
 
-/** The message of `reason`; `clientIp` fills the ip_not_allowed message. */
-export function messageOf(reason: AnswerReason, clientIp = ""): string {
+/** The message of `reason`; `detail` fills its blank (the client IP, the scope lacked, why a path is ambiguous). */
+export function messageOf(reason: AnswerReason, detail = ""): string {
   const m = TABLE[reason].message;
-  return reason === "ip_not_allowed" ? m.replace("%s", clientIp) : m;
+  return m.includes("%s") ? m.replace("%s", () => detail) : m;
 }

@@ -5,6 +5,7 @@
 import type { ClientIp } from "../clientip/resolve.js";
 import type { Ip } from "../ip/address.js";
 import type { CredentialFailure } from "./credential.js";
+import { routeNeed, type RouteScopes } from "./routes.js";
 
 /** Enforcement mode: `report` forwards would-be rejections and counts them. */
 export type Mode = "enforce" | "report";
@@ -18,6 +19,16 @@ export interface KeyPolicy {
   readonly restricted: boolean;
   /** Whether the allow list admits `ip` (only asked when restricted). */
   contains(ip: Ip): boolean;
+  /** The key's scopes (SPEC §3), checked against `route_scopes`. */
+  readonly scopes: readonly string[];
+  /** True for a sandbox key (SPEC §9): its allowed requests go to `sandbox_upstream` when one is set. */
+  readonly sandbox: boolean;
+}
+
+/** What the route check reads of a request: its methods (own and overrides) and its path without the query. */
+export interface RouteQuestion {
+  readonly methods: readonly string[];
+  readonly path: string;
 }
 
 /** The credential a request carries, as read from its Authorization header(s). */
@@ -33,11 +44,20 @@ export interface DecisionSettings {
   readonly missing: "forward" | "reject";
   /** True on the management API: a key's own report mode never softens a decision there. */
   readonly enforceAlways?: boolean;
+  /** `route_scopes` (SPEC §9); undefined or empty: no route needs a scope. */
+  readonly routes?: RouteScopes;
 }
 
 /** The `keyfence_decisions_total{decision}` label of a decision. */
 export type Outcome =
-  "allowed" | "denied" | "would_deny" | "unknown_key" | "missing_key" | "invalid_client_ip" | "bad_request";
+  | "allowed"
+  | "denied"
+  | "would_deny"
+  | "unknown_key"
+  | "missing_key"
+  | "invalid_client_ip"
+  | "bad_request"
+  | "missing_scope";
 
 /** Why keyfence answered (or would have answered) itself: the `X-Keyfence-Reason` value. */
 export type Reason =
@@ -48,7 +68,9 @@ export type Reason =
   | "malformed_authorization"
   | "multiple_credentials"
   | "malformed_credential"
-  | "invalid_client_ip";
+  | "invalid_client_ip"
+  | "missing_scope"
+  | "ambiguous_path";
 
 /** A decision: forward or answer with `reason`; `reason` is also set for report-mode would-be denials. */
 export interface Decision {
@@ -59,10 +81,19 @@ export interface Decision {
   /** The mode that applied (the key's own, else the global one). */
   readonly mode: Mode;
   readonly client: ClientIp;
+  /** The known key, if any (its scopes and sandbox flag travel to the upstream with `forward_identity`). */
+  readonly key: KeyPolicy | undefined;
+  /** For `missing_scope` the scope lacked; for `ambiguous_path` why the path is ambiguous. */
+  readonly detail: string | undefined;
 }
 
-/** Decides one request; never throws. */
-export function decide(credential: Credential, client: ClientIp, settings: DecisionSettings): Decision {
+/** Decides one request; `route` is asked only for a known key past the IP check. Never throws. */
+export function decide(
+  credential: Credential,
+  client: ClientIp,
+  settings: DecisionSettings,
+  route?: RouteQuestion,
+): Decision {
   switch (credential.kind) {
     case "invalid":
       return result("bad_request", false, credential.reason, undefined, settings.mode, client);
@@ -79,22 +110,45 @@ export function decide(credential: Credential, client: ClientIp, settings: Decis
     return result("unknown_key", forward, forward ? undefined : "invalid_api_key", undefined, settings.mode, client);
   }
   const mode = settings.enforceAlways === true ? "enforce" : (key.mode ?? settings.mode);
-  if (!key.restricted) return result("allowed", true, undefined, key.id, mode, client);
-  let reason: Reason;
-  if (client.ip === undefined) reason = "invalid_client_ip";
-  else if (key.contains(client.ip)) return result("allowed", true, undefined, key.id, mode, client);
-  else reason = "ip_not_allowed";
-  if (mode === "report") return result("would_deny", true, reason, key.id, mode, client);
-  return result(reason === "ip_not_allowed" ? "denied" : "invalid_client_ip", false, reason, key.id, mode, client);
+  let reason: keyof typeof OUTCOME_OF;
+  let detail: string | undefined;
+  if (key.restricted && client.ip === undefined) reason = "invalid_client_ip";
+  else if (key.restricted && !key.contains(client.ip as Ip)) reason = "ip_not_allowed";
+  else {
+    const routes = settings.routes;
+    if (routes === undefined || routes.rules.length === 0 || route === undefined) {
+      return result("allowed", true, undefined, key, mode, client);
+    }
+    const need = routeNeed(routes, route.methods, route.path);
+    if (need.kind === "ambiguous") {
+      reason = "ambiguous_path";
+      detail = need.why;
+    } else {
+      const lacking = need.rules.find((r) => !key.scopes.includes(r.scope));
+      if (lacking === undefined) return result("allowed", true, undefined, key, mode, client);
+      reason = "missing_scope";
+      detail = lacking.scope;
+    }
+  }
+  if (mode === "report") return result("would_deny", true, reason, key, mode, client, detail);
+  return result(OUTCOME_OF[reason], false, reason, key, mode, client, detail);
 }
+
+const OUTCOME_OF: Record<"ip_not_allowed" | "invalid_client_ip" | "missing_scope" | "ambiguous_path", Outcome> = {
+  ip_not_allowed: "denied",
+  invalid_client_ip: "invalid_client_ip",
+  missing_scope: "missing_scope",
+  ambiguous_path: "bad_request",
+};
 
 function result(
   outcome: Outcome,
   forward: boolean,
   reason: Reason | undefined,
-  keyId: string | undefined,
+  key: KeyPolicy | undefined,
   mode: Mode,
   client: ClientIp,
+  detail?: string,
 ): Decision {
-  return { outcome, forward, reason, keyId, mode, client };
+  return { outcome, forward, reason, keyId: key?.id, mode, client, key, detail };
 }

@@ -8,7 +8,15 @@
 import { resolveClientIp, type ClientIp, type CompiledTrust } from "../clientip/resolve.js";
 import { messageOf, statusOf, type AnswerReason } from "./answers.js";
 import { readCredential, type CompiledPlaces, type CredentialResult } from "./credential.js";
-import { decide, type Credential, type Decision, type DecisionSettings, type KeyPolicy } from "./decide.js";
+import {
+  decide,
+  type Credential,
+  type Decision,
+  type DecisionSettings,
+  type KeyPolicy,
+  type RouteQuestion,
+} from "./decide.js";
+import { requestMethods } from "./routes.js";
 
 /** Where the step looks keys up (a store snapshot satisfies it). */
 export interface KeyLookup {
@@ -20,6 +28,8 @@ export interface KeyLookup {
 export interface StepSettings extends DecisionSettings {
   /** Answered by keyfence itself (SPEC §4); undefined on listeners without a ping. */
   readonly pingPath: string | undefined;
+  /** `<ping_path>/ip`, answered with the client address (SPEC §9); undefined without a ping. */
+  readonly ipPath?: string | undefined;
   /** Where keys travel (`keys.credentials`, compiled). */
   readonly places: CompiledPlaces;
 }
@@ -31,6 +41,8 @@ export interface EnforceSettings extends StepSettings {
 
 /** What the step reads of a request: plain values, no sockets. */
 export interface RequestFacts {
+  /** The request method (checked against `route_scopes`). */
+  readonly method?: string | undefined;
   /** Raw header list (name, value, name, value...), repeats kept. */
   readonly rawHeaders: readonly string[];
   /** The request target as received (`req.url`). */
@@ -65,6 +77,8 @@ export interface Enforcement {
   readonly target: string | undefined;
   /** The target's path, without the query (what logs show). */
   readonly path: string;
+  /** False for answers that decide nothing (the `<ping_path>/ip` echo): not counted as a decision. */
+  readonly decided: boolean;
 }
 
 /** A plan's JSON answer. */
@@ -91,10 +105,10 @@ export function pathOf(target: string): string {
   return q < 0 ? target : target.slice(0, q);
 }
 
-/** The JSON answer for `reason`; `clientIp` fills the ip_not_allowed message. */
+/** The JSON answer for `reason`; `detail` fills its message's blank (see {@link messageOf}). */
 export function answerPlan(
   reason: AnswerReason,
-  clientIp = "",
+  detail = "",
   body?: Readonly<Record<string, unknown>>,
   message?: string,
 ): JsonAnswer {
@@ -102,7 +116,7 @@ export function answerPlan(
     kind: "answer",
     status: statusOf(reason),
     reason,
-    message: message ?? messageOf(reason, clientIp),
+    message: message ?? messageOf(reason, detail),
     body,
   };
 }
@@ -111,18 +125,42 @@ const BAD_TARGET = "request target must be a path";
 
 /** The plan for `d`: a ping is always answered by keyfence (pong, or why not), anything else forwarded or refused. */
 export function planOf(d: Decision, ping: boolean): AnswerPlan {
-  if (!ping) return d.forward ? FORWARD : answerPlan(d.reason ?? "bad_request", d.client.text);
+  if (!ping) return d.forward ? FORWARD : answerPlan(d.reason ?? "bad_request", detailOf(d));
   if (d.outcome === "missing_key") return answerPlan("missing_api_key");
   if (d.outcome === "unknown_key") return answerPlan("invalid_api_key");
-  if (!d.forward) return answerPlan(d.reason ?? "bad_request", d.client.text);
+  if (!d.forward) return answerPlan(d.reason ?? "bad_request", detailOf(d));
   if (d.outcome === "would_deny" && d.reason !== undefined) {
     return answerPlan("pong", "", {
       message: "pong",
       mode: "report",
-      would_deny: { reason: d.reason, status: statusOf(d.reason), message: messageOf(d.reason, d.client.text) },
+      would_deny: { reason: d.reason, status: statusOf(d.reason), message: messageOf(d.reason, detailOf(d)) },
     });
   }
   return answerPlan("pong");
+}
+
+/** What fills the message of `d`'s reason: the client IP for IP refusals, else the decision's detail. */
+function detailOf(d: Decision): string {
+  return d.reason === "ip_not_allowed" ? d.client.text : (d.detail ?? "");
+}
+
+/** The client-address echo of `<ping_path>/ip`: no key is read, nothing is decided. */
+function echoClient(client: ClientIp, target: string, path: string, settings: StepSettings): Enforcement {
+  const decision: Decision = {
+    outcome: "allowed",
+    forward: false,
+    reason: undefined,
+    keyId: undefined,
+    mode: settings.mode,
+    client,
+    key: undefined,
+    detail: undefined,
+  };
+  const plan =
+    client.ip === undefined
+      ? answerPlan("invalid_client_ip")
+      : answerPlan("client_ip", client.text, { ip: client.text });
+  return { decision, plan, target, path, decided: false };
 }
 
 /** Decides a request whose client address is already resolved (the management API resolves it first, for its throttle). */
@@ -132,6 +170,7 @@ export function enforceFor(
   client: ClientIp,
   keys: KeyLookup,
   settings: StepSettings,
+  method = "GET",
 ): Enforcement {
   const target = requestTarget(url);
   if (target === undefined) {
@@ -142,10 +181,39 @@ export function enforceFor(
       keyId: undefined,
       mode: settings.mode,
       client,
+      key: undefined,
+      detail: undefined,
     };
-    return { decision, plan: answerPlan("bad_request", "", undefined, BAD_TARGET), target, path: url ?? "" };
+    return {
+      decision,
+      plan: answerPlan("bad_request", "", undefined, BAD_TARGET),
+      target,
+      path: url ?? "",
+      decided: true,
+    };
   }
-  return enforceCredential(readCredential(rawHeaders, target, settings.places), target, client, keys, settings);
+  if (settings.ipPath !== undefined && pathOf(target) === settings.ipPath) {
+    return echoClient(client, target, settings.ipPath, settings);
+  }
+  const route =
+    settings.routes === undefined || settings.routes.rules.length === 0
+      ? undefined
+      : routeQuestion(method, rawHeaders, target);
+  return enforceCredential(readCredential(rawHeaders, target, settings.places), target, client, keys, settings, route);
+}
+
+/** The route question of a request (its methods, overrides included, and its path). */
+export function routeQuestion(method: string, rawHeaders: readonly string[], target: string): RouteQuestion {
+  const q = target.indexOf("?");
+  return {
+    methods: requestMethods(method, rawHeaders, q < 0 ? "" : target.slice(q + 1)),
+    path: q < 0 ? target : target.slice(0, q),
+  };
+}
+
+/** `<ping_path>/ip` for a ping path. */
+export function ipPathOf(pingPath: string): string {
+  return pingPath.endsWith("/") ? `${pingPath}ip` : `${pingPath}/ip`;
 }
 
 /** The step from a credential already read (the management API reads it first, to recognise operator tokens). */
@@ -155,15 +223,17 @@ export function enforceCredential(
   client: ClientIp,
   keys: KeyLookup,
   settings: StepSettings,
+  route?: RouteQuestion,
 ): Enforcement {
   const credential: Credential = read.kind === "token" ? { kind: "key", key: keys.lookupToken(read.token) } : read;
-  const decision = decide(credential, client, settings);
   const path = pathOf(target);
-  return { decision, plan: planOf(decision, path === settings.pingPath), target, path };
+  const ping = path === settings.pingPath;
+  const decision = decide(credential, client, settings, ping ? undefined : route);
+  return { decision, plan: planOf(decision, ping), target, path, decided: true };
 }
 
 /** The enforcement step: credential → key → client IP → decision → plan. Pure apart from the lookup's cache; never throws. */
 export function enforce(facts: RequestFacts, keys: KeyLookup, settings: EnforceSettings): Enforcement {
   const client = resolveClientIp(facts.peer, facts.forwardedFor, settings.trust);
-  return enforceFor(facts.rawHeaders, facts.url, client, keys, settings);
+  return enforceFor(facts.rawHeaders, facts.url, client, keys, settings, facts.method);
 }

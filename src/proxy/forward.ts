@@ -61,16 +61,35 @@ export function connectionTokens(value: string | undefined): Set<string> | undef
   return out;
 }
 
+/** The checked key's identity, as sent upstream with `forward_identity` (SPEC §9). */
+export interface Identity {
+  readonly keyId: string;
+  /** The key's scopes, space-separated (as an OAuth `scope`). */
+  readonly scopes: string;
+  readonly sandbox: boolean;
+}
+
+/**
+ * True for a header keyfence owns (`X-Keyfence-*`), in any case and with `_`
+ * for `-` anywhere in the prefix: CGI, WSGI, PHP and Rack upstreams read
+ * `X_Keyfence_Key_Id` as `HTTP_X_KEYFENCE_KEY_ID`, the same variable as the real one.
+ */
+export function isKeyfenceHeader(name: string): boolean {
+  return name.length > 11 && (name.charCodeAt(0) | 32) === 120 && /^x[-_]keyfence[-_]/i.test(name);
+}
+
 /**
  * Builds the request headers for the upstream from the client's raw headers
  * (order, case and repeats kept), with `requestId` as X-Request-Id.
- * `keepUpgrade` keeps Connection/Upgrade for WebSocket handshakes.
+ * `keepUpgrade` keeps Connection/Upgrade for WebSocket handshakes. Client-sent
+ * `X-Keyfence-*` headers are always dropped; `identity`, when given, is sent instead.
  */
 export function upstreamHeaders(
   req: IncomingMessage,
   client: ClientIp,
   requestId: string,
   keepUpgrade = false,
+  identity?: Identity,
 ): string[] {
   const raw = req.rawHeaders;
   const listed = connectionTokens(req.headers.connection);
@@ -79,6 +98,7 @@ export function upstreamHeaders(
   let host: string | undefined;
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i] as string;
+    if (isKeyfenceHeader(name)) continue;
     if (listed === undefined && !REQUEST_LENGTHS.has(name.length)) {
       out.push(name, raw[i + 1] as string);
       continue;
@@ -100,6 +120,11 @@ export function upstreamHeaders(
   if (proto === undefined) out.push("x-forwarded-proto", "http");
   if (host === undefined && req.headers.host !== undefined) out.push("x-forwarded-host", req.headers.host);
   out.push("x-request-id", requestId);
+  if (identity !== undefined) {
+    out.push("x-keyfence-key-id", identity.keyId);
+    out.push("x-keyfence-key-scopes", identity.scopes);
+    out.push("x-keyfence-sandbox", identity.sandbox ? "true" : "false");
+  }
   return out;
 }
 
@@ -192,6 +217,11 @@ export class Forwarder {
     });
   }
 
+  /** The upstream this forwarder sends to. */
+  get upstream(): URL {
+    return this.options.upstream;
+  }
+
   /** The upstream path prefix ("" when none). */
   get pathPrefix(): string {
     return this.prefix;
@@ -213,6 +243,7 @@ export class Forwarder {
     requestId: string,
     done: (result: ForwardResult) => void,
     body?: Buffer | Readable,
+    identity?: Identity,
   ): void {
     let abort: ((err?: Error) => void) | undefined;
     let resume: (() => void) | undefined;
@@ -231,7 +262,7 @@ export class Forwarder {
     const opts: Dispatcher.DispatchOptions = {
       path: upstreamPath(this.prefix, target),
       method: req.method as Dispatcher.HttpMethod,
-      headers: upstreamHeaders(req, client, requestId),
+      headers: upstreamHeaders(req, client, requestId, false, identity),
       body: body ?? (hasBody(req.headers) ? req : null),
     };
     /* eslint-disable @typescript-eslint/no-deprecated -- the callback interface, see above */

@@ -12,10 +12,10 @@ import type { Config } from "../config/config.js";
 import type { Metrics, RequestOutcome } from "../metrics/metrics.js";
 import type { SourceTracker } from "../metrics/sources.js";
 import { compilePlaces } from "../policy/credential.js";
-import { enforce, type EnforceSettings, type Enforcement } from "../policy/enforce.js";
+import { enforce, ipPathOf, type EnforceSettings, type Enforcement } from "../policy/enforce.js";
 import type { KeyStore } from "../store/store.js";
 import { forwardedFor, hasBody, listenOn, requestIdOf, SERVER_LIMITS } from "../util/http.js";
-import { Forwarder, UPSTREAM_CONNECTIONS, type ForwardResult } from "./forward.js";
+import { Forwarder, UPSTREAM_CONNECTIONS, type ForwardResult, type Identity } from "./forward.js";
 import { answer, answerPlanned, answerPlanOnSocket, answerSocket } from "./respond.js";
 import { perProcess, type Limits } from "../config/limits.js";
 import type { LimitKind } from "../metrics/metrics.js";
@@ -38,6 +38,8 @@ export interface ProxyDeps {
 export class ProxyServer {
   readonly server: Server;
   private readonly forwarder: Forwarder;
+  /** The forwarder to `sandbox_upstream`, when one is configured (SPEC §9). */
+  private readonly sandboxForwarder: Forwarder | undefined;
   private readonly upgraded = new Set<Cuttable | Duplex>();
   private readonly settings: EnforceSettings;
   private active = 0;
@@ -59,11 +61,17 @@ export class ProxyServer {
       missing: c.keys.missing,
       trust: c.trustedProxies,
       pingPath: c.pingPath,
+      ipPath: ipPathOf(c.pingPath),
       places: compilePlaces(c.keys.credentials),
+      routes: c.routeScopes,
     };
     deps.metrics.countInflightWith(() => this.active);
     this.recorder = new DecisionRecorder(deps.metrics, deps.sources, deps.log, undefined);
     this.forwarder = new Forwarder({ upstream: c.upstream, timeoutMs: c.upstreamTimeoutMs });
+    this.sandboxForwarder =
+      c.sandboxUpstream === undefined
+        ? undefined
+        : new Forwarder({ upstream: c.sandboxUpstream, timeoutMs: c.upstreamTimeoutMs });
     this.server = createServer({
       maxHeaderSize: SERVER_LIMITS.maxHeaderSize,
       headersTimeout: SERVER_LIMITS.headersTimeout,
@@ -118,6 +126,7 @@ export class ProxyServer {
     this.server.closeAllConnections();
     await closed;
     await this.forwarder.destroy();
+    await this.sandboxForwarder?.destroy();
     return { cut };
   }
 
@@ -137,7 +146,13 @@ export class ProxyServer {
   /** Runs the enforcement step on `req`; counts, logs and remembers the decision. */
   private enforce(req: IncomingMessage, requestId: string, t0: number): Enforcement {
     const e = enforce(
-      { rawHeaders: req.rawHeaders, url: req.url, peer: req.socket.remoteAddress, forwardedFor: forwardedFor(req) },
+      {
+        method: req.method,
+        rawHeaders: req.rawHeaders,
+        url: req.url,
+        peer: req.socket.remoteAddress,
+        forwardedFor: forwardedFor(req),
+      },
       this.deps.store.snapshot,
       this.settings,
     );
@@ -209,7 +224,7 @@ export class ProxyServer {
       const withdraw = this.upstreamGate.acquire(
         () => {
           if (gone !== undefined) res.off("close", gone);
-          this.forwarder.forward(req, res, e.decision.client, target, requestId, done, body);
+          this.forwarderFor(e).forward(req, res, e.decision.client, target, requestId, done, body, this.identity(e));
         },
         () => {
           if (gone !== undefined) res.off("close", gone);
@@ -239,6 +254,20 @@ export class ProxyServer {
     });
   }
 
+  /** The forwarder for `e`: the sandbox one for a sandbox key when `sandbox_upstream` is set. */
+  private forwarderFor(e: Enforcement): Forwarder {
+    return e.decision.key?.sandbox === true && this.sandboxForwarder !== undefined
+      ? this.sandboxForwarder
+      : this.forwarder;
+  }
+
+  /** The identity sent upstream for `e`: with `forward_identity` and a known key only. */
+  private identity(e: Enforcement): Identity | undefined {
+    const key = e.decision.key;
+    if (!this.deps.config.forwardIdentity || key === undefined) return undefined;
+    return { keyId: key.id, scopes: key.scopes.join(" "), sandbox: key.sandbox };
+  }
+
   /** Accounts for a request once keyfence has written its answer, the forwarder has finished or an upgrade handshake has ended (once per request). */
   private completed(
     req: IncomingMessage,
@@ -259,7 +288,7 @@ export class ProxyServer {
         path: e.path,
         status,
         outcome,
-        decision: decision.outcome,
+        decision: e.decided ? decision.outcome : undefined,
         key_id: decision.keyId,
         client_ip: decision.client.text,
         duration_ms: Math.round(seconds * 1e6) / 1000,
@@ -283,6 +312,7 @@ export class ProxyServer {
       return;
     }
     this.upgraded.add(socket);
+    const forwarder = this.forwarderFor(e);
     const up = pipeUpgrade(
       req,
       socket,
@@ -291,9 +321,10 @@ export class ProxyServer {
       e.target,
       requestId,
       {
-        upstream: this.deps.config.upstream,
-        prefix: this.forwarder.pathPrefix,
+        upstream: forwarder.upstream,
+        prefix: forwarder.pathPrefix,
         timeoutMs: this.deps.config.upstreamTimeoutMs,
+        identity: this.identity(e),
       },
       ({ result, status }) => {
         let outcome: RequestOutcome = "forwarded";

@@ -12,7 +12,14 @@ import type { Socket } from "node:net";
 import type { Duplex } from "node:stream";
 import type { ClientIp } from "../clientip/resolve.js";
 import { answerPlan } from "../policy/enforce.js";
-import { classify, responseHeaders, upstreamHeaders, upstreamPath, type ForwardResult } from "./forward.js";
+import {
+  classify,
+  responseHeaders,
+  upstreamHeaders,
+  upstreamPath,
+  type ForwardResult,
+  type Identity,
+} from "./forward.js";
 import { answerPlanOnSocket } from "./respond.js";
 
 /** Where and how to open upgraded connections. */
@@ -20,6 +27,8 @@ export interface UpgradeTarget {
   readonly upstream: URL;
   readonly prefix: string;
   readonly timeoutMs: number;
+  /** The checked key's identity, sent upstream with `forward_identity`. */
+  readonly identity?: Identity | undefined;
 }
 
 /** How an upgrade handshake ended: the forwarding result and the status the client got (0 when it left first). */
@@ -91,7 +100,7 @@ export function pipeUpgrade(
     port: Number(u.port || (secure ? 443 : 80)),
     method: req.method ?? "GET",
     path: upstreamPath(to.prefix, target),
-    headers: upstreamHeaders(req, clientIp, requestId, true),
+    headers: upstreamHeaders(req, clientIp, requestId, true, to.identity),
     setHost: false,
     agent: false,
     servername: secure && host === u.hostname ? host : undefined,

@@ -15,6 +15,8 @@ export interface KeyRecord {
   readonly ipAllowList: readonly string[];
   /** The key's own mode; undefined inherits the global `mode`. */
   readonly mode: Mode | undefined;
+  /** A sandbox key (SPEC §9): its allowed requests go to `sandbox_upstream`; absent means false. */
+  readonly sandbox?: boolean;
   readonly createdAt: string | undefined;
   readonly updatedAt: string | undefined;
 }
@@ -33,6 +35,7 @@ export const KEY_FIELDS = [
   "scopes",
   "ip_allow_list",
   "mode",
+  "sandbox",
   "created_at",
   "updated_at",
 ] as const;
@@ -158,6 +161,9 @@ function readKey(y: YamlFile, i: number, raw: unknown, maxEntries: number): KeyR
   if (mode !== undefined && !isMode(mode)) {
     y.fail([...at, "mode"], 'must be "enforce" or "report"', mode);
   }
+  const sandbox = m["sandbox"];
+  if (sandbox !== undefined && typeof sandbox !== "boolean")
+    y.fail([...at, "sandbox"], "must be true or false", sandbox);
   for (const field of ["created_at", "updated_at"] as const) {
     const v = m[field];
     if (v !== undefined && (typeof v !== "string" || !isRfc3339(v))) {
@@ -172,6 +178,7 @@ function readKey(y: YamlFile, i: number, raw: unknown, maxEntries: number): KeyR
     scopes: Array.isArray(scopes) ? (scopes as string[]) : [],
     ipAllowList,
     mode: mode as Mode | undefined,
+    ...(sandbox === true ? { sandbox: true } : {}),
     createdAt: m["created_at"] as string | undefined,
     updatedAt: m["updated_at"] as string | undefined,
   };

@@ -70,6 +70,8 @@ class StoredKey implements KeyPolicy {
   readonly id: string;
   readonly mode: KeyRecord["mode"];
   readonly restricted: boolean;
+  readonly scopes: readonly string[];
+  readonly sandbox: boolean;
 
   constructor(
     readonly record: KeyRecord,
@@ -78,6 +80,8 @@ class StoredKey implements KeyPolicy {
     this.id = record.id;
     this.mode = record.mode;
     this.restricted = record.ipAllowList.length > 0;
+    this.scopes = record.scopes;
+    this.sandbox = record.sandbox === true;
   }
 
   contains(ip: Ip): boolean {

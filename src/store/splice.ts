@@ -92,6 +92,7 @@ export function toYaml(r: KeyRecord): Record<string, unknown> {
     ip_allow_list: [...r.ipAllowList],
   };
   if (r.mode !== undefined) out["mode"] = r.mode;
+  if (r.sandbox === true) out["sandbox"] = true;
   if (r.createdAt !== undefined) out["created_at"] = r.createdAt;
   if (r.updatedAt !== undefined) out["updated_at"] = r.updatedAt;
   return out;
@@ -110,6 +111,7 @@ export function editEntry(doc: Document, item: YAMLMap, record: KeyRecord): void
     if (k in before ? !same(before[k]) : !same(defaults[k])) item.set(k, doc.createNode(v));
   }
   if (record.mode === undefined) item.delete("mode");
+  if (record.sandbox !== true) item.delete("sandbox");
 }
 
 /** Indents every non-empty line; lines end at "\n" only (a regex `^` with the m flag also starts one after U+2028 and U+2029, inside a value). */

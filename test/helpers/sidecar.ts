@@ -22,6 +22,7 @@ export interface TestKey {
   mode?: "enforce" | "report";
   scopes?: string[];
   name?: string;
+  sandbox?: boolean;
 }
 
 /** A running test sidecar. */
@@ -53,6 +54,7 @@ export function keysYaml(keys: TestKey[]): string {
       scopes: k.scopes ?? [],
       ip_allow_list: k.allow ?? [],
       ...(k.mode ? { mode: k.mode } : {}),
+      ...(k.sandbox ? { sandbox: true } : {}),
     })),
   });
 }

@@ -106,7 +106,7 @@ export async function startUpstream(): Promise<Upstream> {
   });
   const wss = new WebSocketServer({ server, path: "/ws" });
   wss.on("connection", (ws, req) => {
-    ws.send(JSON.stringify({ hello: true, xff: req.headers["x-forwarded-for"] }));
+    ws.send(JSON.stringify({ hello: true, xff: req.headers["x-forwarded-for"], url: req.url, headers: req.headers }));
     ws.on("message", (data, isBinary) => ws.send(data, { binary: isBinary }));
   });
   await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));

@@ -5,22 +5,24 @@ import { IpError, parseCidr, type Cidr } from "../../src/ip/address.js";
 import { compileMatcher } from "../../src/ip/matcher.js";
 import { BEARER_ONLY, secretHash } from "../../src/policy/credential.js";
 import type { KeyPolicy, Mode } from "../../src/policy/decide.js";
-import { enforce, type EnforceSettings, type KeyLookup } from "../../src/policy/enforce.js";
+import { enforce, ipPathOf, type EnforceSettings, type KeyLookup } from "../../src/policy/enforce.js";
+import { compileRule } from "../../src/policy/routes.js";
 
-function key(id: string, entries: string[], mode?: Mode): KeyPolicy {
+function key(id: string, entries: string[], mode?: Mode, scopes: string[] = []): KeyPolicy {
   const cidrs: Cidr[] = entries.map((e) => {
     const c = parseCidr(e);
     if (c instanceof IpError) throw new Error(c.message);
     return c;
   });
   const m = compileMatcher(cidrs);
-  return { id, mode, restricted: entries.length > 0, contains: (ip) => m.contains(ip) };
+  return { id, mode, restricted: entries.length > 0, contains: (ip) => m.contains(ip), scopes, sandbox: false };
 }
 
 const KEYS = new Map<string, KeyPolicy>([
   [secretHash("s_office"), key("k_office", ["203.0.113.0/24"])],
   [secretHash("s_open"), key("k_open", [])],
   [secretHash("s_report"), key("k_report", ["203.0.113.0/24"], "report")],
+  [secretHash("s_sender"), key("k_sender", ["203.0.113.0/24"], undefined, ["messages:send"])],
 ]);
 const lookup: KeyLookup = { lookupToken: (t) => KEYS.get(secretHash(t)) };
 
@@ -33,6 +35,12 @@ const base: EnforceSettings = {
   places: BEARER_ONLY,
 };
 const strict: EnforceSettings = { ...base, unknown: "reject", missing: "reject" };
+const scoped: EnforceSettings = {
+  ...base,
+  ipPath: ipPathOf("/_keyfence/ping"),
+  routes: { rules: [compileRule({ methods: ["POST"], path: "/v2/messages/*", scope: "messages:send" })] },
+};
+const LACKS = "API key lacks scope messages:send";
 
 type Expected =
   | { outcome: string; forward: true; keyId?: string }
@@ -41,6 +49,7 @@ type Expected =
 interface Case {
   desc: string;
   headers?: string[];
+  method?: string;
   url?: string;
   peer?: string;
   xff?: string;
@@ -214,6 +223,99 @@ const cases: Case[] = [
     },
   },
   {
+    desc: "route_scopes: a key lacking the scope",
+    headers: auth("s_office"),
+    method: "POST",
+    url: "/v2/messages/send",
+    peer: "203.0.113.9",
+    settings: scoped,
+    expect: { outcome: "missing_scope", status: 403, reason: "missing_scope", message: LACKS, keyId: "k_office" },
+  },
+  {
+    desc: "route_scopes: the key holding the scope",
+    headers: auth("s_sender"),
+    method: "POST",
+    url: "/v2/messages/send",
+    peer: "203.0.113.9",
+    settings: scoped,
+    expect: { outcome: "allowed", forward: true, keyId: "k_sender" },
+  },
+  {
+    desc: "route_scopes: another method needs nothing",
+    headers: auth("s_office"),
+    method: "GET",
+    url: "/v2/messages/send",
+    peer: "203.0.113.9",
+    settings: scoped,
+    expect: { outcome: "allowed", forward: true, keyId: "k_office" },
+  },
+  {
+    desc: "route_scopes: the IP check comes first",
+    headers: auth("s_office"),
+    method: "POST",
+    url: "/v2/messages/send",
+    peer: "1.1.1.1",
+    settings: scoped,
+    expect: {
+      outcome: "denied",
+      status: 403,
+      reason: "ip_not_allowed",
+      message: DENY_MSG("1.1.1.1"),
+      keyId: "k_office",
+    },
+  },
+  {
+    desc: "route_scopes: report mode forwards a missing scope as would_deny",
+    headers: auth("s_report"),
+    method: "POST",
+    url: "/v2/messages/send",
+    peer: "203.0.113.9",
+    settings: scoped,
+    expect: { outcome: "would_deny", forward: true, keyId: "k_report" },
+  },
+  {
+    desc: "route_scopes: a dot segment is ambiguous",
+    headers: auth("s_sender"),
+    method: "POST",
+    url: "/v2/x/../messages/send",
+    peer: "203.0.113.9",
+    settings: scoped,
+    expect: {
+      outcome: "bad_request",
+      status: 400,
+      reason: "ambiguous_path",
+      message: "ambiguous request path: a dot segment (. or ..)",
+      keyId: "k_sender",
+    },
+  },
+  {
+    desc: "route_scopes: unknown keys follow keys.unknown",
+    headers: auth("s_nobody"),
+    method: "POST",
+    url: "/v2/messages/send",
+    peer: "203.0.113.9",
+    settings: scoped,
+    expect: { outcome: "unknown_key", forward: true },
+  },
+  {
+    desc: "route_scopes: the ping needs no scope",
+    headers: auth("s_office"),
+    method: "POST",
+    url: "/_keyfence/ping",
+    peer: "203.0.113.9",
+    settings: scoped,
+    expect: { outcome: "allowed", status: 200, reason: "pong", message: "pong", keyId: "k_office" },
+  },
+  {
+    desc: "<ping_path>/ip: the client as resolved, whatever the key",
+    headers: auth("s_office"),
+    url: "/_keyfence/ping/ip?x",
+    peer: "127.0.0.1",
+    xff: "1.1.1.1",
+    settings: scoped,
+    expect: { outcome: "allowed", status: 200, reason: "client_ip", message: "1.1.1.1", body: { ip: "1.1.1.1" } },
+  },
+  {
     desc: "a longer path is no ping",
     headers: auth("s_open"),
     url: "/_keyfence/ping/x",
@@ -226,7 +328,7 @@ describe("enforce: the one enforcement step", () => {
   for (const c of cases) {
     test(c.desc, () => {
       const e = enforce(
-        { rawHeaders: c.headers ?? [], url: c.url ?? "/v1/x", peer: c.peer, forwardedFor: c.xff },
+        { method: c.method, rawHeaders: c.headers ?? [], url: c.url ?? "/v1/x", peer: c.peer, forwardedFor: c.xff },
         lookup,
         c.settings ?? base,
       );

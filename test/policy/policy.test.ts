@@ -107,14 +107,14 @@ describe("readBearer", () => {
   });
 });
 
-function key(id: string, entries: string[], mode?: Mode): KeyPolicy {
+function key(id: string, entries: string[], mode?: Mode, scopes: string[] = []): KeyPolicy {
   const cidrs: Cidr[] = entries.map((e) => {
     const c = parseCidr(e);
     if (c instanceof IpError) throw new Error(c.message);
     return c;
   });
   const m = compileMatcher(cidrs);
-  return { id, mode, restricted: entries.length > 0, contains: (ip) => m.contains(ip) };
+  return { id, mode, restricted: entries.length > 0, contains: (ip) => m.contains(ip), scopes, sandbox: false };
 }
 
 const none = compileTrust([]) as CompiledTrust;

@@ -170,7 +170,13 @@ export function keysPage(
         ${keys.map(
           (k) =>
             html`<tr>
-              <td data-label="Name"><a href="/keys/${encodeURIComponent(k.id)}">${k.name}</a></td>
+              <td data-label="Name">
+                <a href="/keys/${encodeURIComponent(k.id)}">${k.name}</a>${
+                  k.sandbox
+                    ? html` <span class="tag" title="Allowed requests go to sandbox_upstream">sandbox</span>`
+                    : ""
+                }
+              </td>
               <td data-label="ID"><code>${k.id}</code></td>
               <td data-label="Scopes">${k.scopes.map((s) => html`<span class="tag">${s}</span>`)}</td>
               <td data-label="Mode">${k.mode ?? html`<span class="help">${view.globalMode} (global)</span>`}</td>
@@ -217,6 +223,21 @@ export function keyFormPage(ctx: PageContext, key: KeyView | undefined, sources:
             Report only: log and count, forward anyway
           </option>
         </select>
+      </div>
+      <div class="field">
+        <label
+          ><input
+            type="checkbox"
+            id="sandbox"
+            name="sandbox"
+            aria-describedby="sandbox-help"
+            ${key?.sandbox === true ? " checked" : ""}
+          />
+          Sandbox key</label
+        >
+        <p class="help" id="sandbox-help">
+          Its allowed requests go to <code>sandbox_upstream</code> (when configured) instead of the real upstream.
+        </p>
       </div>
       <fieldset id="allow-list">
         <legend>IP Allow List</legend>

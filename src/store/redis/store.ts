@@ -100,9 +100,13 @@ export function redisKeys(prefix: string): {
   };
 }
 
-/** A record as stored in Redis: `[name, secret_sha256, scopes, ip_allow_list, mode, created_at, updated_at]` (the id is the field). */
+/**
+ * A record as stored in Redis: `[name, secret_sha256, scopes, ip_allow_list,
+ * mode, created_at, updated_at]`, plus `1` at the end for a sandbox key (the
+ * id is the field).
+ */
 export function encodeRecord(r: KeyRecord): string {
-  return JSON.stringify([
+  const fields: unknown[] = [
     r.name,
     r.secretSha256,
     r.scopes,
@@ -110,7 +114,9 @@ export function encodeRecord(r: KeyRecord): string {
     r.mode ?? 0,
     r.createdAt ?? 0,
     r.updatedAt ?? 0,
-  ]);
+  ];
+  if (r.sandbox === true) fields.push(1);
+  return JSON.stringify(fields);
 }
 
 /** The record of key `id` stored as `text`; undefined when `text` is not a well-formed lean record. */
@@ -121,8 +127,9 @@ export function decodeRecord(id: string, text: string): KeyRecord | undefined {
   } catch {
     return undefined;
   }
-  if (!Array.isArray(v) || v.length !== 7) return undefined;
-  const [name, sha, scopes, list, mode, created, updated] = v as unknown[];
+  if (!Array.isArray(v) || v.length < 7 || v.length > 8) return undefined;
+  const [name, sha, scopes, list, mode, created, updated, sandbox] = v as unknown[];
+  if (sandbox !== undefined && sandbox !== 1) return undefined;
   const strings = (x: unknown): x is string[] => Array.isArray(x) && x.every((s) => typeof s === "string");
   const optional = (x: unknown): x is string | 0 => x === 0 || typeof x === "string";
   if (typeof name !== "string" || typeof sha !== "string" || !strings(scopes) || !strings(list)) return undefined;
@@ -136,6 +143,7 @@ export function decodeRecord(id: string, text: string): KeyRecord | undefined {
     scopes,
     ipAllowList: list,
     mode: mode === 0 ? undefined : mode,
+    ...(sandbox === 1 ? { sandbox: true } : {}),
     createdAt: created === 0 ? undefined : created,
     updatedAt: updated === 0 ? undefined : updated,
   };

@@ -184,7 +184,8 @@ function setupKeyForm(): void {
     const name = byId<HTMLInputElement>("name")?.value.trim() ?? "";
     const scopes = (byId<HTMLInputElement>("scopes")?.value ?? "").split(/[\s,]+/).filter((s) => s !== "");
     const modeValue = byId<HTMLSelectElement>("mode")?.value ?? "";
-    const body: Record<string, unknown> = { name, scopes, ip_allow_list: lines.map((l) => l.text) };
+    const sandbox = byId<HTMLInputElement>("sandbox")?.checked ?? false;
+    const body: Record<string, unknown> = { name, scopes, ip_allow_list: lines.map((l) => l.text), sandbox };
     if (modeValue !== "") body["mode"] = modeValue;
     const { status, json } =
       id === ""

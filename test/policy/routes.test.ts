@@ -1,0 +1,323 @@
+import assert from "node:assert/strict";
+import { describe, test } from "node:test";
+import fc from "fast-check";
+import {
+  compileRule,
+  pathReadings,
+  requestMethods,
+  routeNeed,
+  rulePathProblem,
+  type RouteScopes,
+} from "../../src/policy/routes.js";
+
+const ROUTES: RouteScopes = {
+  rules: [
+    compileRule({ methods: ["GET"], path: "/v2/messages/public", scope: "messages:read" }),
+    compileRule({ methods: ["POST"], path: "/v2/messages/*", scope: "messages:send" }),
+    compileRule({ path: "/v2/messages:batch", scope: "messages:batch" }),
+    compileRule({ path: "/admin/*", scope: "admin" }),
+    compileRule({ methods: ["DELETE"], path: "/v2/keys", scope: "keys:delete" }),
+  ],
+};
+
+/** The scopes a request needs, or "400" when its path is refused as ambiguous. */
+function need(method: string, path: string, headers: string[] = [], query = ""): string[] | "400" {
+  const n = routeNeed(ROUTES, requestMethods(method, headers, query), path);
+  return n.kind === "ambiguous" ? "400" : n.rules.map((r) => r.scope);
+}
+
+describe("route_scopes: matching table", () => {
+  const cases: Array<[string, string, string[] | "400", string[]?, string?]> = [
+    // method, path, scopes needed (every reading's first match), headers, query
+    ["POST", "/v2/messages/send", ["messages:send"]],
+    ["POST", "/v2/messages", ["messages:send"]],
+    ["POST", "/v2/messages/", ["messages:send"]],
+    ["POST", "/v2/messagesX", []],
+    ["POST", "/v2/messages-archive/x", []],
+    ["GET", "/v2/messages/send", []],
+    ["GET", "/v2/messages/public", ["messages:read"]],
+    ["HEAD", "/v2/messages/public", ["messages:read"]],
+    ["POST", "/v2/messages/public", ["messages:send"]],
+    ["post", "/v2/messages/send", ["messages:send"]],
+    // case: Express and ASP.NET route case-insensitively
+    ["POST", "/V2/Messages/send", ["messages:send"]],
+    ["POST", "/v2/MESSAGES", ["messages:send"]],
+    // percent-encoding of unreserved characters: nginx decodes, Express does not
+    ["POST", "/v2/mess%61ges/send", ["messages:send"]],
+    ["POST", "/v2/%6D%65ssages", ["messages:send"]],
+    ["POST", "/v2/messages%3Abatch", ["messages:batch"]],
+    // a decoded reading matches an earlier rule, the raw one a later rule: both needed
+    ["GET", "/v2/messages/publi%63", ["messages:read"]],
+    ["POST", "/v2/messages/publi%63", ["messages:send"]],
+    // empty segments and trailing slashes (nginx merges)
+    ["POST", "/v2//messages/send", ["messages:send"]],
+    ["POST", "//v2/messages", "400"],
+    ["POST", "//x/v2/messages", "400"],
+    ["GET", "/admin", ["admin"]],
+    ["GET", "/admin/", ["admin"]],
+    ["GET", "/admin//x", ["admin"]],
+    ["GET", "/administrator", []],
+    ["DELETE", "/v2/keys/", ["keys:delete"]],
+    ["DELETE", "/v2/keys/x", []],
+    // ;params (Tomcat, Spring cut them)
+    ["POST", "/v2/messages;jsessionid=1/send", ["messages:send"]],
+    ["GET", "/admin;x", ["admin"]],
+    ["GET", "/admin%3Bx/y", ["admin"]],
+    ["DELETE", "/v2/keys;v=1", ["keys:delete"]],
+    // method overrides
+    ["POST", "/v2/keys", ["keys:delete"], ["X-HTTP-Method-Override", "DELETE"]],
+    ["POST", "/v2/keys", ["keys:delete"], ["x-http-method", "delete"]],
+    ["POST", "/v2/keys", ["keys:delete"], ["X-Method-Override", "DELETE"]],
+    ["POST", "/v2/keys", ["keys:delete"], [], "_method=DELETE"],
+    ["GET", "/v2/messages/x", ["messages:send"], [], "a=1&_method=post"],
+    // ambiguous: refused
+    ["POST", "/v2/x/../messages/send", "400"],
+    ["POST", "/v2/messages/../x", "400"],
+    ["POST", "/v2/./messages", "400"],
+    ["POST", "/v2/%2e%2e/v2/messages", "400"],
+    ["POST", "/v2/.%2E/messages", "400"],
+    ["POST", "/x/..;/v2/messages", "400"],
+    ["POST", "/v2%2Fmessages/send", "400"],
+    ["POST", "/v2%2fmessages", "400"],
+    ["POST", "/v2%5Cmessages", "400"],
+    ["POST", "/v2\\messages", "400"],
+    ["POST", "/v2/messages#x", "400"],
+    ["POST", "/v2/%252E%252E/messages", "400"],
+    ["POST", "/v2/messages%zz", "400"],
+    ["POST", "/v2/messages%4", "400"],
+    ["POST", "/v2/%c0%afmessages", "400"],
+    ["POST", "/v2/messages%00", "400"],
+    ["POST", "/v2/messages%0a", "400"],
+    ["POST", "/v2/mess\u00e4ges", "400"],
+    ["POST", "/v2/messages ", "400"],
+    ["POST", "/v2/%u0073", "400"],
+    // not ambiguous
+    ["GET", "/v2/caf%C3%A9", []],
+    ["GET", "/v2/a%20b", []],
+    ["GET", "/v2/a.b/c..d/.e", []],
+    ["GET", "/", []],
+  ];
+  for (const [method, path, want, headers, query] of cases) {
+    test(`${method} ${path}${query ? `?${query}` : ""}${headers?.length ? ` ${headers.join(": ")}` : ""}`, () => {
+      assert.deepEqual(need(method, path, headers, query), want);
+    });
+  }
+
+  test("a rule for every route: /* covers everything", () => {
+    const all: RouteScopes = { rules: [compileRule({ path: "/*", scope: "any" })] };
+    for (const p of ["/", "/x", "/X/y/", "/x//"])
+      assert.deepEqual(routeNeed(all, ["GET"], p), { kind: "rules", rules: all.rules });
+  });
+});
+
+describe("route_scopes: rule paths", () => {
+  const good = ["/", "/v2/messages", "/v2/messages/*", "/*", "/v2/messages:send", "/a-b_c.d~e/@x"];
+  const bad = [
+    "v2",
+    "/v2/messages/",
+    "/v2//x",
+    "/v2/*/x",
+    "/v2/x*",
+    "/v2/%61",
+    "/v2;x",
+    "/v2/../x",
+    "/v2/./x",
+    "/v2?x",
+    "/v2#x",
+    "/v2\\x",
+    "/v 2",
+    "/v2/é",
+    "",
+  ];
+  for (const p of good) test(`valid ${p}`, () => assert.equal(rulePathProblem(p), undefined));
+  for (const p of bad) test(`invalid ${JSON.stringify(p)}`, () => assert.notEqual(rulePathProblem(p), undefined));
+});
+
+/*
+ * The property: however an upstream reads a path, the rule it would route
+ * the request to is one whose scope keyfence requires (or keyfence refuses the
+ * path). Each reference router below is written independently of the code
+ * under test, after a real server's documented behaviour.
+ */
+type Router = (path: string) => { path: string; fold: boolean } | undefined;
+
+function naiveDecode(s: string): string {
+  let out = "";
+  for (let i = 0; i < s.length; i++) {
+    const m = /^%([0-9A-Fa-f]{2})/.exec(s.slice(i));
+    if (m) {
+      out += String.fromCharCode(parseInt(m[1] as string, 16));
+      i += 2;
+    } else out += s.charAt(i);
+  }
+  return out;
+}
+
+function resolveDots(segments: string[]): string[] {
+  const out: string[] = [];
+  for (const s of segments) {
+    if (s === ".") continue;
+    if (s === "..") out.pop();
+    else out.push(s);
+  }
+  return out;
+}
+
+const ROUTERS: Record<string, Router> = {
+  // Express: the raw path, case-insensitive, one trailing slash ignored.
+  express: (p) => ({ path: p.length > 1 && p.endsWith("/") ? p.slice(0, -1) : p, fold: true }),
+  // A strict raw router (Go's PathValue-free mux without cleaning, Envoy without normalize_path).
+  raw: (p) => ({ path: p, fold: false }),
+  // nginx: decode, merge slashes, resolve dot segments; case-sensitive.
+  nginx: (p) => {
+    const segs = naiveDecode(p)
+      .split("/")
+      .filter((s) => s !== "");
+    return { path: `/${resolveDots(segs).join("/")}`, fold: false };
+  },
+  // The WHATWG URL parser (what undici and many JS frameworks use), then segment decoding.
+  whatwg: (p) => {
+    try {
+      const u = new URL(p, "http://h");
+      return { path: u.pathname.split("/").map(naiveDecode).join("/"), fold: false };
+    } catch {
+      return undefined;
+    }
+  },
+  // Tomcat/Spring: cut ;params from each segment, decode, resolve dots.
+  tomcat: (p) => {
+    const segs = p.split("/").map((s) => naiveDecode(s.split(";")[0] as string));
+    return { path: `/${resolveDots(segs.slice(1)).join("/")}`.replace(/\/+/g, "/"), fold: false };
+  },
+  // IIS/ASP.NET: backslash is a slash, decode, case-insensitive, resolve dots.
+  iis: (p) => {
+    const segs = naiveDecode(p.replace(/\\/g, "/")).split("/");
+    return { path: `/${resolveDots(segs.slice(1)).join("/")}`, fold: true };
+  },
+};
+
+interface RefRule {
+  methods: string[] | undefined;
+  path: string;
+  prefix: boolean;
+  scope: string;
+}
+
+function refFirst(rules: RefRule[], method: string, r: { path: string; fold: boolean }): RefRule | undefined {
+  const cmp = (s: string): string => (r.fold ? s.toLowerCase() : s);
+  for (const rule of rules) {
+    if (rule.methods && !rule.methods.includes(method) && !(method === "HEAD" && rule.methods.includes("GET")))
+      continue;
+    const p = cmp(r.path);
+    const want = cmp(rule.path);
+    if (rule.prefix ? p === want || p.startsWith(`${want}/`) : p === want) return rule;
+  }
+  return undefined;
+}
+
+const SEGMENTS = [
+  "v2",
+  "V2",
+  "messages",
+  "Messages",
+  "mess%61ges",
+  "%6Dessages",
+  "messages;x=1",
+  "messages%3Bx",
+  "send",
+  "public",
+  "publi%63",
+  "",
+  ".",
+  "..",
+  "%2e",
+  "%2E%2e",
+  "..;x",
+  "a%2Fb",
+  "v2%2fmessages",
+  "a%5cb",
+  "a\\b",
+  "%252F",
+  "%zz",
+  "%c0%af",
+  "%C3%A9",
+  "x#y",
+  "%7E",
+  "~",
+  "messages:batch",
+  "messages%3Abatch",
+];
+
+const ruleArb = fc.record({
+  methods: fc.option(fc.subarray(["GET", "POST", "DELETE"], { minLength: 1 }), { nil: undefined }),
+  segs: fc.array(fc.constantFrom("v2", "V2", "messages", "Messages", "send", "public", "messages:batch"), {
+    minLength: 1,
+    maxLength: 3,
+  }),
+  prefix: fc.boolean(),
+});
+
+describe("route_scopes: property against independent reference routers", () => {
+  test("every router's rule is required, or the path is refused", () => {
+    let checked = 0;
+    fc.assert(
+      fc.property(
+        fc.array(ruleArb, { minLength: 1, maxLength: 4 }),
+        fc.array(
+          fc.oneof(
+            { weight: 3, arbitrary: fc.constantFrom("v2", "V2", "messages", "Messages", "send", "public") },
+            { weight: 2, arbitrary: fc.constantFrom(...SEGMENTS) },
+          ),
+          { minLength: 1, maxLength: 4 },
+        ),
+        fc.boolean(),
+        fc.constantFrom("GET", "HEAD", "POST", "DELETE"),
+        (rawRules, segs, trailing, method) => {
+          const refRules: RefRule[] = rawRules.map((r, i) => ({
+            methods: r.methods,
+            path: `/${r.segs.join("/")}`,
+            prefix: r.prefix,
+            scope: `s${String(i)}`,
+          }));
+          const routes: RouteScopes = {
+            rules: refRules.map((r) =>
+              compileRule({
+                ...(r.methods ? { methods: r.methods } : {}),
+                path: r.prefix ? `${r.path}/*` : r.path,
+                scope: r.scope,
+              }),
+            ),
+          };
+          const path = `/${segs.join("/")}${trailing ? "/" : ""}`;
+          const got = routeNeed(routes, [method], path);
+          if (got.kind === "ambiguous") return;
+          const scopes = new Set(got.rules.map((r) => r.scope));
+          for (const [name, router] of Object.entries(ROUTERS)) {
+            const reading = router(path);
+            if (reading === undefined) continue;
+            const rule = refFirst(refRules, method, reading);
+            if (rule === undefined) continue;
+            checked++;
+            assert.ok(
+              scopes.has(rule.scope),
+              `${name} routes ${method} ${path} (as ${reading.path}) to ${rule.path}${rule.prefix ? "/*" : ""}; keyfence requires ${[...scopes].join(",") || "nothing"}`,
+            );
+          }
+        },
+      ),
+      { numRuns: 20_000 },
+    );
+    assert.ok(checked > 2_000, `the generator must reach matching rules (${String(checked)} checked)`);
+  });
+
+  test("pathReadings of a plain path is the path itself", () => {
+    fc.assert(
+      fc.property(fc.array(fc.stringMatching(/^[a-z0-9_~-]{1,8}$/), { maxLength: 5 }), (segs) => {
+        const p = `/${segs.join("/")}`;
+        const r = pathReadings(p);
+        assert.ok(Array.isArray(r));
+        assert.ok(r.every((x) => x.path === p));
+      }),
+    );
+  });
+});
