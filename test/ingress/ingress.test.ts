@@ -22,7 +22,7 @@ import { startUpstream, type Upstream } from "../helpers/upstream.js";
 
 const CLIENT = "127.0.0.2";
 const KEYS: TestKey[] = [
-  { id: "k_allowed", secret: "s_allowed", allow: [CLIENT] },
+  { id: "k_allowed", secret: "s_allowed", allow: [CLIENT], scopes: ["messages:send", "reports:read"] },
   { id: "k_denied", secret: "s_denied", allow: ["203.0.113.0/24"] },
 ];
 const DENIED_BODY = `{"message":"source IP ${CLIENT} is not allowed for this API key"}`;
@@ -272,6 +272,32 @@ for (const [name, pkg, command, starter] of ingresses) {
       assert.equal(r.status, 200);
       assert.equal(r.body, '{"message":"pong"}');
       assert.equal(r.headers["x-keyfence-reason"], "pong");
+      assert.equal(seen.length, 0);
+    });
+
+    test("identity: keyfence's scopes and sandbox flag reach the upstream, never a client-sent spelling", async () => {
+      const spoofs: Array<[string, string]> = [
+        ["X-Keyfence-Key-Scopes", "admin"],
+        ["x-keyfence-sandbox", "true"],
+        ["X-KEYFENCE-KEY-ID", "k_forged"],
+      ];
+      const { r, seen } = await ask("/v1/x", [bearer("s_allowed"), ...spoofs]);
+      assert.equal(r.status, 200, r.body);
+      const h = seen[0]?.headers ?? {};
+      assert.equal(h["x-keyfence-key-id"], "k_allowed");
+      assert.equal(h["x-keyfence-key-scopes"], "messages:send reports:read");
+      assert.equal(h["x-keyfence-sandbox"], "false");
+      const unknown = await ask("/v1/x", [bearer("nope"), ...spoofs]);
+      const u = unknown.seen[0]?.headers ?? {};
+      for (const name of ["x-keyfence-key-id", "x-keyfence-key-scopes", "x-keyfence-sandbox"]) {
+        assert.ok(!u[name], `${name}: ${String(u[name])}`);
+      }
+    });
+
+    test("<ping_path>/ip: keyfence answers with the client address, the upstream never sees it", async () => {
+      const { r, seen } = await ask("/_keyfence/ping/ip", [["X-Forwarded-For", "203.0.113.9"]]);
+      assert.equal(r.status, 200, r.body);
+      assert.deepEqual(JSON.parse(r.body), { ip: CLIENT });
       assert.equal(seen.length, 0);
     });
 

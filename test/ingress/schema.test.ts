@@ -46,12 +46,16 @@ function traefikNeeds(staticDoc: unknown, dynamicDoc: unknown): string[] {
   const auth = (middlewares[authNames[0] ?? ""]?.["forwardAuth"] ?? {}) as Doc;
   if (auth["trustForwardHeader"] !== false) out.push("forwardAuth.trustForwardHeader: false");
   if (auth["forwardBody"] === true) out.push("forwardAuth must not send bodies");
-  if (!((auth["authResponseHeaders"] as string[] | undefined) ?? []).includes("X-Keyfence-Key-Id"))
-    out.push("authResponseHeaders lists X-Keyfence-Key-Id");
+  for (const h of ["X-Keyfence-Key-Id", "X-Keyfence-Key-Scopes", "X-Keyfence-Sandbox"]) {
+    if (!((auth["authResponseHeaders"] as string[] | undefined) ?? []).includes(h))
+      out.push(`authResponseHeaders lists ${h}`);
+  }
   const decisionUrl = typeof auth["address"] === "string" ? auth["address"].replace(/\/$/, "") : "";
-  const ping = Object.values(routers).find((r) => r["rule"] === "Path(`/_keyfence/ping`)");
+  const ping = Object.values(routers).find((r) => String(r["rule"]).startsWith("Path(`/_keyfence/ping`)"));
   if (ping === undefined) out.push("a router for the ping path");
   else {
+    if (!String(ping["rule"]).includes("Path(`/_keyfence/ping/ip`)"))
+      out.push("the ping router also takes <ping_path>/ip");
     const servers = (at(services, String(ping["service"]), "loadBalancer")["servers"] ?? []) as Doc[];
     if (servers[0]?.["url"] !== decisionUrl) out.push("the ping router goes to keyfence's decision listener");
     if (typeof ping["priority"] !== "number" || ping["priority"] < 100) out.push("the ping router wins by priority");
@@ -83,8 +87,10 @@ function envoyNeeds(doc: unknown): string[] {
   if (names[names.length - 1] !== "envoy.filters.http.router") out.push("the router filter last");
   const strip = stripAt < 0 ? undefined : at(filters[stripAt], "typed_config", "mutations");
   const removed = ((strip?.["request_mutations"] as Doc[] | undefined) ?? []).map((m) => m["remove"]);
-  if (!(stripAt >= 0 && stripAt < authAt && removed.includes("x-keyfence-key-id")))
-    out.push("a client-sent x-keyfence-key-id removed before ext_authz");
+  for (const h of ["x-keyfence-key-id", "x-keyfence-key-scopes", "x-keyfence-sandbox"]) {
+    if (!(stripAt >= 0 && stripAt < authAt && removed.includes(h)))
+      out.push(`a client-sent ${h} removed before ext_authz`);
+  }
   const authz = authAt < 0 ? {} : at(filters[authAt], "typed_config");
   if (authz["failure_mode_allow"] !== false) out.push("failure_mode_allow: false");
   if (authz["with_request_body"] !== undefined) out.push("no request body to keyfence");
@@ -93,9 +99,12 @@ function envoyNeeds(doc: unknown): string[] {
   const upstreamHeaders = (
     (at(authz, "http_service", "authorization_response", "allowed_upstream_headers")["patterns"] as Doc[]) ?? []
   ).map((p) => p["exact"]);
-  if (!upstreamHeaders.includes("x-keyfence-key-id")) out.push("x-keyfence-key-id passed to the application");
+  for (const h of ["x-keyfence-key-id", "x-keyfence-key-scopes", "x-keyfence-sandbox"]) {
+    if (!upstreamHeaders.includes(h)) out.push(`${h} passed to the application`);
+  }
   const decisionCluster = String(at(authz, "http_service", "server_uri")["cluster"]);
   const routes = at(hcm, "route_config", "virtual_hosts", 0)["routes"] as Doc[];
+  if (!routes.some((r) => (r["match"] as Doc)["path"] === "/_keyfence/ping/ip")) out.push("a route for <ping_path>/ip");
   const ping = routes.find((r) => (r["match"] as Doc)["path"] === "/_keyfence/ping");
   if (ping === undefined || routes.indexOf(ping) !== 0) out.push("the ping route first");
   else {
