@@ -304,5 +304,16 @@ describe("dashboards and alerts use only real metric names", () => {
     const names = new Set(exprs.flatMap((e) => e.match(/\b(?:keyfence|process|nodejs)_[a-z0-9_]+/g) ?? []));
     assert.ok(names.size >= 12, `only ${names.size} metric names found`);
     for (const n of names) assert.ok(present.has(n), `${n} is referenced but not exported`);
+    // Every decision label value they name is a series /metrics exports, and every refusal counts as refused.
+    const decisions = exprs.flatMap((e) =>
+      [...e.matchAll(/decision=~?"([^"]+)"/g)].flatMap((m) => (m[1] as string).split("|")),
+    );
+    for (const d of decisions) {
+      assert.ok(metrics.includes(`keyfence_decisions_total{decision="${d}"}`), `decision ${d} is not exported`);
+    }
+    const refused = exprs.find((e) => e.includes('decision=~"denied|'));
+    for (const d of ["denied", "invalid_client_ip", "bad_request", "missing_scope"]) {
+      assert.ok(refused?.includes(d), `the refused share counts ${d}`);
+    }
   });
 });
