@@ -100,6 +100,8 @@ async function checkConfig(args: Args): Promise<number> {
       `  trusted_proxies  ${trust.none ? "none" : trust.ranges.length > 0 ? trust.ranges.join(", ") : "hop count"}`,
       `  keys             ${config.keys.displayName}: ${count(keys.length, "key")}, ${restricted} restricted, ${count(entries, "allow-list entry", "allow-list entries")}`,
       `  unknown/missing  ${config.keys.unknown}/${config.keys.missing}`,
+      `  route_scopes     ${config.routeScopes.rules.length === 0 ? "none" : count(config.routeScopes.rules.length, "rule")}`,
+      `  sandbox          ${config.sandboxUpstream ? `-> ${config.sandboxUpstream.href}` : "off"}, ${count(keys.filter((k) => k.sandbox === true).length, "sandbox key")}; forward_identity ${String(config.forwardIdentity)}`,
       `  limits           ${limitsSummary(config.limits)}`,
       `  admin            ${config.admin ? `${formatListen(config.admin.listen)}, ${count(config.admin.operators.length, "operator")}` : "off"}`,
       "",

@@ -71,6 +71,9 @@ describe("needsConfirmation", () => {
       "enforce",
       false,
     ],
+    ["a key leaves the sandbox", rec({ sandbox: true }), rec(), "enforce", true],
+    ["a key enters the sandbox", rec(), rec({ sandbox: true }), "enforce", false],
+    ["create a sandbox key", undefined, rec({ sandbox: true }), "enforce", false],
     [
       "restricted key to enforce",
       rec({ ipAllowList: L, mode: "report" }),
