@@ -1,12 +1,15 @@
-/** Benchmark upstream: a minimal keep-alive HTTP server answering a small body; prints its port. */
+/** Benchmark upstream: a minimal keep-alive HTTP server answering a small body once it has read the request's; prints its port. */
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
 
 const body = Buffer.from('{"ok":true}');
 const server = createServer((req, res) => {
+  // Answered once the whole body is read, as an application taking an upload would.
+  req.on("end", () => {
+    res.writeHead(200, { "content-type": "application/json", "content-length": body.length });
+    res.end(body);
+  });
   req.resume();
-  res.writeHead(200, { "content-type": "application/json", "content-length": body.length });
-  res.end(body);
 });
 server.keepAliveTimeout = 65_000;
 server.listen(Number(process.argv[2] ?? 0), "127.0.0.1", () => {
