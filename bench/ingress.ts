@@ -4,8 +4,8 @@
  * wrapped in a main nginx.conf with private temp paths. Used by the ingress
  * tests and the load benchmark, so both run exactly the file users get.
  */
-import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
+import { chmodSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { dirname, join } from "node:path";
 import { ROOT } from "./procs.js";
 
 /** A file under deploy/ingress with each `[from, to]` replaced; throws when a placeholder is missing. */
@@ -69,4 +69,17 @@ ${httpBody}}
 `,
   );
   return conf;
+}
+
+/**
+ * `site` with its optional decision cache switched on (every "#cache " mark
+ * removed), the cache files kept in `cacheDir`, whose parent is made
+ * traversable: nginx started as root creates the directory for its workers'
+ * unprivileged user, which must reach it.
+ */
+export function withDecisionCache(site: string, cacheDir: string): string {
+  chmodSync(dirname(cacheDir), 0o711);
+  const on = site.replace(/^(\s*)#cache /gm, "$1");
+  if (on === site) throw new Error("deploy/ingress/nginx/keyfence.conf no longer has its #cache lines");
+  return on.split("/run/nginx-keyfence").join(cacheDir);
 }

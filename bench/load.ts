@@ -5,9 +5,12 @@
  * floor of our stack); http-proxy 1.18 and http-proxy-3 with keep-alive
  * agents; and nginx (geo + map per-key check, upstream keepalive, one worker)
  * when installed; keyfence's decision endpoint (allowed, denied) beside a
- * bare node:http 200 answer, and the shipped nginx ingress asking it
- * (CPU of nginx and keyfence together). Rounds are interleaved; medians are reported with requests/s,
- * p50/p99 latency and the proxy's CPU microseconds per request.
+ * bare node:http 200 answer, and the shipped nginx ingress asking it (CPU of
+ * nginx and keyfence together), with and without its optional decision cache;
+ * then 10 MiB uploads through that ingress, keyfence as the proxy and nginx
+ * alone. Rounds are interleaved; medians are reported with requests/s,
+ * p50/p99 latency and the proxy's CPU microseconds per request. A full run
+ * takes about 9 minutes (17 contenders × (1 s warm-up + 5 rounds × 5 s)).
  *
  * Options: --quick (1 s runs, 1 round), --rounds N, --seconds S,
  * --connections C, --tool wrk|autocannon, --only id,id (quick and partial
@@ -18,9 +21,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { secretHash } from "../src/policy/credential.js";
 import { machine, table } from "./lib.js";
-import { runAutocannon, runWrk, type LoadResult, type LoadSpec } from "./loadgen.js";
+import { runAutocannon, runUploads, runWrk, type LoadResult } from "./loadgen.js";
 import { cpuSeconds, freePort, have, ROOT, startLogged, startNode, type Proc } from "./procs.js";
-import { nginxIngressConfig, writeNginxConf } from "./ingress.js";
+import { nginxIngressConfig, withDecisionCache, writeNginxConf } from "./ingress.js";
 import { barChart } from "./svg.js";
 
 const argv = process.argv.slice(2);
@@ -32,6 +35,9 @@ const quick = argv.includes("--quick");
 const ROUNDS = Number(opt("rounds", quick ? "1" : "5"));
 const SECONDS = Number(opt("seconds", quick ? "1" : "5"));
 const CONNECTIONS = Number(opt("connections", "50"));
+/** Size of each upload in the upload contenders, and how many run at once. */
+const UPLOAD_BYTES = 10 * 1024 * 1024;
+const UPLOAD_CONNECTIONS = 4;
 const TOOL = opt("tool", have("wrk") ? "wrk" : "autocannon");
 const ONLY = opt("only", "")
   .split(",")
@@ -50,6 +56,8 @@ interface Contender {
   readonly expect: number;
   /** Processes whose CPU time is the proxy's (none for the upstream itself; nginx and keyfence for an ingress asking keyfence). */
   readonly pids: readonly number[];
+  /** Bytes per upload: loaded with POSTs of this size (runUploads) instead of small GETs. */
+  readonly upload?: number;
 }
 
 /** The benchmark keys file: the allowed key (loopback), the denied key (elsewhere), then `more` (YAML list items). */
@@ -112,6 +120,9 @@ export function nginxConfig(dir: string, port: number, upstreamPort: number, mas
   map "$http_authorization|$kf_net" $kf_deny { default 1; "Bearer ${ALLOWED}|local" 0; }
   server {
     listen 127.0.0.1:${port};
+    # As the shipped ingress: bodies stream to the upstream, never spooled to disk first.
+    client_max_body_size 1g;
+    proxy_request_buffering off;
     location / {
       if ($kf_deny) { return 403 '{"message":"source IP $remote_addr is not allowed for this API key"}'; }
       proxy_pass http://up;
@@ -282,6 +293,60 @@ async function main(): Promise<void> {
         expect: 200,
         pids: [ing.pid, dec.pid],
       });
+      // The same with the shipped file's optional decision cache switched on.
+      const cachedPort = await freePort();
+      const cachedDir = join(dir, "ingress-cached");
+      mkdirSync(cachedDir);
+      const cachedConf = nginxIngressConfig(cachedDir, {
+        port: cachedPort,
+        decisionPort: decPort,
+        appPort: up.port,
+        edit: (site) => withDecisionCache(site, join(cachedDir, "decisions")),
+      });
+      const cached = await startLogged(
+        "nginx-ingress-cached",
+        "nginx",
+        ["-c", cachedConf, "-p", cachedDir],
+        join(cachedDir, "out"),
+        () =>
+          fetch(`http://127.0.0.1:${cachedPort}/_keyfence/ping`).then(
+            () => true,
+            () => false,
+          ),
+      );
+      procs.push(cached);
+      contenders.push({
+        id: "nginx-decision-cached",
+        label: "nginx + keyfence decision, cached, allowed",
+        url: `http://127.0.0.1:${cachedPort}/`,
+        headers: { authorization: `Bearer ${ALLOWED}` },
+        expect: 200,
+        pids: [cached.pid, dec.pid],
+      });
+      // 10 MB uploads: through nginx asking keyfence, through keyfence as the proxy, through nginx alone.
+      const uploads: Array<[string, string, string, readonly number[]]> = [
+        [
+          "upload-nginx-decision",
+          "10 MB upload: nginx + keyfence decision",
+          `http://127.0.0.1:${ingPort}/`,
+          [ing.pid, dec.pid],
+        ],
+        ["upload-nginx", "10 MB upload: nginx alone", `http://127.0.0.1:${port}/`, [ng.pid]],
+      ];
+      const kfProxy = contenders.find((c) => c.id === "keyfence");
+      if (kfProxy !== undefined)
+        uploads.splice(1, 0, ["upload-keyfence", "10 MB upload: keyfence (proxy)", kfProxy.url, kfProxy.pids]);
+      for (const [id, label, url, pids] of uploads) {
+        contenders.push({
+          id,
+          label,
+          url: `${url}upload`,
+          headers: { authorization: `Bearer ${ALLOWED}` },
+          expect: 200,
+          pids,
+          upload: UPLOAD_BYTES,
+        });
+      }
     } else {
       process.stderr.write("nginx is not installed: skipping it (Debian: apt-get install nginx)\n");
     }
@@ -292,20 +357,16 @@ async function main(): Promise<void> {
     process.stderr.write(
       `${machine()}; ${TOOL}, ${CONNECTIONS} connections, ${SECONDS} s per run, ${ROUNDS} interleaved rounds\n`,
     );
-    for (const c of selected)
-      await run({ url: c.url, headers: c.headers, seconds: 1, connections: CONNECTIONS, expect: c.expect }); // warm-up
+    const load = (c: Contender, seconds: number): Promise<LoadResult> =>
+      c.upload !== undefined
+        ? runUploads({ url: c.url, headers: c.headers, bytes: c.upload, seconds, connections: UPLOAD_CONNECTIONS })
+        : run({ url: c.url, headers: c.headers, seconds, connections: CONNECTIONS, expect: c.expect });
+    for (const c of selected) await load(c, 1); // warm-up
     for (let round = 1; round <= ROUNDS; round++) {
       for (const c of selected) {
-        const spec: LoadSpec = {
-          url: c.url,
-          headers: c.headers,
-          seconds: SECONDS,
-          connections: CONNECTIONS,
-          expect: c.expect,
-        };
         const cpu = (): number => c.pids.reduce((n, pid) => n + cpuSeconds(pid), 0);
         const cpu0 = cpu();
-        const r = await run(spec);
+        const r = await load(c, SECONDS);
         const cpu1 = cpu();
         const cpuUsPerReq = c.pids.length > 0 && r.requests > 0 ? ((cpu1 - cpu0) * 1e6) / r.requests : NaN;
         runs.set(c.id, [...(runs.get(c.id) ?? []), { ...r, cpuUsPerReq }]);
@@ -351,19 +412,46 @@ async function main(): Promise<void> {
       ["keyfence decision denied CPU/req ÷ node:http fixed 403", cpu("decision-denied", "node-403"), "—"],
       ["nginx + keyfence decision CPU/allowed req ÷ keyfence (proxy)", cpu("nginx-decision", "keyfence"), "≤ 0.7×"],
       ["nginx + keyfence decision CPU/allowed req ÷ nginx alone", cpu("nginx-decision", "nginx"), "—"],
+      ["nginx + decision, cached: CPU/allowed req ÷ uncached", cpu("nginx-decision-cached", "nginx-decision"), "—"],
+      [
+        "nginx + decision, cached: req/s ÷ uncached",
+        ratio(by.get("nginx-decision-cached")?.rps, by.get("nginx-decision")?.rps),
+        "—",
+      ],
+      ["10 MB upload CPU: nginx + decision ÷ keyfence (proxy)", cpu("upload-nginx-decision", "upload-keyfence"), "—"],
+      ["10 MB upload CPU: nginx + decision ÷ nginx alone", cpu("upload-nginx-decision", "upload-nginx"), "—"],
     ];
+    const isUpload = (id: string): boolean => id.startsWith("upload-");
     const md = [
       `Machine: ${machine()}. Load: ${TOOL}, 1 thread, ${CONNECTIONS} connections, ${SECONDS} s per run, ${ROUNDS} interleaved rounds, medians. CPU is the proxy process tree's user+system time per request (from /proc).`,
       "",
       table(
         ["contender", "req/s", "p50 ms", "p99 ms", "proxy CPU µs/req"],
-        summary.map((s) => [
-          s.label,
-          s.rps.toFixed(0),
-          s.p50ms.toFixed(2),
-          s.p99ms.toFixed(2),
-          Number.isFinite(s.cpuUsPerReq) ? s.cpuUsPerReq.toFixed(1) : "—",
-        ]),
+        summary
+          .filter((s) => !isUpload(s.id))
+          .map((s) => [
+            s.label,
+            s.rps.toFixed(0),
+            s.p50ms.toFixed(2),
+            s.p99ms.toFixed(2),
+            Number.isFinite(s.cpuUsPerReq) ? s.cpuUsPerReq.toFixed(1) : "—",
+          ]),
+      ),
+      "",
+      `Uploads: ${UPLOAD_BYTES / 1024 / 1024} MiB POST bodies from memory (undici), ${UPLOAD_CONNECTIONS} at once, same rounds.`,
+      "",
+      table(
+        ["contender", "uploads/s", "MiB/s", "p50 ms", "p99 ms", "proxy CPU ms/upload"],
+        summary
+          .filter((s) => isUpload(s.id))
+          .map((s) => [
+            s.label,
+            s.rps.toFixed(1),
+            ((s.rps * UPLOAD_BYTES) / 1024 / 1024).toFixed(0),
+            s.p50ms.toFixed(1),
+            s.p99ms.toFixed(1),
+            Number.isFinite(s.cpuUsPerReq) ? (s.cpuUsPerReq / 1000).toFixed(2) : "—",
+          ]),
       ),
       "",
       table(["ratio (same run)", "measured", "target"], ratios),

@@ -1,6 +1,8 @@
 /** Load generators: wrk (when installed) or autocannon, with one result shape. */
 import { spawn } from "node:child_process";
+import { performance } from "node:perf_hooks";
 import autocannon from "autocannon";
+import { Pool } from "undici";
 
 /** One load run. */
 export interface LoadResult {
@@ -72,5 +74,63 @@ export async function runAutocannon(spec: LoadSpec): Promise<LoadResult> {
     p99ms: r.latency.p99,
     unexpected: r.requests.total - ok,
     errors: r.errors + r.timeouts,
+  };
+}
+
+/** A run of large uploads. */
+export interface UploadSpec {
+  readonly url: string;
+  readonly headers: Record<string, string>;
+  /** Bytes per upload (sent with a Content-Length). */
+  readonly bytes: number;
+  readonly seconds: number;
+  readonly connections: number;
+}
+
+/**
+ * Posts `bytes`-byte bodies over `connections` keep-alive connections, each
+ * starting its next upload when the last is answered, until `seconds` have
+ * passed; counts only 200 answers as uploads (anything else is unexpected).
+ */
+export async function runUploads(spec: UploadSpec): Promise<LoadResult> {
+  const body = Buffer.alloc(spec.bytes, 0x61);
+  const u = new URL(spec.url);
+  const pool = new Pool(u.origin, { connections: spec.connections, bodyTimeout: 60_000, headersTimeout: 60_000 });
+  const latencies: number[] = [];
+  let unexpected = 0;
+  let errors = 0;
+  const t0 = performance.now();
+  const end = t0 + spec.seconds * 1000;
+  await Promise.all(
+    Array.from({ length: spec.connections }, async () => {
+      while (performance.now() < end) {
+        const start = performance.now();
+        try {
+          const r = await pool.request({
+            path: u.pathname + u.search,
+            method: "POST",
+            headers: { ...spec.headers, "content-type": "application/octet-stream" },
+            body,
+          });
+          await r.body.dump();
+          if (r.statusCode === 200) latencies.push(performance.now() - start);
+          else unexpected++;
+        } catch (err) {
+          if (errors++ === 0) process.stderr.write(`upload to ${spec.url}: ${(err as Error).message}\n`);
+        }
+      }
+    }),
+  );
+  const elapsed = (performance.now() - t0) / 1000;
+  await pool.close();
+  latencies.sort((a, b) => a - b);
+  const pct = (p: number): number => latencies[Math.min(latencies.length - 1, Math.floor(latencies.length * p))] ?? NaN;
+  return {
+    requests: latencies.length,
+    rps: latencies.length / elapsed,
+    p50ms: pct(0.5),
+    p99ms: pct(0.99),
+    unexpected,
+    errors,
   };
 }

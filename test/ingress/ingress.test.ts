@@ -13,11 +13,11 @@ import { createServer, connect, type AddressInfo, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { nginxIngressConfig, shippedIngress } from "../../bench/ingress.js";
+import { nginxIngressConfig, shippedIngress, withDecisionCache } from "../../bench/ingress.js";
 import { freePort, startLogged, type Proc } from "../../bench/procs.js";
 import { needBinary } from "../helpers/binary.js";
 import { bearer, send, type Reply } from "../helpers/http.js";
-import { startTestSidecar, type TestKey, type TestSidecar } from "../helpers/sidecar.js";
+import { eventually, startTestSidecar, type TestKey, type TestSidecar } from "../helpers/sidecar.js";
 import { startUpstream, type Upstream } from "../helpers/upstream.js";
 
 const CLIENT = "127.0.0.2";
@@ -349,5 +349,163 @@ for (const [name, pkg, command, starter] of ingresses) {
         relay.setDown(false);
       }
     });
+  });
+}
+
+// The shipped nginx file's optional decision cache ("#cache " lines switched on): what it reuses and what it never does.
+{
+  const bin = needBinary("nginx-light", "nginx");
+  describe("nginx with deploy/ingress and its optional decision cache", { skip: bin.skip }, () => {
+    const OTHER_CLIENT = "127.0.0.3";
+    let up: Upstream;
+    let kf: TestSidecar;
+    let relay: Relay;
+    let ingress: Proc | undefined;
+    let dir: string;
+    let url: string;
+    before(async () => {
+      up = await startUpstream();
+      kf = await startTestSidecar({
+        upstream: up.url,
+        keys: KEYS,
+        keysConfig: { missing: "reject", unknown: "reject" },
+        config: { trusted_proxies: ["127.0.0.1"], decision: { listen: "127.0.0.1:0" } },
+      });
+      relay = await startRelay(kf.sidecar.decisionAddress?.port ?? 0);
+      dir = mkdtempSync(join(tmpdir(), "keyfence-nginx-cache-"));
+      const port = await freePort();
+      const conf = nginxIngressConfig(dir, {
+        port,
+        decisionPort: relay.port,
+        appPort: up.port,
+        edit: (site) => withDecisionCache(site, join(dir, "decisions")),
+      });
+      ingress = await startLogged(
+        "nginx",
+        bin.path ?? "nginx",
+        ["-c", conf, "-p", dir],
+        join(dir, "nginx.out"),
+        ready(port),
+      );
+      url = `http://127.0.0.1:${port}`;
+    });
+    after(async () => {
+      await ingress?.stop();
+      await relay.close();
+      await kf.stop();
+      await up.close();
+      if (process.env["KEEP"] === undefined) rmSync(dir, { recursive: true, force: true });
+    });
+
+    /** Sends one request; returns the answer, what reached the upstream, and whether keyfence was asked. */
+    const ask = async (
+      path: string,
+      headers: Array<[string, string]>,
+      opts: { from?: string; method?: string } = {},
+    ): Promise<{ r: Reply; seen: Upstream["seen"]; asked: boolean }> => {
+      const n = up.seen.length;
+      const before = relay.bytesIn;
+      const r = await send(`${url}${path}`, { headers, localAddress: opts.from ?? CLIENT, method: opts.method });
+      return { r, seen: up.seen.slice(n), asked: relay.bytesIn > before };
+    };
+
+    /** Sends an allowed request until one is answered by keyfence (a fresh cache entry for it); fails after 10 s. */
+    const prime = async (path: string, headers: Array<[string, string]> = [bearer("s_allowed")]): Promise<void> => {
+      const end = Date.now() + 10_000;
+      for (;;) {
+        const { r, asked } = await ask(path, headers);
+        assert.equal(r.status, 200, r.body);
+        if (asked) return;
+        if (Date.now() > end) throw new Error(`${path} never reached keyfence`);
+        await new Promise((res) => setTimeout(res, 200));
+      }
+    };
+
+    test("an allow is reused without asking keyfence, and still passes the key id it matched", async () => {
+      // The TTL is 1-2 s: a pair straddling an expiry asks twice, so try a few pairs under load.
+      let hit = false;
+      for (let attempt = 0; attempt < 10 && !hit; attempt++) {
+        await prime("/v1/cached?x=1");
+        const { r, seen, asked } = await ask("/v1/cached?x=1", [
+          bearer("s_allowed"),
+          ["X-Keyfence-Key-Id", "k_forged"],
+        ]);
+        assert.equal(r.status, 200, r.body);
+        assert.equal(seen.length, 1);
+        assert.equal(seen[0]?.headers["x-keyfence-key-id"], "k_allowed", "keyfence's key id, from the cached answer");
+        hit = !asked;
+      }
+      assert.ok(hit, "no second request within the TTL was served from the cache");
+    });
+
+    test("the TTL bounds staleness: a key narrowed in keyfence stops working within seconds", async () => {
+      await prime("/v1/stale");
+      kf.writeKeys([{ id: "k_allowed", secret: "s_allowed", allow: ["203.0.113.0/24"] }, KEYS[1] as TestKey]);
+      try {
+        const changed = Date.now();
+        let status = 200;
+        while (status === 200 && Date.now() - changed < 15_000) {
+          status = (await ask("/v1/stale", [bearer("s_allowed")])).r.status;
+          if (status === 200) await new Promise((res) => setTimeout(res, 100));
+        }
+        assert.equal(status, 403, "still allowed 15 s after the change");
+      } finally {
+        kf.writeKeys(KEYS);
+        await eventually(
+          async () => (await ask("/v1/back", [bearer("s_allowed")])).r.status === 200,
+          15_000,
+          "key back",
+        );
+      }
+    });
+
+    // Each refusal, asked twice in a row: never cached, so both are keyfence's and nothing reaches the upstream.
+    const refusals: Array<[string, Array<[string, string]>, number, string]> = [
+      ["denied key", [bearer("s_denied")], 403, DENIED_BODY],
+      ["unknown key", [bearer("nope")], 401, '{"message":"invalid API key"}'],
+      ["missing key", [], 401, '{"message":"missing API key"}'],
+      [
+        "malformed Authorization",
+        [["Authorization", "Bearer a b"]],
+        400,
+        '{"message":"malformed Authorization header"}',
+      ],
+    ];
+    for (const [desc, headers, status, body] of refusals) {
+      test(`never cached: ${desc}`, async () => {
+        for (let i = 0; i < 2; i++) {
+          const { r, seen, asked } = await ask("/v1/refused", headers);
+          assert.equal(r.status, status, r.body);
+          assert.equal(r.body, body);
+          assert.ok(asked, `request ${i + 1} was answered without asking keyfence`);
+          assert.equal(seen.length, 0, "nothing reaches the upstream");
+        }
+      });
+    }
+
+    // After a fresh allow, every request differing in one thing keyfence decides on is asked again.
+    const others: Array<[string, Array<[string, string]>, { from?: string; method?: string; path?: string }, number]> =
+      [
+        ["another client address, same key", [bearer("s_allowed")], { from: OTHER_CLIENT }, 403],
+        ["another key, same address", [bearer("s_denied")], {}, 403],
+        ["an unknown key, same address", [bearer("nope")], {}, 401],
+        ["no key, same address", [], {}, 401],
+        ["the same key spelled with a lowercase scheme", [["Authorization", "bearer s_allowed"]], {}, 200],
+        ["the same key with a second Authorization line", [bearer("s_allowed"), bearer("s_denied")], {}, 400],
+        ["another method", [bearer("s_allowed")], { method: "DELETE" }, 200],
+        ["another target", [bearer("s_allowed")], { path: "/v1/other" }, 200],
+        ["another query", [bearer("s_allowed")], { path: "/v1/same?x=2" }, 200],
+      ];
+    for (const [desc, headers, opts, status] of others) {
+      test(`a cached allow never serves ${desc}`, async () => {
+        await prime("/v1/same?x=1");
+        const { r, seen, asked } = await ask(opts.path ?? "/v1/same?x=1", headers, opts);
+        assert.equal(r.status, status, r.body);
+        // nginx refuses a repeated Authorization line itself (400), before any decision or cache.
+        if (desc.includes("second Authorization")) assert.equal(seen.length, 0);
+        else assert.ok(asked, "answered from another request's cache entry");
+        assert.equal(seen.length, status === 200 ? 1 : 0);
+      });
+    }
   });
 }
