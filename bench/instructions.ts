@@ -213,12 +213,17 @@ async function main(): Promise<void> {
       await freePort(),
       `trusted_proxies: [loopback]\ndecision:\n  listen: "127.0.0.1:${decPort}"\n`,
     );
+    const asked = {
+      "x-original-method": "POST",
+      "x-original-uri": "/v1/messages?to=a",
+      "x-forwarded-for": "127.0.0.1",
+    };
     const decision = (label: string, secret: string): Contender => ({
       label,
       cmd: node("dist/src/cli/main.js", "serve", "--config", decConfig),
       port: () => decPort,
       secrets: [secret],
-      extra: { "x-original-method": "POST", "x-original-uri": "/v1/messages?to=a", "x-forwarded-for": "127.0.0.1" },
+      extra: asked,
     });
     const contenders: Contender[] = [
       server("keyfence forwarder, no checks", ALLOWED, "bare.js", upstreamUrl),
@@ -228,6 +233,8 @@ async function main(): Promise<void> {
       server("node:http fixed 403", DENIED, "deny403.js"),
       keyfence("keyfence, denied (403)", [DENIED]),
       server("node:http bare 200 answer", ALLOWED, "answer200.js"),
+      // The same floor sent the question a decision gets (three more headers for Node to parse and index).
+      { ...server("node:http bare 200 answer, asked as nginx asks", ALLOWED, "answer200.js"), extra: asked },
       decision("keyfence decision, allowed", ALLOWED),
       decision("keyfence decision, denied (403)", DENIED),
     ];
@@ -288,6 +295,11 @@ async function main(): Promise<void> {
             "keyfence decision allowed ÷ node:http bare 200 answer",
             ratio("keyfence decision, allowed", "node:http bare 200 answer"),
             "≤ 1.3× (issue #14, in instructions)",
+          ],
+          [
+            "keyfence decision allowed ÷ node:http bare 200 answer, asked as nginx asks",
+            ratio("keyfence decision, allowed", "node:http bare 200 answer, asked as nginx asks"),
+            "—",
           ],
           [
             "keyfence decision denied ÷ node:http fixed 403",
