@@ -16,7 +16,7 @@
  * --connections C, --tool wrk|autocannon, --only id,id (quick and partial
  * runs print their tables but leave bench/results alone)
  */
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { secretHash } from "../src/policy/credential.js";
@@ -297,6 +297,7 @@ async function main(): Promise<void> {
       const cachedPort = await freePort();
       const cachedDir = join(dir, "ingress-cached");
       mkdirSync(cachedDir);
+      chmodSync(dir, 0o711); // nginx's workers (an unprivileged user when started as root) reach the cache through it
       const cachedConf = nginxIngressConfig(cachedDir, {
         port: cachedPort,
         decisionPort: decPort,
