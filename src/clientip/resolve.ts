@@ -103,7 +103,10 @@ interface Hop {
 
 function hop(raw: string): Hop {
   const ip = parseIp(raw);
-  return { ip, text: ip === undefined ? raw : formatIp(ip) };
+  if (ip === undefined) return { ip, text: raw };
+  // The strict parser reads a dotted quad only in its canonical form, so that text is
+  // already what formatIp would write (mapped IPv6 forms, with a colon, are formatted).
+  return { ip, text: ip.family === 4 && !raw.includes(":") ? raw : formatIp(ip) };
 }
 
 /**

@@ -243,3 +243,33 @@ describe("resolveClientIp: property against proxy-addr on well-formed input", ()
     );
   });
 });
+
+describe("resolveClientIp: the client's text is formatIp's canonical text (differential)", () => {
+  // hop() keeps a dotted quad's own text instead of formatting it again: it must be exactly what formatIp writes.
+  const reference = (raw: string): string => {
+    const ip = parseIp(raw);
+    return ip === undefined ? raw : formatIp(ip);
+  };
+  const octet = fc.oneof(fc.nat(255).map(String), fc.constantFrom("0", "00", "01", "256", "1e1", " 1", "+1", "0x1"));
+  const text = fc.oneof(
+    fc.tuple(octet, octet, octet, octet).map((p) => p.join(".")),
+    fc
+      .tuple(fc.constantFrom("::ffff:", "::FFFF:", "::", "0:0:0:0:0:ffff:", ""), octet, octet, octet, octet)
+      .map(([pre, ...p]) => `${pre}${p.join(".")}`),
+    fc.string({ maxLength: 20 }),
+  );
+  const none = trust([]);
+  const all = trust(["0.0.0.0/0", "::/0"]);
+  test("peer and X-Forwarded-For entries, any text", () => {
+    fc.assert(
+      fc.property(text, text, (peer, xff) => {
+        assert.equal(resolveClientIp(peer, undefined, none).text, reference(peer));
+        const c = resolveClientIp(peer, xff, all);
+        assert.equal(c.peer, reference(peer));
+        if (c.peerTrusted && forwardedEntries(xff).length === 1)
+          assert.equal(c.text, reference(forwardedEntries(xff)[0] ?? ""));
+      }),
+      { numRuns: 5000 },
+    );
+  });
+});
