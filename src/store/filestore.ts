@@ -26,7 +26,7 @@ import { Worker } from "node:worker_threads";
 import { parseKeysFile, readKeysText, type KeyRecord } from "./keysfile.js";
 import { editEntry, indexEntries, spliceChange, toYaml, WRITE_OPTIONS, type EntryIndex } from "./splice.js";
 import type { LoaderInput, LoaderMessage } from "./loader.js";
-import { MatcherCache, Snapshot, SnapshotBuilder } from "./snapshot.js";
+import { Compactor, MatcherCache, Snapshot, SnapshotBuilder } from "./snapshot.js";
 import { changedId, type KeyChange } from "./change.js";
 import {
   JournalWriteError,
@@ -117,6 +117,12 @@ export class FileKeyStore implements KeyStore {
   private index: EntryIndex | undefined;
   /** Inode, size and mtime of the file as our last write left it. */
   private ownWrite: string | undefined;
+  private readonly compactor = new Compactor(
+    () => this.current,
+    (s) => {
+      this.current = s;
+    },
+  );
 
   constructor(private readonly options: FileKeyStoreOptions) {
     this.cache = options.cache ?? new MatcherCache();
@@ -364,6 +370,7 @@ export class FileKeyStore implements KeyStore {
     this.index = read.index;
     this.ownWrite = undefined;
     for (const l of this.listeners) l.change?.(read.snapshot, cause, change);
+    this.compactor.changed();
   }
 
   /**
@@ -390,8 +397,8 @@ export class FileKeyStore implements KeyStore {
       }
       snapshot = read.snapshot;
     } else {
-      // Large files: the entry was validated by the caller; copy the maps in slices.
-      snapshot = await this.snapshot.withChangeSliced(change);
+      // Large files: the entry was validated by the caller; the change goes into the snapshot's overlay.
+      snapshot = this.snapshot.withChange(change);
     }
     await writeFileAtomic(this.options.file, bytes);
     const written = signature(await stat(this.options.file, { bigint: true }));

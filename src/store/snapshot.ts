@@ -1,6 +1,6 @@
 /**
  * The immutable view of the key store the proxy reads on every request:
- * secret hash → key policy. Allow lists compile lazily into matchers held in a
+ * secret hash → key policy, and the admin's view: id → record, ids in order. Allow lists compile lazily into matchers held in a
  * bounded LRU shared by all snapshots, so a store of millions of keys never
  * holds millions of compiled matchers, and a reload keeps unchanged lists warm.
  */
@@ -10,7 +10,8 @@ import { compileMatcher, type Matcher } from "../ip/matcher.js";
 import { secretHash } from "../policy/credential.js";
 import type { KeyPolicy } from "../policy/decide.js";
 import type { KeyRecord } from "./keysfile.js";
-import type { KeyChange } from "./change.js";
+import { changedId, type KeyChange } from "./change.js";
+import { editSorted, sortSliced } from "./sorted.js";
 
 /** Most bearer tokens a snapshot remembers (see {@link Snapshot.lookupToken}). */
 export const TOKEN_CACHE_MAX = 4096;
@@ -20,7 +21,14 @@ export const TOKEN_CACHE_MAX_LENGTH = 256;
 /** Default number of compiled allow lists kept in memory. */
 export const DEFAULT_MATCHER_CACHE = 50_000;
 
-/** Compiled matchers keyed by the (immutable, shared) allow-list array they were built from. */
+/** Most distinct lists {@link MatcherCache.share} remembers. */
+const SHARED_LISTS_MAX = 10_000;
+
+/**
+ * Compiled matchers keyed by the (immutable, shared) allow-list array they
+ * were built from, and what every snapshot of a store shares: one array per
+ * distinct list (scopes, allow lists) and one policy object per record.
+ */
 export class MatcherCache {
   hits = 0;
   misses = 0;
@@ -28,6 +36,8 @@ export class MatcherCache {
   /** The list of the last get and its matcher: already the LRU's most recent entry, so a repeat needs no lookup. */
   private lastList: readonly string[] | undefined;
   private lastMatcher: Matcher | undefined;
+  private readonly lists = new Map<string, readonly string[]>();
+  private readonly policies = new WeakMap<KeyRecord, KeyPolicy>();
 
   constructor(max = DEFAULT_MATCHER_CACHE) {
     this.lru = new LRUCache({ max });
@@ -64,9 +74,35 @@ export class MatcherCache {
   get size(): number {
     return this.lru.size;
   }
+
+  /**
+   * One array for equal lists (the first {@link SHARED_LISTS_MAX} distinct
+   * ones): keys with the same scopes or allow list share them, and so share
+   * one compiled matcher.
+   */
+  share(list: readonly string[]): readonly string[] {
+    if (list.length === 0) return EMPTY_LIST;
+    const text = list.join("\n");
+    const hit = this.lists.get(text);
+    if (hit !== undefined) return hit;
+    if (this.lists.size < SHARED_LISTS_MAX) this.lists.set(text, list);
+    return list;
+  }
+
+  /** The policy of `record` (made on first use, then the same object for every snapshot holding the record). */
+  policy(record: KeyRecord): KeyPolicy {
+    let p = this.policies.get(record);
+    if (p === undefined) {
+      p = new RecordPolicy(record, this);
+      this.policies.set(record, p);
+    }
+    return p;
+  }
 }
 
-class StoredKey implements KeyPolicy {
+const EMPTY_LIST: readonly string[] = Object.freeze([]);
+
+class RecordPolicy implements KeyPolicy {
   readonly id: string;
   readonly mode: KeyRecord["mode"];
   readonly restricted: boolean;
@@ -74,7 +110,7 @@ class StoredKey implements KeyPolicy {
   readonly sandbox: boolean;
 
   constructor(
-    readonly record: KeyRecord,
+    private readonly record: KeyRecord,
     private readonly cache: MatcherCache,
   ) {
     this.id = record.id;
@@ -95,18 +131,55 @@ function sameList(a: readonly string[], b: readonly string[]): boolean {
   return true;
 }
 
-/** `rec` holding `old`'s list array when the entries are the same, so the compiled matcher stays cached. */
-function sharingList(rec: KeyRecord, old: KeyRecord | undefined): KeyRecord {
-  return old !== undefined && old.ipAllowList !== rec.ipAllowList && sameList(old.ipAllowList, rec.ipAllowList)
-    ? { ...rec, ipAllowList: old.ipAllowList }
-    : rec;
+/**
+ * `rec` made lean: its lists are the shared arrays of equal lists (`old`'s
+ * list first, so a compiled matcher stays cached), and an `updatedAt` equal
+ * to `createdAt` is the same string. A new object only when something changed.
+ */
+function lean(rec: KeyRecord, old: KeyRecord | undefined, cache: MatcherCache): KeyRecord {
+  const list =
+    old !== undefined && old.ipAllowList !== rec.ipAllowList && sameList(old.ipAllowList, rec.ipAllowList)
+      ? old.ipAllowList
+      : cache.share(rec.ipAllowList);
+  const scopes = cache.share(rec.scopes);
+  const updatedAt = rec.updatedAt !== undefined && rec.updatedAt === rec.createdAt ? rec.createdAt : rec.updatedAt;
+  if (list === rec.ipAllowList && scopes === rec.scopes && updatedAt === rec.updatedAt) return rec;
+  return { ...rec, ipAllowList: list, scopes, updatedAt };
 }
 
-/** The maps of a snapshot. */
-interface SnapshotParts {
-  readonly byHash: Map<string, StoredKey>;
-  readonly byId: Map<string, StoredKey>;
+/** The shared, never-changed maps under a snapshot's overlay. */
+interface Base {
+  readonly byHash: ReadonlyMap<string, KeyRecord>;
+  readonly byId: ReadonlyMap<string, KeyRecord>;
+}
+
+/** Changes over a base: id (or secret hash) → its record now, or null where the base's entry is gone. */
+interface Overlay {
+  readonly byId: ReadonlyMap<string, KeyRecord | null>;
+  readonly byHash: ReadonlyMap<string, KeyRecord | null>;
+}
+
+const NO_OVERLAY: Overlay = { byId: new Map(), byHash: new Map() };
+
+/** How a snapshot's sorted ids follow from another's: for each id changed, whether it is present. */
+interface Derivation {
+  readonly from: Snapshot;
+  readonly present: ReadonlyMap<string, boolean>;
+  /** Snapshots between this one and the nearest with its ids sorted. */
+  readonly depth: number;
+}
+
+/** Longest chain of snapshots whose sorted ids follow from an earlier one's (longer: sorted afresh, so old snapshots are not kept alive). */
+const MAX_DERIVATION = 64;
+
+/** The inner state of a snapshot (for {@link SnapshotBuilder} and the snapshot itself). */
+export interface SnapshotState {
+  readonly base: Base;
+  readonly overlay: Overlay;
+  readonly size: number;
   readonly entries: number;
+  readonly sorted?: readonly string[] | undefined;
+  readonly derivation?: Derivation | undefined;
 }
 
 /**
@@ -115,8 +188,8 @@ interface SnapshotParts {
  * that list's array, so its compiled matcher stays cached.
  */
 export class SnapshotBuilder {
-  private readonly byHash = new Map<string, StoredKey>();
-  private readonly byId = new Map<string, StoredKey>();
+  private readonly byHash = new Map<string, KeyRecord>();
+  private readonly byId = new Map<string, KeyRecord>();
   private entries = 0;
 
   constructor(
@@ -127,10 +200,9 @@ export class SnapshotBuilder {
   /** Adds one record (validated, ids and secrets unique); a record with an id already added replaces it. */
   add(record: KeyRecord): void {
     this.remove(record.id);
-    const rec = sharingList(record, this.previous?.record(record.id));
-    const key = new StoredKey(rec, this.cache);
-    this.byHash.set(rec.secretSha256, key);
-    this.byId.set(rec.id, key);
+    const rec = lean(record, this.previous?.record(record.id), this.cache);
+    this.byHash.set(rec.secretSha256, rec);
+    this.byId.set(rec.id, rec);
     this.entries += rec.ipAllowList.length;
   }
 
@@ -139,8 +211,8 @@ export class SnapshotBuilder {
     const old = this.byId.get(id);
     if (old === undefined) return;
     this.byId.delete(id);
-    this.byHash.delete(old.record.secretSha256);
-    this.entries -= old.record.ipAllowList.length;
+    this.byHash.delete(old.secretSha256);
+    this.entries -= old.ipAllowList.length;
   }
 
   /** Number of records added so far. */
@@ -150,110 +222,177 @@ export class SnapshotBuilder {
 
   /** The finished snapshot; the builder must not be used afterwards. */
   finish(): Snapshot {
-    return new Snapshot([], this.cache, this.previous, this.parts());
+    return new Snapshot([], this.cache, this.previous, this.state());
   }
 
-  /** The maps built so far (for the Snapshot constructor). */
-  parts(): SnapshotParts {
-    return { byHash: this.byHash, byId: this.byId, entries: this.entries };
+  /** The state built so far (for the Snapshot constructor). */
+  state(): SnapshotState {
+    return {
+      base: { byHash: this.byHash, byId: this.byId },
+      overlay: NO_OVERLAY,
+      size: this.byId.size,
+      entries: this.entries,
+    };
   }
 }
 
-/** One immutable generation of the key store. */
+/**
+ * One immutable generation of the key store. A snapshot is a base (two maps
+ * shared by every snapshot derived from it) under a small overlay of the
+ * changes since; a change copies the overlay only, so it costs the same with
+ * a million keys as with ten. {@link compacted} folds the overlay into a new
+ * base a slice at a time, off the hot path.
+ */
 export class Snapshot {
-  private readonly byHash: Map<string, StoredKey>;
+  private readonly base: Base;
+  private readonly overlay: Overlay;
   /** Bearer token → key (null: no such key), see {@link lookupToken}. */
-  private readonly tokens = new Map<string, StoredKey | null>();
-  private readonly byId: Map<string, StoredKey>;
+  private readonly tokens = new Map<string, KeyPolicy | null>();
+  /** Number of keys. */
+  readonly size: number;
   /** Total allow-list entries over all keys. */
   readonly entries: number;
   /** Monotonic generation number. */
   readonly generation: number;
+  /** Ids in order, once built (see {@link sortedIds}). */
+  private sorted: readonly string[] | undefined;
+  private derivation: Derivation | undefined;
 
   /** Builds a snapshot of `records` at once (see {@link SnapshotBuilder} for large stores). */
   constructor(
     records: readonly KeyRecord[],
     readonly cache: MatcherCache,
     previous?: Snapshot,
-    built?: SnapshotParts,
+    built?: SnapshotState,
   ) {
     this.generation = (previous?.generation ?? 0) + 1;
-    let parts = built;
-    if (parts === undefined) {
+    let state = built;
+    if (state === undefined) {
       const b = new SnapshotBuilder(cache, previous);
       for (const r of records) b.add(r);
-      parts = b.parts();
+      state = b.state();
     }
-    this.byHash = parts.byHash;
-    this.byId = parts.byId;
-    this.entries = parts.entries;
+    this.base = state.base;
+    this.overlay = state.overlay;
+    this.size = state.size;
+    this.entries = state.entries;
+    this.sorted = state.sorted;
+    this.derivation = state.derivation;
   }
 
   /** A new snapshot with one change applied; every other key keeps its compiled state. */
   withChange(change: KeyChange): Snapshot {
-    const byId = new Map(this.byId);
-    const byHash = new Map(this.byHash);
-    const entries = this.apply(byId, byHash, change);
-    return new Snapshot([], this.cache, this, { byHash, byId, entries });
+    return this.withChanges([change]);
   }
 
-  /** {@link withChange} for large stores: the maps are copied a slice at a time, yielding in between. */
-  withChangeSliced(change: KeyChange, slice = 5_000): Promise<Snapshot> {
-    return this.withChangesSliced([change], slice);
+  /** A new snapshot with `changes` applied in order; costs the size of the overlay and the changes, never of the store. */
+  withChanges(changes: readonly KeyChange[]): Snapshot {
+    const byId = new Map(this.overlay.byId);
+    const byHash = new Map(this.overlay.byHash);
+    const present = new Map<string, boolean>();
+    let size = this.size;
+    let entries = this.entries;
+    const byIdNow = (id: string): KeyRecord | undefined => {
+      const o = byId.get(id);
+      return o === undefined ? this.base.byId.get(id) : (o ?? undefined);
+    };
+    const drop = (rec: KeyRecord): void => {
+      byId.set(rec.id, null);
+      byHash.set(rec.secretSha256, null);
+      entries -= rec.ipAllowList.length;
+      size--;
+      present.set(rec.id, false);
+    };
+    for (const change of changes) {
+      const id = changedId(change);
+      const old = byIdNow(id);
+      if (old !== undefined) drop(old);
+      if (change.kind === "delete") continue;
+      // A secret moving between ids (possible in an import): the previous holder loses it.
+      const o = byHash.get(change.record.secretSha256);
+      const holder = o === undefined ? this.base.byHash.get(change.record.secretSha256) : (o ?? undefined);
+      if (holder !== undefined) drop(holder);
+      const rec = lean(change.record, old, this.cache);
+      byId.set(id, rec);
+      byHash.set(rec.secretSha256, rec);
+      entries += rec.ipAllowList.length;
+      size++;
+      present.set(id, true);
+    }
+    const depth = this.sorted !== undefined ? 1 : (this.derivation?.depth ?? MAX_DERIVATION) + 1;
+    return new Snapshot([], this.cache, this, {
+      base: this.base,
+      overlay: { byId, byHash },
+      size,
+      entries,
+      derivation: depth <= MAX_DERIVATION ? { from: this, present, depth } : undefined,
+    });
   }
 
-  /** Every change of `changes` applied in order, on one copy of the maps made a slice at a time. */
-  async withChangesSliced(changes: readonly KeyChange[], slice = 5_000): Promise<Snapshot> {
-    const first = changes[0];
-    if (changes.length === 1 && first !== undefined && this.byId.size <= slice) return this.withChange(first);
-    const byId = new Map<string, StoredKey>();
-    const byHash = new Map<string, StoredKey>();
+  /** Number of ids and secret hashes the overlay holds (a store compacts past a threshold). */
+  get overlaySize(): number {
+    return this.overlay.byId.size + this.overlay.byHash.size;
+  }
+
+  /**
+   * The same keys over one new base with an empty overlay, built a slice of
+   * `slice` records at a time, yielding to the event loop in between.
+   */
+  async compacted(slice = 5_000): Promise<Snapshot> {
+    const byId = new Map<string, KeyRecord>();
+    const byHash = new Map<string, KeyRecord>();
     let n = 0;
-    for (const [id, key] of this.byId) {
-      byId.set(id, key);
-      byHash.set(key.record.secretSha256, key);
+    for (const rec of this.iterate()) {
+      byId.set(rec.id, rec);
+      byHash.set(rec.secretSha256, rec);
       if (++n % slice === 0) await new Promise((r) => setImmediate(r));
     }
-    let entries = this.entries;
-    for (const change of changes) entries = this.apply(byId, byHash, change, entries);
-    return new Snapshot([], this.cache, this, { byHash, byId, entries });
+    return new Snapshot([], this.cache, this, {
+      base: { byId, byHash },
+      overlay: NO_OVERLAY,
+      size: this.size,
+      entries: this.entries,
+      ...this.sameIds(),
+    });
   }
 
-  /** Applies `change` to copies of this snapshot's maps; returns the new entry count. */
-  private apply(
-    byId: Map<string, StoredKey>,
-    byHash: Map<string, StoredKey>,
-    change: KeyChange,
-    entries = this.entries,
-  ): number {
-    const id = change.kind === "delete" ? change.id : change.record.id;
-    const old = byId.get(id);
-    if (old !== undefined) {
-      byHash.delete(old.record.secretSha256);
-      entries -= old.record.ipAllowList.length;
-      if (change.kind === "delete") byId.delete(id);
-    }
-    if (change.kind !== "delete") {
-      // A secret moving between ids (possible in an import): the previous holder loses it.
-      const holder = byHash.get(change.record.secretSha256);
-      if (holder !== undefined && holder.record.id !== id) {
-        byId.delete(holder.record.id);
-        entries -= holder.record.ipAllowList.length;
-      }
-    }
-    if (change.kind !== "delete") {
-      const rec = sharingList(change.record, old?.record);
-      const key = new StoredKey(rec, this.cache);
-      byId.set(id, key);
-      byHash.set(rec.secretSha256, key);
-      entries += rec.ipAllowList.length;
-    }
-    return entries;
+  /**
+   * This snapshot over `compacted`'s base, which folds in `source`'s overlay
+   * ({@link compacted} of `source`, an ancestor on the same base): the overlay
+   * keeps only what changed since `source`. Undefined when this snapshot is
+   * not on `source`'s base (a full reload replaced it meanwhile).
+   */
+  rebasedOn(compacted: Snapshot, source: Snapshot): Snapshot | undefined {
+    if (this.base !== source.base) return undefined;
+    const keep = <T>(mine: ReadonlyMap<string, T>, theirs: ReadonlyMap<string, T>): Map<string, T> => {
+      const out = new Map<string, T>();
+      for (const [k, v] of mine) if (theirs.get(k) !== v) out.set(k, v);
+      return out;
+    };
+    return new Snapshot([], this.cache, this, {
+      base: compacted.base,
+      overlay: {
+        byId: keep(this.overlay.byId, source.overlay.byId),
+        byHash: keep(this.overlay.byHash, source.overlay.byHash),
+      },
+      size: this.size,
+      entries: this.entries,
+      ...this.sameIds(),
+    });
+  }
+
+  /** Sorted ids for a snapshot with the same keys as this one. */
+  private sameIds(): Pick<SnapshotState, "sorted" | "derivation"> {
+    const sorted = this.sortedIdsNow();
+    if (sorted !== undefined) return { sorted };
+    const depth = (this.derivation?.depth ?? MAX_DERIVATION) + 1;
+    return depth <= MAX_DERIVATION ? { derivation: { from: this, present: new Map(), depth } } : {};
   }
 
   /** The key whose secret hashes to `secretSha256`, if any. */
   lookup(secretSha256: string): KeyPolicy | undefined {
-    return this.byHash.get(secretSha256);
+    const rec = this.recordByHash(secretSha256);
+    return rec === undefined ? undefined : this.cache.policy(rec);
   }
 
   /**
@@ -267,7 +406,7 @@ export class Snapshot {
   lookupToken(token: string): KeyPolicy | undefined {
     const hit = this.tokens.get(token);
     if (hit !== undefined) return hit ?? undefined;
-    const key = this.byHash.get(secretHash(token));
+    const key = this.lookup(secretHash(token));
     if (token.length <= TOKEN_CACHE_MAX_LENGTH) {
       if (this.tokens.size >= TOKEN_CACHE_MAX) this.tokens.clear();
       this.tokens.set(token, key ?? null);
@@ -277,21 +416,114 @@ export class Snapshot {
 
   /** The record of key `id`, if any. */
   record(id: string): KeyRecord | undefined {
-    return this.byId.get(id)?.record;
+    if (this.overlay.byId.size > 0) {
+      const o = this.overlay.byId.get(id);
+      if (o !== undefined) return o ?? undefined;
+    }
+    return this.base.byId.get(id);
   }
 
   /** The record whose secret hashes to `secretSha256`, if any. */
   recordByHash(secretSha256: string): KeyRecord | undefined {
-    return this.byHash.get(secretSha256)?.record;
+    if (this.overlay.byHash.size > 0) {
+      const o = this.overlay.byHash.get(secretSha256);
+      if (o !== undefined) return o ?? undefined;
+    }
+    return this.base.byHash.get(secretSha256);
+  }
+
+  /** Every record, in no particular order. */
+  *iterate(): IterableIterator<KeyRecord> {
+    const over = this.overlay.byId;
+    for (const [id, rec] of this.base.byId) if (!over.has(id)) yield rec;
+    for (const rec of over.values()) if (rec !== null) yield rec;
   }
 
   /** All records (in no particular order). */
   records(): KeyRecord[] {
-    return [...this.byId.values()].map((k) => k.record);
+    return [...this.iterate()];
   }
 
-  /** Number of keys. */
-  get size(): number {
-    return this.byId.size;
+  /**
+   * The ids in order (UTF-16 code units, as `<` compares), built once per
+   * snapshot and only when asked: edited from the snapshot this one was
+   * changed from when that one has them, else sorted a slice at a time.
+   */
+  async sortedIds(): Promise<readonly string[]> {
+    const now = this.sortedIdsNow();
+    if (now !== undefined) return now;
+    const ids: string[] = [];
+    let n = 0;
+    for (const rec of this.iterate()) {
+      ids.push(rec.id);
+      if (++n % 20_000 === 0) await new Promise((r) => setImmediate(r));
+    }
+    const sorted = await sortSliced(ids);
+    this.sorted ??= sorted;
+    this.derivation = undefined;
+    return this.sorted;
+  }
+
+  /** The sorted ids when built, or derivable by editing an ancestor's (no sort). */
+  private sortedIdsNow(): readonly string[] | undefined {
+    if (this.sorted !== undefined) return this.sorted;
+    const chain: Derivation[] = [];
+    let d = this.derivation;
+    let base: readonly string[] | undefined;
+    while (base === undefined) {
+      if (d === undefined) return undefined;
+      chain.push(d);
+      base = d.from.sorted;
+      d = d.from.derivation;
+    }
+    const present = new Map<string, boolean>();
+    for (let i = chain.length - 1; i >= 0; i--) {
+      for (const [id, keep] of (chain[i] as Derivation).present) present.set(id, keep);
+    }
+    this.sorted = present.size === 0 ? base : editSorted(base, present);
+    this.derivation = undefined;
+    return this.sorted;
+  }
+}
+
+/** Overlay size (ids plus secret hashes) past which a store folds its snapshot's overlay into a new base. */
+export const COMPACT_AT = 4_096;
+
+/**
+ * Keeps a store's overlay small: once a change leaves it past
+ * {@link COMPACT_AT}, builds a compacted base in the background and installs
+ * the store's then-current snapshot rebased on it (changes applied meanwhile
+ * stay in its overlay). One compaction at a time.
+ */
+export class Compactor {
+  private running = false;
+
+  constructor(
+    private readonly current: () => Snapshot | undefined,
+    private readonly install: (snapshot: Snapshot) => void,
+    private readonly threshold = COMPACT_AT,
+  ) {}
+
+  /** Called after each change is installed. */
+  changed(): void {
+    const source = this.current();
+    if (this.running || source === undefined || source.overlaySize < this.threshold) return;
+    this.running = true;
+    void source
+      .compacted()
+      .then((compacted) => {
+        const next = this.current()?.rebasedOn(compacted, source);
+        if (next !== undefined) this.install(next);
+      })
+      .catch(() => undefined) // a failed compaction leaves a correct, larger overlay
+      .finally(() => {
+        this.running = false;
+        this.changed();
+      });
+  }
+
+  /** Resolves once no compaction runs (for tests and benches). */
+  async idle(): Promise<void> {
+    while (this.running) await new Promise((r) => setImmediate(r));
   }
 }

@@ -4,12 +4,15 @@ import { open, rename, stat, unlink } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 
 /**
- * Writes `data` (a string as UTF-8) to `file` atomically: a temp file with a
+ * Writes `data` (a string as UTF-8, or parts written one after another) to `file` atomically: a temp file with a
  * random name (so writers in several processes never share one), fsync,
  * rename over, fsync the directory. A new file is owner-only; an existing
  * one keeps its mode.
  */
-export async function writeFileAtomic(file: string, data: string | Uint8Array): Promise<void> {
+export async function writeFileAtomic(
+  file: string,
+  data: string | Uint8Array | readonly (string | Uint8Array)[],
+): Promise<void> {
   const dir = dirname(file);
   const tmp = join(dir, `.${basename(file)}.${randomBytes(12).toString("hex")}.tmp`);
   let mode = 0o600;
@@ -20,7 +23,8 @@ export async function writeFileAtomic(file: string, data: string | Uint8Array): 
   }
   const fh = await open(tmp, "wx", mode);
   try {
-    await fh.writeFile(data);
+    if (typeof data === "string" || data instanceof Uint8Array) await fh.writeFile(data);
+    else for (const part of data) await fh.writeFile(part); // each from where the last ended
     await fh.sync();
   } finally {
     await fh.close();

@@ -1,0 +1,250 @@
+/**
+ * The overlay snapshot against a naive Map-copy reference, and its sorted ids
+ * against a sort.
+ */
+import assert from "node:assert/strict";
+import { describe, test } from "node:test";
+import fc from "fast-check";
+import { secretHash } from "../../src/policy/credential.js";
+import type { KeyChange } from "../../src/store/change.js";
+import type { KeyRecord } from "../../src/store/keysfile.js";
+import { Compactor, MatcherCache, Snapshot } from "../../src/store/snapshot.js";
+import { editSorted, sortSliced } from "../../src/store/sorted.js";
+
+const IDS = ["a", "b", "B", "c", "key_1", "key_10", "key_2", "z-9", "_x"];
+const SECRETS = ["s0", "s1", "s2", "s3", "s4", "s5", "s6"];
+const LISTS: ReadonlyArray<readonly string[]> = [[], ["10.0.0.0/8"], ["10.0.0.0/8"], ["192.0.2.1", "2001:db8::/32"]];
+
+function rec(id: string, secret: string, list: readonly string[], name = id, at?: string): KeyRecord {
+  return {
+    id,
+    name,
+    secretSha256: secretHash(secret),
+    scopes: ["messages:send"],
+    ipAllowList: [...list],
+    mode: undefined,
+    createdAt: at,
+    updatedAt: at,
+  };
+}
+
+const recordArb = fc
+  .record({
+    id: fc.constantFrom(...IDS),
+    secret: fc.constantFrom(...SECRETS),
+    list: fc.constantFrom(...LISTS),
+    name: fc.constantFrom("x", "Alpha", "beta"),
+    at: fc.constantFrom(undefined, "2026-11-30T00:00:00Z"),
+  })
+  .map((r) => rec(r.id, r.secret, r.list, r.name, r.at));
+
+const changeArb: fc.Arbitrary<KeyChange> = fc.oneof(
+  recordArb.map((record) => ({ kind: "create" as const, record })),
+  recordArb.map((record) => ({ kind: "update" as const, record })),
+  fc.constantFrom(...IDS).map((id) => ({ kind: "delete" as const, id })),
+);
+
+/** What a test does next to the snapshot under test. */
+type Step =
+  | { readonly op: "changes"; readonly changes: KeyChange[] }
+  | { readonly op: "compact" }
+  | { readonly op: "compact-while-changing"; readonly changes: KeyChange[] }
+  | { readonly op: "sorted" };
+
+const stepArb: fc.Arbitrary<Step> = fc.oneof(
+  {
+    weight: 6,
+    arbitrary: fc
+      .array(changeArb, { minLength: 1, maxLength: 4 })
+      .map((changes) => ({ op: "changes" as const, changes })),
+  },
+  { weight: 1, arbitrary: fc.constant({ op: "compact" as const }) },
+  {
+    weight: 1,
+    arbitrary: fc
+      .array(changeArb, { minLength: 0, maxLength: 4 })
+      .map((changes) => ({ op: "compact-while-changing" as const, changes })),
+  },
+  { weight: 2, arbitrary: fc.constant({ op: "sorted" as const }) },
+);
+
+/** The naive reference: a Map copied for every change. */
+function applyNaive(map: ReadonlyMap<string, KeyRecord>, change: KeyChange): Map<string, KeyRecord> {
+  const next = new Map(map);
+  if (change.kind === "delete") {
+    next.delete(change.id);
+    return next;
+  }
+  next.delete(change.record.id);
+  for (const [id, r] of next) if (r.secretSha256 === change.record.secretSha256) next.delete(id);
+  next.set(change.record.id, change.record);
+  return next;
+}
+
+const byCodeUnit = (a: string, b: string): number => (a < b ? -1 : a > b ? 1 : 0);
+
+async function agrees(snap: Snapshot, model: ReadonlyMap<string, KeyRecord>): Promise<void> {
+  assert.equal(snap.size, model.size);
+  assert.equal(
+    snap.entries,
+    [...model.values()].reduce((n, r) => n + r.ipAllowList.length, 0),
+  );
+  for (const id of IDS) assert.deepEqual(snap.record(id), model.get(id), `record ${id}`);
+  for (const s of SECRETS) {
+    const holder = [...model.values()].find((r) => r.secretSha256 === secretHash(s));
+    assert.deepEqual(snap.recordByHash(secretHash(s)), holder, `by hash ${s}`);
+    assert.equal(snap.lookupToken(s)?.id, holder?.id, `token ${s}`);
+    assert.equal(
+      snap.lookup(secretHash(s))?.restricted,
+      holder === undefined ? undefined : holder.ipAllowList.length > 0,
+    );
+  }
+  assert.deepEqual(
+    snap
+      .records()
+      .map((r) => r.id)
+      .sort(byCodeUnit),
+    [...model.keys()].sort(byCodeUnit),
+  );
+  assert.deepEqual([...(await snap.sortedIds())], [...model.keys()].sort(byCodeUnit));
+}
+
+describe("Snapshot (overlay over a shared base)", () => {
+  test("property: every change sequence, with compactions and rebases, reads as a Map copied per change", async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.array(recordArb, { maxLength: 6 }),
+        fc.array(stepArb, { maxLength: 30 }),
+        async (initial, steps) => {
+          const cache = new MatcherCache();
+          let model = new Map<string, KeyRecord>();
+          for (const r of initial) model = applyNaive(model, { kind: "update", record: r });
+          let snap = new Snapshot([...model.values()], cache);
+          await agrees(snap, model);
+          for (const step of steps) {
+            if (step.op === "changes") {
+              snap =
+                step.changes.length === 1
+                  ? snap.withChange(step.changes[0] as KeyChange)
+                  : snap.withChanges(step.changes);
+              for (const c of step.changes) model = applyNaive(model, c);
+            } else if (step.op === "compact") {
+              snap = await snap.compacted(2);
+              assert.equal(snap.overlaySize, 0);
+            } else if (step.op === "compact-while-changing") {
+              // Changes land while the compaction of `source` runs; the rebase keeps them.
+              const source = snap;
+              const compacting = source.compacted(1);
+              for (const c of step.changes) {
+                snap = snap.withChange(c);
+                model = applyNaive(model, c);
+              }
+              const rebased = snap.rebasedOn(await compacting, source);
+              assert.ok(rebased !== undefined);
+              snap = rebased;
+            } else {
+              await snap.sortedIds();
+            }
+            await agrees(snap, model);
+          }
+        },
+      ),
+      { numRuns: 150 },
+    );
+  });
+
+  test("a change copies only the overlay: the base maps stay shared", () => {
+    const cache = new MatcherCache();
+    const records = Array.from({ length: 1000 }, (_, i) => rec(`k${i}`, `s${i}`, ["10.0.0.0/8"]));
+    const snap = new Snapshot(records, cache);
+    const next = snap.withChange({ kind: "update", record: rec("k5", "s5", ["10.0.0.1"]) });
+    assert.equal(next.overlaySize, 2); // k5 by id and by its secret hash
+    assert.equal(next.record("k6"), snap.record("k6"));
+    assert.deepEqual(next.record("k5")?.ipAllowList, ["10.0.0.1"]);
+  });
+
+  test("equal lists and scopes share one array (one compiled matcher), and a rebase refuses another base", async () => {
+    const cache = new MatcherCache();
+    const a = new Snapshot([rec("a", "sa", ["10.0.0.0/8"]), rec("b", "sb", ["10.0.0.0/8"])], cache);
+    assert.equal(a.record("a")?.ipAllowList, a.record("b")?.ipAllowList);
+    assert.equal(a.record("a")?.scopes, a.record("b")?.scopes);
+    const c = a.withChange({ kind: "create", record: rec("c", "sc", ["10.0.0.0/8"]) });
+    assert.equal(c.record("c")?.ipAllowList, a.record("a")?.ipAllowList);
+    const other = new Snapshot([rec("a", "sa", [])], cache);
+    assert.equal(c.rebasedOn(await a.compacted(), other), undefined);
+  });
+
+  test("sorted ids survive more changes than a derivation chain keeps (sorted afresh)", async () => {
+    const cache = new MatcherCache();
+    let model = new Map<string, KeyRecord>();
+    let snap = new Snapshot([], cache);
+    await snap.sortedIds();
+    for (let i = 0; i < 300; i++) {
+      const c: KeyChange =
+        i % 7 === 3
+          ? { kind: "delete", id: `k${(i * 13) % 50}` }
+          : { kind: "update", record: rec(`k${(i * 31) % 50}`, `s${i}`, []) };
+      snap = snap.withChange(c);
+      model = applyNaive(model, c);
+    }
+    assert.deepEqual([...(await snap.sortedIds())], [...model.keys()].sort(byCodeUnit));
+  });
+
+  test("the Compactor folds a large overlay in the background and keeps changes made meanwhile", async () => {
+    const cache = new MatcherCache();
+    let current = new Snapshot(
+      Array.from({ length: 100 }, (_, i) => rec(`k${i}`, `s${i}`, [])),
+      cache,
+    );
+    let model = new Map(current.records().map((r) => [r.id, r] as const));
+    const compactor = new Compactor(
+      () => current,
+      (s) => {
+        current = s;
+      },
+      10,
+    );
+    for (let i = 0; i < 40; i++) {
+      const c: KeyChange = { kind: "update", record: rec(`k${i}`, `t${i}`, ["192.0.2.1"]) };
+      current = current.withChange(c);
+      model = applyNaive(model, c);
+      compactor.changed();
+      if (i % 5 === 0) await new Promise((r) => setImmediate(r));
+    }
+    await compactor.idle();
+    assert.ok(current.overlaySize < 40 * 3, `overlay ${current.overlaySize}`);
+    for (const [id, r] of model) assert.deepEqual(current.record(id), r);
+    assert.equal(current.size, model.size);
+  });
+});
+
+describe("sorted ids", () => {
+  test("property: sortSliced sorts as Array.prototype.sort by code units, across run boundaries", async () => {
+    await fc.assert(
+      fc.asyncProperty(fc.array(fc.string({ maxLength: 4 }), { maxLength: 10_000 }), async (items) => {
+        const expected = [...items].sort(byCodeUnit);
+        assert.deepEqual(await sortSliced([...items]), expected);
+      }),
+      { numRuns: 30 },
+    );
+  });
+
+  test("property: editSorted (few edits and many) equals sorting the edited set", () => {
+    fc.assert(
+      fc.property(
+        fc.uniqueArray(fc.string({ maxLength: 3 }), { maxLength: 200 }),
+        fc.array(fc.tuple(fc.string({ maxLength: 3 }), fc.boolean()), { maxLength: 80 }),
+        (items, edits) => {
+          const sorted = [...items].sort(byCodeUnit);
+          const present = new Map(edits);
+          const set = new Set(items);
+          for (const [id, keep] of present) {
+            if (keep) set.add(id);
+            else set.delete(id);
+          }
+          assert.deepEqual(editSorted(sorted, present), [...set].sort(byCodeUnit));
+        },
+      ),
+    );
+  });
+});
