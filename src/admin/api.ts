@@ -104,9 +104,9 @@ export function registerApi(admin: AdminServer, deps: ApiDeps): void {
     confirm: confirmFor(req, caller, client, deps),
   });
 
-  admin.route("GET", "/v1/api-keys", auth, (_req, res, { url }) => {
+  admin.route("GET", "/v1/api-keys", auth, async (_req, res, { url }) => {
     const { limit, cursor } = pageParams(url);
-    sendJson(res, 200, deps.keys.list(limit, cursor));
+    sendJson(res, 200, await deps.keys.list(limit, cursor));
   });
   admin.route("POST", "/v1/api-keys", auth, async (req, res, { caller }) => {
     const ctx = change(req, caller);

@@ -18,6 +18,7 @@ import type { Mode } from "../policy/decide.js";
 import { nameProblem, scopesProblems, isMode } from "../store/keyfields.js";
 import { KEY_FIELDS, type KeyRecord } from "../store/keysfile.js";
 import type { Snapshot } from "../store/snapshot.js";
+import { upperBound } from "../store/sorted.js";
 import { JournalWriteError, type KeyStore, type Plan } from "../store/store.js";
 import type { Actor, AuditLog, PreparedAudit } from "./audit.js";
 import { WRITE_SCOPE, type Caller } from "./auth.js";
@@ -206,6 +207,15 @@ export interface KeyPage {
   readonly next_cursor: string | null;
 }
 
+/** A page of the keys that match a search, with the count of pages and matches. */
+export interface SearchPage {
+  readonly data: KeyView[];
+  /** The page shown (from 1). */
+  readonly page: number;
+  readonly pages: number;
+  readonly total: number;
+}
+
 /** API-key operations over a store. */
 export class KeysService {
   constructor(
@@ -238,12 +248,56 @@ export class KeysService {
     return new ApiError("audit_unavailable", undefined, { cause: err });
   }
 
-  /** Keys ordered by id, `limit` at a time, after `cursor` (an id) when given. */
-  list(limit: number, cursor?: string): KeyPage {
-    const all = this.deps.store.snapshot.records().sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
-    const rest = cursor === undefined ? all : all.filter((r) => r.id > cursor);
-    const data = rest.slice(0, limit).map(view);
-    return { data, next_cursor: rest.length > limit ? (data.at(-1)?.id ?? null) : null };
+  /** Keys ordered by id, `limit` at a time, after `cursor` (an id) when given: a binary search in the snapshot's sorted ids. */
+  async list(limit: number, cursor?: string): Promise<KeyPage> {
+    const snap = this.deps.store.snapshot;
+    const ids = await snap.sortedIds();
+    const from = cursor === undefined ? 0 : upperBound(ids, cursor);
+    const data = this.records(snap, ids.slice(from, from + limit)).map(view);
+    return { data, next_cursor: ids.length - from > limit ? (data.at(-1)?.id ?? null) : null };
+  }
+
+  /**
+   * Keys ordered by id whose name, id or a scope contains `needle` (any
+   * case; every key when empty), `size` per page: page `page` (from 1,
+   * clamped to the last), the number of pages and of matches. A scan of the
+   * sorted ids that keeps only the page's keys.
+   */
+  async search(needle: string, page: number, size: number): Promise<SearchPage> {
+    const snap = this.deps.store.snapshot;
+    const ids = await snap.sortedIds();
+    const want = needle.toLowerCase();
+    if (want === "") {
+      const pages = Math.max(1, Math.ceil(ids.length / size));
+      const at = Math.min(pages, Math.max(1, page));
+      const data = this.records(snap, ids.slice((at - 1) * size, at * size)).map(view);
+      return { data, page: at, pages, total: ids.length };
+    }
+    const matches = (r: KeyRecord): boolean => [r.name, r.id, ...r.scopes].some((f) => f.toLowerCase().includes(want));
+    const asked = Math.max(1, page);
+    const start = (asked - 1) * size;
+    let total = 0;
+    const hits: KeyRecord[] = [];
+    for (const id of ids) {
+      const r = snap.record(id);
+      if (r === undefined || !matches(r)) continue;
+      if (total >= start && hits.length < size) hits.push(r);
+      total++;
+    }
+    const pages = Math.max(1, Math.ceil(total / size));
+    // A page past the last shows the last.
+    if (asked > pages) return this.search(needle, pages, size);
+    return { data: hits.map(view), page: asked, pages, total };
+  }
+
+  /** The records of `ids` in `snap` (each present: the ids come from its own index). */
+  private records(snap: Snapshot, ids: readonly string[]): KeyRecord[] {
+    const out: KeyRecord[] = [];
+    for (const id of ids) {
+      const r = snap.record(id);
+      if (r !== undefined) out.push(r);
+    }
+    return out;
   }
 
   /** One key, or 404. */

@@ -293,26 +293,21 @@ function registerPages(admin: AdminServer, d: Dashboard): void {
   const { deps, assets } = d;
   const signedIn = { auth: sessionAuth(deps.sessions) };
 
-  admin.route("GET", "/", { auth: optionalSessionAuth(deps.sessions) }, (req, res, { url, caller: s }) => {
+  admin.route("GET", "/", { auth: optionalSessionAuth(deps.sessions) }, async (req, res, { url, caller: s }) => {
     if (s === null) {
       sendHtml(res, 200, signInPage(assets));
       return;
     }
     const q = (url.searchParams.get("q") ?? "").trim();
-    const needle = q.toLowerCase();
-    const all = deps.keys
-      .list(1_000_000)
-      .data.filter((k) => needle === "" || [k.name, k.id, ...k.scopes].some((f) => f.toLowerCase().includes(needle)));
-    const pages = Math.max(1, Math.ceil(all.length / PAGE_SIZE));
-    const page = Math.min(pages, Math.max(1, Number(url.searchParams.get("page")) || 1));
+    const found = await deps.keys.search(q, Number(url.searchParams.get("page")) || 1, PAGE_SIZE);
     sendHtml(
       res,
       200,
-      keysPage(d.context(req, s), all.slice((page - 1) * PAGE_SIZE, page * PAGE_SIZE), {
+      keysPage(d.context(req, s), found.data, {
         q,
-        page,
-        pages,
-        total: all.length,
+        page: found.page,
+        pages: found.pages,
+        total: found.total,
         globalMode: deps.globalMode,
       }),
     );
