@@ -622,7 +622,11 @@ export class RedisKeyStore implements KeyStore {
       do {
         const page = await next;
         cursor = page.cursor;
-        if (cursor !== "0") next = client.hScan(this.names.keys, cursor, { COUNT: SCAN_COUNT });
+        if (cursor !== "0") {
+          next = client.hScan(this.names.keys, cursor, { COUNT: SCAN_COUNT });
+          // Awaited after this batch is decoded; a failure meanwhile must not count as unhandled.
+          next.catch(() => undefined);
+        }
         const entries = page.entries;
         for (let i = 0; i < entries.length; i++) {
           const e = entries[i] as { field: string; value: string };
