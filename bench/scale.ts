@@ -3,7 +3,10 @@
  * 10,000 and 100,000 keys; allowed-path throughput by store size, by entries
  * per key (1, 100, 10,000) and for an IPv6 client; a reload and an API write
  * of the 100,000-key file under load (failed requests, p99, longest
- * event-loop stall). Writes bench/results/scale.json and scale.md.
+ * event-loop stall); the admin paths at 100 and 100,000 keys (one keys page,
+ * and the longest event-loop stall that each kind of management call causes
+ * under load; `--admin` runs only these). Writes bench/results/scale.json and
+ * scale.md (not with `--admin`).
  */
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -15,6 +18,7 @@ import { runAutocannon, runWrk, type LoadResult } from "./loadgen.js";
 import { cpuSeconds, freePort, have, ROOT, rssMb, startNode, type Proc } from "./procs.js";
 
 const quick = process.argv.includes("--quick");
+const adminOnly = process.argv.includes("--admin");
 const SECONDS = quick ? 2 : 5;
 const run = have("wrk") ? runWrk : runAutocannon;
 const OPERATOR = "kf_bench_operator";
@@ -75,6 +79,117 @@ async function eventLoopMaxMs(adminPort: number): Promise<number> {
   return Number(/^nodejs_eventloop_lag_max_seconds (\S+)/m.exec(text)?.[1] ?? NaN) * 1000;
 }
 
+async function api(
+  adminPort: number,
+  method: string,
+  path: string,
+  body?: unknown,
+): Promise<{ status: number; json: unknown }> {
+  const r = await fetch(`http://127.0.0.1:${adminPort}${path}`, {
+    method,
+    headers: { authorization: `Bearer ${OPERATOR}`, "content-type": "application/json" },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await r.text();
+  return { status: r.status, json: text === "" ? null : (JSON.parse(text) as unknown) };
+}
+
+/** Median wall time of `GET /v1/api-keys?limit=100` (from the start and from a cursor), after warm-up. */
+async function pageMs(adminPort: number): Promise<number> {
+  const times: number[] = [];
+  for (let i = 0; i < 45; i++) {
+    const t0 = performance.now();
+    const r = await api(adminPort, "GET", `/v1/api-keys?limit=100${i % 2 === 0 ? "" : "&cursor=key_5"}`);
+    if (r.status !== 200) throw new Error(`keys page answered ${r.status}`);
+    if (i >= 5) times.push(performance.now() - t0);
+  }
+  times.sort((a, b) => a - b);
+  return times[times.length >> 1] ?? NaN;
+}
+
+/** The longest event-loop stall (ms) while `op` runs `times` times, under load; and the slowest answer. */
+async function stallOf(adminPort: number, times: number, op: (i: number) => Promise<void>): Promise<[number, number]> {
+  await eventLoopMaxMs(adminPort); // resets the histogram
+  let slowest = 0;
+  for (let i = 0; i < times; i++) {
+    const t0 = performance.now();
+    await op(i);
+    slowest = Math.max(slowest, performance.now() - t0);
+  }
+  return [await eventLoopMaxMs(adminPort), slowest];
+}
+
+/** The admin paths under load: for each kind of call, the longest event-loop stall and the slowest answer. */
+async function adminStalls(s: Started): Promise<string[][]> {
+  const running = load(`http://127.0.0.1:${s.port}/`, 25);
+  await new Promise((res) => setTimeout(res, 1500));
+  const rows: string[][] = [];
+  const must = (r: { status: number }, want: number, what: string): void => {
+    if (r.status !== want) throw new Error(`${what} answered ${r.status}`);
+  };
+  const created: string[] = [];
+  const ops: Array<[string, (i: number) => Promise<void>]> = [
+    [
+      "keys page (limit=100)",
+      async (i) => must(await api(s.adminPort, "GET", `/v1/api-keys?limit=100&cursor=key_${i}`), 200, "page"),
+    ],
+    [
+      "create",
+      async () => {
+        const r = await api(s.adminPort, "POST", "/v1/api-keys", { name: "bench created" });
+        must(r, 201, "create");
+        created.push((r.json as { id: string }).id);
+      },
+    ],
+    [
+      "rename (PATCH name)",
+      async (i) =>
+        must(await api(s.adminPort, "PATCH", `/v1/api-keys/key_${i + 7}`, { name: `renamed ${i}` }), 200, "rename"),
+    ],
+    [
+      "delete",
+      async (i) => must(await api(s.adminPort, "DELETE", `/v1/api-keys/${created[i] ?? "missing"}`), 204, "delete"),
+    ],
+  ];
+  for (const [label, op] of ops) {
+    const [stall, slowest] = await stallOf(s.adminPort, 5, op);
+    rows.push([label, `${stall.toFixed(1)} ms`, `${slowest.toFixed(0)} ms`]);
+    process.stderr.write(`${label}: stall ${stall.toFixed(1)} ms, slowest ${slowest.toFixed(0)} ms\n`);
+  }
+  const during = await running;
+  rows.push([
+    "(load meanwhile)",
+    `${during.requests} requests, ${during.unexpected} unexpected, ${during.errors} errors`,
+    `p99 ${during.p99ms.toFixed(1)} ms`,
+  ]);
+  return rows;
+}
+
+/** Keys pages at 100 and 100,000 keys, and management calls under load at 100,000 keys. */
+async function adminPaths(root: string, upstream: string, md: string[], out: Record<string, unknown>): Promise<void> {
+  const small = await start(root, "admin-100", upstream, keysFile(100));
+  const smallMs = await pageMs(small.adminPort);
+  await small.kf.stop();
+  const big = await start(root, "admin-100000", upstream, keysFile(100_000));
+  try {
+    await api(big.adminPort, "GET", "/v1/api-keys?limit=1"); // the sorted index is built on first use
+    const bigMs = await pageMs(big.adminPort);
+    const stalls = await adminStalls(big);
+    out["admin"] = { pageMs100: smallMs, pageMs100000: bigMs, stalls };
+    md.push(
+      `Keys page (\`GET /v1/api-keys?limit=100\`, median wall time at the client): ${smallMs.toFixed(2)} ms at 100 keys, ${bigMs.toFixed(2)} ms at 100,000 keys (${(bigMs / smallMs).toFixed(2)}×).`,
+      "",
+      table(
+        ["management call at 100,000 keys, under load (5 each)", "longest event-loop stall", "slowest answer"],
+        stalls,
+      ),
+      "",
+    );
+  } finally {
+    await big.kf.stop();
+  }
+}
+
 async function main(): Promise<void> {
   const root = mkdtempSync(join(tmpdir(), "keyfence-scale-"));
   const procs: Proc[] = [];
@@ -88,6 +203,11 @@ async function main(): Promise<void> {
     procs.push(up);
     const upstream = `http://127.0.0.1:${up.port}`;
 
+    if (adminOnly) {
+      await adminPaths(root, upstream, md, out);
+      process.stdout.write(`${md.join("\n")}\n`);
+      return;
+    }
     const sizes = quick ? [1, 10_000] : [1, 10_000, 100_000];
     const storeRows: string[][] = [];
     for (const n of sizes) {
@@ -167,6 +287,7 @@ async function main(): Promise<void> {
     const r4 = await load(`http://127.0.0.1:${v4.port}/`);
     await v4.kf.stop();
     out["families"] = { ipv4: r4, ipv6: r6 };
+    if (!quick) await adminPaths(root, upstream, md, out);
     md.push(
       table(
         ["client", "allowed req/s", "p99 ms"],
