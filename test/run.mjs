@@ -6,13 +6,18 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 
 const root = "dist/test";
-const files = readdirSync(root, { recursive: true })
+const wanted = process.argv.slice(2);
+const all = readdirSync(root, { recursive: true })
   .map(String)
-  .filter(
-    (f) => f.endsWith(".test.js") && (process.argv.length <= 2 || process.argv.slice(2).some((a) => f.includes(a))),
-  )
-  .sort()
-  .map((f) => join(root, f));
+  .filter((f) => f.endsWith(".test.js"))
+  .sort();
+// An argument that matches no file is a typo, not a request for the whole suite.
+const unmatched = wanted.filter((a) => !all.some((f) => f.includes(a)));
+if (unmatched.length > 0) {
+  process.stderr.write(`✖ no test file under ${root} matches ${unmatched.map((a) => JSON.stringify(a)).join(", ")}\n`);
+  process.exit(1);
+}
+const files = all.filter((f) => wanted.length === 0 || wanted.some((a) => f.includes(a))).map((f) => join(root, f));
 const seenDir = mkdtempSync(join(tmpdir(), "keyfence-tests-"));
 const seenFile = join(seenDir, "seen");
 const r = spawnSync(
