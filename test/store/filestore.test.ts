@@ -1,0 +1,168 @@
+/** The file store: writes assembled in slices, the worker-thread loader for large files, reload safety. */
+import assert from "node:assert/strict";
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { monitorEventLoopDelay } from "node:perf_hooks";
+import { after, before, describe, test } from "node:test";
+import { Worker } from "node:worker_threads";
+import fc from "fast-check";
+import { secretHash } from "../../src/policy/credential.js";
+import { FileKeyStore, joinSliced, WORKER_THRESHOLD_BYTES } from "../../src/store/filestore.js";
+import { parseKeysFile, type KeyRecord } from "../../src/store/keysfile.js";
+import { indexEntries } from "../../src/store/splice.js";
+import type { LoaderInput, LoaderMessage } from "../../src/store/loader.js";
+import { formatStoreProblem } from "../../src/store/store.js";
+
+function rec(id: string, over: Partial<KeyRecord> = {}): KeyRecord {
+  return {
+    id,
+    name: id,
+    secretSha256: secretHash(`secret-${id}`),
+    scopes: [],
+    ipAllowList: [],
+    mode: undefined,
+    createdAt: undefined,
+    updatedAt: undefined,
+    ...over,
+  };
+}
+
+function records(file: string | Buffer): KeyRecord[] {
+  const r = parseKeysFile("k", String(file), 1000);
+  if (!r.ok) throw new Error(r.problems.map(formatStoreProblem).join("\n"));
+  return r.keys;
+}
+
+test("property: a write's file assembled in slices equals the parts joined, and yields between slices", async () => {
+  await fc.assert(
+    fc.asyncProperty(
+      fc.array(fc.uint8Array({ maxLength: 40 }), { maxLength: 6 }),
+      fc.integer({ min: 1, max: 16 }),
+      async (parts, slice) => {
+        let turns = 0;
+        let counting = true;
+        const tick = (): void => {
+          if (!counting) return;
+          turns++;
+          setImmediate(tick);
+        };
+        setImmediate(tick);
+        const joined = await joinSliced(parts, slice);
+        counting = false;
+        assert.deepEqual(joined, Buffer.concat(parts));
+        if (joined.length >= slice * 2)
+          assert.ok(turns > 0, `other work never ran while copying ${joined.length} bytes ${slice} at a time`);
+      },
+    ),
+    { numRuns: 100 },
+  );
+});
+
+describe("a large keys file (worker-thread loader, in-place writes)", () => {
+  let dir: string;
+  const N = 4000;
+  before(() => {
+    dir = mkdtempSync(join(tmpdir(), "keyfence-large-"));
+  });
+  after(() => rmSync(dir, { recursive: true, force: true }));
+
+  function bigFile(extra = ""): string {
+    let out = "keys:\n";
+    for (let i = 0; i < N; i++) {
+      out += `  - id: key_${i}\n    name: Key number ${i} of the large store\n    secret_sha256: "${secretHash(`s${i}`)}"\n    scopes: [messages:send]\n    ip_allow_list:\n      - 10.${i >> 8}.${i & 255}.0/24\n      - 2001:db8:${i.toString(16)}::/48\n`;
+    }
+    return out + extra;
+  }
+
+  test("byte offsets from the loader thread hold past multi-byte names: edits near the end land on their entry", async () => {
+    const file = join(dir, "unicode.yaml");
+    writeFileSync(file, bigFile().replace(/name: Key number (\d+)/g, "name: Clé n°$1 ✓"));
+    assert.ok(statSync(file).size >= WORKER_THRESHOLD_BYTES, "the file takes the worker path");
+    // The loader thread's index is the one indexEntries finds on the file's bytes
+    // (an index in characters would be caught by the store's check of the id at
+    // the edit's position, and the write would still come out right, slowly).
+    const input: LoaderInput = { file, displayName: "unicode.yaml", maxEntries: 1000, knownHash: "", chunkSize: 1000 };
+    const loader = new Worker(new URL("../../src/store/loader.js", import.meta.url), { workerData: input });
+    const done = await new Promise<LoaderMessage>((resolve, reject) => {
+      loader.on("message", (m: LoaderMessage) => (m.type === "chunk" ? loader.postMessage("next") : resolve(m)));
+      loader.once("error", reject);
+    });
+    await loader.terminate();
+    assert.equal(done.type, "done");
+    const ids = Array.from({ length: N }, (_, i) => `key_${i}`);
+    assert.deepEqual(done.type === "done" ? done.index : undefined, indexEntries(readFileSync(file), ids));
+
+    const store = new FileKeyStore({ file, displayName: "unicode.yaml", maxEntries: 1000 });
+    await store.load();
+    const last = `key_${N - 1}`;
+    const updated = { ...store.snapshot.record(last)!, name: "Dernière ✓✓", ipAllowList: ["198.51.100.0/24"] };
+    await store.transact(() => ({ change: { kind: "update", record: updated }, result: undefined }));
+    await store.transact(() => ({ change: { kind: "delete", id: `key_${N - 2}` }, result: undefined }));
+    const onDisk = records(readFileSync(file, "utf8"));
+    assert.equal(onDisk.length, N - 1);
+    assert.deepEqual(
+      onDisk.slice(-2).map((r) => [r.id, r.name, r.ipAllowList]),
+      [
+        [
+          `key_${N - 3}`,
+          `Clé n°${N - 3} ✓ of the large store`,
+          [`10.${(N - 3) >> 8}.${(N - 3) & 255}.0/24`, `2001:db8:${(N - 3).toString(16)}::/48`],
+        ],
+        [last, "Dernière ✓✓", ["198.51.100.0/24"]],
+      ],
+    );
+    await store.close();
+  });
+
+  test("loads off the main thread, writes in place, refuses a bad edit with located errors", async () => {
+    const file = join(dir, "keys.yaml");
+    writeFileSync(file, bigFile());
+    assert.ok(statSync(file).size >= WORKER_THRESHOLD_BYTES, "the file takes the worker path");
+    const store = new FileKeyStore({ file, displayName: "keys.yaml", maxEntries: 1000 });
+    const failures: string[] = [];
+    store.subscribe({ reloadFailed: (ps) => failures.push(...ps.map(formatStoreProblem)) });
+    await store.load();
+    assert.equal(store.snapshot.size, N);
+    assert.equal(store.snapshot.lookup(secretHash("s7"))?.id, "key_7");
+
+    const updated = { ...store.snapshot.record("key_10")!, name: "Renamed", ipAllowList: ["203.0.113.0/24"] };
+    await store.transact(() => ({ change: { kind: "update", record: updated }, result: undefined }));
+    await store.transact(() => ({
+      change: { kind: "create", record: rec("fresh", { ipAllowList: ["192.0.2.1"] }) },
+      result: undefined,
+    }));
+    await store.transact(() => ({ change: { kind: "delete", id: "key_20" }, result: undefined }));
+    assert.equal(store.snapshot.size, N);
+    assert.equal(store.snapshot.record("key_10")?.name, "Renamed");
+    assert.equal(store.snapshot.record("key_20"), undefined);
+    const onDisk = records(readFileSync(file, "utf8"));
+    assert.equal(onDisk.length, N);
+    assert.deepEqual(onDisk.find((r) => r.id === "key_10")?.ipAllowList, ["203.0.113.0/24"]);
+    assert.ok(onDisk.some((r) => r.id === "fresh"));
+
+    // An invalid edit is reported with file:line:col and changes nothing.
+    writeFileSync(file, bigFile("  - id: broken\n    secret_sha256: nothex\n    ip_allow_list: [10.0.0.300]\n"));
+    const delay = monitorEventLoopDelay({ resolution: 5 });
+    delay.enable();
+    await store.reload();
+    delay.disable();
+    assert.equal(store.snapshot.size, N, "the last good version keeps serving");
+    assert.ok(
+      failures.some((f) =>
+        new RegExp(
+          `^keys\\.yaml:${N * 7 + 4}:\\d+: keys\\[${N}\\]\\.ip_allow_list\\[0\\] \\("10\\.0\\.0\\.300"\\)`,
+        ).test(f),
+      ),
+      failures.join("\n"),
+    );
+    assert.ok(delay.max / 1e6 < 200, `the event loop stalled ${delay.max / 1e6} ms`);
+
+    // A good external edit replaces the store.
+    writeFileSync(file, bigFile());
+    await store.reload();
+    assert.equal(store.snapshot.record("key_10")?.name, "Key number 10 of the large store");
+    assert.equal(store.snapshot.record("fresh"), undefined);
+    await store.close();
+  });
+});
