@@ -7,7 +7,7 @@ import { after, before, describe, test } from "node:test";
 import { parseKeysFile } from "../../src/store/keysfile.js";
 import { bearer, send, type Reply, type Send } from "../helpers/http.js";
 import { OpenApi } from "../helpers/openapi.js";
-import { sidecarFixture, startTestSidecar, type TestKey, type TestSidecar } from "../helpers/sidecar.js";
+import { eventually, sidecarFixture, startTestSidecar, type TestKey, type TestSidecar } from "../helpers/sidecar.js";
 import { awayFromStepBoundary, code } from "../helpers/totp.js";
 import { startUpstream, type Upstream } from "../helpers/upstream.js";
 
@@ -65,6 +65,35 @@ async function startAdmin(
   keys: TestKey[] | string = [WRITER, READER, AWAY, OPEN_WRITER, REPORT_WRITER],
 ): Promise<TestSidecar> {
   return startTestSidecar({ upstream: up.url, keys, admin: { operators: OPERATORS } });
+}
+
+/**
+ * Counts the keys-file watcher's events and reloads on `kf`'s file store, so a test can wait until a reload that
+ * started after the latest file event has finished: a positive sign that the watcher looked at the file.
+ */
+function spyOnWatcher(kf: TestSidecar): { settled: () => boolean; restore: () => void } {
+  // schedule (per file event) and reload (after the debounce) are called through the instance, so own
+  // properties shadow the prototype's methods until restore deletes them.
+  const store = kf.sidecar.store as unknown as { schedule: () => void; reload: () => Promise<void> };
+  const schedule = store.schedule.bind(store);
+  const reload = store.reload.bind(store);
+  let events = 0;
+  let handled = 0;
+  store.schedule = () => {
+    events++;
+    schedule();
+  };
+  store.reload = () => {
+    const upTo = events;
+    return reload().finally(() => (handled = Math.max(handled, upTo)));
+  };
+  return {
+    settled: () => events > 0 && handled === events,
+    restore: () => {
+      delete (store as Partial<typeof store>).schedule;
+      delete (store as Partial<typeof store>).reload;
+    },
+  };
 }
 
 describe("management API", () => {
@@ -230,6 +259,7 @@ describe("management API", () => {
         200,
         "works from anywhere again",
       );
+      const watcher = spyOnWatcher(fx.kf);
       const del = await api(fx.kf, "DELETE", "/v1/api-keys/{id}", { path, headers: [OPS] });
       assert.equal(del.status, 204);
       assert.equal((await api(fx.kf, "GET", "/v1/api-keys/{id}", { path, headers: [OPS] })).status, 404);
@@ -243,7 +273,8 @@ describe("management API", () => {
         401,
         "deleted keys are unknown at once",
       );
-      await new Promise((r) => setTimeout(r, 300));
+      await eventually(watcher.settled, 10_000, "the watcher's reload after the DELETE's file events");
+      watcher.restore();
       assert.ok(
         !fx.kf.logs.some((l) => l["event"] === "store_reloaded" || l["event"] === "store_reload_failed"),
         "the watcher does not take keyfence's own writes for edits",
