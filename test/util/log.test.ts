@@ -4,7 +4,7 @@ import { spawn } from "node:child_process";
 import { closeSync, mkdtempSync, openSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Writable } from "node:stream";
+import { type Readable, Writable } from "node:stream";
 import { describe, test } from "node:test";
 import { fileURLToPath } from "node:url";
 import fc from "fast-check";
@@ -100,25 +100,49 @@ describe("LineFormat writes what pino writes", () => {
     assert.deepEqual(quiet.lines, []);
   });
 
-  test("isoTimestamp reads the clock like Date#toISOString, across second boundaries", async () => {
-    const end = Date.now() + 1100;
-    let previous = "";
-    while (Date.now() < end) {
-      const before = Date.now();
-      const t = isoTimestamp();
-      const after = Date.now();
-      const m = /^,"time":"(.*)"$/.exec(t);
-      assert.ok(m, t);
-      const iso = m[1] as string;
-      assert.equal(new Date(iso).toISOString(), iso);
-      const ms = Date.parse(iso);
-      assert.ok(ms >= before && ms <= after, `${iso} not within [${before}, ${after}]`);
-      assert.ok(iso >= previous);
-      previous = iso;
-      await new Promise((r) => setTimeout(r, 7));
-    }
+  test("isoTimestamp reads the clock like Date#toISOString, across second boundaries (a controlled clock)", (t) => {
+    let now = 0;
+    t.mock.method(Date, "now", () => now);
+    const YEAR_9999 = 253_402_300_799_000;
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 0, max: YEAR_9999 }),
+        fc.array(fc.integer({ min: -1500, max: 1500 }), { maxLength: 40 }),
+        (start, steps) => {
+          now = start;
+          for (const step of [0, ...steps]) {
+            now = Math.min(YEAR_9999, Math.max(0, now + step));
+            assert.equal(isoTimestamp(), `,"time":"${new Date(now).toISOString()}"`);
+          }
+        },
+      ),
+      { numRuns: 300 },
+    );
   });
 });
+
+const QUEUED = "keyfence-test: lines queued";
+const EXITING = "keyfence-test: exiting";
+
+/** Resolves once `stream` has carried `n` lines reading `marker`; its other output goes to this process's stderr. */
+function markers(stream: Readable, marker: string, n: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    let seen = 0;
+    let partial = "";
+    stream.on("data", (d: Buffer) => {
+      const lines = (partial + d.toString()).split("\n");
+      partial = lines.pop() ?? "";
+      for (const line of lines) {
+        if (line === marker) seen++;
+        else process.stderr.write(`${line}\n`);
+      }
+      if (seen >= n) resolve();
+    });
+    stream.on("end", () => {
+      if (seen < n) reject(new Error(`stderr ended after ${seen} of ${n} "${marker}" lines`));
+    });
+  });
+}
 
 describe("LineSink", () => {
   test("writes every line, in order, to a file (one write per event-loop turn)", async () => {
@@ -172,21 +196,25 @@ describe("LineSink", () => {
 
   test("three processes sharing one stdout pipe (cluster workers) never interleave lines", async () => {
     const sidecar = fileURLToPath(new URL("../../src/cli/sidecar.js", import.meta.url));
+    // Each child says on stderr when its lines are queued and its first write was tried.
     const script = `
+      import { writeSync } from "node:fs";
       import { createLogger, flushLogger } from ${JSON.stringify(sidecar)};
       void process.stdout;
       const log = createLogger();
       for (let i = 0; i < 15000; i++) log.info({ w: Number(process.env.W), i, pad: "${"q".repeat(300)}" }, "line");
+      await new Promise((r) => setImmediate(r));
+      writeSync(2, "${QUEUED}\\n");
       await flushLogger(log);
     `;
     const node = JSON.stringify(process.execPath);
     const one = (w: number): string => `W=${w} ${node} --input-type=module -e "$S" &`;
     const child = spawn("sh", ["-c", `${one(1)} ${one(2)} ${one(3)} wait`], {
-      stdio: ["ignore", "pipe", "inherit"],
+      stdio: ["ignore", "pipe", "pipe"],
       env: { ...process.env, S: script },
     });
     child.stdout.pause();
-    await new Promise((r) => setTimeout(r, 300));
+    await markers(child.stderr, QUEUED, 3);
     let out = "";
     child.stdout.on("data", (d: Buffer) => (out += d.toString()));
     child.stdout.resume();
@@ -208,18 +236,21 @@ describe("LineSink", () => {
     const sidecar = fileURLToPath(new URL("../../src/cli/sidecar.js", import.meta.url));
     // process.stdout makes fd 1 non-blocking (EAGAIN when the pipe is full);
     // the child exits right after logging, with most lines still queued.
+    // The reader stays paused until the child says on stderr that it is exiting.
     const script = `
+      import { writeSync } from "node:fs";
       import { createLogger } from ${JSON.stringify(sidecar)};
       void process.stdout;
       const log = createLogger();
       for (let i = 0; i < 30000; i++) log.info({ i, pad: "${"p".repeat(100)}" }, "line");
+      writeSync(2, "${EXITING}\\n");
       process.exit(0);
     `;
     const child = spawn(process.execPath, ["--input-type=module", "-e", script], {
-      stdio: ["ignore", "pipe", "inherit"],
+      stdio: ["ignore", "pipe", "pipe"],
     });
     child.stdout.pause();
-    await new Promise((r) => setTimeout(r, 700));
+    await markers(child.stderr, EXITING, 1);
     let out = "";
     child.stdout.on("data", (d: Buffer) => (out += d.toString()));
     child.stdout.resume();
