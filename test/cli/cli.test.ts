@@ -7,7 +7,7 @@ import { join, resolve } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { bearer, send } from "../helpers/http.js";
-import { keysYaml } from "../helpers/sidecar.js";
+import { eventually, keysYaml } from "../helpers/sidecar.js";
 import { BIN, spawnKeyfence } from "../helpers/spawn.js";
 import { startUpstream, type Upstream } from "../helpers/upstream.js";
 
@@ -149,8 +149,14 @@ describe("keyfence serve: start-up log and SIGTERM drain", () => {
       const { child, exited } = kf;
       const port = new URL(kf.proxy).port;
       assert.match(kf.output(), /listening on http:\/\/127\.0\.0\.1:\d+, admin on http:\/\/127\.0\.0\.1:\d+/);
+      const seenBefore = up.seen.length;
       const inflight = send(`http://127.0.0.1:${port}/slow/700`, { headers: [bearer("s1")] });
-      await new Promise((r) => setTimeout(r, 200));
+      // Signal only once the request is in flight (the upstream holds it for 700 ms).
+      await eventually(
+        () => up.seen.slice(seenBefore).some((s) => s.url === "/slow/700"),
+        10_000,
+        "the request at the upstream",
+      );
       child.kill(signal);
       const reply = await inflight;
       assert.equal(reply.status, 200);
