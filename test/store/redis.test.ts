@@ -256,9 +256,13 @@ describe("Redis store", { skip: redisBin.skip }, () => {
       assert.equal(w.status, 503);
     }
     await redis.server.start();
-    // Without persistence the data is gone: still an outage.
-    await new Promise((r) => setTimeout(r, 300));
+    // Without persistence the data is gone: still an outage, once each sidecar has seen the empty server.
     for (const kf of [a, b]) {
+      await eventually(
+        async () => (await send(`${kf.adminUrl}/readyz`)).body.includes("holds no keyfence data"),
+        7000,
+        "readyz naming the emptied store",
+      );
       assert.equal((await send(`${kf.adminUrl}/readyz`)).status, 503);
       assert.equal(await proxied(kf, "s_pinned"), 403);
     }
