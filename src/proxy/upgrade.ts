@@ -70,9 +70,6 @@ export function pipeUpgrade(
   to: UpgradeTarget,
   done: (outcome: UpgradeOutcome) => void,
 ): Cuttable {
-  const u = to.upstream;
-  const host = u.hostname.startsWith("[") ? u.hostname.slice(1, -1) : u.hostname;
-  const secure = u.protocol === "https:";
   let reported = false;
   const report = (result: ForwardResult, status: number): void => {
     if (!reported) {
@@ -95,17 +92,7 @@ export function pipeUpgrade(
     return client;
   }
 
-  const upReq: ClientRequest = (secure ? httpsRequest : httpRequest)({
-    host,
-    port: Number(u.port || (secure ? 443 : 80)),
-    method: req.method ?? "GET",
-    path: upstreamPath(to.prefix, target),
-    headers: upstreamHeaders(req, clientIp, requestId, true, to.identity),
-    setHost: false,
-    agent: false,
-    servername: secure && host === u.hostname ? host : undefined,
-  });
-  upReq.setNoDelay(true);
+  const upReq = openUpstream(req, target, clientIp, requestId, to);
   let answered = false;
   const timer = setTimeout(() => {
     const err = new Error("upstream timed out") as NodeJS.ErrnoException;
@@ -121,18 +108,7 @@ export function pipeUpgrade(
       report("aborted", 0);
       return;
     }
-    const flat = res.rawHeaders;
-    let hasId = false;
-    for (let i = 0; i < flat.length; i += 2) if ((flat[i] as string).toLowerCase() === "x-request-id") hasId = true;
-    const extra = hasId ? "" : `x-request-id: ${requestId}\r\n`;
-    client.write(Buffer.from(head(101, res.statusMessage ?? "Switching Protocols", flat, extra), "latin1"));
-    if (upHead.length > 0) client.write(upHead);
-    upSocket.on("error", () => client.destroy());
-    client.on("error", () => upSocket.destroy());
-    upSocket.on("close", () => client.destroy());
-    client.on("close", () => upSocket.destroy());
-    upSocket.pipe(client);
-    client.pipe(upSocket);
+    tunnel(client, res, upSocket, upHead, requestId);
     report("ok", 101);
   });
 
@@ -145,31 +121,12 @@ export function pipeUpgrade(
       report("aborted", 0);
       return;
     }
-    // An ordinary answer: relayed, then the connection closes. The client's
-    // later bytes (pipelined requests) are never read, so never forwarded.
-    const flat = responseHeaders(res.rawHeaders, requestId);
-    // Node's client has undone chunked framing; without a Content-Length the body is chunked again.
-    const chunked =
-      res.headers["content-length"] === undefined && req.method !== "HEAD" && status !== 204 && status !== 304;
-    const extra = `${chunked ? "transfer-encoding: chunked\r\n" : ""}connection: close\r\n`;
-    client.write(Buffer.from(head(status, res.statusMessage ?? "", flat, extra), "latin1"));
-    res.on("data", (chunk: Buffer) => {
-      if (chunked) client.write(`${chunk.length.toString(16)}\r\n`);
-      const more = client.write(chunk);
-      if (chunked) client.write("\r\n");
-      if (!more) {
-        res.pause();
-        client.once("drain", () => res.resume());
-      }
-    });
-    res.on("end", () => {
-      client.end(chunked ? "0\r\n\r\n" : "");
-      upReq.destroy();
-      report("ok", status);
-    });
-    res.on("error", () => {
-      client.destroy();
-      report("reset", status);
+    relayAnswer(req, res, client, requestId, {
+      end: () => {
+        upReq.destroy();
+        report("ok", status);
+      },
+      fail: () => report("reset", status),
     });
   });
 
@@ -195,7 +152,71 @@ export function pipeUpgrade(
   });
   client.on("error", () => upReq.destroy());
 
-  // The body, when the handshake has one: exactly Content-Length bytes.
+  sendBody(client, upReq, bodyBytes);
+  return upReq;
+}
+
+/** Joins client and upstream after a 101: the upstream's head goes to the client, then bytes flow both ways until either closes. */
+function tunnel(
+  client: Socket | Duplex,
+  res: IncomingMessage,
+  upSocket: Socket,
+  upHead: Buffer,
+  requestId: string,
+): void {
+  const flat = res.rawHeaders;
+  let hasId = false;
+  for (let i = 0; i < flat.length; i += 2) if ((flat[i] as string).toLowerCase() === "x-request-id") hasId = true;
+  const extra = hasId ? "" : `x-request-id: ${requestId}\r\n`;
+  client.write(Buffer.from(head(101, res.statusMessage ?? "Switching Protocols", flat, extra), "latin1"));
+  if (upHead.length > 0) client.write(upHead);
+  upSocket.on("error", () => client.destroy());
+  client.on("error", () => upSocket.destroy());
+  upSocket.on("close", () => client.destroy());
+  client.on("close", () => upSocket.destroy());
+  upSocket.pipe(client);
+  client.pipe(upSocket);
+}
+
+/**
+ * Relays an upstream answer other than 101, then closes the connection: the
+ * client's later bytes (pipelined requests) are never read, so never forwarded.
+ */
+function relayAnswer(
+  req: IncomingMessage,
+  res: IncomingMessage,
+  client: Socket | Duplex,
+  requestId: string,
+  on: { end: () => void; fail: () => void },
+): void {
+  const status = res.statusCode ?? 502;
+  const flat = responseHeaders(res.rawHeaders, requestId);
+  // Node's client has undone chunked framing; without a Content-Length the body is chunked again.
+  const chunked =
+    res.headers["content-length"] === undefined && req.method !== "HEAD" && status !== 204 && status !== 304;
+  const extra = `${chunked ? "transfer-encoding: chunked\r\n" : ""}connection: close\r\n`;
+  client.write(Buffer.from(head(status, res.statusMessage ?? "", flat, extra), "latin1"));
+  res.on("data", (chunk: Buffer) => {
+    if (chunked) client.write(`${chunk.length.toString(16)}\r\n`);
+    const more = client.write(chunk);
+    if (chunked) client.write("\r\n");
+    if (!more) {
+      res.pause();
+      client.once("drain", () => res.resume());
+    }
+  });
+  res.on("end", () => {
+    client.end(chunked ? "0\r\n\r\n" : "");
+    on.end();
+  });
+  res.on("error", () => {
+    client.destroy();
+    on.fail();
+  });
+}
+
+/** Sends the handshake's body upstream (exactly `bodyBytes`), leaving whatever follows unread in `client`. */
+function sendBody(client: Socket | Duplex, upReq: ClientRequest, bodyBytes: number): void {
   let left = bodyBytes;
   if (left === 0) upReq.end();
   else {
@@ -213,5 +234,29 @@ export function pipeUpgrade(
     client.on("data", onData);
     client.resume();
   }
+}
+
+/** The handshake's request to the upstream (no agent: the connection becomes the tunnel). */
+function openUpstream(
+  req: IncomingMessage,
+  target: string,
+  clientIp: ClientIp,
+  requestId: string,
+  to: UpgradeTarget,
+): ClientRequest {
+  const u = to.upstream;
+  const host = u.hostname.startsWith("[") ? u.hostname.slice(1, -1) : u.hostname;
+  const secure = u.protocol === "https:";
+  const upReq: ClientRequest = (secure ? httpsRequest : httpRequest)({
+    host,
+    port: Number(u.port || (secure ? 443 : 80)),
+    method: req.method ?? "GET",
+    path: upstreamPath(to.prefix, target),
+    headers: upstreamHeaders(req, clientIp, requestId, true, to.identity),
+    setHost: false,
+    agent: false,
+    servername: secure && host === u.hostname ? host : undefined,
+  });
+  upReq.setNoDelay(true);
   return upReq;
 }
