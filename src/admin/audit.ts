@@ -18,23 +18,26 @@ import type { Journal } from "../store/store.js";
 
 /** Who made a change. */
 export interface Actor {
-  /** `cli`: `keyfence keys import`, as the operating-system user on a host. */
-  readonly type: "operator" | "key" | "cli";
-  /** Operator name, key id, or `user@host`. */
+  /** `cli`: `keyfence keys import`, as the operating-system user on a host; `system`: keyfence itself (an entry's expiry). */
+  readonly type: "operator" | "key" | "cli" | "system";
+  /** Operator name, key id, `user@host`, or `keyfence` for the system. */
   readonly id: string;
   /** How the operator was signed in (`token` or a dashboard `session`). */
   readonly via?: "token" | "session";
 }
 
 /** The actions an audit event records. */
-export const AUDIT_ACTIONS = ["create", "update", "delete", "import"] as const;
+export const AUDIT_ACTIONS = ["create", "update", "delete", "import", "expire"] as const;
 
 /** One audit event as stored and served. */
 export interface AuditEvent {
   /** Sequence number, increasing; also the pagination cursor. */
   readonly id: number;
   readonly time: string;
-  /** `import`: a batch of `keyfence keys import` into a shared store (see `import`). */
+  /**
+   * `import`: a batch of `keyfence keys import` into a shared store (see `import`);
+   * `expire`: an entry reached its `expires_at` (`expired` says which; the list shows the entries in force before and after).
+   */
   readonly action: (typeof AUDIT_ACTIONS)[number];
   readonly actor: Actor;
   readonly client_ip: string;
@@ -44,6 +47,8 @@ export interface AuditEvent {
   readonly changes: Record<string, { readonly before: unknown; readonly after: unknown }>;
   /** Whether a second factor confirmed the change. */
   readonly confirmed: boolean;
+  /** The entry that expired (`expire` events only). */
+  readonly expired?: { readonly entry: string; readonly note: string | null; readonly expires_at: string };
   /** Of an `import` only: the file imported and the ids of the keys it wrote (new or different). */
   readonly import?: { readonly from: string; readonly key_ids: readonly string[] };
 }
@@ -69,6 +74,12 @@ export interface AuditLog {
    * written; the change is then refused.
    */
   prepare(draft: AuditDraft): Promise<PreparedAudit>;
+  /**
+   * Writes an event that goes with no change of a key (an entry's expiry),
+   * numbered after every event before it; resolves with its id, rejects when
+   * it cannot be written.
+   */
+  record(draft: AuditDraft): Promise<number>;
   /** Events newest first, `limit` at a time, older than `cursor` (an event id) when given. */
   page(limit: number, cursor?: number): Promise<AuditPage>;
 }
@@ -193,6 +204,10 @@ export class FileAuditLog implements AuditLog {
     return { id: event.id, withdraw: () => this.withdraw(event) };
   }
 
+  async record(draft: AuditDraft): Promise<number> {
+    return (await this.append(draft)).id;
+  }
+
   /**
    * Appends one event (assigning its id and time) and fsyncs before
    * resolving; rejects, leaving no line behind, when it cannot be written.
@@ -289,7 +304,7 @@ export function decodeJournalEntry(id: number, text: string): AuditEvent | undef
   if (
     !isRecord(actor) ||
     typeof actor["id"] !== "string" ||
-    !["operator", "key", "cli"].includes(String(actor["type"]))
+    !["operator", "key", "cli", "system"].includes(String(actor["type"]))
   ) {
     return undefined;
   }
@@ -298,6 +313,18 @@ export function decodeJournalEntry(id: number, text: string): AuditEvent | undef
   const listOk = (x: unknown): boolean => x === null || isStrings(x);
   if (!isRecord(list) || !listOk(list["before"]) || !listOk(list["after"])) return undefined;
   if (!isRecord(changes) || !Object.values(changes).every((c) => isRecord(c) && "before" in c && "after" in c)) {
+    return undefined;
+  }
+  const exp = v["expired"];
+  if (
+    exp !== undefined &&
+    !(
+      isRecord(exp) &&
+      typeof exp["entry"] === "string" &&
+      (exp["note"] === null || typeof exp["note"] === "string") &&
+      typeof exp["expires_at"] === "string"
+    )
+  ) {
     return undefined;
   }
   const imp = v["import"];
@@ -322,6 +349,10 @@ export class JournalAuditLog implements AuditLog {
   prepare(draft: AuditDraft): Promise<PreparedAudit> {
     const journal = encodeJournalEntry({ time: this.now().toISOString(), ...draft });
     return Promise.resolve({ journal, withdraw: () => Promise.resolve() });
+  }
+
+  record(draft: AuditDraft): Promise<number> {
+    return this.journal.append(encodeJournalEntry({ time: this.now().toISOString(), ...draft }));
   }
 
   async page(limit: number, cursor?: number): Promise<AuditPage> {

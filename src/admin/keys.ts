@@ -10,11 +10,17 @@
 import { randomBytes } from "node:crypto";
 import type { Logger } from "pino";
 import type { ClientIp } from "../clientip/resolve.js";
-import type { Cidr } from "../ip/address.js";
-import { parseAllowList } from "../ip/list.js";
+import { formatCidr, IpError, parseCidr } from "../ip/address.js";
 import { compileMatcher } from "../ip/matcher.js";
 import { secretHash } from "../policy/credential.js";
 import type { Mode } from "../policy/decide.js";
+import {
+  activeEntries,
+  expiryInstant,
+  parseEntries,
+  type EntryDetailsMap,
+  type ParsedEntries,
+} from "../store/entries.js";
 import { nameProblem, scopesProblems, isMode } from "../store/keyfields.js";
 import { KEY_FIELDS, type KeyRecord } from "../store/keysfile.js";
 import type { Snapshot } from "../store/snapshot.js";
@@ -30,12 +36,29 @@ export interface KeyView {
   readonly name: string;
   readonly scopes: readonly string[];
   readonly ip_allow_list: readonly string[];
+  /** The same entries with their notes and expiries (SPEC §9). */
+  readonly ip_allow_list_entries: readonly EntryView[];
   /** The key's own mode; null inherits the global `mode`. */
   readonly mode: Mode | null;
   /** A sandbox key (SPEC §9): its allowed requests go to `sandbox_upstream`. */
   readonly sandbox: boolean;
   readonly created_at: string | null;
   readonly updated_at: string | null;
+}
+
+/** One allow-list entry as the API shows it. */
+export interface EntryView {
+  readonly entry: string;
+  readonly note: string | null;
+  readonly expires_at: string | null;
+}
+
+/** The entries of a list with their details, in the list's order. */
+export function entryViews(list: readonly string[], details: EntryDetailsMap | undefined): EntryView[] {
+  return list.map((entry) => {
+    const d = details?.[entry];
+    return { entry, note: d?.note ?? null, expires_at: d?.expiresAt ?? null };
+  });
 }
 
 /** The API view of a record. */
@@ -45,6 +68,7 @@ export function view(r: KeyRecord): KeyView {
     name: r.name,
     scopes: r.scopes,
     ip_allow_list: r.ipAllowList,
+    ip_allow_list_entries: entryViews(r.ipAllowList, r.entryDetails),
     mode: r.mode ?? null,
     sandbox: r.sandbox === true,
     created_at: r.createdAt ?? null,
@@ -76,7 +100,7 @@ const PATCH_FIELDS = ["name", "scopes", "ip_allow_list", "mode", "sandbox"];
 interface Fields {
   name?: string;
   scopes?: string[];
-  list?: { entries: readonly string[]; cidrs: readonly Cidr[] };
+  list?: ParsedEntries;
   mode?: Mode;
   sandbox?: boolean;
 }
@@ -94,8 +118,19 @@ function quote(v: unknown): string {
   return text.length > QUOTE_CHARS ? `${text.slice(0, QUOTE_CHARS)}…` : text;
 }
 
-/** Validates a create or patch body; returns the fields given or every error. */
-function readFields(body: unknown, allowed: readonly string[], maxEntries: number): Fields | FieldError[] {
+/**
+ * Validates a create or patch body; returns the fields given or every error.
+ * An `expires_at` at or before `now` is refused, unless `before` (the key as
+ * it is) already holds that entry expiring at that instant, so a list read
+ * from `ip_allow_list_entries` can be sent back with one entry changed.
+ */
+function readFields(
+  body: unknown,
+  allowed: readonly string[],
+  maxEntries: number,
+  now: number,
+  before?: KeyRecord,
+): Fields | FieldError[] {
   // An unreadable body (415, 413, malformed JSON) is answered at the 400 stage.
   if (body instanceof ApiError) throw body;
   if (body === null || typeof body !== "object" || Array.isArray(body)) {
@@ -136,16 +171,22 @@ function readFields(body: unknown, allowed: readonly string[], maxEntries: numbe
         message: `must be a list of addresses and CIDR ranges, got ${quote(list)}`,
       });
     } else {
-      const parsed = parseAllowList(list, maxEntries);
+      const parsed = parseEntries(list, maxEntries);
       if (Array.isArray(parsed)) {
         for (const p of parsed) {
-          errors.push(
+          const field =
             p.index === null
-              ? { field: "ip_allow_list", message: p.reason }
-              : { field: `ip_allow_list[${p.index}]`, message: `${quote(p.value)}: ${p.reason}` },
-          );
+              ? "ip_allow_list"
+              : `ip_allow_list[${p.index}]${p.field === undefined ? "" : `.${p.field}`}`;
+          const message =
+            p.index === null ? p.reason : p.unknownField === true ? p.reason : `${quote(p.value)}: ${p.reason}`;
+          errors.push({ field, message });
         }
-      } else out.list = parsed;
+      } else {
+        const past = pastExpiries(list, now, before);
+        errors.push(...past);
+        if (past.length === 0) out.list = parsed;
+      }
     }
   }
   const mode = b["mode"];
@@ -162,6 +203,40 @@ function readFields(body: unknown, allowed: readonly string[], maxEntries: numbe
   return errors.length > 0 ? errors : out;
 }
 
+/** The items of a valid `list` whose `expires_at` is not later than `now` and not already so on `before`. */
+function pastExpiries(list: readonly unknown[], now: number, before: KeyRecord | undefined): FieldError[] {
+  const errors: FieldError[] = [];
+  list.forEach((item, i) => {
+    if (item === null || typeof item !== "object" || Array.isArray(item)) return;
+    const { entry, expires_at: exp } = item as { entry: string; expires_at?: unknown };
+    if (typeof exp !== "string" || expiryInstant(exp) > now) return;
+    const c = parseCidr(entry);
+    const canonical = c instanceof IpError ? entry : formatCidr(c);
+    const held = before?.entryDetails?.[canonical]?.expiresAt;
+    if (held !== undefined && expiryInstant(held) === expiryInstant(exp)) return;
+    errors.push({
+      field: `ip_allow_list[${i}].expires_at`,
+      message: `${quote(exp)}: is not in the future; an entry must expire later than now (${new Date(now).toISOString().replace(/\.\d{3}Z$/, "Z")})`,
+    });
+  });
+  return errors;
+}
+
+/**
+ * Whether `after` lets some entry match for longer than `before` does: an
+ * entry kept whose expiry is removed or moved later (SPEC §9: a loosening).
+ */
+function extendsExpiry(before: KeyRecord, after: KeyRecord): boolean {
+  const was = before.entryDetails;
+  if (was === undefined) return false;
+  for (const [entry, d] of Object.entries(was)) {
+    if (d.expiresAt === undefined || !after.ipAllowList.includes(entry)) continue;
+    const next = after.entryDetails?.[entry]?.expiresAt;
+    if (next === undefined || expiryInstant(next) > expiryInstant(d.expiresAt)) return true;
+  }
+  return false;
+}
+
 function sameSet(a: readonly string[], b: readonly string[]): boolean {
   if (a.length !== b.length) return false;
   const s = new Set(a);
@@ -173,9 +248,11 @@ function sameSet(a: readonly string[], b: readonly string[]): boolean {
  * factor must confirm it (SPEC §5): a create with a non-empty list, a change
  * of the set of entries (to [] too), a delete of a key with a non-empty list,
  * a mode change of a restricted key that ends in report mode (also by
- * returning to a global `report`), gaining `api_keys:write` (a create
- * with it too), and a sandbox key leaving the sandbox (it then reaches the
- * real upstream). `before` is undefined for a create, `after` for a delete.
+ * returning to a global `report`), gaining `api_keys:write` (a create with it
+ * too), a sandbox key leaving the sandbox (it then reaches the real
+ * upstream), and removing or postponing an entry's expiry (SPEC §9). Adding
+ * or bringing forward an expiry, and notes, need none. `before` is undefined
+ * for a create, `after` for a delete.
  */
 export function needsConfirmation(
   before: KeyRecord | undefined,
@@ -185,13 +262,13 @@ export function needsConfirmation(
   if (after === undefined) return before !== undefined && before.ipAllowList.length > 0;
   const gainsWrite = after.scopes.includes(WRITE_SCOPE) && !(before?.scopes.includes(WRITE_SCOPE) ?? false);
   if (before === undefined) return after.ipAllowList.length > 0 || gainsWrite;
-  if (!sameSet(before.ipAllowList, after.ipAllowList) || gainsWrite) return true;
+  if (!sameSet(before.ipAllowList, after.ipAllowList) || gainsWrite || extendsExpiry(before, after)) return true;
   if (before.sandbox === true && after.sandbox !== true) return true;
   return after.ipAllowList.length > 0 && before.mode !== after.mode && (after.mode ?? globalMode) === "report";
 }
 
-function now(): string {
-  return new Date().toISOString().replace(/\.\d{3}Z$/, "Z");
+function timestamp(ms: number): string {
+  return new Date(ms).toISOString().replace(/\.\d{3}Z$/, "Z");
 }
 
 /** The audit actor of a caller. */
@@ -229,8 +306,14 @@ export class KeysService {
       /** The configuration's `mode`, which keys without their own inherit. */
       readonly globalMode: Mode;
       readonly log: Logger;
+      /** Milliseconds since the epoch (entries' expiry, timestamps); injected by tests. */
+      readonly now?: () => number;
     },
   ) {}
+
+  private now(): number {
+    return (this.deps.now ?? Date.now)();
+  }
 
   /** Runs a change through the store; a store that could not write the change's audit entry made no change: 503. */
   private async transact<T>(plan: (snap: Snapshot) => Promise<Plan<T>>): Promise<T> {
@@ -315,20 +398,21 @@ export class KeysService {
   /** Creates a key with a fresh secret; the secret is in the result only. */
   create(body: unknown, ctx: ChangeContext): Promise<KeyView & { secret: string }> {
     return this.transact(async (snap) => {
-      const f = readFields(body, CREATE_FIELDS, this.deps.maxEntries);
+      const f = readFields(body, CREATE_FIELDS, this.deps.maxEntries, this.now());
       const errors = Array.isArray(f) ? f : f.name === undefined ? [{ field: "name", message: "is required" }] : [];
       if (errors.length > 0 || Array.isArray(f)) throw invalid(errors);
       let id: string;
       do id = `key_${randomBytes(10).toString("hex")}`;
       while (snap.record(id) !== undefined);
       const secret = SECRET_PREFIX + randomBytes(SECRET_BYTES).toString("base64url");
-      const at = now();
+      const at = timestamp(this.now());
       const record: KeyRecord = {
         id,
         name: f.name ?? id,
         secretSha256: secretHash(secret),
         scopes: f.scopes ?? [],
         ipAllowList: f.list?.entries ?? [],
+        ...(f.list?.details === undefined ? {} : { entryDetails: f.list.details }),
         mode: f.mode,
         ...(f.sandbox === true ? { sandbox: true } : {}),
         createdAt: at,
@@ -343,7 +427,8 @@ export class KeysService {
     return this.transact(async (snap) => {
       const before = snap.record(id);
       if (before === undefined) throw notFound(id);
-      const f = readFields(body, PATCH_FIELDS, this.deps.maxEntries);
+      const now = this.now();
+      const f = readFields(body, PATCH_FIELDS, this.deps.maxEntries, now, before);
       if (Array.isArray(f)) throw invalid(f);
       if (
         f.list !== undefined &&
@@ -351,21 +436,27 @@ export class KeysService {
         ctx.caller.kind === "key" &&
         ctx.caller.record.id === id
       ) {
+        // An entry counts while it is in force, however soon it expires.
+        const inForce = new Set(activeEntries(f.list.entries, f.list.details, now));
+        const cidrs = f.list.cidrs.filter((_, i) => inForce.has(f.list?.entries[i] ?? ""));
         const ip = ctx.client.ip;
-        if (ip === undefined || !compileMatcher(f.list.cidrs).contains(ip)) {
+        if (ip === undefined || !compileMatcher(cidrs).contains(ip)) {
           throw new ApiError(
             "self_lockout",
             `the new ip_allow_list does not admit ${ctx.client.text}, the IP this key is calling from: the key would lock itself out (include that address, or make the change with another credential)`,
           );
         }
       }
+      const { entryDetails: oldDetails, ...rest } = before;
+      const details = f.list === undefined ? oldDetails : f.list.details;
       let after: KeyRecord = {
-        ...before,
+        ...rest,
         name: f.name ?? before.name,
         scopes: f.scopes ?? before.scopes,
         ipAllowList: f.list?.entries ?? before.ipAllowList,
+        ...(details === undefined ? {} : { entryDetails: details }),
         mode: f.mode ?? before.mode,
-        updatedAt: now(),
+        updatedAt: timestamp(now),
       };
       if (f.sandbox !== undefined) {
         after = { ...after, sandbox: f.sandbox };
@@ -376,6 +467,7 @@ export class KeysService {
         after.name === before.name &&
         same(after.scopes, before.scopes) &&
         same(after.ipAllowList, before.ipAllowList) &&
+        same(view(after).ip_allow_list_entries, view(before).ip_allow_list_entries) &&
         after.mode === before.mode &&
         (after.sandbox === true) === (before.sandbox === true)
       ) {
@@ -453,6 +545,13 @@ export class KeysService {
       const b = before ? get(before) : null;
       const a = after ? get(after) : null;
       if (JSON.stringify(b) !== JSON.stringify(a)) changes[name] = { before: b, after: a };
+    }
+    // Notes and expiries, when either side has any and they differ (the entries alone are in ip_allow_list).
+    const entriesOf = (r: KeyRecord | undefined): EntryView[] | null =>
+      r ? entryViews(r.ipAllowList, r.entryDetails) : null;
+    const [eb, ea] = [entriesOf(before), entriesOf(after)];
+    if ((before?.entryDetails ?? after?.entryDetails) !== undefined && JSON.stringify(eb) !== JSON.stringify(ea)) {
+      changes["ip_allow_list_entries"] = { before: eb, after: ea };
     }
     const keyId = (after ?? before)?.id ?? "";
     try {

@@ -11,6 +11,7 @@ import { FileAuditLog, JournalAuditLog, type AuditLog } from "../admin/audit.js"
 import { Authenticator } from "../admin/auth.js";
 import { MemoryAttemptLimit, type AttemptLimit } from "../admin/attempts.js";
 import { Confirmations, FileCodeState, type CodeState } from "../admin/confirm.js";
+import { ExpiryWatcher, FileExpiryMarks, RedisExpiryMarks, type ExpiryMarks } from "../admin/expiry.js";
 import { KeysService } from "../admin/keys.js";
 import { AdminServer, type RouteInfo } from "../admin/server.js";
 import { registerDashboard } from "../admin/dashboard/routes.js";
@@ -23,7 +24,7 @@ import { SourceTracker, type ObservedSource } from "../metrics/sources.js";
 import { ProxyServer } from "../proxy/server.js";
 import { FileKeyStore } from "../store/filestore.js";
 import { RedisKeyStore } from "../store/redis/store.js";
-import type { Snapshot } from "../store/snapshot.js";
+import { DEFAULT_MATCHER_CACHE, MatcherCache, type Snapshot } from "../store/snapshot.js";
 import { formatStoreProblem, problemFields, type KeyStore } from "../store/store.js";
 import { isoTimestamp } from "../util/logline.js";
 import { LineSink } from "../util/logsink.js";
@@ -40,17 +41,22 @@ export const VERSION: string = (() => {
   }
 })();
 
-/** Files kept next to the keys file: the audit log and the confirmation-code state (file store only). */
-export function sideFiles(keysFile: string): { audit: string; otpState: string } {
+/** Files kept next to the keys file: the audit log, the confirmation-code state and the expiry marks (a directory). */
+export function sideFiles(keysFile: string): { audit: string; otpState: string; expiries: string } {
   const stem = basename(keysFile, extname(keysFile));
   return {
     audit: join(dirname(keysFile), `${stem}.audit.jsonl`),
     otpState: join(dirname(keysFile), `${stem}.otp-state.json`),
+    expiries: join(dirname(keysFile), `${stem}.expiries`),
   };
 }
 
-/** The key store `config` names; `log` receives what the store reports on its own. */
-export function openStore(config: Config, log?: Logger): KeyStore {
+/**
+ * The key store `config` names; `log` receives what the store reports on its
+ * own; `now` is the clock entries' expiry is judged by (tests inject one).
+ */
+export function openStore(config: Config, log?: Logger, now: () => number = Date.now): KeyStore {
+  const cache = new MatcherCache(DEFAULT_MATCHER_CACHE, now);
   const where = config.keys.store;
   if (where.kind === "redis") {
     return new RedisKeyStore({
@@ -61,12 +67,14 @@ export function openStore(config: Config, log?: Logger): KeyStore {
       maxEntries: config.keys.maxEntries,
       journalMaxLen: config.admin?.audit.maxEntries,
       notice: (event, message, fields) => log?.warn({ event, ...fields }, message),
+      cache,
     });
   }
   return new FileKeyStore({
     file: config.keys.file,
     displayName: config.keys.displayName,
     maxEntries: config.keys.maxEntries,
+    cache,
   });
 }
 
@@ -136,10 +144,16 @@ export function flushLogger(log: Logger): Promise<void> {
 export async function startSidecar(
   config: Config,
   log: Logger,
-  options: { role?: Role; cluster?: ClusterLink } = {},
+  options: {
+    role?: Role;
+    cluster?: ClusterLink;
+    /** Milliseconds since the epoch, for entries' expiry (SPEC §9); tests inject one to pass an expiry at once. */
+    now?: () => number;
+  } = {},
 ): Promise<Sidecar> {
   const role = options.role ?? "single";
-  const store = openStore(config, log);
+  const now = options.now ?? Date.now;
+  const store = openStore(config, log, now);
   const registry = new Registry();
   const metrics = new Metrics(registry, { version: VERSION, cache: store.matcherCache });
   watchStore(store, metrics, config, log);
@@ -159,13 +173,14 @@ export async function startSidecar(
   let decisionAddress: { host: string; port: number } | undefined;
   let admin: AdminServer | undefined;
   let adminAddress: { host: string; port: number } | undefined;
+  let expiries: ExpiryWatcher | undefined;
   try {
     if (config.decision && role !== "primary") {
       decision = new DecisionServer({ config, store, metrics, sources, log });
       decisionAddress = await decision.listen(config.decision.listen.host, config.decision.listen.port);
     }
     if (config.admin && role !== "worker") {
-      admin = await buildAdmin(config, config.admin, { store, registry, sources, log, cluster });
+      ({ admin, expiries } = await buildAdmin(config, config.admin, { store, registry, sources, log, cluster, now }));
       adminAddress = await admin.listen(config.admin.listen.host, config.admin.listen.port);
     }
   } catch (err) {
@@ -174,6 +189,7 @@ export async function startSidecar(
     throw err;
   }
   store.watch();
+  expiries?.start();
   if (role !== "worker") {
     for (const w of config.warnings) log.warn({ event: "risky_setting" }, w);
   }
@@ -208,6 +224,7 @@ export async function startSidecar(
         ]);
         const cut = proxied.cut + decided.cut;
         await admin?.close();
+        await expiries?.close();
         await store.close();
         log.info({ event: "stopped", cut_connections: cut }, "stopped");
       })();
@@ -249,14 +266,19 @@ interface AdminParts {
   readonly sources: SourceTracker;
   readonly log: Logger;
   readonly cluster: ClusterLink | undefined;
+  /** The clock of entries' expiry and the keys' timestamps. */
+  readonly now: () => number;
 }
 
-/** Builds the admin listener (not yet listening): health, metrics, the management API and the dashboard. */
+/**
+ * Builds the admin listener (not yet listening): health, metrics, the
+ * management API and the dashboard; and the watcher that audits expiries.
+ */
 async function buildAdmin(
   config: Config,
   adminConfig: NonNullable<Config["admin"]>,
-  { store, registry, sources, log, cluster }: AdminParts,
-): Promise<AdminServer> {
+  { store, registry, sources, log, cluster, now }: AdminParts,
+): Promise<{ admin: AdminServer; expiries: ExpiryWatcher }> {
   const admin = new AdminServer({
     metrics: cluster ? () => cluster.metrics() : () => registry.metrics(),
     log,
@@ -280,15 +302,19 @@ async function buildAdmin(
   let attempts: AttemptLimit;
   let sessions: SessionStore;
   let codes: CodeState;
+  let marks: ExpiryMarks;
   if (store instanceof RedisKeyStore) {
     attempts = new RedisAttemptLimit(store, limit);
     sessions = new RedisSessionStore(store, adminConfig.operators, lifetimes);
     codes = new RedisCodeState(store);
+    marks = new RedisExpiryMarks(store);
   } else {
     attempts = new MemoryAttemptLimit(limit);
     sessions = new MemorySessionStore(lifetimes);
     codes = new FileCodeState(files.otpState);
+    marks = new FileExpiryMarks(files.expiries);
   }
+  const expiries = new ExpiryWatcher({ store, audit, marks, log, now });
   const auth = new Authenticator(adminConfig.operators, store, attempts, sessions);
   const keys = new KeysService({
     store,
@@ -296,6 +322,7 @@ async function buildAdmin(
     maxEntries: config.keys.maxEntries,
     globalMode: config.mode,
     log,
+    now,
   });
   const confirmations = new Confirmations(codes);
   registerApi(admin, { keys, audit, auth, confirmations, sources: sourcesOf, trust: config.trustedProxies });
@@ -311,7 +338,7 @@ async function buildAdmin(
     globalMode: config.mode,
     log,
   });
-  return admin;
+  return { admin, expiries };
 }
 
 /** How `trusted_proxies` reads in a log line. */

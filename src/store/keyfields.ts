@@ -7,6 +7,8 @@ import type { Mode } from "../policy/decide.js";
 
 /** Most characters (Unicode code points) in a key's name. */
 export const MAX_NAME_CHARS = 200;
+/** Most characters (Unicode code points) in an allow-list entry's note. */
+export const MAX_NOTE_CHARS = 200;
 /** Most scopes on one key. */
 export const MAX_SCOPES = 100;
 /** Most characters in one scope name. */
@@ -49,13 +51,26 @@ function codePoints(s: string): number {
  * cannot hold) or unpaired surrogates (not Unicode text, not storable as UTF-8).
  */
 export function nameProblem(v: unknown): string | undefined {
+  return textProblem(v, MAX_NAME_CHARS);
+}
+
+function textProblem(v: unknown, max: number): string | undefined {
   if (typeof v !== "string") return "must be a string";
   if (v.trim() === "") return "must not be blank";
   const length = codePoints(v);
   if (length < 0) return "must be Unicode text (it holds an unpaired surrogate)";
-  if (length > MAX_NAME_CHARS) return `must be at most ${MAX_NAME_CHARS} characters long`;
+  if (length > max) return `must be at most ${max} characters long`;
   if (hasControl(v)) return "must not contain control characters (tabs, newlines...) or U+FFFE/U+FFFF";
   return undefined;
+}
+
+/**
+ * Why `v` is not a valid allow-list entry note, or undefined: the rules of a
+ * name (see {@link nameProblem}) with at most {@link MAX_NOTE_CHARS} characters.
+ */
+export function noteProblem(v: unknown): string | undefined {
+  const why = textProblem(v, MAX_NOTE_CHARS);
+  return why === "must not be blank" ? "must not be blank (omit it, or give null, for no note)" : why;
 }
 
 /** Every problem of a scopes list, or none: at most {@link MAX_SCOPES} names matching {@link SCOPE}. */

@@ -1,8 +1,8 @@
 /** The YAML keys file (SPEC §3): parsing and validation into key records, every problem located. */
-import { parseAllowList } from "../ip/list.js";
 import { readFile } from "node:fs/promises";
 import type { Mode } from "../policy/decide.js";
 import { YamlFile, type Problem } from "../util/yaml.js";
+import { parseEntries, type EntryDetailsMap } from "./entries.js";
 import { isMode, nameProblem, scopesProblems } from "./keyfields.js";
 
 /** One API key as stored: never the secret, only its SHA-256. */
@@ -13,6 +13,8 @@ export interface KeyRecord {
   readonly scopes: readonly string[];
   /** Canonical, deduplicated entries; empty means no restriction. */
   readonly ipAllowList: readonly string[];
+  /** Notes and expiries of the entries that have any (SPEC §9); absent when none has. */
+  readonly entryDetails?: EntryDetailsMap;
   /** The key's own mode; undefined inherits the global `mode`. */
   readonly mode: Mode | undefined;
   /** A sandbox key (SPEC §9): its allowed requests go to `sandbox_upstream`; absent means false. */
@@ -143,18 +145,25 @@ function readKey(y: YamlFile, i: number, raw: unknown, maxEntries: number): KeyR
     }
   }
   let ipAllowList: readonly string[] = [];
+  let entryDetails: EntryDetailsMap | undefined;
   const list = m["ip_allow_list"];
   if (list !== undefined && list !== null) {
     if (!Array.isArray(list)) {
       y.fail([...at, "ip_allow_list"], "must be a list of addresses and CIDR ranges", list);
     } else {
-      const parsed = parseAllowList(list, maxEntries);
+      const parsed = parseEntries(list, maxEntries);
       if (Array.isArray(parsed)) {
         for (const p of parsed) {
-          const path = p.index === null ? [...at, "ip_allow_list"] : [...at, "ip_allow_list", p.index];
-          y.failAddress(path, p.reason, p.value);
+          const path: (string | number)[] =
+            p.index === null ? [...at, "ip_allow_list"] : [...at, "ip_allow_list", p.index];
+          if (p.field !== undefined) path.push(p.field);
+          if (p.field === undefined || p.field === "entry") y.failAddress(path, p.reason, p.value);
+          else y.fail(path, p.reason, p.unknownField === true ? undefined : p.value, p.unknownField === true);
         }
-      } else ipAllowList = parsed.entries;
+      } else {
+        ipAllowList = parsed.entries;
+        entryDetails = parsed.details;
+      }
     }
   }
   const mode = m["mode"];
@@ -177,6 +186,7 @@ function readKey(y: YamlFile, i: number, raw: unknown, maxEntries: number): KeyR
     secretSha256: secret as string,
     scopes: Array.isArray(scopes) ? (scopes as string[]) : [],
     ipAllowList,
+    ...(entryDetails === undefined ? {} : { entryDetails }),
     mode: mode as Mode | undefined,
     ...(sandbox === true ? { sandbox: true } : {}),
     createdAt: m["created_at"] as string | undefined,

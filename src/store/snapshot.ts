@@ -12,6 +12,7 @@ import type { KeyPolicy } from "../policy/decide.js";
 import type { KeyRecord } from "./keysfile.js";
 import { changedId, type KeyChange } from "./change.js";
 import { editSorted, sortSliced } from "./sorted.js";
+import { activeEntries, nextExpiry } from "./entries.js";
 
 /** Most bearer tokens a snapshot remembers (see {@link Snapshot.lookupToken}). */
 export const TOKEN_CACHE_MAX = 4096;
@@ -28,6 +29,7 @@ const SHARED_LISTS_MAX = 10_000;
  * Compiled matchers keyed by the (immutable, shared) allow-list array they
  * were built from, and what every snapshot of a store shares: one array per
  * distinct list (scopes, allow lists) and one policy object per record.
+ * It also holds the clock that entries' expiry is judged by (SPEC §9).
  */
 export class MatcherCache {
   hits = 0;
@@ -39,7 +41,11 @@ export class MatcherCache {
   private readonly lists = new Map<string, readonly string[]>();
   private readonly policies = new WeakMap<KeyRecord, KeyPolicy>();
 
-  constructor(max = DEFAULT_MATCHER_CACHE) {
+  constructor(
+    max = DEFAULT_MATCHER_CACHE,
+    /** Milliseconds since the epoch; injected by tests to pass an expiry without waiting. */
+    readonly now: () => number = Date.now,
+  ) {
     this.lru = new LRUCache({ max });
   }
 
@@ -102,12 +108,24 @@ export class MatcherCache {
 
 const EMPTY_LIST: readonly string[] = Object.freeze([]);
 
+/**
+ * A key as the request path sees it. A key with expiring entries matches
+ * against the entries in force, and knows when the next one expires: the
+ * first request at or after that instant swaps in the list without it (no
+ * timer, no rebuild of the snapshot). An expired entry keeps the key
+ * restricted: a key whose entries have all expired admits no address. Keys
+ * without an expiry never read the clock.
+ */
 class RecordPolicy implements KeyPolicy {
   readonly id: string;
   readonly mode: KeyRecord["mode"];
   readonly restricted: boolean;
   readonly scopes: readonly string[];
   readonly sandbox: boolean;
+  /** The entries in force (the record's own array while none has expired). */
+  private active: readonly string[];
+  /** When the next entry in {@link active} expires (ms), Infinity when none will. */
+  private expiresNext: number;
 
   constructor(
     private readonly record: KeyRecord,
@@ -118,10 +136,28 @@ class RecordPolicy implements KeyPolicy {
     this.restricted = record.ipAllowList.length > 0;
     this.scopes = record.scopes;
     this.sandbox = record.sandbox === true;
+    this.active = record.ipAllowList;
+    this.expiresNext = Infinity;
+    const details = record.entryDetails;
+    if (details !== undefined && Object.values(details).some((d) => d.expiresAt !== undefined)) {
+      this.passExpiries(cache.now());
+    }
   }
 
   contains(ip: Ip): boolean {
-    return this.cache.get(this.record.ipAllowList).contains(ip);
+    if (this.expiresNext !== Infinity) {
+      const now = this.cache.now();
+      if (now >= this.expiresNext) this.passExpiries(now);
+    }
+    return this.cache.get(this.active).contains(ip);
+  }
+
+  /** Drops the entries expired at `now` from the list in force. */
+  private passExpiries(now: number): void {
+    const details = this.record.entryDetails;
+    const active = activeEntries(this.record.ipAllowList, details, now);
+    if (active.length !== this.active.length) this.active = active;
+    this.expiresNext = nextExpiry(details, now);
   }
 }
 

@@ -13,6 +13,7 @@
 import { isMap, isSeq, parseDocument, stringify, type Document, type YAMLMap } from "yaml";
 import type { KeyRecord } from "./keysfile.js";
 import type { KeyChange } from "./change.js";
+import { entryItems } from "./entries.js";
 
 /** Where each entry's bytes lie: `starts[k]` (with its leading comments) to `starts[k+1]` or `end`. */
 export interface EntryIndex {
@@ -89,7 +90,7 @@ export function toYaml(r: KeyRecord): Record<string, unknown> {
     name: r.name,
     secret_sha256: r.secretSha256,
     scopes: [...r.scopes],
-    ip_allow_list: [...r.ipAllowList],
+    ip_allow_list: entryItems(r.ipAllowList, r.entryDetails),
   };
   if (r.mode !== undefined) out["mode"] = r.mode;
   if (r.sandbox === true) out["sandbox"] = true;

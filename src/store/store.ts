@@ -73,6 +73,13 @@ export interface Journal {
    * given. Rejects with {@link StoreUnavailableError} when the store cannot be reached.
    */
   page(limit: number, before?: number): Promise<JournalEntry[]>;
+  /**
+   * Appends an entry that goes with no change of a key (an entry's expiry),
+   * numbered after every entry before it; resolves with its number. Rejects
+   * with {@link JournalWriteError} when it cannot be written, or
+   * {@link StoreUnavailableError} when the store cannot be reached.
+   */
+  append(text: string): Promise<number>;
 }
 
 /** What a committed change reports to its plan's `afterCommit`. */

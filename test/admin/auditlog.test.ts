@@ -232,6 +232,7 @@ describe("audit log (unit)", () => {
               : "{oops",
           }));
           const journal: Journal = {
+            append: () => Promise.reject(new Error("not in this test")),
             page: (max, before) =>
               Promise.resolve(
                 entries

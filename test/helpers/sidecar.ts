@@ -68,6 +68,8 @@ export async function startTestSidecar(opts: {
   admin?: Record<string, unknown> | false;
   /** Reuse this directory and its keys file (a restart). */
   dir?: string;
+  /** The sidecar's clock (ms since the epoch), for entries' expiry. */
+  now?: () => number;
 }): Promise<TestSidecar> {
   const dir = opts.dir ?? mkdtempSync(join(tmpdir(), "keyfence-test-"));
   const keysFile = join(dir, "keys.yaml");
@@ -98,7 +100,7 @@ export async function startTestSidecar(opts: {
       cb();
     },
   });
-  const sidecar = await startSidecar(parsed.config, createLogger(sink));
+  const sidecar = await startSidecar(parsed.config, createLogger(sink), opts.now ? { now: opts.now } : {});
   let n = 0;
   return {
     url: `http://127.0.0.1:${sidecar.proxyAddress?.port ?? 0}`,

@@ -1,10 +1,12 @@
 /**
- * The overlay snapshot against a naive Map-copy reference, and its sorted ids
- * against a sort.
+ * The overlay snapshot against a naive Map-copy reference (records with
+ * expiring entries, SPEC §9, matched by an injected clock), and its sorted
+ * ids against a sort.
  */
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import fc from "fast-check";
+import { parseIp, type Ip } from "../../src/ip/address.js";
 import { secretHash } from "../../src/policy/credential.js";
 import type { KeyChange } from "../../src/store/change.js";
 import type { KeyRecord } from "../../src/store/keysfile.js";
@@ -15,8 +17,13 @@ const IDS = ["a", "b", "B", "c", "key_1", "key_10", "key_2", "z-9", "_x"];
 const SECRETS = ["s0", "s1", "s2", "s3", "s4", "s5", "s6"];
 const LISTS: ReadonlyArray<readonly string[]> = [[], ["10.0.0.0/8"], ["10.0.0.0/8"], ["192.0.2.1", "2001:db8::/32"]];
 
-function rec(id: string, secret: string, list: readonly string[], name = id, at?: string): KeyRecord {
-  return {
+/** When the expiring entry of {@link rec}'s records expires. */
+const EXPIRY = Date.UTC(2030, 0, 1);
+/** Addresses whose match the reference checks. */
+const PROBES = ["192.0.2.1", "10.1.2.3", "2001:db8::1", "198.51.100.7"];
+
+function rec(id: string, secret: string, list: readonly string[], name = id, at?: string, expiring = false): KeyRecord {
+  const r: KeyRecord = {
     id,
     name,
     secretSha256: secretHash(secret),
@@ -26,6 +33,22 @@ function rec(id: string, secret: string, list: readonly string[], name = id, at?
     createdAt: at,
     updatedAt: at,
   };
+  const first = list[0];
+  if (!expiring || first === undefined) return r;
+  return {
+    ...r,
+    entryDetails: { [first]: { note: "temp", expiresAt: new Date(EXPIRY).toISOString().replace(/\.\d{3}Z$/, "Z") } },
+  };
+}
+
+/** The naive rule of SPEC §9: an entry counts while `now` is before its `expires_at`. */
+function naiveContains(r: KeyRecord, probe: string, now: number): boolean {
+  const ip = parseIp(probe) as Ip;
+  const active = r.ipAllowList.filter((e) => {
+    const exp = r.entryDetails?.[e]?.expiresAt;
+    return exp === undefined || now < Date.parse(exp);
+  });
+  return new MatcherCache().get(active).contains(ip);
 }
 
 const recordArb = fc
@@ -35,8 +58,9 @@ const recordArb = fc
     list: fc.constantFrom(...LISTS),
     name: fc.constantFrom("x", "Alpha", "beta"),
     at: fc.constantFrom(undefined, "2026-11-30T00:00:00Z"),
+    expiring: fc.boolean(),
   })
-  .map((r) => rec(r.id, r.secret, r.list, r.name, r.at));
+  .map((r) => rec(r.id, r.secret, r.list, r.name, r.at, r.expiring));
 
 const changeArb: fc.Arbitrary<KeyChange> = fc.oneof(
   recordArb.map((record) => ({ kind: "create" as const, record })),
@@ -49,7 +73,8 @@ type Step =
   | { readonly op: "changes"; readonly changes: KeyChange[] }
   | { readonly op: "compact" }
   | { readonly op: "compact-while-changing"; readonly changes: KeyChange[] }
-  | { readonly op: "sorted" };
+  | { readonly op: "sorted" }
+  | { readonly op: "tick"; readonly now: number };
 
 const stepArb: fc.Arbitrary<Step> = fc.oneof(
   {
@@ -66,6 +91,10 @@ const stepArb: fc.Arbitrary<Step> = fc.oneof(
       .map((changes) => ({ op: "compact-while-changing" as const, changes })),
   },
   { weight: 2, arbitrary: fc.constant({ op: "sorted" as const }) },
+  {
+    weight: 1,
+    arbitrary: fc.constantFrom(EXPIRY - 1, EXPIRY, EXPIRY + 1).map((now) => ({ op: "tick" as const, now })),
+  },
 );
 
 /** The naive reference: a Map copied for every change. */
@@ -83,7 +112,7 @@ function applyNaive(map: ReadonlyMap<string, KeyRecord>, change: KeyChange): Map
 
 const byCodeUnit = (a: string, b: string): number => (a < b ? -1 : a > b ? 1 : 0);
 
-async function agrees(snap: Snapshot, model: ReadonlyMap<string, KeyRecord>): Promise<void> {
+async function agrees(snap: Snapshot, model: ReadonlyMap<string, KeyRecord>, now: number): Promise<void> {
   assert.equal(snap.size, model.size);
   assert.equal(
     snap.entries,
@@ -98,6 +127,12 @@ async function agrees(snap: Snapshot, model: ReadonlyMap<string, KeyRecord>): Pr
       snap.lookup(secretHash(s))?.restricted,
       holder === undefined ? undefined : holder.ipAllowList.length > 0,
     );
+    const policy = snap.lookup(secretHash(s));
+    if (holder !== undefined && policy !== undefined) {
+      for (const p of PROBES) {
+        assert.equal(policy.contains(parseIp(p) as Ip), naiveContains(holder, p, now), `${s} contains ${p}`);
+      }
+    }
   }
   assert.deepEqual(
     snap
@@ -116,11 +151,13 @@ describe("Snapshot (overlay over a shared base)", () => {
         fc.array(recordArb, { maxLength: 6 }),
         fc.array(stepArb, { maxLength: 30 }),
         async (initial, steps) => {
-          const cache = new MatcherCache();
+          // The clock only moves forward (an expiry is one-way for a record's policy).
+          let now = EXPIRY - 1000;
+          const cache = new MatcherCache(undefined, () => now);
           let model = new Map<string, KeyRecord>();
           for (const r of initial) model = applyNaive(model, { kind: "update", record: r });
           let snap = new Snapshot([...model.values()], cache);
-          await agrees(snap, model);
+          await agrees(snap, model, now);
           for (const step of steps) {
             if (step.op === "changes") {
               snap =
@@ -142,10 +179,12 @@ describe("Snapshot (overlay over a shared base)", () => {
               const rebased = snap.rebasedOn(await compacting, source);
               assert.ok(rebased !== undefined);
               snap = rebased;
+            } else if (step.op === "tick") {
+              now = Math.max(now, step.now);
             } else {
               await snap.sortedIds();
             }
-            await agrees(snap, model);
+            await agrees(snap, model, now);
           }
         },
       ),

@@ -128,9 +128,74 @@ function lastChange(k: KeyView): SafeHtml {
     : timeHtml(at);
 }
 
-function listSummary(k: KeyView): SafeHtml {
+function listSummary(k: KeyView, now: number): SafeHtml {
   const n = k.ip_allow_list.length;
-  return n === 0 ? html`<span class="unrestricted">unrestricted</span>` : html`${n} ${n === 1 ? "entry" : "entries"}`;
+  if (n === 0) return html`<span class="unrestricted">unrestricted</span>`;
+  const expired = k.ip_allow_list_entries.filter(
+    (e) => e.expires_at !== null && Date.parse(e.expires_at) <= now,
+  ).length;
+  const count = `${n} ${n === 1 ? "entry" : "entries"}`;
+  return expired === 0 ? html`${count}` : html`${count}, <span class="expired">${expired} expired</span>`;
+}
+
+/**
+ * An entry's time left: "expires" or "expired" and a time the script shows as
+ * local time and age ("in 3 days", "2 hours ago").
+ */
+function timeLeft(expiresAt: string | null, now: number): SafeHtml {
+  if (expiresAt === null) return html`<span class="time-left help">no expiry</span>`;
+  const gone = Date.parse(expiresAt) <= now;
+  return html`<span class="time-left${gone ? " expired" : ""}"
+    >${gone ? "expired" : "expires"} ${timeHtml(expiresAt)}</span
+  >`;
+}
+
+/** The notes and expiries of a key's entries, one row per entry, with a date/time picker (no framework). */
+function entryDetailsTable(key: KeyView | undefined, now: number): SafeHtml {
+  const rows = key?.ip_allow_list_entries ?? [];
+  return html`<h3 class="sub" id="details-title">Notes and expiry</h3>
+    <p class="help" id="details-help">
+      A note says whose entry it is; an entry with an expiry stops matching at that moment (your local time). Expired
+      entries stay listed, and match nothing, until you remove them.
+    </p>
+    <table class="responsive" id="entry-details" aria-labelledby="details-title" aria-describedby="details-help">
+      <thead>
+        <tr>
+          <th>Entry</th>
+          <th>Note</th>
+          <th>Expires</th>
+        </tr>
+      </thead>
+      <tbody>
+        ${rows.map(
+          (e) =>
+            html`<tr data-entry="${e.entry}">
+              <td data-label="Entry"><code>${e.entry}</code></td>
+              <td data-label="Note">
+                <input
+                  type="text"
+                  class="entry-note"
+                  maxlength="200"
+                  aria-label="Note for ${e.entry}"
+                  value="${e.note ?? ""}"
+                />
+              </td>
+              <td data-label="Expires">
+                <div class="expiry">
+                  <input
+                    type="datetime-local"
+                    class="entry-expiry"
+                    step="1"
+                    aria-label="Expiry of ${e.entry}"
+                    data-expires-at="${e.expires_at ?? ""}"
+                  />
+                  ${timeLeft(e.expires_at, now)}
+                </div>
+              </td>
+            </tr>`,
+        )}
+      </tbody>
+    </table>`;
 }
 
 /** The keys page: filter, table, paging. */
@@ -180,7 +245,7 @@ export function keysPage(
               <td data-label="ID"><code>${k.id}</code></td>
               <td data-label="Scopes">${k.scopes.map((s) => html`<span class="tag">${s}</span>`)}</td>
               <td data-label="Mode">${k.mode ?? html`<span class="help">${view.globalMode} (global)</span>`}</td>
-              <td data-label="IP allow list">${listSummary(k)}</td>
+              <td data-label="IP allow list">${listSummary(k, Date.now())}</td>
               <td data-label="Last change">${lastChange(k)}</td>
             </tr>`,
         )}
@@ -262,6 +327,7 @@ export function keyFormPage(ctx: PageContext, key: KeyView | undefined, sources:
         >
 ${key?.ip_allow_list.join("\n") ?? ""}</textarea>
         <ol id="list-lines" class="lines" aria-live="polite" aria-label="Entries to fix"></ol>
+        ${entryDetailsTable(key, Date.now())}
       </fieldset>
       <p class="error" id="form-error" role="alert"></p>
       <p class="success" id="form-status" role="status"></p>
@@ -371,6 +437,19 @@ export function eventSentences(e: AuditEvent): { summary: string; details: SafeH
     );
     return { summary, details };
   }
+  if (e.action === "expire") {
+    const x = e.expired;
+    const what = x === undefined ? "an entry" : x.entry;
+    return {
+      summary: `entry ${what}${x?.note ? ` (“${x.note}”)` : ""} expired`,
+      details: [
+        ...(x === undefined ? [] : [html`its expires_at: ${timeHtml(x.expires_at)}`]),
+        listAfter.length === 0
+          ? html`in force now: nothing (the key admits no address until its list is changed)`
+          : html`in force now: <span class="mono">${joined(listAfter)}</span>`,
+      ],
+    };
+  }
   if (e.action === "delete") {
     return {
       summary: "deleted",
@@ -393,7 +472,57 @@ export function eventSentences(e: AuditEvent): { summary: string; details: SafeH
         : html`ip_allow_list: ${listChange(listBefore, listAfter)}`,
     );
   }
+  details.push(...detailChanges(c["ip_allow_list_entries"]));
   return { summary: details.length === 0 ? "updated (nothing changed)" : "updated", details };
+}
+
+interface EntryLine {
+  entry: string;
+  note: string | null;
+  expires_at: string | null;
+}
+
+function entryLines(v: unknown): Map<string, EntryLine> {
+  const out = new Map<string, EntryLine>();
+  if (!Array.isArray(v)) return out;
+  for (const x of v as unknown[]) {
+    if (x !== null && typeof x === "object" && typeof (x as EntryLine).entry === "string") {
+      out.set((x as EntryLine).entry, x as EntryLine);
+    }
+  }
+  return out;
+}
+
+/** One sentence per entry kept whose note or expiry changed ("note of 10.0.0.1: “a” → “b”"). */
+function detailChanges(change: { before: unknown; after: unknown } | undefined): SafeHtml[] {
+  if (change === undefined) return [];
+  const before = entryLines(change.before);
+  const out: SafeHtml[] = [];
+  for (const [entry, a] of entryLines(change.after)) {
+    const b = before.get(entry);
+    if (b === undefined) {
+      if (a.note !== null || a.expires_at !== null) {
+        out.push(
+          html`<span class="mono">${entry}</span
+            >${a.note !== null ? html`: note “${a.note}”` : ""}${a.expires_at !== null ? html`, expires ${timeHtml(a.expires_at)}` : ""}`,
+        );
+      }
+      continue;
+    }
+    if (b.note !== a.note) {
+      out.push(
+        html`note of <span class="mono">${entry}</span>: ${b.note === null ? "none" : `“${b.note}”`} →
+          ${a.note === null ? "none" : `“${a.note}”`}`,
+      );
+    }
+    if (b.expires_at !== a.expires_at) {
+      out.push(
+        html`expiry of <span class="mono">${entry}</span>: ${b.expires_at === null ? "never" : timeHtml(b.expires_at)} →
+          ${a.expires_at === null ? "never" : timeHtml(a.expires_at)}`,
+      );
+    }
+  }
+  return out;
 }
 
 /** The audit page: each change as sentences, naming the key; `nameOf` gives a key's current name. */
@@ -436,10 +565,15 @@ export function auditPage(
               : ""
           }
           <p class="meta">
-            by ${e.actor.type === "operator" ? "operator" : e.actor.type === "cli" ? "command-line user" : "key"}
-            <strong>${e.actor.id}</strong
-            >${e.actor.via === "session" ? " (dashboard)" : ""}${e.confirmed ? html` <span class="tag">confirmed</span>` : ""}
-            ${e.client_ip === "" ? "" : html`from <code>${e.client_ip}</code>`} · ${timeHtml(e.time)}
+            ${
+              e.actor.type === "system"
+                ? html`by keyfence itself · ${timeHtml(e.time)}`
+                : html`by
+                    ${e.actor.type === "operator" ? "operator" : e.actor.type === "cli" ? "command-line user" : "key"}
+                    <strong>${e.actor.id}</strong
+                    >${e.actor.via === "session" ? " (dashboard)" : ""}${e.confirmed ? html` <span class="tag">confirmed</span>` : ""}
+                    ${e.client_ip === "" ? "" : html`from <code>${e.client_ip}</code>`} · ${timeHtml(e.time)}`
+            }
           </p>
         </li>`;
       })}

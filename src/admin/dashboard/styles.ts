@@ -47,6 +47,15 @@ th, td { text-align: left; padding: 7px 8px; border-bottom: 1px solid var(--line
 th { font-size: 13px; color: var(--muted); font-weight: 600; }
 .tag { display: inline-block; padding: 0 6px; border: 1px solid var(--line); border-radius: 10px; font-size: 12px; margin: 1px 2px 1px 0; }
 .unrestricted { color: var(--muted); }
+.expired { color: var(--danger); }
+h3.sub { font-size: 15px; margin: 16px 0 4px; }
+#allow-list { min-width: 0; }
+#entry-details td > *, #entry-details .expiry { min-width: 0; }
+#entry-details .expiry { display: flex; flex-direction: column; gap: 2px; flex: 1; }
+#entry-details input { width: 100%; min-width: 0; max-width: 100%; flex: 1; }
+#entry-details input[type=datetime-local] { padding: 6px 8px; border: 1px solid var(--line); border-radius: 6px; font: inherit; }
+#entry-details .time-left { font-size: 13px; }
+#entry-details:not(:has(tbody tr)) { display: none; }
 .add { color: var(--ok); }
 .remove { color: var(--danger); }
 .toolbar { display: flex; flex-wrap: wrap; gap: 10px; align-items: flex-end; margin-bottom: 14px; }

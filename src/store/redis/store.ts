@@ -29,6 +29,7 @@ import { readFile } from "node:fs/promises";
 import { createClient } from "redis";
 import { writeFileAtomic } from "../../util/atomic.js";
 import { changedId, type KeyChange } from "../change.js";
+import { entryItems, expiryInstant, type EntryDetails, type EntryDetailsMap } from "../entries.js";
 import { parseKeysFile, type KeyRecord } from "../keysfile.js";
 import { Compactor, MatcherCache, Snapshot, SnapshotBuilder } from "../snapshot.js";
 import {
@@ -104,8 +105,10 @@ export function redisKeys(prefix: string): {
 
 /**
  * A record as stored in Redis: `[name, secret_sha256, scopes, ip_allow_list,
- * mode, created_at, updated_at]`, plus `1` at the end for a sandbox key (the
- * id is the field).
+ * mode, created_at, updated_at]`, then `1` for a sandbox key, then the
+ * entries' details (`{entry: {note?, expires_at?}}`) when any entry has some,
+ * with `0` in the sandbox place for a key outside the sandbox (the id is the
+ * field). So 7, 8 (`1`) or 9 elements.
  */
 export function encodeRecord(r: KeyRecord): string {
   const fields: unknown[] = [
@@ -117,8 +120,37 @@ export function encodeRecord(r: KeyRecord): string {
     r.createdAt ?? 0,
     r.updatedAt ?? 0,
   ];
-  if (r.sandbox === true) fields.push(1);
+  const details = r.entryDetails !== undefined && Object.keys(r.entryDetails).length > 0 ? r.entryDetails : undefined;
+  if (r.sandbox === true || details !== undefined) fields.push(r.sandbox === true ? 1 : 0);
+  if (details !== undefined) fields.push(encodeDetails(details));
   return JSON.stringify(fields);
+}
+
+function encodeDetails(details: EntryDetailsMap): Record<string, { note?: string; expires_at?: string }> {
+  const out: Record<string, { note?: string; expires_at?: string }> = {};
+  for (const [entry, d] of Object.entries(details)) {
+    out[entry] = {
+      ...(d.note === undefined ? {} : { note: d.note }),
+      ...(d.expiresAt === undefined ? {} : { expires_at: d.expiresAt }),
+    };
+  }
+  return out;
+}
+
+/** The details encoded by {@link encodeDetails} for entries of `list`; undefined when malformed. */
+function decodeDetails(v: unknown, list: readonly string[]): EntryDetailsMap | undefined {
+  if (v === null || typeof v !== "object" || Array.isArray(v) || Object.keys(v).length === 0) return undefined;
+  const out: Record<string, EntryDetails> = {};
+  for (const [entry, raw] of Object.entries(v as Record<string, unknown>)) {
+    if (!list.includes(entry) || raw === null || typeof raw !== "object") return undefined;
+    const { note, expires_at: exp } = raw as { note?: unknown; expires_at?: unknown };
+    if ((note !== undefined && typeof note !== "string") || (exp !== undefined && typeof exp !== "string")) {
+      return undefined;
+    }
+    if (typeof exp === "string" && Number.isNaN(expiryInstant(exp))) return undefined;
+    out[entry] = { ...(note === undefined ? {} : { note }), ...(exp === undefined ? {} : { expiresAt: exp }) };
+  }
+  return out;
 }
 
 /** The record of key `id` stored as `text`; undefined when `text` is not a well-formed lean record. */
@@ -129,21 +161,25 @@ export function decodeRecord(id: string, text: string): KeyRecord | undefined {
   } catch {
     return undefined;
   }
-  if (!Array.isArray(v) || v.length < 7 || v.length > 8) return undefined;
-  const [name, sha, scopes, list, mode, created, updated, sandbox] = v as unknown[];
-  if (sandbox !== undefined && sandbox !== 1) return undefined;
+  if (!Array.isArray(v) || v.length < 7 || v.length > 9) return undefined;
+  const [name, sha, scopes, list, mode, created, updated, sandbox, rawDetails] = v as unknown[];
+  if (v.length === 8 && sandbox !== 1) return undefined;
+  if (v.length === 9 && sandbox !== 0 && sandbox !== 1) return undefined;
   const strings = (x: unknown): x is string[] => Array.isArray(x) && x.every((s) => typeof s === "string");
   const optional = (x: unknown): x is string | 0 => x === 0 || typeof x === "string";
   if (typeof name !== "string" || typeof sha !== "string" || !strings(scopes) || !strings(list)) return undefined;
   if ((mode !== 0 && mode !== "enforce" && mode !== "report") || !optional(created) || !optional(updated)) {
     return undefined;
   }
+  const entryDetails = rawDetails === undefined ? undefined : decodeDetails(rawDetails, list);
+  if (rawDetails !== undefined && entryDetails === undefined) return undefined;
   return {
     id,
     name,
     secretSha256: sha,
     scopes,
     ipAllowList: list,
+    ...(entryDetails === undefined ? {} : { entryDetails }),
     mode: mode === 0 ? undefined : mode,
     ...(sandbox === 1 ? { sandbox: true } : {}),
     createdAt: created === 0 ? undefined : created,
@@ -175,6 +211,16 @@ if ${entry} ~= '' then
 end
 `;
 }
+
+/**
+ * KEYS: audit. ARGV: journal entry, journal length. Appends an entry that
+ * goes with no change of a key (an entry's expiry), numbered like the commit
+ * script's. Returns {'ok', journal seq} or {'journal', error}.
+ */
+const JOURNAL_APPEND = `
+${journalAppendLua(1, "ARGV[1]", "ARGV[2]")}
+return {'ok', tostring(seq)}
+`;
 
 /**
  * KEYS: keys, hashes, version, generation, log, audit. ARGV: generation,
@@ -284,7 +330,7 @@ export function keysFileEntry(r: KeyRecord): Record<string, unknown> {
     name: r.name,
     secret_sha256: r.secretSha256,
     scopes: r.scopes,
-    ip_allow_list: r.ipAllowList,
+    ip_allow_list: entryItems(r.ipAllowList, r.entryDetails),
   };
   if (r.mode !== undefined) out["mode"] = r.mode;
   if (r.createdAt !== undefined) out["created_at"] = r.createdAt;
@@ -352,6 +398,21 @@ export class RedisKeyStore implements KeyStore {
         const rows = await c.xRevRange(this.names.audit, end, "-", { COUNT: limit });
         return rows.map((r) => ({ seq: Number(r.id.split("-")[0]), text: r.message["e"] ?? "" }));
       });
+    },
+    append: async (text) => {
+      if (text === "") throw new JournalWriteError("an empty journal entry");
+      const reply = strings(
+        await this.command((c) =>
+          c.eval(JOURNAL_APPEND, {
+            keys: [this.names.audit],
+            arguments: [text, String(this.options.journalMaxLen ?? DEFAULT_JOURNAL_MAX_LEN)],
+          }),
+        ),
+      );
+      const [kind, v] = reply;
+      if (kind !== "ok")
+        throw new JournalWriteError(`cannot append to the audit stream ${this.names.audit}: ${v ?? ""}`);
+      return Number(v);
     },
   };
 

@@ -17,11 +17,18 @@ interface ApiErrorBody {
   errors?: Array<{ field: string; message: string }>;
 }
 
+interface EntryBody {
+  entry: string;
+  note: string | null;
+  expires_at: string | null;
+}
+
 interface KeyBody {
   id: string;
   name: string;
   scopes: string[];
   ip_allow_list: string[];
+  ip_allow_list_entries: EntryBody[];
   secret?: string;
 }
 
@@ -109,6 +116,120 @@ function localTimes(): void {
   }
 }
 
+/** `iso` as a `datetime-local` value in the browser's zone (seconds kept). */
+function localInput(iso: string): string {
+  const d = new Date(iso);
+  if (Number.isNaN(d.getTime())) return "";
+  const p = (n: number): string => String(n).padStart(2, "0");
+  return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}T${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}`;
+}
+
+/** A `datetime-local` value (the browser's zone) as RFC 3339 UTC with whole seconds; null when empty. */
+function fromLocalInput(value: string): string | null {
+  if (value === "") return null;
+  const d = new Date(value);
+  return Number.isNaN(d.getTime()) ? value : d.toISOString().replace(/\.\d{3}Z$/, "Z");
+}
+
+/** The note and expiry rows, by entry as written in the textarea. */
+function detailRows(): Map<string, HTMLTableRowElement> {
+  const rows = new Map<string, HTMLTableRowElement>();
+  for (const tr of document.querySelectorAll<HTMLTableRowElement>("#entry-details tbody tr")) {
+    rows.set(tr.dataset["entry"] ?? "", tr);
+  }
+  return rows;
+}
+
+/** A new row for `entry`, like the server's. */
+function detailRow(entry: string, note: string, expiresAt: string): HTMLTableRowElement {
+  const tr = document.createElement("tr");
+  tr.dataset["entry"] = entry;
+  const cell = (label: string): HTMLTableCellElement => {
+    const td = document.createElement("td");
+    td.dataset["label"] = label;
+    tr.append(td);
+    return td;
+  };
+  const code = document.createElement("code");
+  code.textContent = entry;
+  cell("Entry").append(code);
+  const n = document.createElement("input");
+  n.type = "text";
+  n.className = "entry-note";
+  n.maxLength = 200;
+  n.value = note;
+  n.setAttribute("aria-label", `Note for ${entry}`);
+  cell("Note").append(n);
+  const x = document.createElement("input");
+  x.type = "datetime-local";
+  x.className = "entry-expiry";
+  x.step = "1";
+  x.setAttribute("aria-label", `Expiry of ${entry}`);
+  x.dataset["expiresAt"] = expiresAt;
+  const left = document.createElement("span");
+  left.className = "time-left help";
+  const box = document.createElement("div");
+  box.className = "expiry";
+  box.append(x, left);
+  cell("Expires").append(box);
+  return tr;
+}
+
+/** Fills each expiry picker from its UTC value and says the time left ("expires in 3 days"). */
+function showExpiries(): void {
+  const now = Date.now();
+  for (const x of document.querySelectorAll<HTMLInputElement>("#entry-details input.entry-expiry")) {
+    const iso = x.dataset["expiresAt"] ?? "";
+    if (iso !== "" && x.value === "") x.value = localInput(iso);
+    updateLeft(x, now);
+  }
+}
+
+function updateLeft(x: HTMLInputElement, now: number): void {
+  const left = x.parentElement?.querySelector<HTMLElement>(".time-left");
+  if (!left) return;
+  const iso = fromLocalInput(x.value);
+  const d = iso === null ? undefined : new Date(iso);
+  if (d === undefined || Number.isNaN(d.getTime())) {
+    left.textContent = "no expiry";
+    left.className = "time-left help";
+    return;
+  }
+  const gone = d.getTime() <= now;
+  left.textContent = `${gone ? "expired" : "expires"} ${age(d, now)}`;
+  left.className = gone ? "time-left expired" : "time-left";
+  left.title = `${EXACT.format(d)} · ${d.toISOString()}`;
+}
+
+/** One row per entry in the textarea (values kept for entries already there), in the textarea's order. */
+function syncDetails(lines: readonly string[]): void {
+  const body = document.querySelector("#entry-details tbody");
+  if (!body) return;
+  const rows = detailRows();
+  const next: HTMLTableRowElement[] = [];
+  for (const entry of new Set(lines)) next.push(rows.get(entry) ?? detailRow(entry, "", ""));
+  body.replaceChildren(...next);
+}
+
+/** The list to send: a string for an entry without note and expiry, else `{entry, note, expires_at}`. */
+function listBody(lines: readonly string[]): unknown[] {
+  const rows = detailRows();
+  return lines.map((entry) => {
+    const tr = rows.get(entry);
+    const note = tr?.querySelector<HTMLInputElement>("input.entry-note")?.value ?? "";
+    const exp = fromLocalInput(tr?.querySelector<HTMLInputElement>("input.entry-expiry")?.value ?? "");
+    return note === "" && exp === null ? entry : { entry, note: note === "" ? null : note, expires_at: exp };
+  });
+}
+
+/** Rebuilds the rows from the server's view of the key. */
+function resetDetails(entries: readonly EntryBody[]): void {
+  const body = document.querySelector("#entry-details tbody");
+  if (!body) return;
+  body.replaceChildren(...entries.map((e) => detailRow(e.entry, e.note ?? "", e.expires_at ?? "")));
+  showExpiries();
+}
+
 let pendingConfirm: ((ok: boolean) => void) | undefined;
 
 /** Opens the confirmation dialog; resolves true once the server accepted the token (and code). */
@@ -161,15 +282,23 @@ function setupKeyForm(): void {
   const id = form.dataset["id"] ?? "";
   let errors = new Map<number, string>();
   renderLines(textarea, errors);
+  showExpiries();
+  const details = document.getElementById("entry-details");
+  details?.addEventListener("input", (ev) => {
+    const t = ev.target;
+    if (t instanceof HTMLInputElement && t.classList.contains("entry-expiry")) updateLeft(t, Date.now());
+  });
   textarea.addEventListener("input", () => {
     errors = new Map();
     renderLines(textarea, errors);
+    syncDetails(entries(textarea).map((e) => e.text));
   });
   const addLine = (value: string): void => {
     const existing = entries(textarea).map((e) => e.text);
     if (existing.includes(value)) return;
     textarea.value = textarea.value.replace(/\s*$/, "") + (textarea.value.trim() === "" ? "" : "\n") + value;
     renderLines(textarea, errors);
+    syncDetails(entries(textarea).map((e) => e.text));
   };
   byId("add-my-ip")?.addEventListener("click", () => addLine(data.clientIp));
   for (const b of document.querySelectorAll<HTMLButtonElement>("button.add-source")) {
@@ -185,7 +314,7 @@ function setupKeyForm(): void {
     const scopes = (byId<HTMLInputElement>("scopes")?.value ?? "").split(/[\s,]+/).filter((s) => s !== "");
     const modeValue = byId<HTMLSelectElement>("mode")?.value ?? "";
     const sandbox = byId<HTMLInputElement>("sandbox")?.checked ?? false;
-    const body: Record<string, unknown> = { name, scopes, ip_allow_list: lines.map((l) => l.text), sandbox };
+    const body: Record<string, unknown> = { name, scopes, ip_allow_list: listBody(lines.map((l) => l.text)), sandbox };
     if (modeValue !== "") body["mode"] = modeValue;
     const { status, json } =
       id === ""
@@ -201,9 +330,11 @@ function setupKeyForm(): void {
       errors = new Map();
       const other: string[] = [];
       for (const fe of e.errors ?? []) {
-        const m = /^ip_allow_list\[(\d+)\]$/.exec(fe.field);
+        const m = /^ip_allow_list\[(\d+)\](?:\.(\w+))?$/.exec(fe.field);
         const line = m ? lines[Number(m[1])]?.line : undefined;
-        if (line !== undefined) errors.set(line, fe.message);
+        const sub = m?.[2] === undefined || m[2] === "entry" ? "" : `${m[2]}: `;
+        if (line !== undefined)
+          errors.set(line, `${errors.has(line) ? `${errors.get(line) ?? ""}; ` : ""}${sub}${fe.message}`);
         else other.push(`${fe.field}: ${fe.message}`);
       }
       renderLines(textarea, errors);
@@ -219,6 +350,7 @@ function setupKeyForm(): void {
       textarea.value = k.ip_allow_list.join("\n");
       errors = new Map();
       renderLines(textarea, errors);
+      resetDetails(k.ip_allow_list_entries);
       if (k.secret !== undefined) {
         const panel = byId("secret-panel");
         const value = byId("secret-value");
