@@ -172,7 +172,10 @@ async function main(): Promise<void> {
       (secret, i) =>
         `  - id: bench_rot_${i}\n    secret_sha256: "${secretHash(secret)}"\n    ip_allow_list: [127.0.0.1, 10.${i}.0.0/16]\n`,
     ).join("");
-    const kfConfig = keyfenceConfig(kfDir, upstreamUrl, kfPort, await freePort(), "", benchKeys(rotating));
+    // A key whose loopback entry has an expiry (SPEC §9): the request path reads the clock for it.
+    const EXPIRING = "kf_bench_expiring";
+    const expiring = `  - id: bench_expiring\n    secret_sha256: "${secretHash(EXPIRING)}"\n    ip_allow_list: [{entry: 127.0.0.1, note: bench, expires_at: "2099-01-01T00:00:00Z"}]\n`;
+    const kfConfig = keyfenceConfig(kfDir, upstreamUrl, kfPort, await freePort(), "", benchKeys(rotating + expiring));
     const nodeFlags = keep !== undefined ? ["--perf-basic-prof"] : [];
     const node = (script: string, ...args: string[]): string[] => [
       process.execPath,
@@ -229,6 +232,7 @@ async function main(): Promise<void> {
       server("keyfence forwarder, no checks", ALLOWED, "bare.js", upstreamUrl),
       keyfence("keyfence, allowed", [ALLOWED]),
       keyfence("keyfence, allowed, 100 keys in turn", ROTATING),
+      keyfence("keyfence, allowed, an entry with an expiry", [EXPIRING]),
       server("http-proxy 1.18", ALLOWED, "httpproxy.js", upstreamUrl),
       server("node:http fixed 403", DENIED, "deny403.js"),
       keyfence("keyfence, denied (403)", [DENIED]),
