@@ -304,31 +304,7 @@ export function keyFormPage(ctx: PageContext, key: KeyView | undefined, sources:
           Its allowed requests go to <code>sandbox_upstream</code> (when configured) instead of the real upstream.
         </p>
       </div>
-      <fieldset id="allow-list">
-        <legend>IP Allow List</legend>
-        <p class="help" id="list-help">
-          One IPv4 or IPv6 address or CIDR range per line, such as <code>203.0.113.4</code>,
-          <code>198.51.100.0/24</code> or <code>2001:db8::/48</code>.
-          <strong>An empty list means no restriction:</strong> the key then works from any IP.
-        </p>
-        <p class="current-ip">
-          Your current IP: <code id="current-ip">${ctx.clientIp}</code
-          ><button type="button" id="add-my-ip">Add my IP</button>
-        </p>
-        <label for="ip_allow_list">Entries</label>
-        <textarea
-          id="ip_allow_list"
-          name="ip_allow_list"
-          rows="8"
-          spellcheck="false"
-          autocapitalize="off"
-          autocomplete="off"
-          aria-describedby="list-help list-lines"
-        >
-${key?.ip_allow_list.join("\n") ?? ""}</textarea>
-        <ol id="list-lines" class="lines" aria-live="polite" aria-label="Entries to fix"></ol>
-        ${entryDetailsTable(key, Date.now())}
-      </fieldset>
+      ${allowListFieldset(ctx, key)}
       <p class="error" id="form-error" role="alert"></p>
       <p class="success" id="form-status" role="status"></p>
       <div class="actions">
@@ -336,60 +312,7 @@ ${key?.ip_allow_list.join("\n") ?? ""}</textarea>
         ${editing ? html`<button type="button" class="danger" id="delete-key">Delete key</button>` : ""}
       </div>
     </form>
-    <section id="secret-panel" hidden aria-labelledby="secret-title">
-      <h2 id="secret-title">Copy the secret now</h2>
-      <p class="warning">
-        <strong>This secret will not be shown again.</strong> keyfence stores only its SHA-256. Store it in your secret
-        manager before you leave this page.
-      </p>
-      <div class="secret">
-        <code id="secret-value"></code><button type="button" id="copy-secret">Copy</button
-        ><span id="copy-status" role="status"></span>
-      </div>
-      <p><a id="secret-key-link" href="/">Go to the key</a></p>
-    </section>
-    ${
-      editing
-        ? html`<section aria-labelledby="sources-title">
-            <h2 id="sources-title">Observed sources</h2>
-            ${
-              sources.length === 0
-                ? html`<p class="help">No requests of this key seen since keyfence started.</p>`
-                : html`<p class="help">
-                      Networks this key was recently used from (requests since start; “would refuse” counts what the
-                      current list refuses).
-                    </p>
-                    <table class="responsive" id="sources-table">
-                      <thead>
-                        <tr>
-                          <th>Network</th>
-                          <th>Requests</th>
-                          <th>Refused</th>
-                          <th>Last seen</th>
-                          <th><span class="sr-only">Action</span></th>
-                        </tr>
-                      </thead>
-                      <tbody>
-                        ${sources.map(
-                          (s) =>
-                            html`<tr>
-                              <td data-label="Network"><code>${s.network}</code></td>
-                              <td data-label="Requests">${s.requests}</td>
-                              <td data-label="Refused">${s.denied}</td>
-                              <td data-label="Last seen">${timeHtml(s.last_seen)}</td>
-                              <td>
-                                <button type="button" class="link add-source" data-network="${s.network}">
-                                  Add to list
-                                </button>
-                              </td>
-                            </tr>`,
-                        )}
-                      </tbody>
-                    </table>`
-            }
-          </section>`
-        : ""
-    }`;
+    ${SECRET_PANEL} ${editing ? sourcesSection(sources) : ""}`;
   return layout(ctx, editing ? `Edit ${key.name}` : "New API key", body, { key: key ?? null });
 }
 
@@ -581,4 +504,86 @@ export function auditPage(
     ${events.length === 0 ? html`<p class="help">No changes yet.</p>` : ""}
     ${next ? html`<nav class="pager"><a href="/audit?cursor=${encodeURIComponent(next)}">Older →</a></nav>` : ""}`;
   return layout(ctx, "Audit log", body);
+}
+
+/** The form's IP Allow List section: the entries, the caller's own IP, notes and expiries. */
+function allowListFieldset(ctx: PageContext, key: KeyView | undefined): SafeHtml {
+  return html`<fieldset id="allow-list">
+    <legend>IP Allow List</legend>
+    <p class="help" id="list-help">
+      One IPv4 or IPv6 address or CIDR range per line, such as <code>203.0.113.4</code>, <code>198.51.100.0/24</code> or
+      <code>2001:db8::/48</code>. <strong>An empty list means no restriction:</strong> the key then works from any IP.
+    </p>
+    <p class="current-ip">
+      Your current IP: <code id="current-ip">${ctx.clientIp}</code
+      ><button type="button" id="add-my-ip">Add my IP</button>
+    </p>
+    <label for="ip_allow_list">Entries</label>
+    <textarea
+      id="ip_allow_list"
+      name="ip_allow_list"
+      rows="8"
+      spellcheck="false"
+      autocapitalize="off"
+      autocomplete="off"
+      aria-describedby="list-help list-lines"
+    >
+${key?.ip_allow_list.join("\n") ?? ""}</textarea>
+    <ol id="list-lines" class="lines" aria-live="polite" aria-label="Entries to fix"></ol>
+    ${entryDetailsTable(key, Date.now())}
+  </fieldset>`;
+}
+
+/** Where a new key's secret is shown once. */
+const SECRET_PANEL: SafeHtml = html`<section id="secret-panel" hidden aria-labelledby="secret-title">
+  <h2 id="secret-title">Copy the secret now</h2>
+  <p class="warning">
+    <strong>This secret will not be shown again.</strong> keyfence stores only its SHA-256. Store it in your secret
+    manager before you leave this page.
+  </p>
+  <div class="secret">
+    <code id="secret-value"></code><button type="button" id="copy-secret">Copy</button
+    ><span id="copy-status" role="status"></span>
+  </div>
+  <p><a id="secret-key-link" href="/">Go to the key</a></p>
+</section>`;
+
+/** An edited key's observed sources, with a button to add each network. */
+function sourcesSection(sources: readonly ObservedSource[]): SafeHtml {
+  return html`<section aria-labelledby="sources-title">
+    <h2 id="sources-title">Observed sources</h2>
+    ${
+      sources.length === 0
+        ? html`<p class="help">No requests of this key seen since keyfence started.</p>`
+        : html`<p class="help">
+              Networks this key was recently used from (requests since start; “would refuse” counts what the current
+              list refuses).
+            </p>
+            <table class="responsive" id="sources-table">
+              <thead>
+                <tr>
+                  <th>Network</th>
+                  <th>Requests</th>
+                  <th>Refused</th>
+                  <th>Last seen</th>
+                  <th><span class="sr-only">Action</span></th>
+                </tr>
+              </thead>
+              <tbody>
+                ${sources.map(
+                  (s) =>
+                    html`<tr>
+                      <td data-label="Network"><code>${s.network}</code></td>
+                      <td data-label="Requests">${s.requests}</td>
+                      <td data-label="Refused">${s.denied}</td>
+                      <td data-label="Last seen">${timeHtml(s.last_seen)}</td>
+                      <td>
+                        <button type="button" class="link add-source" data-network="${s.network}">Add to list</button>
+                      </td>
+                    </tr>`,
+                )}
+              </tbody>
+            </table>`
+    }
+  </section>`;
 }

@@ -351,18 +351,8 @@ function setupKeyForm(): void {
       errors = new Map();
       renderLines(textarea, errors);
       resetDetails(k.ip_allow_list_entries);
-      if (k.secret !== undefined) {
-        const panel = byId("secret-panel");
-        const value = byId("secret-value");
-        const link = byId<HTMLAnchorElement>("secret-key-link");
-        if (value) value.textContent = k.secret;
-        if (link) link.href = `/keys/${encodeURIComponent(k.id)}`;
-        form.hidden = true;
-        if (panel) {
-          panel.hidden = false;
-          byId("copy-secret")?.focus();
-        }
-      } else if (formStatus) formStatus.textContent = "Saved.";
+      if (k.secret !== undefined) showSecret(form, k.id, k.secret);
+      else if (formStatus) formStatus.textContent = "Saved.";
       return;
     }
     if (formError) formError.textContent = (json as ApiErrorBody | null)?.message ?? `failed (${status})`;
@@ -372,6 +362,26 @@ function setupKeyForm(): void {
     void save();
   });
 
+  setupCopySecret();
+  setupDelete(id, formError);
+}
+
+/** Shows a new key's secret once, in place of the form. */
+function showSecret(form: HTMLFormElement, id: string, secret: string): void {
+  const panel = byId("secret-panel");
+  const value = byId("secret-value");
+  const link = byId<HTMLAnchorElement>("secret-key-link");
+  if (value) value.textContent = secret;
+  if (link) link.href = `/keys/${encodeURIComponent(id)}`;
+  form.hidden = true;
+  if (panel) {
+    panel.hidden = false;
+    byId("copy-secret")?.focus();
+  }
+}
+
+/** The secret panel's copy button. */
+function setupCopySecret(): void {
   byId("copy-secret")?.addEventListener("click", () => {
     const secret = byId("secret-value")?.textContent ?? "";
     const status = byId("copy-status");
@@ -384,7 +394,10 @@ function setupKeyForm(): void {
       },
     );
   });
+}
 
+/** The edit form's delete button, with confirmation when the key is restricted. */
+function setupDelete(id: string, formError: HTMLElement | null): void {
   const del = async (): Promise<void> => {
     const { status, json } = await call("DELETE", `/v1/api-keys/${encodeURIComponent(id)}`);
     if (status === 403 && (json as ApiErrorBody).message === "confirmation required") {
