@@ -144,10 +144,10 @@ function detailOf(d: Decision): string {
   return d.reason === "ip_not_allowed" ? d.client.text : (d.detail ?? "");
 }
 
-/** The client-address echo of `<ping_path>/ip`: no key is read, nothing is decided. */
-function echoClient(client: ClientIp, target: string, path: string, settings: StepSettings): Enforcement {
-  const decision: Decision = {
-    outcome: "allowed",
+/** A decision made before any key is read: nothing forwarded, no reason of its own. */
+function keyless(outcome: Decision["outcome"], client: ClientIp, settings: StepSettings): Decision {
+  return {
+    outcome,
     forward: false,
     reason: undefined,
     keyId: undefined,
@@ -156,6 +156,11 @@ function echoClient(client: ClientIp, target: string, path: string, settings: St
     key: undefined,
     detail: undefined,
   };
+}
+
+/** The client-address echo of `<ping_path>/ip`: no key is read, nothing is decided. */
+function echoClient(client: ClientIp, target: string, path: string, settings: StepSettings): Enforcement {
+  const decision = keyless("allowed", client, settings);
   const plan =
     client.ip === undefined
       ? answerPlan("invalid_client_ip")
@@ -174,18 +179,8 @@ export function enforceFor(
 ): Enforcement {
   const target = requestTarget(url);
   if (target === undefined) {
-    const decision: Decision = {
-      outcome: "bad_request",
-      forward: false,
-      reason: undefined,
-      keyId: undefined,
-      mode: settings.mode,
-      client,
-      key: undefined,
-      detail: undefined,
-    };
     return {
-      decision,
+      decision: keyless("bad_request", client, settings),
       plan: answerPlan("bad_request", "", undefined, BAD_TARGET),
       target,
       path: url ?? "",

@@ -9,30 +9,10 @@ import { Worker } from "node:worker_threads";
 import fc from "fast-check";
 import { secretHash } from "../../src/policy/credential.js";
 import { FileKeyStore, joinSliced, WORKER_THRESHOLD_BYTES } from "../../src/store/filestore.js";
-import { parseKeysFile, type KeyRecord } from "../../src/store/keysfile.js";
 import { indexEntries } from "../../src/store/splice.js";
 import type { LoaderInput, LoaderMessage } from "../../src/store/loader.js";
 import { formatStoreProblem } from "../../src/store/store.js";
-
-function rec(id: string, over: Partial<KeyRecord> = {}): KeyRecord {
-  return {
-    id,
-    name: id,
-    secretSha256: secretHash(`secret-${id}`),
-    scopes: [],
-    ipAllowList: [],
-    mode: undefined,
-    createdAt: undefined,
-    updatedAt: undefined,
-    ...over,
-  };
-}
-
-function records(file: string | Buffer): KeyRecord[] {
-  const r = parseKeysFile("k", String(file), 1000);
-  if (!r.ok) throw new Error(r.problems.map(formatStoreProblem).join("\n"));
-  return r.keys;
-}
+import { rec, records } from "../helpers/records.js";
 
 test("property: a write's file assembled in slices equals the parts joined, and yields between slices", async () => {
   await fc.assert(

@@ -3,30 +3,9 @@ import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import fc from "fast-check";
 import { secretHash } from "../../src/policy/credential.js";
-import { parseKeysFile, type KeyRecord } from "../../src/store/keysfile.js";
 import { indexEntries, spliceChange, type EntryIndex } from "../../src/store/splice.js";
 import type { KeyChange } from "../../src/store/store.js";
-import { formatStoreProblem } from "../../src/store/store.js";
-
-function rec(id: string, over: Partial<KeyRecord> = {}): KeyRecord {
-  return {
-    id,
-    name: id,
-    secretSha256: secretHash(`secret-${id}`),
-    scopes: [],
-    ipAllowList: [],
-    mode: undefined,
-    createdAt: undefined,
-    updatedAt: undefined,
-    ...over,
-  };
-}
-
-function records(file: string | Buffer): KeyRecord[] {
-  const r = parseKeysFile("k", String(file), 1000);
-  if (!r.ok) throw new Error(r.problems.map(formatStoreProblem).join("\n"));
-  return r.keys;
-}
+import { rec, records } from "../helpers/records.js";
 
 /** {@link spliceChange} with its parts joined. */
 function splice(...args: Parameters<typeof spliceChange>): { bytes: Buffer; index: EntryIndex } | undefined {
