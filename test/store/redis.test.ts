@@ -15,6 +15,7 @@ import { after, before, describe, test } from "node:test";
 import { stringify } from "yaml";
 import { StoreLoadError } from "../../src/store/store.js";
 import { exportRecords, importRecords } from "../../src/store/redis/io.js";
+import { redisKeys } from "../../src/store/redis/store.js";
 import type { KeyRecord } from "../../src/store/keysfile.js";
 import { needBinary } from "../helpers/binary.js";
 import { bearer, send, type Reply } from "../helpers/http.js";
@@ -238,6 +239,31 @@ describe("Redis store", { skip: redisBin.skip }, () => {
         await eventually(async () => (await send(`${kf.adminUrl}/readyz`)).status === 200, 7000, "readyz 200");
         assert.equal(await proxied(kf, "s_open"), 403);
       }
+    });
+  });
+
+  test("a record this version cannot read is an outage, never an unknown key", async () => {
+    // Skipping it would make the key unknown, and unknown keys may be forwarded unchecked.
+    const prefix = redis.newPrefix();
+    await seed(prefix);
+    const a = await start(redis.url, prefix);
+    assert.equal(await proxied(a, "s_pinned"), 403);
+    const names = redisKeys(prefix);
+    await redis.withClient(async (c) => {
+      // As a newer version's record format, or corruption; a new generation makes the replica read every record.
+      await c.hSet(names.keys, "k_pinned", JSON.stringify(["k_pinned", sha("s_pinned"), [], [], 0, 0, 0, 2, 3, 4]));
+      await c.set(names.generation, "newer");
+      await c.publish(names.channel, "x 999");
+      await eventually(async () => (await send(`${a.adminUrl}/readyz`)).status === 503, 7000, "readyz 503");
+      assert.match((await send(`${a.adminUrl}/readyz`)).body, /cannot read the record of key \\?"k_pinned\\?"/);
+      assert.equal(await storeUp(a), "0");
+      assert.equal(await proxied(a, "s_pinned"), 403, "the last snapshot's restriction still holds");
+      assert.equal(await proxied(a, "s_open"), 200);
+      await assert.rejects(exportRecords(c, prefix), /cannot read the record of key "k_pinned"/);
+      // Fixed by an import: the replica reads every record again.
+      await importRecords(c, prefix, SEED);
+      await eventually(async () => (await send(`${a.adminUrl}/readyz`)).status === 200, 7000, "readyz 200");
+      assert.equal(await proxied(a, "s_pinned"), 403);
     });
   });
 

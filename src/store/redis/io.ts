@@ -10,7 +10,7 @@
 import { randomBytes } from "node:crypto";
 import { createClient } from "redis";
 import type { KeyRecord } from "../keysfile.js";
-import { decodeRecord, encodeRecord, journalAppendLua, LOG_MAX, redisKeys } from "./store.js";
+import { encodeRecord, journalAppendLua, LOG_MAX, readable, redisKeys } from "./store.js";
 
 /** Records per import script call. */
 const IMPORT_BATCH = 1_000;
@@ -195,8 +195,7 @@ export async function exportRecords(
     const page = await client.hScan(names.keys, cursor, { COUNT: IMPORT_BATCH });
     cursor = page.cursor;
     for (const e of page.entries) {
-      const r = decodeRecord(e.field, e.value);
-      if (r !== undefined) out.push(r);
+      out.push(readable(e.field, e.value));
     }
     progress?.(out.length, total);
   } while (cursor !== "0");

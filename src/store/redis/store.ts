@@ -153,6 +153,23 @@ function decodeDetails(v: unknown, list: readonly string[]): EntryDetailsMap | u
   return out;
 }
 
+/**
+ * A stored record that cannot be read (corrupt, or written by a newer
+ * version). Never skipped: a skipped key would be unknown, and unknown keys
+ * may be forwarded unchecked (`keys.unknown: forward`), so it is an outage.
+ */
+export class UnreadableRecordError extends Error {}
+
+/** The record of key `id` stored as `text`; throws {@link UnreadableRecordError} when it cannot be read. */
+export function readable(id: string, text: string): KeyRecord {
+  const rec = decodeRecord(id, text);
+  if (rec === undefined)
+    throw new UnreadableRecordError(
+      `cannot read the record of key ${JSON.stringify(id)} (corrupt, or written by a newer keyfence)`,
+    );
+  return rec;
+}
+
 /** The record of key `id` stored as `text`; undefined when `text` is not a well-formed lean record. */
 export function decodeRecord(id: string, text: string): KeyRecord | undefined {
   let v: unknown;
@@ -649,7 +666,7 @@ export class RedisKeyStore implements KeyStore {
         for (let i = 3; i + 1 < reply.length; i += 2) {
           const id = reply[i] as string;
           const text = reply[i + 1] as string;
-          const rec = text === "" ? undefined : decodeRecord(id, text);
+          const rec = text === "" ? undefined : readable(id, text);
           changes.push(rec === undefined ? { kind: "delete", id } : { kind: "update", record: rec });
         }
         const next = this.snapshot.withChanges(changes);
@@ -660,7 +677,10 @@ export class RedisKeyStore implements KeyStore {
     } catch (err) {
       this.setHealth({
         up: false,
-        reason: `the key store ${this.description} is unreachable: ${(err as Error).message}`,
+        reason:
+          err instanceof UnreadableRecordError
+            ? `the key store ${this.description} ${err.message}; the last snapshot keeps serving until the record is fixed (\`keyfence keys import\`) or every replica runs a version that reads it`
+            : `the key store ${this.description} is unreachable: ${(err as Error).message}`,
       });
       throw new StoreUnavailableError(this.state.reason, { cause: err });
     }
@@ -676,7 +696,6 @@ export class RedisKeyStore implements KeyStore {
       const gen = head[0] ?? "";
       const v = Number(head[1] ?? "0");
       const builder = new SnapshotBuilder(this.cache, this.current);
-      let bad = 0;
       // The next batch is asked for before this one is decoded, so Redis and this process work at once.
       let next = client.hScan(this.names.keys, "0", { COUNT: SCAN_COUNT });
       let cursor: string;
@@ -691,9 +710,7 @@ export class RedisKeyStore implements KeyStore {
         const entries = page.entries;
         for (let i = 0; i < entries.length; i++) {
           const e = entries[i] as { field: string; value: string };
-          const rec = decodeRecord(e.field, e.value);
-          if (rec === undefined) bad++;
-          else builder.add(rec);
+          builder.add(readable(e.field, e.value));
           if ((i + 1) % DECODE_SLICE === 0) await new Promise((r) => setImmediate(r));
         }
         await new Promise((r) => setImmediate(r));
@@ -711,7 +728,7 @@ export class RedisKeyStore implements KeyStore {
       if (kind === "delta") {
         for (let i = 3; i + 1 < reply.length; i += 2) {
           const id = reply[i] as string;
-          const rec = (reply[i + 1] as string) === "" ? undefined : decodeRecord(id, reply[i + 1] as string);
+          const rec = (reply[i + 1] as string) === "" ? undefined : readable(id, reply[i + 1] as string);
           if (rec === undefined) builder.remove(id);
           else builder.add(rec);
         }
@@ -720,11 +737,6 @@ export class RedisKeyStore implements KeyStore {
       this.version = Number(v2);
       const snapshot = builder.finish();
       this.install(snapshot, cause);
-      if (bad > 0) {
-        this.options.notice?.("store_bad_records", `${bad} malformed records in ${this.description} were skipped`, {
-          records: bad,
-        });
-      }
       if (cause !== "load") {
         this.options.notice?.("store_resynced", `resynced ${snapshot.size} keys from ${this.description}`, {
           keys: snapshot.size,
