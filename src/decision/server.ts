@@ -18,7 +18,7 @@ import { compilePlaces } from "../policy/credential.js";
 import type { Decision } from "../policy/decide.js";
 import { enforceFor, ipPathOf, type StepSettings } from "../policy/enforce.js";
 import type { KeyStore } from "../store/store.js";
-import { forwardedFor, hasBody, listenOn, requestIdOf, sendJson, SERVER_LIMITS } from "../util/http.js";
+import { forwardedFor, hasBody, idleWithin, listenOn, requestIdOf, sendJson, SERVER_LIMITS } from "../util/http.js";
 
 /** What the decision listener needs: the same parts as the proxy's, so decisions count, log and observe alike. */
 export interface DecisionDeps {
@@ -117,13 +117,8 @@ export class DecisionServer {
     const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
     this.server.closeIdleConnections();
     const idle = this.active === 0 ? Promise.resolve() : new Promise<void>((r) => this.idleWaiters.push(r));
-    let timer: NodeJS.Timeout | undefined;
-    const timedOut = new Promise<"timeout">((r) => {
-      timer = setTimeout(() => r("timeout"), timeoutMs);
-    });
-    const result = await Promise.race([idle.then(() => "idle" as const), timedOut]);
-    clearTimeout(timer);
-    const cut = result === "timeout" ? this.active : 0;
+    const settled = await idleWithin(idle, timeoutMs);
+    const cut = settled ? 0 : this.active;
     this.server.closeAllConnections();
     await closed;
     return { cut };

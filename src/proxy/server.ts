@@ -14,7 +14,7 @@ import type { SourceTracker } from "../metrics/sources.js";
 import { compilePlaces } from "../policy/credential.js";
 import { enforce, ipPathOf, type EnforceSettings, type Enforcement } from "../policy/enforce.js";
 import type { KeyStore } from "../store/store.js";
-import { forwardedFor, hasBody, listenOn, requestIdOf, SERVER_LIMITS } from "../util/http.js";
+import { forwardedFor, hasBody, idleWithin, listenOn, requestIdOf, SERVER_LIMITS } from "../util/http.js";
 import { Forwarder, UPSTREAM_CONNECTIONS, type ForwardResult, type Identity } from "./forward.js";
 import { answer, answerPlanned, answerPlanOnSocket, answerSocket } from "./respond.js";
 import { perProcess, type Limits } from "../config/limits.js";
@@ -115,13 +115,8 @@ export class ProxyServer {
     const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
     this.server.closeIdleConnections();
     const idle = this.active === 0 ? Promise.resolve() : new Promise<void>((r) => this.idleWaiters.push(r));
-    let timer: NodeJS.Timeout | undefined;
-    const timedOut = new Promise<"timeout">((r) => {
-      timer = setTimeout(() => r("timeout"), timeoutMs);
-    });
-    const result = await Promise.race([idle.then(() => "idle" as const), timedOut]);
-    clearTimeout(timer);
-    const cut = result === "timeout" ? this.active + this.upgraded.size : this.upgraded.size;
+    const settled = await idleWithin(idle, timeoutMs);
+    const cut = settled ? this.upgraded.size : this.active + this.upgraded.size;
     for (const s of this.upgraded) s.destroy();
     this.server.closeAllConnections();
     await closed;

@@ -65,3 +65,14 @@ export function hasBody(headers: {
   const cl = headers["content-length"];
   return cl !== undefined && cl !== "0";
 }
+
+/** Resolves true once `idle` has resolved, false if `timeoutMs` passes first (a listener's drain). */
+export async function idleWithin(idle: Promise<void>, timeoutMs: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const timedOut = new Promise<false>((r) => {
+    timer = setTimeout(() => r(false), timeoutMs);
+  });
+  const result = await Promise.race([idle.then(() => true as const), timedOut]);
+  clearTimeout(timer);
+  return result;
+}
