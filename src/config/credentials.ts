@@ -1,5 +1,6 @@
 /** `keys.credentials` (SPEC §4): where keys travel, validated with every problem located. */
 import { normalizeQueryName, type CredentialPlace } from "../policy/credential.js";
+import { HOP_BY_HOP } from "../util/http.js";
 import type { YamlFile } from "../util/yaml.js";
 
 /** The default: the bearer token of the Authorization header only. */
@@ -7,20 +8,7 @@ export const DEFAULT_CREDENTIALS: readonly CredentialPlace[] = [{ kind: "bearer"
 
 const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}$/;
 /** Headers that cannot carry a key as a whole value: Authorization has its own places, the others are hop-by-hop or routing. */
-const NOT_A_KEY_HEADER = new Set([
-  "authorization",
-  "proxy-authorization",
-  "host",
-  "connection",
-  "keep-alive",
-  "proxy-connection",
-  "transfer-encoding",
-  "te",
-  "trailer",
-  "upgrade",
-  "content-length",
-  "x-forwarded-for",
-]);
+const NOT_A_KEY_HEADER = new Set(["authorization", "host", "content-length", "x-forwarded-for", ...HOP_BY_HOP]);
 const QUERY_NAME = /^[A-Za-z0-9_.~-]{1,100}$/;
 
 /** Validates `keys.credentials` (undefined: the default); problems go to `y`, the result is undefined when there are any. */

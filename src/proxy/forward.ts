@@ -8,21 +8,8 @@ import type { Readable } from "node:stream";
 import { Pool, type Dispatcher } from "undici";
 import type { ClientIp } from "../clientip/resolve.js";
 import { BodyIdleError } from "./body.js";
-import { hasBody } from "../util/http.js";
+import { HOP_BY_HOP, hasBody } from "../util/http.js";
 import { answer } from "./respond.js";
-
-/** Headers that describe one connection, never forwarded (RFC 9110 §7.6.1, plus the legacy proxy ones). */
-export const HOP_BY_HOP = new Set([
-  "connection",
-  "keep-alive",
-  "proxy-connection",
-  "transfer-encoding",
-  "te",
-  "trailer",
-  "upgrade",
-  "proxy-authorization",
-  "proxy-authenticate",
-]);
 
 /** Lengths of the {@link HOP_BY_HOP} names: a header of another length needs no lowercasing to be kept. */
 const HOP_LENGTHS = new Set([...HOP_BY_HOP].map((h) => h.length));
