@@ -1,7 +1,26 @@
 /** Atomic file replacement: readers see the old or the new content, never a part. */
 import { randomBytes } from "node:crypto";
-import { open, rename, stat, unlink } from "node:fs/promises";
+import { open, rename, stat, unlink, type FileHandle } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
+
+/** Most buffers per `writev` call (the usual IOV_MAX). */
+const IOV_MAX = 1024;
+
+/** Writes `parts` one after another from the file's start, a `writev` per {@link IOV_MAX} buffers, resuming a short write. */
+async function writeParts(fh: FileHandle, parts: readonly (string | Uint8Array)[]): Promise<void> {
+  const buffers = parts.map((p) => (typeof p === "string" ? Buffer.from(p) : p)).filter((b) => b.length > 0);
+  let position = 0;
+  for (let i = 0; i < buffers.length;) {
+    const batch = buffers.slice(i, i + IOV_MAX);
+    const { bytesWritten } = await fh.writev(batch, position);
+    if (bytesWritten === 0) throw new Error(`writev wrote nothing at byte ${position}`);
+    position += bytesWritten;
+    // Skip what was written; a part written in part is resumed from where it stopped.
+    let done = bytesWritten;
+    while (i < buffers.length && done >= (buffers[i] as Uint8Array).length) done -= (buffers[i++] as Uint8Array).length;
+    if (done > 0) buffers[i] = (buffers[i] as Uint8Array).subarray(done);
+  }
+}
 
 /**
  * Writes `data` (a string as UTF-8, or parts written one after another) to `file` atomically: a temp file with a
@@ -24,7 +43,7 @@ export async function writeFileAtomic(
   const fh = await open(tmp, "wx", mode);
   try {
     if (typeof data === "string" || data instanceof Uint8Array) await fh.writeFile(data);
-    else for (const part of data) await fh.writeFile(part); // each from where the last ended
+    else await writeParts(fh, data);
     await fh.sync();
   } finally {
     await fh.close();
