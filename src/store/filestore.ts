@@ -8,8 +8,10 @@
  * processes sharing the file, by a lock in the file's directory
  * (`.NAME.lock`, proper-lockfile: an atomic mkdir whose mtime the holder
  * refreshes, so a lock left by a killed process goes stale and is taken
- * over). Under both, a write re-reads the file so a change made by another
- * process or an editor is never lost, edits the YAML document in place
+ * over). Under both, a write first checks the file: unless its signature
+ * (device, inode, size, mtime and ctime in nanoseconds) is still the one we
+ * last read or wrote, it is re-read, so a change made by another process or
+ * an editor is never lost. The write then edits the YAML document in place
  * (comments and order of untouched entries survive), and replaces the file
  * atomically (random temp name, fsync, rename, fsync directory).
  */
@@ -59,10 +61,31 @@ export interface FileKeyStoreOptions {
   readonly displayName: string;
   readonly maxEntries: number;
   readonly cache?: MatcherCache;
+  /** Milliseconds since the epoch, to judge whether the file changed too recently to trust its signature (tests move it). */
+  readonly now?: () => number;
 }
 
+/**
+ * What identifies one version of the file without reading it: device,
+ * inode, size, and mtime and ctime in nanoseconds. A replacement (a new
+ * inode), a write that changes the size, and any write in a later clock tick
+ * of the file system change it (ctime cannot be set back by a tool); a
+ * same-size rewrite in place within the tick of the version we saw does not.
+ */
 function signature(st: BigIntStats): string {
-  return `${st.ino}:${st.size}:${st.mtimeNs}`;
+  return `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
+}
+
+/**
+ * A version changed less than this long ago may still change within the
+ * same timestamp tick (coarse clocks, 2 s on FAT): its signature is not
+ * trusted to stand for its content, so the next write reads it again.
+ */
+const RACY_MS = 2_000;
+
+/** The signature of `st`, when old enough at `now` to stand for the content read after it (see {@link RACY_MS}). */
+function settledSignature(st: BigIntStats, now: number): string | undefined {
+  return Number(st.ctimeMs) < now - RACY_MS ? signature(st) : undefined;
 }
 
 function digest(data: string | Uint8Array): string {
@@ -94,9 +117,17 @@ export async function joinSliced(parts: readonly Uint8Array[], sliceBytes = COPY
   return out;
 }
 
-type ReadResult =
-  | { ok: true; snapshot: Snapshot; hash: string; bytes: Buffer; ids: string[]; index?: EntryIndex | undefined }
-  | { ok: false; problems: Problem[]; unchanged?: boolean };
+/** A version of the file, read and validated: its snapshot, bytes, and signature as seen before reading. */
+interface Read {
+  readonly snapshot: Snapshot;
+  readonly hash: string;
+  readonly bytes: Buffer;
+  readonly ids: string[];
+  readonly index?: EntryIndex | undefined;
+  readonly seen: string | undefined;
+}
+
+type ReadResult = ({ ok: true } & Read) | { ok: false; problems: Problem[]; unchanged?: boolean };
 
 /** Key store backed by one YAML keys file. */
 export class FileKeyStore implements KeyStore {
@@ -115,8 +146,13 @@ export class FileKeyStore implements KeyStore {
   private order: string[] = [];
   /** Where each entry lies in `source`, for in-place edits (the loader thread's, or computed at the first write). */
   private index: EntryIndex | undefined;
-  /** Inode, size and mtime of the file as our last write left it. */
-  private ownWrite: string | undefined;
+  /**
+   * The {@link signature} of the file as we last read it (taken before
+   * reading; none while racy, see {@link RACY_MS}) or as our last write left
+   * it (trusted at once: the residual risk is an edit in place that keeps the
+   * size within the same timestamp tick as our rename).
+   */
+  private seen: string | undefined;
   private readonly compactor = new Compactor(
     () => this.current,
     (s) => {
@@ -270,14 +306,19 @@ export class FileKeyStore implements KeyStore {
     this.timer.unref();
   }
 
+  /**
+   * Reads and validates the file. With `skipUnchanged`, a file whose
+   * signature is the one we last saw, or whose content is the one in force,
+   * is reported unchanged without being parsed.
+   */
   private async read(skipUnchanged = false): Promise<ReadResult> {
+    let seen: string | undefined;
     try {
+      // Taken before reading: a change after this point changes the signature, so it is read next time.
       const st = await stat(this.options.file, { bigint: true });
-      // Our own last write, untouched since: nothing to read (no hash of a large file on the main thread).
-      if (skipUnchanged && this.ownWrite !== undefined && this.ownWrite === signature(st)) {
-        return { ok: false, problems: [], unchanged: true };
-      }
-      if (st.size >= WORKER_THRESHOLD_BYTES) return await this.readInWorker(skipUnchanged);
+      if (skipUnchanged && signature(st) === this.seen) return { ok: false, problems: [], unchanged: true };
+      seen = settledSignature(st, (this.options.now ?? Date.now)());
+      if (st.size >= WORKER_THRESHOLD_BYTES) return await this.readInWorker(skipUnchanged, seen);
     } catch {
       // Missing or unreadable: the inline path reports it.
     }
@@ -285,12 +326,18 @@ export class FileKeyStore implements KeyStore {
     if (!read.ok) return read;
     const text = read.text;
     const hash = digest(text);
-    if (skipUnchanged && hash === this.contentHash) return { ok: false, problems: [], unchanged: true };
-    return this.parse(text, hash);
+    if (skipUnchanged && hash === this.contentHash) return this.unchanged(seen);
+    return this.parse(text, hash, seen);
+  }
+
+  /** The file holds the content in force: remember its signature, so the next check needs no read. */
+  private unchanged(seen: string | undefined): ReadResult {
+    this.seen = seen;
+    return { ok: false, problems: [], unchanged: true };
   }
 
   /** Parses in a worker thread; records arrive in chunks and go into the next snapshot as they come. */
-  private readInWorker(skipUnchanged: boolean): Promise<ReadResult> {
+  private readInWorker(skipUnchanged: boolean, seen: string | undefined): Promise<ReadResult> {
     return new Promise((resolve) => {
       const input: LoaderInput = {
         file: this.options.file,
@@ -327,10 +374,11 @@ export class FileKeyStore implements KeyStore {
               bytes: Buffer.from(m.bytes),
               ids,
               index: m.index,
+              seen,
             });
             break;
           case "unchanged":
-            settle({ ok: false, problems: [], unchanged: true });
+            settle(this.unchanged(seen));
             break;
           case "invalid":
             settle({ ok: false, problems: m.problems as Problem[] });
@@ -346,7 +394,7 @@ export class FileKeyStore implements KeyStore {
     });
   }
 
-  private parse(text: string, hash: string): ReadResult {
+  private parse(text: string, hash: string, seen: string | undefined): ReadResult {
     const parsed = parseKeysFile(this.options.displayName, text, this.options.maxEntries);
     if (!parsed.ok) return { ok: false, problems: parsed.problems };
     return {
@@ -355,20 +403,17 @@ export class FileKeyStore implements KeyStore {
       hash,
       bytes: Buffer.from(text),
       ids: parsed.keys.map((k) => k.id),
+      seen,
     };
   }
 
-  private install(
-    read: { snapshot: Snapshot; hash: string; bytes: Buffer; ids: string[]; index?: EntryIndex | undefined },
-    cause: ChangeCause,
-    change?: KeyChange,
-  ): void {
+  private install(read: Read, cause: ChangeCause, change?: KeyChange): void {
     this.current = read.snapshot;
     this.order = read.ids;
     this.contentHash = read.hash;
     this.source = read.bytes;
     this.index = read.index;
-    this.ownWrite = undefined;
+    this.seen = read.seen;
     for (const l of this.listeners) l.change?.(read.snapshot, cause, change);
     this.compactor.changed();
   }
@@ -389,7 +434,7 @@ export class FileKeyStore implements KeyStore {
     let snapshot: Snapshot;
     if (small) {
       // Small files: validate the whole result, as a reload would.
-      const read = this.parse(bytes.toString("utf8"), hash);
+      const read = this.parse(bytes.toString("utf8"), hash, undefined);
       if (!read.ok) {
         throw new Error(
           `internal: the edited keys file does not validate: ${read.problems.map((p) => p.message).join("; ")}`,
@@ -401,15 +446,14 @@ export class FileKeyStore implements KeyStore {
       snapshot = this.snapshot.withChange(change);
     }
     await writeFileAtomic(this.options.file, bytes);
-    const written = signature(await stat(this.options.file, { bigint: true }));
+    const seen = signature(await stat(this.options.file, { bigint: true }));
     const ids =
       change.kind === "create"
         ? [...this.order, change.record.id]
         : change.kind === "delete"
           ? this.order.filter((id) => id !== change.id)
           : this.order;
-    this.install({ snapshot, hash, bytes, ids, index: spliced?.index }, "write", change);
-    this.ownWrite = written;
+    this.install({ snapshot, hash, bytes, ids, index: spliced?.index, seen }, "write", change);
   }
 
   /** The whole-document edit, for layouts the in-place edit does not handle. */

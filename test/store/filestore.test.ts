@@ -1,6 +1,6 @@
 /** The file store: writes assembled in slices, the worker-thread loader for large files, reload safety. */
 import assert from "node:assert/strict";
-import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, renameSync, rmSync, statSync, utimesSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { monitorEventLoopDelay } from "node:perf_hooks";
@@ -143,6 +143,78 @@ describe("a large keys file (worker-thread loader, in-place writes)", () => {
     await store.reload();
     assert.equal(store.snapshot.record("key_10")?.name, "Key number 10 of the large store");
     assert.equal(store.snapshot.record("fresh"), undefined);
+    await store.close();
+  });
+});
+
+describe("the file's signature (a write re-reads only a file changed since we last saw it)", () => {
+  let dir: string;
+  before(() => {
+    dir = mkdtempSync(join(tmpdir(), "keyfence-seen-"));
+  });
+  after(() => rmSync(dir, { recursive: true, force: true }));
+
+  const KEYS = (ids: string[]): string =>
+    `keys:\n${ids.map((id) => `  - id: ${id}\n    secret_sha256: "${secretHash(`secret-${id}`)}"\n`).join("")}`;
+  const create = (store: FileKeyStore, id: string): Promise<void> =>
+    store.transact(() => ({ change: { kind: "create", record: rec(id) }, result: undefined }));
+  const onDisk = (file: string): string[] => records(readFileSync(file, "utf8")).map((r) => r.id);
+  /** A clock past the racy window, so the signature of a file just written is trusted (as it is for an older file). */
+  const later = (): number => Date.now() + 60_000;
+  /** A whole second, which utimes sets exactly (a time in nanoseconds does not survive a double). */
+  const SECOND = new Date("2026-01-01T00:00:00Z");
+
+  test("a write by another writer between two of ours is seen (two stores, one file)", async () => {
+    const file = join(dir, "two.yaml");
+    writeFileSync(file, KEYS(["k0"]));
+    const a = new FileKeyStore({ file, displayName: "two.yaml", maxEntries: 100, now: later });
+    const b = new FileKeyStore({ file, displayName: "two.yaml", maxEntries: 100, now: later });
+    await a.load();
+    await b.load();
+    await create(a, "a1");
+    await create(b, "b1"); // b last saw the file before a's write
+    await create(a, "a2"); // a last saw its own write, before b's
+    await create(b, "b2");
+    assert.deepEqual(onDisk(file), ["k0", "a1", "b1", "a2", "b2"]);
+    assert.ok(a.snapshot.record("b1") !== undefined && b.snapshot.record("a2") !== undefined);
+    await a.close();
+    await b.close();
+  });
+
+  test("a replacement of the same size with the old mtime is seen (another inode)", async () => {
+    const file = join(dir, "replaced.yaml");
+    writeFileSync(file, KEYS(["k0", "k1"]));
+    utimesSync(file, SECOND, SECOND);
+    const store = new FileKeyStore({ file, displayName: "replaced.yaml", maxEntries: 100, now: later });
+    await store.load();
+    const old = statSync(file, { bigint: true });
+    writeFileSync(`${file}.new`, KEYS(["k0", "k2"])); // same length, another key
+    utimesSync(`${file}.new`, SECOND, SECOND);
+    renameSync(`${file}.new`, file);
+    const now = statSync(file, { bigint: true });
+    assert.deepEqual([now.size, now.mtimeNs], [old.size, old.mtimeNs]);
+    await create(store, "k3");
+    assert.deepEqual(onDisk(file), ["k0", "k2", "k3"]);
+    assert.equal(store.snapshot.record("k1"), undefined);
+    await store.close();
+  });
+
+  test("a same-size rewrite in place with the mtime set back (cp -p, rsync -t) is seen by its ctime", async () => {
+    const file = join(dir, "inplace.yaml");
+    writeFileSync(file, KEYS(["k0", "k1"]));
+    utimesSync(file, SECOND, SECOND);
+    const store = new FileKeyStore({ file, displayName: "inplace.yaml", maxEntries: 100, now: later });
+    await store.load();
+    const old = statSync(file, { bigint: true });
+    // Rewrite until the file system's clock has ticked (ctime cannot be set back; the same tick is the residual risk).
+    do {
+      writeFileSync(file, KEYS(["k0", "k2"]));
+      utimesSync(file, SECOND, SECOND);
+    } while (statSync(file, { bigint: true }).ctimeNs === old.ctimeNs);
+    const now = statSync(file, { bigint: true });
+    assert.deepEqual([now.ino, now.size, now.mtimeNs], [old.ino, old.size, old.mtimeNs]);
+    await create(store, "k3");
+    assert.deepEqual(onDisk(file), ["k0", "k2", "k3"]);
     await store.close();
   });
 });
