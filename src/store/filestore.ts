@@ -11,9 +11,10 @@
  * over). Under both, a write first checks the file: unless its signature
  * (device, inode, size, mtime and ctime in nanoseconds) is still the one we
  * last read or wrote, it is re-read, so a change made by another process or
- * an editor is never lost. The write then edits the YAML document in place
- * (comments and order of untouched entries survive), and replaces the file
- * atomically (random temp name, fsync, rename, fsync directory).
+ * an editor is never lost. The write then edits the YAML in place (comments
+ * and order of untouched entries survive; the usual layout is spliced one
+ * block of entries at a time, see blocks.ts) and replaces the file atomically
+ * (random temp name, fsync, rename, fsync directory).
  */
 import { createHash } from "node:crypto";
 import { watch, type FSWatcher } from "node:fs";
@@ -26,10 +27,11 @@ import { writeFileAtomic } from "../util/atomic.js";
 import type { Problem } from "../util/yaml.js";
 import { Worker } from "node:worker_threads";
 import { parseKeysFile, readKeysText, type KeyRecord } from "./keysfile.js";
-import { editEntry, indexEntries, spliceChange, toYaml, WRITE_OPTIONS, type EntryIndex } from "./splice.js";
+import { editEntry, indexEntries, toYaml, WRITE_OPTIONS, type EntryIndex } from "./splice.js";
+import { EntryBlocks } from "./blocks.js";
 import type { LoaderInput, LoaderMessage } from "./loader.js";
 import { Compactor, MatcherCache, Snapshot, SnapshotBuilder } from "./snapshot.js";
-import { changedId, type KeyChange } from "./change.js";
+import type { KeyChange } from "./change.js";
 import {
   JournalWriteError,
   StoreConflictError,
@@ -92,38 +94,15 @@ function digest(data: string | Uint8Array): string {
   return createHash("sha256").update(data).digest("hex");
 }
 
-/** Bytes copied per turn of the event loop when a write assembles a large file (fresh memory: ~3 ms). */
-const COPY_SLICE_BYTES = 4 * 1024 * 1024;
-
-/** `parts` copied into one new buffer, yielding to the event loop after every `sliceBytes` copied. */
-export async function joinSliced(parts: readonly Uint8Array[], sliceBytes = COPY_SLICE_BYTES): Promise<Buffer> {
-  let length = 0;
-  for (const p of parts) length += p.length;
-  const out = Buffer.allocUnsafeSlow(length);
-  let at = 0;
-  let sinceYield = 0;
-  for (const p of parts) {
-    for (let from = 0; from < p.length; from += sliceBytes) {
-      const piece = p.subarray(from, from + sliceBytes);
-      out.set(piece, at);
-      at += piece.length;
-      sinceYield += piece.length;
-      if (sinceYield >= sliceBytes) {
-        sinceYield = 0;
-        await new Promise((resolve) => setImmediate(resolve));
-      }
-    }
-  }
-  return out;
-}
+/** The file's bytes in force: as read (indexed on the first write), or as blocks once indexed. */
+type Source =
+  { readonly bytes: Buffer; readonly ids: readonly string[]; readonly index?: EntryIndex | undefined } | EntryBlocks;
 
 /** A version of the file, read and validated: its snapshot, bytes, and signature as seen before reading. */
 interface Read {
   readonly snapshot: Snapshot;
   readonly hash: string;
-  readonly bytes: Buffer;
-  readonly ids: string[];
-  readonly index?: EntryIndex | undefined;
+  readonly source: Source;
   readonly seen: string | undefined;
 }
 
@@ -134,7 +113,7 @@ export class FileKeyStore implements KeyStore {
   private current: Snapshot | undefined;
   private contentHash = "";
   /** The file's bytes in force (writes edit them in place). */
-  private source: Buffer = Buffer.alloc(0);
+  private source: Source = { bytes: Buffer.alloc(0), ids: [] };
   private readonly listeners = new Set<StoreListener>();
   private watcher: FSWatcher | undefined;
   private timer: NodeJS.Timeout | undefined;
@@ -142,10 +121,6 @@ export class FileKeyStore implements KeyStore {
   private queue: Promise<unknown> = Promise.resolve();
   private readonly cache: MatcherCache;
   private readonly commitHooks: (() => Promise<void>)[] = [];
-  /** Key ids in the file's order (the snapshot keeps none). */
-  private order: string[] = [];
-  /** Where each entry lies in `source`, for in-place edits (the loader thread's, or computed at the first write). */
-  private index: EntryIndex | undefined;
   /**
    * The {@link signature} of the file as we last read it (taken before
    * reading; none while racy, see {@link RACY_MS}) or as our last write left
@@ -366,17 +341,11 @@ export class FileKeyStore implements KeyStore {
             // Ask for the next chunk only after the event loop had its turn.
             setImmediate(() => worker.postMessage("next"));
             break;
-          case "done":
-            settle({
-              ok: true,
-              snapshot: builder.finish(),
-              hash: m.hash,
-              bytes: Buffer.from(m.bytes),
-              ids,
-              index: m.index,
-              seen,
-            });
+          case "done": {
+            const source = { bytes: Buffer.from(m.bytes), ids, index: m.index };
+            settle({ ok: true, snapshot: builder.finish(), hash: m.hash, source, seen });
             break;
+          }
           case "unchanged":
             settle(this.unchanged(seen));
             break;
@@ -401,18 +370,15 @@ export class FileKeyStore implements KeyStore {
       ok: true,
       snapshot: new Snapshot(parsed.keys, this.cache, this.current),
       hash,
-      bytes: Buffer.from(text),
-      ids: parsed.keys.map((k) => k.id),
+      source: { bytes: Buffer.from(text), ids: parsed.keys.map((k) => k.id) },
       seen,
     };
   }
 
   private install(read: Read, cause: ChangeCause, change?: KeyChange): void {
     this.current = read.snapshot;
-    this.order = read.ids;
     this.contentHash = read.hash;
-    this.source = read.bytes;
-    this.index = read.index;
+    this.source = read.source;
     this.seen = read.seen;
     for (const l of this.listeners) l.change?.(read.snapshot, cause, change);
     this.compactor.changed();
@@ -420,21 +386,33 @@ export class FileKeyStore implements KeyStore {
 
   /**
    * Applies `change` to the file's bytes, writes them atomically, then
-   * installs them. The usual layout is edited in place (only the changed
-   * entry is parsed); any other layout goes through the whole `yaml` Document.
+   * installs them. The usual layout is edited in place (one block of entries
+   * is spliced, only the changed entry is parsed); any other layout goes
+   * through the whole `yaml` Document.
    */
   private async commit(change: KeyChange): Promise<void> {
-    const current = this.source;
-    this.index ??= indexEntries(current, this.order);
-    const position = change.kind === "create" ? -1 : this.order.indexOf(changedId(change));
-    const spliced = this.index ? spliceChange(current, this.index, position, change) : undefined;
-    const bytes = spliced ? await joinSliced(spliced.parts) : Buffer.from(this.editDocument(change));
-    const small = bytes.length < WORKER_THRESHOLD_BYTES;
-    const hash = small ? digest(bytes) : "";
+    const blocks = await this.blocks();
+    const applied = blocks?.apply(change);
+    let parts: Buffer[];
+    let source: Source;
+    if (applied !== undefined) {
+      parts = applied.parts;
+      source = applied.next;
+    } else {
+      const edited = this.editDocument(change);
+      parts = [edited.bytes];
+      source = edited;
+    }
+    let size = 0;
+    for (const p of parts) size += p.length;
+    const small = size < WORKER_THRESHOLD_BYTES;
+    let hash = "";
     let snapshot: Snapshot;
     if (small) {
       // Small files: validate the whole result, as a reload would.
-      const read = this.parse(bytes.toString("utf8"), hash, undefined);
+      const text = Buffer.concat(parts).toString("utf8");
+      hash = digest(text);
+      const read = this.parse(text, hash, undefined);
       if (!read.ok) {
         throw new Error(
           `internal: the edited keys file does not validate: ${read.problems.map((p) => p.message).join("; ")}`,
@@ -445,20 +423,26 @@ export class FileKeyStore implements KeyStore {
       // Large files: the entry was validated by the caller; the change goes into the snapshot's overlay.
       snapshot = this.snapshot.withChange(change);
     }
-    await writeFileAtomic(this.options.file, bytes);
+    await writeFileAtomic(this.options.file, parts);
     const seen = signature(await stat(this.options.file, { bigint: true }));
-    const ids =
-      change.kind === "create"
-        ? [...this.order, change.record.id]
-        : change.kind === "delete"
-          ? this.order.filter((id) => id !== change.id)
-          : this.order;
-    this.install({ snapshot, hash, bytes, ids, index: spliced?.index, seen }, "write", change);
+    this.install({ snapshot, hash, source, seen }, "write", change);
   }
 
-  /** The whole-document edit, for layouts the in-place edit does not handle. */
-  private editDocument(change: KeyChange): string {
-    const doc = parseDocument(this.source.toString("utf8"));
+  /** The source as blocks (indexed, then split a slice at a time, on the first write); undefined for a layout the blocks do not handle. */
+  private async blocks(): Promise<EntryBlocks | undefined> {
+    const source = this.source;
+    if (source instanceof EntryBlocks) return source;
+    const index = source.index ?? indexEntries(source.bytes, source.ids);
+    if (index === undefined) return undefined;
+    // The same bytes, split (transactions and reloads run one at a time: nothing replaced the source meanwhile).
+    this.source = await EntryBlocks.build(source.bytes, index, source.ids);
+    return this.source;
+  }
+
+  /** The whole-document edit, for layouts the in-place edit does not handle: the new file and its ids in order. */
+  private editDocument(change: KeyChange): { bytes: Buffer; ids: string[] } {
+    const text = (this.source instanceof EntryBlocks ? this.source.joined() : this.source.bytes).toString("utf8");
+    const doc = parseDocument(text);
     let seq = doc.get("keys", true);
     if (!isSeq(seq)) {
       seq = doc.createNode([]);
@@ -476,7 +460,8 @@ export class FileKeyStore implements KeyStore {
     } else {
       seq.delete(indexOf(change.id));
     }
-    return doc.toString(WRITE_OPTIONS);
+    const ids = seq.items.map((item) => (isMap(item) ? String(item.get("id")) : ""));
+    return { bytes: Buffer.from(doc.toString(WRITE_OPTIONS)), ids };
   }
 
   private emitFailed(problems: readonly Problem[]): void {

@@ -6,38 +6,12 @@ import { join } from "node:path";
 import { monitorEventLoopDelay } from "node:perf_hooks";
 import { after, before, describe, test } from "node:test";
 import { Worker } from "node:worker_threads";
-import fc from "fast-check";
 import { secretHash } from "../../src/policy/credential.js";
-import { FileKeyStore, joinSliced, WORKER_THRESHOLD_BYTES } from "../../src/store/filestore.js";
+import { FileKeyStore, WORKER_THRESHOLD_BYTES } from "../../src/store/filestore.js";
 import { indexEntries } from "../../src/store/splice.js";
 import type { LoaderInput, LoaderMessage } from "../../src/store/loader.js";
 import { formatStoreProblem } from "../../src/store/store.js";
 import { rec, records } from "../helpers/records.js";
-
-test("property: a write's file assembled in slices equals the parts joined, and yields between slices", async () => {
-  await fc.assert(
-    fc.asyncProperty(
-      fc.array(fc.uint8Array({ maxLength: 40 }), { maxLength: 6 }),
-      fc.integer({ min: 1, max: 16 }),
-      async (parts, slice) => {
-        let turns = 0;
-        let counting = true;
-        const tick = (): void => {
-          if (!counting) return;
-          turns++;
-          setImmediate(tick);
-        };
-        setImmediate(tick);
-        const joined = await joinSliced(parts, slice);
-        counting = false;
-        assert.deepEqual(joined, Buffer.concat(parts));
-        if (joined.length >= slice * 2)
-          assert.ok(turns > 0, `other work never ran while copying ${joined.length} bytes ${slice} at a time`);
-      },
-    ),
-    { numRuns: 100 },
-  );
-});
 
 describe("a large keys file (worker-thread loader, in-place writes)", () => {
   let dir: string;
