@@ -48,7 +48,7 @@ function naiveContains(r: KeyRecord, probe: string, now: number): boolean {
     const exp = r.entryDetails?.[e]?.expiresAt;
     return exp === undefined || now < Date.parse(exp);
   });
-  return new MatcherCache().get(active).contains(ip);
+  return new MatcherCache(1).get(active).contains(ip);
 }
 
 const recordArb = fc
