@@ -11,6 +11,7 @@ import { secretHash } from "../policy/credential.js";
 import type { KeyPolicy } from "../policy/decide.js";
 import type { KeyRecord } from "./keysfile.js";
 import { changedId, type KeyChange } from "./change.js";
+import { ShardedMap, shardOfDigest } from "./shards.js";
 import { editSorted, sortSliced } from "./sorted.js";
 import { activeEntries, nextExpiry } from "./entries.js";
 
@@ -183,7 +184,7 @@ function lean(rec: KeyRecord, old: KeyRecord | undefined, cache: MatcherCache): 
   return { ...rec, ipAllowList: list, scopes, updatedAt };
 }
 
-/** The shared, never-changed maps under a snapshot's overlay. */
+/** The shared, never-changed maps under a snapshot's overlay ({@link ShardedMap}s: no insertion rehashes the whole store). */
 interface Base {
   readonly byHash: ReadonlyMap<string, KeyRecord>;
   readonly byId: ReadonlyMap<string, KeyRecord>;
@@ -224,8 +225,8 @@ export interface SnapshotState {
  * that list's array, so its compiled matcher stays cached.
  */
 export class SnapshotBuilder {
-  private readonly byHash = new Map<string, KeyRecord>();
-  private readonly byId = new Map<string, KeyRecord>();
+  private readonly byHash = new ShardedMap<KeyRecord>(shardOfDigest);
+  private readonly byId = new ShardedMap<KeyRecord>();
   private entries = 0;
 
   constructor(
@@ -375,8 +376,8 @@ export class Snapshot {
    * `slice` records at a time, yielding to the event loop in between.
    */
   async compacted(slice = 5_000): Promise<Snapshot> {
-    const byId = new Map<string, KeyRecord>();
-    const byHash = new Map<string, KeyRecord>();
+    const byId = new ShardedMap<KeyRecord>();
+    const byHash = new ShardedMap<KeyRecord>(shardOfDigest);
     let n = 0;
     for (const rec of this.iterate()) {
       byId.set(rec.id, rec);
