@@ -141,6 +141,9 @@ async function agrees(snap: Snapshot, model: ReadonlyMap<string, KeyRecord>, now
       .sort(byCodeUnit),
     [...model.keys()].sort(byCodeUnit),
   );
+  const visited: string[] = [];
+  snap.forEachRecord((r) => visited.push(r.id));
+  assert.deepEqual(visited.sort(byCodeUnit), [...model.keys()].sort(byCodeUnit));
   assert.deepEqual([...(await snap.sortedIds())], [...model.keys()].sort(byCodeUnit));
 }
 
