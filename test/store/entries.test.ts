@@ -4,7 +4,7 @@ import fc from "fast-check";
 import { formatIp, parseIp, type Ip } from "../../src/ip/address.js";
 import { activeEntries, expiryInstant, nextExpiry, parseEntries, type ParsedEntries } from "../../src/store/entries.js";
 import { parseKeysFile, type KeyRecord } from "../../src/store/keysfile.js";
-import { decodeRecord, encodeRecord } from "../../src/store/redis/store.js";
+import { decodeRecord, encodeRecord, readable, readableReusing } from "../../src/store/redis/store.js";
 import { MatcherCache, Snapshot } from "../../src/store/snapshot.js";
 import { formatProblem } from "../../src/util/yaml.js";
 
@@ -455,6 +455,49 @@ describe("entries: the Redis record carries details beside the sandbox flag", ()
       assert.equal(decodeRecord("k", text), undefined);
     });
   }
+
+  test("property: readableReusing reads a text as readable does, and keeps the previous record only when it is stored as that text", () => {
+    const recArb = fc
+      .record({
+        id: fc.constantFrom("k", "k2"),
+        name: fc.constantFrom("n", "m"),
+        list: fc.constantFrom([], ["10.0.0.1"], ["10.0.0.1", "192.0.2.0/24"]),
+        sandbox: fc.boolean(),
+        mode: fc.constantFrom(undefined, "enforce" as const),
+        noted: fc.boolean(),
+      })
+      .map((x): KeyRecord => ({
+        ...base,
+        id: x.id,
+        name: x.name,
+        ipAllowList: x.list,
+        mode: x.mode,
+        ...(x.sandbox ? { sandbox: true } : {}),
+        ...(x.noted && x.list[0] !== undefined ? { entryDetails: { [x.list[0]]: { note: "n" } } } : {}),
+      }));
+    const textArb = fc.oneof(
+      recArb.map((r) => encodeRecord(r)),
+      fc.constant("not json"),
+      fc.constant(JSON.stringify(["n", "a".repeat(64), [], ["10.0.0.1"], 0, 0, 0, 2])),
+    );
+    fc.assert(
+      fc.property(fc.option(recArb, { nil: undefined }), textArb, (previous, text) => {
+        const read = (f: () => KeyRecord): KeyRecord | "unreadable" => {
+          try {
+            return f();
+          } catch {
+            return "unreadable";
+          }
+        };
+        const got = read(() => readableReusing(previous, "k", text));
+        assert.deepEqual(
+          got,
+          read(() => readable("k", text)),
+        );
+        assert.equal(got === previous, previous?.id === "k" && encodeRecord(previous) === text);
+      }),
+    );
+  });
 
   test("property: every record round-trips, sandbox and details alike", () => {
     const entryArb = fc.constantFrom("10.0.0.1", "192.0.2.0/24", "2001:db8::/32", "198.51.100.7");

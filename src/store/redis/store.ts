@@ -170,6 +170,18 @@ export function readable(id: string, text: string): KeyRecord {
   return rec;
 }
 
+/**
+ * {@link readable} of `text`, or `previous` itself when it is stored as
+ * exactly `text` (records round-trip, so it reads the same): a resync of
+ * keys that did not change makes no new records, and so neither doubles the
+ * heap while the old snapshot serves nor leaves a million records to collect.
+ */
+export function readableReusing(previous: KeyRecord | undefined, id: string, text: string): KeyRecord {
+  return previous !== undefined && previous.id === id && encodeRecord(previous) === text
+    ? previous
+    : readable(id, text);
+}
+
 /** The record of key `id` stored as `text`; undefined when `text` is not a well-formed lean record. */
 export function decodeRecord(id: string, text: string): KeyRecord | undefined {
   let v: unknown;
@@ -710,7 +722,7 @@ export class RedisKeyStore implements KeyStore {
         const entries = page.entries;
         for (let i = 0; i < entries.length; i++) {
           const e = entries[i] as { field: string; value: string };
-          builder.add(readable(e.field, e.value));
+          builder.add(readableReusing(this.current?.record(e.field), e.field, e.value));
           if ((i + 1) % DECODE_SLICE === 0) await new Promise((r) => setImmediate(r));
         }
         await new Promise((r) => setImmediate(r));
