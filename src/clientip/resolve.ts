@@ -134,17 +134,28 @@ function isOws(c: number): boolean {
   return c === 32 || c === 9;
 }
 
-/** Resolves the client address from the socket peer and X-Forwarded-For. */
-export function resolveClientIp(
-  peerRaw: string | undefined,
-  forwardedFor: string | undefined,
-  trust: CompiledTrust,
-): ClientIp {
+/** A connection's socket peer, read once: the same for every request the connection carries. */
+export interface Peer {
+  /** The peer address, undefined when its text is not a strict address. */
+  readonly ip: Ip | undefined;
+  /** Canonical when parsed, the raw text otherwise. */
+  readonly text: string;
+  /** Whether the peer is a trusted proxy (hop 0 of the resolution). */
+  readonly trusted: boolean;
+}
+
+/** Reads the socket peer `peerRaw` and whether `trust` trusts it. */
+export function peerOf(peerRaw: string | undefined, trust: CompiledTrust): Peer {
   const peer = hop(peerRaw ?? "");
-  if (trust.none || !trust.trust(peer.ip, 0)) {
+  return { ip: peer.ip, text: peer.text, trusted: !trust.none && trust.trust(peer.ip, 0) };
+}
+
+/** Resolves the client address from a peer read by {@link peerOf} with the same `trust`, and X-Forwarded-For. */
+export function resolveFromPeer(peer: Peer, forwardedFor: string | undefined, trust: CompiledTrust): ClientIp {
+  if (!peer.trusted) {
     return { peer: peer.text, ip: peer.ip, text: peer.text, peerTrusted: false, forwardedFor };
   }
-  let current = peer;
+  let current: Hop = peer;
   if (forwardedFor !== undefined) {
     const entries = forwardedEntries(forwardedFor);
     for (let k = 0; k < entries.length; k++) {
@@ -153,4 +164,13 @@ export function resolveClientIp(
     }
   }
   return { peer: peer.text, ip: current.ip, text: current.text, peerTrusted: true, forwardedFor };
+}
+
+/** Resolves the client address from the socket peer and X-Forwarded-For. */
+export function resolveClientIp(
+  peerRaw: string | undefined,
+  forwardedFor: string | undefined,
+  trust: CompiledTrust,
+): ClientIp {
+  return resolveFromPeer(peerOf(peerRaw, trust), forwardedFor, trust);
 }

@@ -10,7 +10,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { Socket } from "node:net";
 import { performance } from "node:perf_hooks";
 import type { Logger } from "pino";
-import { resolveClientIp } from "../clientip/resolve.js";
+import { peerOf, resolveFromPeer, type Peer } from "../clientip/resolve.js";
 import type { Config } from "../config/config.js";
 import type { Metrics } from "../metrics/metrics.js";
 import type { SourceTracker } from "../metrics/sources.js";
@@ -78,6 +78,8 @@ export class DecisionServer {
   private readonly recorder: DecisionRecorder;
   private active = 0;
   private idleWaiters: Array<() => void> = [];
+  /** Each connection's peer, read at its first question: an ingress asks many over one kept-alive connection. */
+  private readonly peers = new WeakMap<Socket, Peer>();
 
   constructor(private readonly deps: DecisionDeps) {
     this.recorder = new DecisionRecorder(deps.metrics, deps.sources, deps.log, "decision");
@@ -124,13 +126,23 @@ export class DecisionServer {
     return { cut };
   }
 
+  /** The peer of `socket`, read once per connection. */
+  private peerOf(socket: Socket): Peer {
+    let peer = this.peers.get(socket);
+    if (peer === undefined) {
+      peer = peerOf(socket.remoteAddress, this.deps.config.trustedProxies);
+      this.peers.set(socket, peer);
+    }
+    return peer;
+  }
+
   private handle(req: IncomingMessage, res: ServerResponse): void {
     const t0 = performance.now();
     this.active++;
     // Made only when something carries it (a refusal, a log line): an allowed answer has no body to explain.
     let id: string | undefined;
     const requestId = (): string => (id ??= requestIdOf(req));
-    const client = resolveClientIp(req.socket.remoteAddress, forwardedFor(req), this.deps.config.trustedProxies);
+    const client = resolveFromPeer(this.peerOf(req.socket), forwardedFor(req), this.deps.config.trustedProxies);
     const original = originalRequest(req, client.peerTrusted);
     // A body sent along (Traefik's forwardBody, Envoy's with_request_body) is never read: once answered, the connection closes.
     if (!req.complete && hasBody(req.headers)) res.shouldKeepAlive = false;

@@ -3,7 +3,14 @@ import type { IncomingMessage } from "node:http";
 import { describe, test } from "node:test";
 import fc from "fast-check";
 import proxyaddr from "proxy-addr";
-import { compileTrust, forwardedEntries, resolveClientIp, type CompiledTrust } from "../../src/clientip/resolve.js";
+import {
+  compileTrust,
+  forwardedEntries,
+  peerOf,
+  resolveClientIp,
+  resolveFromPeer,
+  type CompiledTrust,
+} from "../../src/clientip/resolve.js";
 import { formatIp, parseIp } from "../../src/ip/address.js";
 
 function trust(setting: unknown[] | number): CompiledTrust {
@@ -240,6 +247,34 @@ describe("resolveClientIp: property against proxy-addr on well-formed input", ()
         assert.equal(ours.text, canonical);
       }),
       { numRuns: 3000 },
+    );
+  });
+  test("a peer read once per connection (peerOf) resolves each of its requests as proxy-addr does", () => {
+    fc.assert(
+      fc.property(
+        addr,
+        fc.array(fc.array(addr, { maxLength: 4 }), { maxLength: 5 }),
+        trustSetting,
+        (peer, chains, setting) => {
+          const ourTrust = trust(typeof setting === "number" ? setting : [...setting]);
+          const reference = typeof setting === "number" ? (_a: string, i: number) => i < setting : [...setting];
+          const connection = peerOf(peer, ourTrust);
+          for (const chain of chains) {
+            const xff = chain.length > 0 ? chain.join(", ") : undefined;
+            const req = {
+              socket: { remoteAddress: peer },
+              connection: { remoteAddress: peer },
+              headers: xff === undefined ? {} : { "x-forwarded-for": xff },
+            } as unknown as IncomingMessage;
+            const expected = parseIp(proxyaddr(req, reference));
+            assert.ok(expected !== undefined);
+            const ours = resolveFromPeer(connection, xff, ourTrust);
+            assert.equal(ours.text, formatIp(expected));
+            assert.deepEqual(ours, resolveClientIp(peer, xff, ourTrust));
+          }
+        },
+      ),
+      { numRuns: 2000 },
     );
   });
 });

@@ -1,5 +1,6 @@
 /** SPEC §8 over real sockets: the decision listener answers as the proxy would decide, and forwards nothing. */
 import assert from "node:assert/strict";
+import { Agent, request as httpRequest } from "node:http";
 import { connect } from "node:net";
 import { describe, test } from "node:test";
 import { bearer, send, type Reply } from "../helpers/http.js";
@@ -359,6 +360,63 @@ describe("decision listener when the peer is not a trusted proxy", () => {
     }
   });
 });
+
+describe("decision listener: each connection's peer is its own", () => {
+  // Only 127.0.0.1 is a trusted proxy; 127.0.0.2 is loopback too, but a client.
+  const fx = sidecarFixture((up) =>
+    startTestSidecar({
+      upstream: up.url,
+      keys: KEYS,
+      config: { trusted_proxies: ["127.0.0.1"], decision: { listen: "127.0.0.1:0" } },
+    }),
+  );
+  test("questions interleaved on two kept-alive connections from a trusted and an untrusted peer", async () => {
+    const ingress = new Agent({ keepAlive: true, maxSockets: 1, localAddress: "127.0.0.1" });
+    const client = new Agent({ keepAlive: true, maxSockets: 1, localAddress: "127.0.0.2" });
+    try {
+      for (let round = 0; round < 3; round++) {
+        const viaIngress = await askOn(fx.kf.decisionUrl, ingress);
+        assert.equal(viaIngress.status, 200, `round ${round}: the ingress's X-Forwarded-For counts`);
+        assert.equal(viaIngress.reused, round > 0, `round ${round}: the ingress's connection is kept`);
+        const direct = await askOn(fx.kf.decisionUrl, client);
+        assert.equal(direct.status, 403, `round ${round}: an untrusted peer's X-Forwarded-For is not read`);
+        assert.equal(direct.message, denied("127.0.0.2"));
+        assert.equal(direct.reused, round > 0, `round ${round}: the client's connection is kept`);
+      }
+    } finally {
+      ingress.destroy();
+      client.destroy();
+    }
+  });
+});
+
+/** Asks about a request from 203.0.113.9 with the office key over `agent`'s connection. */
+function askOn(url: string, agent: Agent): Promise<{ status: number; message: string; reused: boolean }> {
+  const u = new URL(url);
+  return new Promise((resolve, reject) => {
+    const req = httpRequest(
+      {
+        host: u.hostname,
+        port: u.port,
+        path: "/",
+        agent,
+        headers: { authorization: "Bearer s_office", "x-forwarded-for": "203.0.113.9" },
+      },
+      (res) => {
+        res.resume();
+        res.on("end", () =>
+          resolve({
+            status: res.statusCode ?? 0,
+            message: String(res.headers["x-keyfence-message"] ?? ""),
+            reused: req.reusedSocket,
+          }),
+        );
+      },
+    );
+    req.on("error", reject);
+    req.end();
+  });
+}
 
 /** `keyfence_decisions_total` by decision, from the admin listener's /metrics. */
 async function decisionsTotal(adminUrl: string): Promise<Record<string, number>> {
