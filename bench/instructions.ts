@@ -92,7 +92,7 @@ async function count(
   secrets: readonly string[],
   label: string,
   extra: Readonly<Record<string, string>> = {},
-): Promise<{ perRequest: number; windows: number[] }> {
+): Promise<{ perRequest: number; windows: number[]; rates: number[] }> {
   const name = randomUUID();
   const out = join(dir, `cg.${name}`);
   const log = join(dir, `cg.${name}.log`);
@@ -120,14 +120,19 @@ async function count(
     await drive(url, WINDOW, secrets, extra);
     if (keep !== undefined) await callgrindControl(child.pid as number, "--zero");
     const windows: number[] = [];
+    // Requests per second of each window: the fewer requests the server finds per turn of its
+    // event loop (a loaded machine slows the client), the more instructions each one costs.
+    const rates: number[] = [];
     for (let w = 0; w < WINDOWS; w++) {
       const before = await instructionsSoFar(child.pid as number);
+      const t = performance.now();
       await drive(url, WINDOW, secrets, extra);
+      rates.push(WINDOW / ((performance.now() - t) / 1000));
       const after = await instructionsSoFar(child.pid as number);
       windows.push((after - before) / WINDOW);
     }
     const sorted = [...windows].sort((x, y) => x - y);
-    return { perRequest: sorted[Math.floor(sorted.length / 2)] as number, windows };
+    return { perRequest: sorted[Math.floor(sorted.length / 2)] as number, windows, rates };
   } finally {
     child.kill("SIGTERM");
     await exited;
@@ -255,13 +260,13 @@ async function main(): Promise<void> {
       });
       contenders.push(nginx("nginx, allowed", ALLOWED), nginx("nginx, denied (403)", DENIED));
     }
-    const rows: Array<{ label: string; perRequest: number; windows: number[] }> = [];
+    const rows: Array<{ label: string; perRequest: number; windows: number[]; rates: number[] }> = [];
     for (const c of contenders) {
       if (only !== undefined && !new RegExp(only, "i").test(c.label)) continue;
-      const { perRequest, windows } = await count(dir, c.cmd, c.port, c.secrets, c.label, c.extra);
-      rows.push({ label: c.label, perRequest, windows });
+      const { perRequest, windows, rates } = await count(dir, c.cmd, c.port, c.secrets, c.label, c.extra);
+      rows.push({ label: c.label, perRequest, windows, rates });
       process.stderr.write(
-        `${c.label}: ${Math.round(perRequest).toLocaleString("en-US")} instructions per request (windows: ${windows.map((w) => Math.round(w).toLocaleString("en-US")).join(", ")})\n`,
+        `${c.label}: ${Math.round(perRequest).toLocaleString("en-US")} instructions per request (windows: ${windows.map((w) => Math.round(w).toLocaleString("en-US")).join(", ")}; requests per second: ${rates.map((r) => Math.round(r)).join(", ")})\n`,
       );
     }
     const by = new Map(rows.map((r) => [r.label, r.perRequest]));
