@@ -58,7 +58,10 @@ export class FileCodeState implements CodeState {
   }
 }
 
-/** TOTP verification with replay protection, shared by the API and the dashboard. */
+/**
+ * TOTP verification with replay protection, shared by the API and the
+ * dashboard; `now` is the clock codes are judged by (tests inject one).
+ */
 export class Confirmations {
   constructor(
     private readonly state: CodeState,
@@ -78,5 +81,11 @@ export class Confirmations {
     if (delta === null) return "invalid";
     const step = totp.counter({ timestamp }) + delta;
     return (await this.state.claim(operator, step)) ? "ok" : "invalid";
+  }
+
+  /** True when `code` is a code of `secret` for now (±1 step), whether or not it was used. */
+  isCurrent(secret: string, code: string): boolean {
+    if (!/^\d{6}$/.test(code)) return false;
+    return this.totp(secret).validate({ token: code, timestamp: this.now(), window: 1 }) !== null;
   }
 }

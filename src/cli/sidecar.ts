@@ -147,7 +147,10 @@ export async function startSidecar(
   options: {
     role?: Role;
     cluster?: ClusterLink;
-    /** Milliseconds since the epoch, for entries' expiry (SPEC §9); tests inject one to pass an expiry at once. */
+    /**
+     * Milliseconds since the epoch, for entries' expiry (SPEC §9) and confirmation codes (SPEC §5); tests
+     * inject one to pass an expiry at once or to compute codes for a known step.
+     */
     now?: () => number;
   } = {},
 ): Promise<Sidecar> {
@@ -266,7 +269,7 @@ interface AdminParts {
   readonly sources: SourceTracker;
   readonly log: Logger;
   readonly cluster: ClusterLink | undefined;
-  /** The clock of entries' expiry and the keys' timestamps. */
+  /** The clock of entries' expiry, the keys' timestamps and confirmation codes. */
   readonly now: () => number;
 }
 
@@ -324,7 +327,7 @@ async function buildAdmin(
     log,
     now,
   });
-  const confirmations = new Confirmations(codes);
+  const confirmations = new Confirmations(codes, now);
   registerApi(admin, { keys, audit, auth, confirmations, sources: sourcesOf, trust: config.trustedProxies });
   registerDashboard(admin, {
     keys,

@@ -51,3 +51,24 @@ test("a request's code confirms each planning of its change, and only that reque
   assert.equal(await confirm(), true, "planned again after a lost race: the same confirmation");
   await assert.rejects(again(), /invalid/, "another request with the same code is a replay");
 });
+
+test("codes are judged by the injected clock: its step ±1, each step once, never one before the last used", async () => {
+  let t = NOW;
+  const confirmations = new Confirmations(new FileCodeState(join(dir, "window.json")), () => t);
+  const totp = new TOTP({ secret: Secret.fromBase32(SECRET), algorithm: "SHA1", digits: 6, period: 30 });
+  const at = (offset: number): string => totp.generate({ timestamp: NOW + offset * 30_000 });
+  for (const offset of [-2, 2]) {
+    assert.equal(confirmations.isCurrent(SECRET, at(offset)), false, `${offset} steps away`);
+    assert.equal(await confirmations.consume("ops", SECRET, at(offset)), "invalid", `${offset} steps away`);
+  }
+  for (const offset of [-1, 0, 1]) assert.equal(confirmations.isCurrent(SECRET, at(offset)), true, `${offset} steps`);
+  assert.equal(await confirmations.consume("ops", SECRET, at(-1)), "ok");
+  assert.equal(await confirmations.consume("ops", SECRET, at(-1)), "invalid", "used");
+  assert.equal(confirmations.isCurrent(SECRET, at(-1)), true, "current, used or not");
+  assert.equal(await confirmations.consume("ops", SECRET, at(1)), "ok");
+  assert.equal(await confirmations.consume("ops", SECRET, at(0)), "invalid", "before the last used step");
+  t += 60_000; // two steps on: the code of step +1 is now one step old
+  assert.equal(confirmations.isCurrent(SECRET, at(1)), true);
+  assert.equal(confirmations.isCurrent(SECRET, at(0)), false);
+  assert.equal(await confirmations.consume("ops", SECRET, at(3)), "ok", "one step ahead of the moved clock");
+});

@@ -7,7 +7,6 @@
 import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import type { IncomingMessage, ServerResponse } from "node:http";
-import { Secret, TOTP } from "otpauth";
 import type { Logger } from "pino";
 import type { CompiledTrust } from "../../clientip/resolve.js";
 import type { Operator } from "../../config/config.js";
@@ -89,21 +88,6 @@ async function readForm(req: IncomingMessage): Promise<URLSearchParams> {
     chunks.push(c);
   }
   return new URLSearchParams(Buffer.concat(chunks).toString("utf8"));
-}
-
-/**
- * True when `code` is a code of `secret` for now (±1 step), with the
- * parameters src/admin/confirm.ts verifies with, whether or not it was used.
- */
-function isCurrentCode(secret: string, code: string): boolean {
-  if (!/^\d{6}$/.test(code)) return false;
-  const totp = new TOTP({
-    secret: Secret.fromBase32(secret.replace(/=+$/, "")),
-    algorithm: "SHA1",
-    digits: 6,
-    period: 30,
-  });
-  return totp.validate({ token: code, window: 1 }) !== null;
 }
 
 /** A dashboard page: the session of a signed-in operator; anyone else is redirected to sign in. */
@@ -271,7 +255,7 @@ function registerConfirm(admin: AdminServer, d: Dashboard): void {
         const used =
           secret !== undefined &&
           deps.auth.operatorByTokenHash(secretHash(token))?.name === s.operator.name &&
-          isCurrentCode(secret, code);
+          deps.confirmations.isCurrent(secret, code);
         return used ? "used" : "invalid";
       },
       (r) => r === "ok",
