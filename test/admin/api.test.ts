@@ -8,7 +8,7 @@ import { parseKeysFile } from "../../src/store/keysfile.js";
 import { bearer, send, type Reply, type Send } from "../helpers/http.js";
 import { OpenApi } from "../helpers/openapi.js";
 import { eventually, sidecarFixture, startTestSidecar, type TestKey, type TestSidecar } from "../helpers/sidecar.js";
-import { awayFromStepBoundary, code } from "../helpers/totp.js";
+import { code, testClock, wrongCode } from "../helpers/totp.js";
 import { startUpstream, type Upstream } from "../helpers/upstream.js";
 
 const openapi = new OpenApi();
@@ -60,11 +60,14 @@ const OPS = bearer("tok_ops");
 const fa = (i: number): [string, string] => bearer(`tok_2fa${i}`);
 const otp = (c: string): [string, string] => ["X-Keyfence-OTP", c];
 
+/** The clock of every sidecar here: codes are computed for it, and it moves only when a test moves it. */
+const clock = testClock();
+
 async function startAdmin(
   up: Upstream,
   keys: TestKey[] | string = [WRITER, READER, AWAY, OPEN_WRITER, REPORT_WRITER],
 ): Promise<TestSidecar> {
-  return startTestSidecar({ upstream: up.url, keys, admin: { operators: OPERATORS } });
+  return startTestSidecar({ upstream: up.url, keys, admin: { operators: OPERATORS }, now: clock.now });
 }
 
 /**
@@ -480,18 +483,28 @@ describe("management API", () => {
   describe("confirmation (TOTP)", () => {
     const from = { localAddress: "127.0.0.5" };
     test("required for allow-list changes, refused when wrong, accepted once, not needed to rename", async () => {
-      await awayFromStepBoundary();
       const secret = TOTP_SECRETS[0]!;
       const body = { name: "2fa", ip_allow_list: ["127.0.0.1"] };
       const missing = await api(fx.kf, "POST", "/v1/api-keys", { headers: [fa(0)], json: body, ...from });
       assert.equal(missing.status, 403);
       assert.equal(missing.body, '{"message":"confirmation required"}');
       assert.equal(missing.headers["x-keyfence-reason"], "confirmation_required");
-      const wrongCode = code(secret) === "000000" ? "111111" : "000000";
-      const wrong = await api(fx.kf, "POST", "/v1/api-keys", { headers: [fa(0), otp(wrongCode)], json: body, ...from });
+      const wrong = await api(fx.kf, "POST", "/v1/api-keys", {
+        headers: [fa(0), otp(wrongCode(secret, clock.now()))],
+        json: body,
+        ...from,
+      });
       assert.equal(wrong.status, 403);
       assert.equal(wrong.body, '{"message":"invalid confirmation code"}');
-      const c0 = code(secret, -1);
+      for (const offset of [-2, 2]) {
+        const far = await api(fx.kf, "POST", "/v1/api-keys", {
+          headers: [fa(0), otp(code(secret, clock.now(), offset))],
+          json: body,
+          ...from,
+        });
+        assert.equal(far.status, 403, `a code ${offset} steps away is outside the window`);
+      }
+      const c0 = code(secret, clock.now(), -1);
       const ok = await api(fx.kf, "POST", "/v1/api-keys", { headers: [fa(0), otp(c0)], json: body, ...from });
       assert.equal(ok.status, 201, "a code one step old is tolerated (clock skew)");
       const id = (ok.json() as { id: string }).id;
@@ -522,7 +535,7 @@ describe("management API", () => {
       assert.equal(clear.status, 403, "clearing a list is a change too");
       const cleared = await api(fx.kf, "PATCH", "/v1/api-keys/{id}", {
         path,
-        headers: [fa(0), otp(code(secret))],
+        headers: [fa(0), otp(code(secret, clock.now()))],
         json: { ip_allow_list: [] },
         ...from,
       });
@@ -534,9 +547,8 @@ describe("management API", () => {
     });
 
     test("a failed request never uses up a code (order: 404, 400, 409, confirmation)", async () => {
-      await awayFromStepBoundary();
       const secret = TOTP_SECRETS[1]!;
-      const c = code(secret);
+      const c = code(secret, clock.now());
       const nf = await api(fx.kf, "PATCH", "/v1/api-keys/{id}", {
         path: "/v1/api-keys/nope",
         headers: [fa(1), otp(c)],
@@ -565,7 +577,7 @@ describe("management API", () => {
       assert.equal(del.status, 403, "deleting a restricted key needs a code");
       const del2 = await api(fx.kf, "DELETE", "/v1/api-keys/{id}", {
         path: `/v1/api-keys/${id}`,
-        headers: [fa(1), otp(code(secret, 1))],
+        headers: [fa(1), otp(code(secret, clock.now(), 1))],
         ...from,
       });
       assert.equal(del2.status, 204);
@@ -686,9 +698,8 @@ describe("management API: concurrency, durability, external edits", () => {
   });
 
   test("changes survive a restart; a used code stays used", async () => {
-    await awayFromStepBoundary();
     const kf = await startAdmin(up);
-    const c = code(TOTP_SECRETS[2]!);
+    const c = code(TOTP_SECRETS[2]!, clock.now());
     let k: { id: string; secret: string };
     try {
       const r = await api(kf, "POST", "/v1/api-keys", {

@@ -14,7 +14,7 @@ import { MemoryAttemptLimit } from "../../src/admin/attempts.js";
 import { FileCodeState } from "../../src/admin/confirm.js";
 import { bearer, send } from "../helpers/http.js";
 import { sidecarFixture, startTestSidecar, type TestSidecar } from "../helpers/sidecar.js";
-import { awayFromStepBoundary, code } from "../helpers/totp.js";
+import { code, testClock, wrongCode } from "../helpers/totp.js";
 import { startUpstream } from "../helpers/upstream.js";
 
 const sha = (s: string): string => createHash("sha256").update(s).digest("hex");
@@ -25,6 +25,8 @@ const OPERATORS = [
   { name: "twofa", token_sha256: sha("tok_2fa"), totp_secret: SECRET },
   { name: "twofb", token_sha256: sha("tok_2fb"), totp_secret: OTHER_SECRET },
 ];
+/** The sidecars' clock: codes are computed for it, and it stands still. */
+const clock = testClock();
 
 interface Pending {
   /** Sends the body (the headers went at once). */
@@ -175,13 +177,17 @@ describe("one code, one use", () => {
   });
 
   test("right after a restart, concurrent sign-ins and PATCHes with one code give exactly one success", async () => {
-    await awayFromStepBoundary();
     const up = await startUpstream();
-    const first = await startTestSidecar({ upstream: up.url, keys: [], admin: { operators: OPERATORS } });
+    const first = await startTestSidecar({
+      upstream: up.url,
+      keys: [],
+      admin: { operators: OPERATORS },
+      now: clock.now,
+    });
     await first.stop({ keep: true });
     const kf = await first.restart();
     try {
-      const c = code(SECRET);
+      const c = code(SECRET, clock.now());
       const form = signInForm(kf, "tok_2fa", c);
       const signIns = await Promise.all(
         Array.from({ length: 9 }, (_, i) =>
@@ -199,7 +205,7 @@ describe("one code, one use", () => {
         "one session",
       );
       assert.ok(signIns.every((r) => r.status !== 500));
-      const c2 = code(OTHER_SECRET);
+      const c2 = code(OTHER_SECRET, clock.now());
       const creates = await Promise.all(
         Array.from({ length: 9 }, (_, i) =>
           send(`${kf.adminUrl}/v1/api-keys`, {
@@ -219,12 +225,13 @@ describe("one code, one use", () => {
 });
 
 describe("attempt limit under concurrency, over HTTP", () => {
-  const fx = sidecarFixture((up) => startTestSidecar({ upstream: up.url, keys: [], admin: { operators: OPERATORS } }));
+  const fx = sidecarFixture((up) =>
+    startTestSidecar({ upstream: up.url, keys: [], admin: { operators: OPERATORS }, now: clock.now }),
+  );
 
   test("300 dashboard sign-ins, bodies after headers: 10 are verified, the rest 429 before their body, even the right one", async () => {
-    await awayFromStepBoundary();
     const from = "127.0.5.1";
-    const wrong = signInForm(fx.kf, "tok_2fa", code(SECRET) === "000000" ? "111111" : "000000");
+    const wrong = signInForm(fx.kf, "tok_2fa", wrongCode(SECRET, clock.now()));
     const pending = Array.from({ length: 299 }, () =>
       headersFirst(`${fx.kf.adminUrl}/session`, "POST", wrong.headers, wrong.body, from),
     );
@@ -233,7 +240,7 @@ describe("attempt limit under concurrency, over HTTP", () => {
     for (const r of replies) void r.then(() => early++);
     await settledCount(replies, 289, 10_000);
     assert.equal(early, 289, "289 answered 429 before sending their body");
-    const right = signInForm(fx.kf, "tok_2fa", code(SECRET));
+    const right = signInForm(fx.kf, "tok_2fa", code(SECRET, clock.now()));
     const rightOne = headersFirst(`${fx.kf.adminUrl}/session`, "POST", right.headers, right.body, from);
     rightOne.sendBody();
     for (const p of pending) p.sendBody();
@@ -254,7 +261,6 @@ describe("attempt limit under concurrency, over HTTP", () => {
   });
 
   test("200 PATCHes with wrong codes at once: 10 verified, 190 get 429; the right code then gets 429 unverified", async () => {
-    await awayFromStepBoundary();
     const from = "127.0.6.1";
     const created = await send(`${fx.kf.adminUrl}/v1/api-keys`, {
       method: "POST",
@@ -262,7 +268,7 @@ describe("attempt limit under concurrency, over HTTP", () => {
       body: JSON.stringify({ name: "t", ip_allow_list: ["10.0.0.1"] }),
     });
     const id = (created.json() as { id: string }).id;
-    const wrong = code(OTHER_SECRET) === "000000" ? "111111" : "000000";
+    const wrong = wrongCode(OTHER_SECRET, clock.now());
     const headers = {
       authorization: "Bearer tok_2fb",
       "x-keyfence-otp": wrong,
@@ -278,14 +284,22 @@ describe("attempt limit under concurrency, over HTTP", () => {
     assert.equal(statuses.filter((s) => s === 429).length, 190);
     const right = await send(`${fx.kf.adminUrl}/v1/api-keys/${id}`, {
       method: "PATCH",
-      headers: [bearer("tok_2fb"), ["X-Keyfence-OTP", code(OTHER_SECRET)], ["Content-Type", "application/json"]],
+      headers: [
+        bearer("tok_2fb"),
+        ["X-Keyfence-OTP", code(OTHER_SECRET, clock.now())],
+        ["Content-Type", "application/json"],
+      ],
       body,
       localAddress: from,
     });
     assert.equal(right.status, 429);
     const elsewhere = await send(`${fx.kf.adminUrl}/v1/api-keys/${id}`, {
       method: "PATCH",
-      headers: [bearer("tok_2fb"), ["X-Keyfence-OTP", code(OTHER_SECRET)], ["Content-Type", "application/json"]],
+      headers: [
+        bearer("tok_2fb"),
+        ["X-Keyfence-OTP", code(OTHER_SECRET, clock.now())],
+        ["Content-Type", "application/json"],
+      ],
       body,
       localAddress: "127.0.6.2",
     });

@@ -13,7 +13,7 @@ import { needsConfirmation } from "../../src/admin/keys.js";
 import type { KeyRecord } from "../../src/store/keysfile.js";
 import { bearer, send, type Reply } from "../helpers/http.js";
 import { sidecarFixture, startTestSidecar, type TestKey, type TestSidecar } from "../helpers/sidecar.js";
-import { awayFromStepBoundary, code } from "../helpers/totp.js";
+import { code, testClock, wrongCode } from "../helpers/totp.js";
 
 const sha = (s: string): string => createHash("sha256").update(s).digest("hex");
 
@@ -256,14 +256,15 @@ async function signIn(kf: TestSidecar): Promise<Array<[string, string]>> {
 }
 
 describe("step-up over HTTP", () => {
+  // The sidecar's clock: codes are computed for it, and it stands still.
+  const clock = testClock();
   const fx = sidecarFixture((up) =>
-    startTestSidecar({ upstream: up.url, keys: KEYS, admin: { operators: OPERATORS } }),
+    startTestSidecar({ upstream: up.url, keys: KEYS, admin: { operators: OPERATORS }, now: clock.now }),
   );
 
   describe("token operators with a TOTP secret send a code exactly for the changes that need one", () => {
     CASES.forEach((c, i) => {
       test(c.what, async () => {
-        await awayFromStepBoundary();
         const path = await setUp(fx.kf, c);
         const who = bearer(`tok_otp${i}`);
         const before = keysFileOf(fx.kf);
@@ -275,12 +276,12 @@ describe("step-up over HTTP", () => {
         assert.equal(bare.status, 403, bare.body);
         assert.equal(bare.body, '{"message":"confirmation required"}');
         assert.equal(keysFileOf(fx.kf), before, "nothing changed");
-        const wrong = code(SECRETS[i]!) === "123456" ? "654321" : "123456";
+        const wrong = wrongCode(SECRETS[i]!, clock.now());
         const refused = await json(fx.kf, c.method, path, [who, ["X-Keyfence-OTP", wrong]], c.body, `127.0.1.${i + 1}`);
         assert.equal(refused.status, 403);
         assert.equal(refused.body, '{"message":"invalid confirmation code"}');
         assert.equal(keysFileOf(fx.kf), before, "nothing changed");
-        const ok = await json(fx.kf, c.method, path, [who, ["X-Keyfence-OTP", code(SECRETS[i]!)]], c.body);
+        const ok = await json(fx.kf, c.method, path, [who, ["X-Keyfence-OTP", code(SECRETS[i]!, clock.now())]], c.body);
         assert.ok([200, 201, 204].includes(ok.status), `${ok.status} ${ok.body}`);
         assert.notEqual(keysFileOf(fx.kf), before);
       });
@@ -310,10 +311,9 @@ describe("step-up over HTTP", () => {
   });
 
   test("checks run credential, 404, 400, 409, confirmation: a failed request never uses up a code", async () => {
-    await awayFromStepBoundary();
     const i = 0;
     const ORDER_FROM = "127.0.2.1";
-    const c = code(SECRETS[i]!, 1);
+    const c = code(SECRETS[i]!, clock.now(), 1);
     const otp: [string, string] = ["X-Keyfence-OTP", c];
     const body = { ip_allow_list: ["10.9.9.9"] };
     const target = await setUp(fx.kf, {

@@ -12,7 +12,7 @@ import { needBinary } from "../helpers/binary.js";
 import { bearer, send, type Reply } from "../helpers/http.js";
 import { redisFixture, startRelay, type Relay } from "../helpers/redis.js";
 import { eventually, startTestSidecar, type TestSidecar } from "../helpers/sidecar.js";
-import { awayFromStepBoundary, code } from "../helpers/totp.js";
+import { code, testClock } from "../helpers/totp.js";
 import { startUpstream, type Upstream } from "../helpers/upstream.js";
 
 const redisBin = needBinary("redis-server", "redis-server");
@@ -53,6 +53,8 @@ function withCookie(kf: TestSidecar, cookie: string): Promise<Reply> {
 }
 
 describe("admin state shared through Redis", { skip: redisBin.skip }, () => {
+  // The replicas' clock: codes are computed for it, and it moves only when a test moves it.
+  const clock = testClock();
   let up: Upstream;
   const started: TestSidecar[] = [];
   const start = async (url: string, prefix: string): Promise<TestSidecar> => {
@@ -61,6 +63,7 @@ describe("admin state shared through Redis", { skip: redisBin.skip }, () => {
       keys: "keys: []\n",
       keysConfig: { store: "redis", redis: { url, prefix } },
       admin: { operators: OPERATORS },
+      now: clock.now,
     });
     started.push(kf);
     return kf;
@@ -83,23 +86,23 @@ describe("admin state shared through Redis", { skip: redisBin.skip }, () => {
 
   test("a code used on one replica is refused on the other; a later code still works", async () => {
     const [a, b] = await pair();
-    await awayFromStepBoundary();
-    const now = code(OTP_SECRET);
+    const now = code(OTP_SECRET, clock.now());
     assert.equal((await createRestricted(a, now)).status, 201);
     for (const kf of [b, a]) {
       const again = await createRestricted(kf, now);
       assert.equal(again.status, 403, again.body);
       assert.equal(again.headers["x-keyfence-reason"], "invalid_confirmation_code");
     }
-    assert.equal((await createRestricted(b, code(OTP_SECRET, 1))).status, 201, "the next step's code");
-    // An earlier step than the last used one is refused too (the last used step only grows).
+    clock.advance(30_000);
+    assert.equal((await createRestricted(b, code(OTP_SECRET, clock.now()))).status, 201, "the next step's code");
+    // An earlier step than the last used one is refused too (the last used step only grows), though
+    // it is still within the window.
     assert.equal((await createRestricted(a, now)).status, 403);
   });
 
   test("one code sent to both replicas at once is accepted exactly once", async () => {
     const [a, b] = await pair();
-    await awayFromStepBoundary();
-    const c = code(OTP_SECRET);
+    const c = code(OTP_SECRET, clock.now());
     const replies = await Promise.all([a, b, a, b].map((kf) => createRestricted(kf, c)));
     assert.deepEqual(replies.map((r) => r.status).sort(), [201, 403, 403, 403]);
   });
@@ -154,12 +157,11 @@ describe("admin state shared through Redis", { skip: redisBin.skip }, () => {
       const cookie = await signIn(kf);
       relay.cut();
       await eventually(async () => (await send(`${kf.adminUrl}/readyz`)).status === 503, 3000, "readyz 503");
-      await awayFromStepBoundary();
       const replies = [
         await send(`${kf.adminUrl}/v1/audit`, { headers: [bearer("wrong")] }),
         await send(`${kf.adminUrl}/v1/audit`, { headers: [bearer("tok_ops")] }),
         await withCookie(kf, cookie),
-        await createRestricted(kf, code(OTP_SECRET)),
+        await createRestricted(kf, code(OTP_SECRET, clock.now())),
       ];
       for (const r of replies) {
         assert.equal(r.status, 503, r.body);
