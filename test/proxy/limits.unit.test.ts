@@ -106,7 +106,8 @@ describe("limits: configuration", () => {
 });
 
 describe("limits: upstream gate", () => {
-  test("starts at once below capacity, queues above, times out, hands over in order", async () => {
+  test("starts at once below capacity, queues above, times out after queue_ms, hands over in order", (t) => {
+    t.mock.timers.enable({ apis: ["setTimeout"] });
     const gate = new UpstreamGate(2, 50);
     const events: string[] = [];
     const req = (name: string): (() => void) | undefined =>
@@ -125,7 +126,9 @@ describe("limits: upstream gate", () => {
     gate.release();
     assert.deepEqual(events, ["start a", "start b", "start d"]);
     assert.equal(gate.queued, 1);
-    await new Promise((r) => setTimeout(r, 80));
+    t.mock.timers.tick(49);
+    assert.deepEqual(events, ["start a", "start b", "start d"], "still waiting just before queue_ms");
+    t.mock.timers.tick(1);
     assert.deepEqual(events, ["start a", "start b", "start d", "busy e"]);
     assert.equal(gate.queued, 0);
     assert.equal(gate.inUse, 2);
@@ -134,12 +137,14 @@ describe("limits: upstream gate", () => {
     assert.equal(gate.inUse, 0);
   });
 
-  test("property: never more than capacity at once; each request starts or is refused exactly once, in arrival order", async () => {
-    await fc.assert(
-      fc.asyncProperty(
+  test("property: never more than capacity at once; each request starts or is refused exactly once, in arrival order", (t) => {
+    // Time is a mocked clock: a "tick" moves it past queue_ms at once, with no real wait.
+    t.mock.timers.enable({ apis: ["setTimeout"] });
+    fc.assert(
+      fc.property(
         fc.integer({ min: 1, max: 4 }),
         fc.array(fc.constantFrom("arrive", "release", "leave", "tick"), { maxLength: 60 }),
-        async (capacity, ops) => {
+        (capacity, ops) => {
           const gate = new UpstreamGate(capacity, 5);
           const outcome = new Map<number, string>();
           const running: number[] = [];
@@ -172,7 +177,7 @@ describe("limits: upstream gate", () => {
                 outcome.set(w.id, "left");
               }
             } else if (op === "tick") {
-              await new Promise((r) => setTimeout(r, 8));
+              t.mock.timers.tick(8);
             }
             assert.ok(running.length <= capacity);
             assert.equal(gate.inUse, running.length);
@@ -186,7 +191,7 @@ describe("limits: upstream gate", () => {
             running.shift();
             gate.release();
           }
-          await new Promise((r) => setTimeout(r, 10));
+          t.mock.timers.tick(10);
           for (let id = 0; id < next; id++) assert.ok(outcome.has(id), `request ${id} neither started nor refused`);
         },
       ),
