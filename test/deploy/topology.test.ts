@@ -202,10 +202,19 @@ describe("deploy/compose topology as processes: HAProxy → two keyfence → ups
         r.child.kill("SIGKILL");
       }
     }
-    await Promise.race([Promise.all(waits), new Promise((r) => setTimeout(r, 5000).unref())]);
-    await redis?.kill();
-    await up?.close();
-    if (dir !== "") rmSync(dir, { recursive: true, force: true });
+    try {
+      // SIGKILL cannot be ignored: every exit event comes. One that does not is a process left behind,
+      // which the test reports instead of stepping past.
+      let timer: NodeJS.Timeout | undefined;
+      const late = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error("a process outlived SIGKILL by 5 s")), 5000);
+      });
+      await Promise.race([Promise.all(waits), late]).finally(() => clearTimeout(timer));
+    } finally {
+      await redis?.kill();
+      await up?.close();
+      if (dir !== "") rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   test("both replicas are ready (/readyz 200: Redis reachable)", async () => {
