@@ -148,8 +148,9 @@ export async function startSidecar(
     role?: Role;
     cluster?: ClusterLink;
     /**
-     * Milliseconds since the epoch, for entries' expiry (SPEC §9) and confirmation codes (SPEC §5); tests
-     * inject one to pass an expiry at once or to compute codes for a known step.
+     * Milliseconds since the epoch, for entries' expiry (SPEC §9), confirmation codes and dashboard sessions
+     * (SPEC §5); tests inject one to pass an expiry or a confirmation window at once, or to compute codes for
+     * a known step.
      */
     now?: () => number;
   } = {},
@@ -269,7 +270,7 @@ interface AdminParts {
   readonly sources: SourceTracker;
   readonly log: Logger;
   readonly cluster: ClusterLink | undefined;
-  /** The clock of entries' expiry, the keys' timestamps and confirmation codes. */
+  /** The clock of entries' expiry, the keys' timestamps, confirmation codes and dashboard sessions. */
   readonly now: () => number;
 }
 
@@ -300,6 +301,7 @@ async function buildAdmin(
     idleMs: adminConfig.sessionIdleMs,
     maxAgeMs: adminConfig.sessionMaxAgeMs,
     confirmWindowMs: adminConfig.confirmWindowMs,
+    now,
   };
   // With Redis, replicas share the limit, the code state and the sessions (SPEC §6).
   let attempts: AttemptLimit;

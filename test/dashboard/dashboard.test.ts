@@ -42,7 +42,7 @@ async function shot(page: Page, name: string): Promise<void> {
 }
 
 describe("dashboard in a real browser", { skip: CHROMIUM.skip }, () => {
-  // The sidecar's clock: codes are computed for it, and it stands still.
+  // The sidecar's clock, for codes and sessions: it moves only when a test moves it.
   const clock = testClock();
   let up: Upstream;
   let kf: TestSidecar;
@@ -200,8 +200,9 @@ describe("dashboard in a real browser", { skip: CHROMIUM.skip }, () => {
     await page.fill("#ip_allow_list", "2001:db8::/32\n198.51.100.0/24\n127.0.0.1");
     await shot(page, "edit");
 
-    // After the confirmation window (2 s here) a list change asks again; a rename does not.
-    await page.waitForTimeout(2300);
+    // After the confirmation window (2 s here, passed on the sidecar's clock) a list change asks again; a
+    // rename does not.
+    clock.advance(2001);
     await page.fill("#name", "Billing (renamed)");
     await page.click("#save");
     const saved = page.locator("#form-status", { hasText: "Saved." });
