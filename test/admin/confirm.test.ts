@@ -9,7 +9,6 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, test } from "node:test";
-import { Secret, TOTP } from "otpauth";
 import { confirmFor } from "../../src/admin/api.js";
 import { MemoryAttemptLimit } from "../../src/admin/attempts.js";
 import { Authenticator } from "../../src/admin/auth.js";
@@ -17,6 +16,7 @@ import { Confirmations, FileCodeState } from "../../src/admin/confirm.js";
 import { MemorySessionStore } from "../../src/admin/sessions.js";
 import { compileTrust, resolveClientIp, type CompiledTrust } from "../../src/clientip/resolve.js";
 import type { KeyStore } from "../../src/store/store.js";
+import { code as codeAt } from "../helpers/totp.js";
 
 const SECRET = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP";
 const NOW = 1_800_000_015_000; // the middle of a 30 s step: no boundary to wait for
@@ -25,9 +25,7 @@ after(() => rmSync(dir, { recursive: true, force: true }));
 
 function setup(): { confirm: () => Promise<boolean>; again: () => Promise<boolean> } {
   const operator = { name: "ops", tokenSha256: "00".repeat(32), totpSecret: SECRET };
-  const code = new TOTP({ secret: Secret.fromBase32(SECRET), algorithm: "SHA1", digits: 6, period: 30 }).generate({
-    timestamp: NOW,
-  });
+  const code = codeAt(SECRET, NOW);
   const confirmations = new Confirmations(new FileCodeState(join(dir, `${String(Math.random())}.json`)), () => NOW);
   // The authenticator's key store is never read by an attempt.
   const auth = new Authenticator(
@@ -55,8 +53,7 @@ test("a request's code confirms each planning of its change, and only that reque
 test("codes are judged by the injected clock: its step ±1, each step once, never one before the last used", async () => {
   let t = NOW;
   const confirmations = new Confirmations(new FileCodeState(join(dir, "window.json")), () => t);
-  const totp = new TOTP({ secret: Secret.fromBase32(SECRET), algorithm: "SHA1", digits: 6, period: 30 });
-  const at = (offset: number): string => totp.generate({ timestamp: NOW + offset * 30_000 });
+  const at = (offset: number): string => codeAt(SECRET, NOW, offset);
   for (const offset of [-2, 2]) {
     assert.equal(confirmations.isCurrent(SECRET, at(offset)), false, `${offset} steps away`);
     assert.equal(await confirmations.consume("ops", SECRET, at(offset)), "invalid", `${offset} steps away`);
