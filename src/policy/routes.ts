@@ -14,9 +14,12 @@
  * backslash, a fragment, double encoding (`%25` + hex), malformed or non-UTF-8
  * percent-encoding, encoded control characters, and bytes that must be
  * encoded. Method overrides (`X-HTTP-Method-Override`, `X-HTTP-Method`,
- * `X-Method-Override`, `?_method=`) count as methods of the request too, and
+ * `X-Method-Override`, `?_method=`, in every spelling upstreams read alike)
+ * count as methods of the request too, and
  * a rule for GET also covers HEAD, which GET handlers answer.
  */
+
+import { normalizeQueryName } from "./credential.js";
 
 /** One `route_scopes` rule, validated and compiled. */
 export interface RouteRule {
@@ -192,21 +195,44 @@ function pathMatches(rule: RouteRule, r: Reading): boolean {
   return path === want || (path.startsWith(want) && path.charCodeAt(want.length) === 47);
 }
 
-/** The methods a request may be taken for: its own and any override it carries. */
+/**
+ * The methods a request may be taken for: its own and any override it
+ * carries. Override header names count with `_` for `-` (CGI, WSGI, PHP and
+ * Rack read `X_HTTP_Method_Override` as `HTTP_X_HTTP_METHOD_OVERRIDE`), and a
+ * query name counts as `_method` under every spelling a loose parser takes
+ * for it ({@link normalizeQueryName}: `%5Fmethod`, `_METHOD`, `+_method`, `_method[]`).
+ */
 export function requestMethods(method: string, rawHeaders: readonly string[], query: string): string[] {
   const out = [method.toUpperCase()];
   for (let i = 0; i < rawHeaders.length; i += 2) {
     const name = rawHeaders[i] as string;
     if (name.length < 13 || (name.charCodeAt(0) | 32) !== 120) continue;
-    if (METHOD_OVERRIDE_HEADERS.includes(name.toLowerCase())) {
+    if (METHOD_OVERRIDE_HEADERS.includes(name.toLowerCase().replace(/_/g, "-"))) {
       for (const m of (rawHeaders[i + 1] as string).split(",")) out.push(m.trim().toUpperCase());
     }
   }
-  if (query.includes("_method")) {
-    for (const [k, v] of new URLSearchParams(query))
-      if (k.toLowerCase() === "_method") out.push(v.trim().toUpperCase());
+  if (/method|%/i.test(query)) {
+    for (const part of query.split(/[&;]/)) {
+      const eq = part.indexOf("=");
+      if (eq < 0 || normalizeQueryName(part.slice(0, eq)) !== "_method") continue;
+      out.push(
+        decodeQueryValue(part.slice(eq + 1))
+          .trim()
+          .toUpperCase(),
+      );
+    }
   }
   return out;
+}
+
+/** A query value as form decoders read it: `+` as space, then %XX (each valid escape as its byte, the rest kept). */
+function decodeQueryValue(raw: string): string {
+  const spaced = raw.replace(/\+/g, " ");
+  try {
+    return decodeURIComponent(spaced);
+  } catch {
+    return spaced.replace(/%([0-9A-Fa-f]{2})/g, (_m, h: string) => String.fromCharCode(parseInt(h, 16)));
+  }
 }
 
 /**

@@ -121,12 +121,21 @@ describe("route_scopes through the proxy", () => {
   }
 
   test("a method override header counts as the method", async () => {
-    for (const h of ["X-HTTP-Method-Override: GET", "x-http-method: get", "X-Method-Override: GET"]) {
+    for (const h of [
+      "X-HTTP-Method-Override: GET",
+      "x-http-method: get",
+      "X-Method-Override: GET",
+      // CGI, WSGI, PHP and Rack upstreams read these as the same variable (HTTP_X_HTTP_METHOD_OVERRIDE)
+      "X_HTTP_Method_Override: GET",
+      "X_HTTP_METHOD: GET",
+    ]) {
       const r = await raw(f.kf.url, req("POST", "/v2/reports/1", "s_plain", `${h}\r\n`));
       assert.equal(r.status, 403, h);
       assert.equal(r.body, LACKS("reports:read"));
     }
-    assert.equal((await raw(f.kf.url, req("POST", "/v2/reports/1?_method=GET", "s_plain"))).status, 403);
+    for (const q of ["_method=GET", "%5Fmethod=GET", "_METHOD=get", "+_method=GET", "_method[]=GET"]) {
+      assert.equal((await raw(f.kf.url, req("POST", `/v2/reports/1?${q}`, "s_plain"))).status, 403, q);
+    }
   });
 
   test("the IP check comes first; unknown and missing keys follow keys.unknown/missing", async () => {
