@@ -7,7 +7,8 @@
  * the raw path, nginx on the decoded one), `;params` cut or kept (Tomcat and
  * Spring cut them), empty segments and a trailing slash merged or kept (nginx
  * merges, Express ignores one trailing slash), and case folded or kept
- * (Express and ASP.NET match case-insensitively). A request is refused as
+ * (Express and ASP.NET match case-insensitively), and a format suffix cut or
+ * kept (Rails and Spring route `/x.json` as `/x`). A request is refused as
  * ambiguous (400) when no such set of readings can cover it: dot segments
  * (also `%2e`, `..;`), a leading `//` (the WHATWG URL parser reads
  * `//v2/x` relative to a base as host `v2`, path `/x`), encoded slashes and backslashes (`%2F`, `%5C`), a raw
@@ -145,6 +146,12 @@ export interface Reading {
  * readings is exact.
  */
 export function pathReadings(path: string): Reading[] | { why: string } {
+  const readings = spellings(path);
+  return Array.isArray(readings) ? withFormatSuffixesCut(readings) : readings;
+}
+
+/** The readings of `path` that differ in spelling alone (encoding, `;params`, slashes, case), or why it is ambiguous. */
+function spellings(path: string): Reading[] | { why: string } {
   if (PLAIN.test(path))
     return [
       { path, folded: false },
@@ -183,6 +190,32 @@ export function pathReadings(path: string): Reading[] | { why: string } {
           out.push({ path: text, folded });
         }
       }
+    }
+  }
+  return out;
+}
+
+/**
+ * `readings` plus each with the format suffix of its last segment cut, at the
+ * first dot (Rails' `(.:format)`, Django REST's format suffixes) and at the
+ * last (Spring's suffix pattern match): those route `/v2/messages.json` as
+ * `/v2/messages`.
+ */
+function withFormatSuffixesCut(readings: Reading[]): Reading[] {
+  const out = [...readings];
+  const seen = new Set(readings.map((r) => `${r.folded ? "i" : "s"}${r.path}`));
+  for (const r of readings) {
+    const base = r.path.length > 1 && r.path.endsWith("/") ? r.path.slice(0, -1) : r.path;
+    const slash = base.lastIndexOf("/");
+    const first = base.indexOf(".", slash);
+    if (first < 0) continue;
+    for (const dot of [first, base.lastIndexOf(".")]) {
+      if (dot === slash + 1) continue;
+      const cut = base.slice(0, dot);
+      const id = `${r.folded ? "i" : "s"}${cut}`;
+      if (seen.has(id)) continue;
+      seen.add(id);
+      out.push({ path: cut, folded: r.folded });
     }
   }
   return out;

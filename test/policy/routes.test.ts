@@ -64,6 +64,16 @@ describe("route_scopes: matching table", () => {
     ["GET", "/admin;x", ["admin"]],
     ["GET", "/admin%3Bx/y", ["admin"]],
     ["DELETE", "/v2/keys;v=1", ["keys:delete"]],
+    // format suffixes: Rails, Spring and Django REST route /x.json as /x
+    ["POST", "/v2/messages.json", ["messages:send"]],
+    ["POST", "/v2/Messages.JSON/", ["messages:send"]],
+    ["POST", "/v2/messages.tar.gz", ["messages:send"]],
+    ["GET", "/admin.json", ["admin"]],
+    ["DELETE", "/v2/keys.xml", ["keys:delete"]],
+    ["GET", "/v2/messages/public.json", ["messages:read"]],
+    ["POST", "/v2/messages%2Ejson", ["messages:send"]],
+    ["GET", "/v2/keys.xml", []],
+    ["GET", "/.json", []],
     // method overrides
     ["POST", "/v2/keys", ["keys:delete"], ["X-HTTP-Method-Override", "DELETE"]],
     ["POST", "/v2/keys", ["keys:delete"], ["x-http-method", "delete"]],
@@ -204,6 +214,21 @@ const ROUTERS: Record<string, Router> = {
     const segs = p.split("/").map((s) => naiveDecode(s.split(";")[0] as string));
     return { path: `/${resolveDots(segs.slice(1)).join("/")}`.replace(/\/+/g, "/"), fold: false };
   },
+  // Rails: a static route also takes a `.format` suffix (no dot in it) on its last segment.
+  rails: (p) => {
+    const m = /^(.*\/[^/.]+)\.[^/.]+\/?$/.exec(p);
+    return { path: m ? (m[1] as string) : p, fold: false };
+  },
+  // Spring MVC's suffix pattern match: /x also matches /x.* (anything after the first dot of the last segment).
+  spring: (p) => {
+    const m = /^(.*\/[^/.;]+)\.[^/]*$/.exec(p);
+    return { path: m ? (m[1] as string) : p, fold: false };
+  },
+  // Django REST framework's format_suffix_patterns: `.json` (lowercase letters and digits) at the very end.
+  django: (p) => {
+    const m = /^(.*)\.[a-z0-9]+\/?$/.exec(p);
+    return { path: m ? (m[1] as string) : p, fold: false };
+  },
   // IIS/ASP.NET: backslash is a slash, decode, case-insensitive, resolve dots.
   iis: (p) => {
     const segs = naiveDecode(p.replace(/\\/g, "/")).split("/");
@@ -261,6 +286,11 @@ const SEGMENTS = [
   "~",
   "messages:batch",
   "messages%3Abatch",
+  "messages.json",
+  "send.xml",
+  "public.tar.gz",
+  ".json",
+  "Messages.JSON",
 ];
 
 const ruleArb = fc.record({

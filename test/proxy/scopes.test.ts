@@ -79,6 +79,8 @@ describe("route_scopes through the proxy", () => {
     ["DELETE", "/v2/exact/", 403],
     ["PUT", "/v2/Exact;a", 403],
     ["GET", "/v2/reports/1", 403],
+    ["POST", "/v2/messages.json", 403],
+    ["GET", "/v2/exact.xml", 403],
     ["HEAD", "/v2/reports/1", 403],
     ["GET", "/v2/messages/send", 200],
     ["POST", "/v2/messagesX", 200],
