@@ -184,7 +184,11 @@ for (const [name, pkg, command, starter] of ingresses) {
         upstream: up.url,
         keys: KEYS,
         keysConfig: { missing: "reject" },
-        config: { trusted_proxies: ["127.0.0.1"], decision: { listen: "127.0.0.1:0" } },
+        config: {
+          trusted_proxies: ["127.0.0.1"],
+          decision: { listen: "127.0.0.1:0" },
+          route_scopes: [{ methods: ["POST"], path: "/v1/admin/*", scope: "admin:write" }],
+        },
       });
       relay = await startRelay(kf.sidecar.decisionAddress?.port ?? 0);
       dir = mkdtempSync(join(tmpdir(), `keyfence-${command}-`));
@@ -266,6 +270,26 @@ for (const [name, pkg, command, starter] of ingresses) {
         assert.equal(seen.length, 0, "nothing reaches the upstream");
       });
     }
+
+    test("route scopes: the method and path keyfence decides are the ingress's, never client-sent ones", async () => {
+      // Each ingress sends one pair of headers; a client-sent copy of the other pair must count for nothing.
+      const spoofs: Array<[string, string]> = [
+        ["X-Forwarded-Method", "GET"],
+        ["X-Forwarded-Uri", "/v1/public"],
+        ["X-Original-Method", "GET"],
+        ["X-Original-URI", "/v1/public"],
+      ];
+      const n = up.seen.length;
+      const r = await send(`${url}/v1/admin/x`, {
+        method: "POST",
+        headers: [bearer("s_allowed"), ...spoofs],
+        localAddress: CLIENT,
+      });
+      assert.equal(r.status, 403, r.body);
+      assert.equal(r.body, '{"message":"API key lacks scope admin:write"}');
+      assert.equal(r.headers["x-keyfence-reason"], "missing_scope");
+      assert.equal(up.seen.length, n, "nothing reaches the upstream");
+    });
 
     test("ping: keyfence answers it, the upstream never sees it", async () => {
       const { r, seen } = await ask("/_keyfence/ping", [bearer("s_allowed")]);
