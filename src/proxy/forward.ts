@@ -19,6 +19,13 @@ const REQUEST_LENGTHS = new Set([
   ...["expect", "x-request-id", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"].map((h) => h.length),
 ]);
 
+/**
+ * The forwarding headers keyfence sets or overwrites. Spelled with `_` for `-`
+ * they are dropped: CGI, WSGI, PHP and Rack upstreams read `X_Forwarded_Host`
+ * as `HTTP_X_FORWARDED_HOST`, the same variable as the real one.
+ */
+const FORWARDED_HEADERS = new Set(["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"]);
+
 /** The same for response headers, which are also checked for the upstream's own X-Request-Id. */
 const RESPONSE_LENGTHS = new Set([...HOP_LENGTHS, "x-request-id".length]);
 
@@ -69,7 +76,8 @@ export function isKeyfenceHeader(name: string): boolean {
  * Builds the request headers for the upstream from the client's raw headers
  * (order, case and repeats kept), with `requestId` as X-Request-Id.
  * `keepUpgrade` keeps Connection/Upgrade for WebSocket handshakes. Client-sent
- * `X-Keyfence-*` headers are always dropped; `identity`, when given, is sent instead.
+ * `X-Keyfence-*` headers, and X-Forwarded-* ones spelled with `_`, are always
+ * dropped; `identity`, when given, is sent instead.
  */
 export function upstreamHeaders(
   req: IncomingMessage,
@@ -92,6 +100,7 @@ export function upstreamHeaders(
     }
     const lower = name.toLowerCase();
     if (lower === "x-forwarded-for" || lower === "expect" || lower === "x-request-id") continue;
+    if (lower.includes("_") && FORWARDED_HEADERS.has(lower.replace(/_/g, "-"))) continue;
     if (HOP_BY_HOP.has(lower) || listed?.has(lower)) {
       if (!(keepUpgrade && (lower === "connection" || lower === "upgrade"))) continue;
     }

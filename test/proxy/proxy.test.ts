@@ -65,6 +65,29 @@ describe("proxy: no trusted proxies", () => {
     assert.equal(r.headers["x-keyfence-reason"], undefined, "forwarded answers carry no keyfence reason");
   });
 
+  test("X-Forwarded-* spelled with `_` never reaches the upstream (CGI, WSGI, PHP and Rack read it as the real one)", async () => {
+    const n = fx.up.seen.length;
+    const r = await send(`${fx.kf.url}/x`, {
+      headers: [
+        bearer("s_local"),
+        ["X_Forwarded_For", "203.0.113.4"],
+        ["x_forwarded_proto", "https"],
+        ["X-Forwarded_Host", "evil.example"],
+        ["X_FORWARDED-HOST", "evil.example"],
+      ],
+    });
+    assert.equal(r.status, 200);
+    const s = fx.up.seen[n]!;
+    const names = s.rawHeaders.filter((_, i) => i % 2 === 0).map((h) => h.toLowerCase());
+    assert.deepEqual(
+      names.filter((h) => /^x[-_]forwarded[-_]/.test(h)),
+      ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"],
+      "only keyfence's own spellings",
+    );
+    assert.equal(s.headers["x-forwarded-for"], "127.0.0.1");
+    assert.equal(s.headers["x-forwarded-proto"], "http");
+  });
+
   test("denied: 403, exact body, JSON, reason header, nothing reaches the upstream", async () => {
     const n = fx.up.seen.length;
     for (const method of ["GET", "POST", "DELETE"]) {
