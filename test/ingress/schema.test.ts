@@ -79,6 +79,9 @@ function envoyNeeds(doc: unknown): string[] {
   const hcm = at(doc, "static_resources", "listeners", 0, "filter_chains", 0, "filters", 0, "typed_config");
   if (hcm["use_remote_address"] !== true) out.push("use_remote_address: true (Envoy appends the client's address)");
   if ((hcm["xff_num_trusted_hops"] ?? 0) !== 0) out.push("xff_num_trusted_hops: 0 at the edge");
+  const underscores = (hcm["common_http_protocol_options"] as Doc | undefined)?.["headers_with_underscores_action"];
+  if (underscores !== "DROP_HEADER" && underscores !== "REJECT_REQUEST")
+    out.push("headers_with_underscores_action: DROP_HEADER (CGI apps read X_API_Key as X-API-Key)");
   const filters = hcm["http_filters"] as Doc[];
   const names = filters.map((f) => f["name"]);
   const authAt = names.indexOf("envoy.filters.http.ext_authz");
@@ -96,6 +99,9 @@ function envoyNeeds(doc: unknown): string[] {
   if (authz["with_request_body"] !== undefined) out.push("no request body to keyfence");
   const allowed = ((authz["allowed_headers"] as Doc | undefined)?.["patterns"] as Doc[] | undefined) ?? [];
   if (!allowed.some((p) => p["exact"] === "x-forwarded-for")) out.push("x-forwarded-for sent to keyfence");
+  for (const h of ["x-http-method-override", "x-http-method", "x-method-override"]) {
+    if (!allowed.some((p) => p["exact"] === h)) out.push(`${h} sent to keyfence (route_scopes)`);
+  }
   const upstreamHeaders = (
     (at(authz, "http_service", "authorization_response", "allowed_upstream_headers")["patterns"] as Doc[]) ?? []
   ).map((p) => p["exact"]);
@@ -220,6 +226,19 @@ describe("deploy/ingress/envoy against Envoy's documented fields", () => {
       "no XFF to keyfence",
       (d) => (authzOf(d)["allowed_headers"] = { patterns: [{ exact: "x-request-id" }] }),
       /x-forwarded-for/,
+    ],
+    [
+      "header names with underscores passed on",
+      (d) => delete hcmOf(d)["common_http_protocol_options"],
+      /headers_with_underscores_action/,
+    ],
+    [
+      "a method override kept from keyfence",
+      (d) =>
+        (authzOf(d)["allowed_headers"] = {
+          patterns: [{ exact: "x-forwarded-for" }, { exact: "x-http-method" }, { exact: "x-method-override" }],
+        }),
+      /x-http-method-override sent to keyfence/,
     ],
     [
       "a forgeable key id",
