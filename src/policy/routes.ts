@@ -268,6 +268,34 @@ function decodeQueryValue(raw: string): string {
   }
 }
 
+/** The methods some rule of each `RouteScopes` lists, computed once per list. */
+const LISTED = new WeakMap<RouteScopes, ReadonlySet<string>>();
+
+/**
+ * `methods` with repeats dropped and every method no rule lists folded into
+ * one (they all match the same rules, those without `methods`), so a request
+ * claiming thousands of override values costs no more than one claiming each
+ * listed method once.
+ */
+function distinctMethods(routes: RouteScopes, methods: readonly string[]): string[] {
+  let listed = LISTED.get(routes);
+  if (listed === undefined) {
+    listed = new Set(routes.rules.flatMap((r) => (r.methods === undefined ? [] : [...r.methods])));
+    LISTED.set(routes, listed);
+  }
+  const out: string[] = [];
+  let unlisted = false;
+  for (const m of methods) {
+    if (listed.has(m)) {
+      if (!out.includes(m)) out.push(m);
+    } else if (!unlisted) {
+      unlisted = true;
+      out.push(m);
+    }
+  }
+  return out;
+}
+
 /**
  * The rules a request falls under: for each of its methods and each reading
  * of its path, the first rule that matches. `path` excludes the query.
@@ -276,7 +304,7 @@ export function routeNeed(routes: RouteScopes, methods: readonly string[], path:
   const readings = pathReadings(path);
   if (!Array.isArray(readings)) return { kind: "ambiguous", why: readings.why };
   const found: RouteRule[] = [];
-  for (const method of methods) {
+  for (const method of distinctMethods(routes, methods)) {
     for (const reading of readings) {
       for (const rule of routes.rules) {
         if (rule.methods !== undefined && !rule.methods.has(method)) continue;
