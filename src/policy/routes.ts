@@ -89,10 +89,12 @@ function hex(c: number): number {
   return -1;
 }
 
+const UTF8 = new TextDecoder("utf-8", { fatal: true });
+
 /** True when `bytes` is well-formed UTF-8 (no overlong forms, surrogates or values past U+10FFFF). */
 function isUtf8(bytes: readonly number[]): boolean {
   try {
-    new TextDecoder("utf-8", { fatal: true }).decode(Uint8Array.from(bytes));
+    UTF8.decode(Uint8Array.from(bytes));
     return true;
   } catch {
     return false;
