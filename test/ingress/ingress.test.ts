@@ -533,3 +533,82 @@ for (const [name, pkg, command, starter] of ingresses) {
     }
   });
 }
+
+/** An application that switches to HTTP/2 whenever asked (`Upgrade: h2c`) and records every byte it gets. */
+async function h2cApp(): Promise<{ port: number; received: () => string; close(): Promise<void> }> {
+  const chunks: string[] = [];
+  const server = createServer((sock) => {
+    let head = "";
+    let switched = false;
+    sock.on("data", (d: Buffer) => {
+      chunks.push(d.toString("latin1"));
+      head += d.toString("latin1");
+      const end = head.indexOf("\r\n\r\n");
+      if (switched || end < 0) return;
+      if (/\r\nupgrade:[^\r]*h2c/i.test(head.slice(0, end + 2))) {
+        switched = true;
+        sock.write("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n");
+      } else sock.end("HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nhttp/1");
+    });
+    sock.on("error", () => undefined);
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  return {
+    port: (server.address() as AddressInfo).port,
+    received: () => chunks.join(""),
+    close: () => new Promise<void>((r) => server.close(() => r())),
+  };
+}
+
+// h2c smuggling: after an application's 101 to `Upgrade: h2c`, every later request rides the tunnel undecided.
+for (const [name, pkg, command, starter] of ingresses) {
+  const bin = needBinary(pkg, command);
+  describe(`${name} with deploy/ingress: no h2c upgrade reaches the application`, { skip: bin.skip }, () => {
+    let app: Awaited<ReturnType<typeof h2cApp>>;
+    let kf: TestSidecar;
+    let ingress: Proc | undefined;
+    let dir: string;
+    let port: number;
+    before(async () => {
+      app = await h2cApp();
+      kf = await startTestSidecar({
+        upstream: `http://127.0.0.1:${String(app.port)}`,
+        keys: KEYS,
+        config: { trusted_proxies: ["127.0.0.1"], decision: { listen: "127.0.0.1:0" } },
+      });
+      dir = mkdtempSync(join(tmpdir(), `keyfence-${command}-h2c-`));
+      port = await freePort();
+      ingress = await starter(bin.path ?? command)(dir, port, kf.sidecar.decisionAddress?.port ?? 0, app.port);
+    });
+    after(async () => {
+      await ingress?.stop();
+      await kf.stop();
+      await app.close();
+      if (process.env["KEEP"] === undefined) rmSync(dir, { recursive: true, force: true });
+    });
+
+    for (const token of ["h2c", "H2C", "websocket, h2c"]) {
+      test(`Upgrade: ${token}, then a request with a denied key: never tunnelled`, async () => {
+        const before = app.received().length;
+        const tag = `/smuggled/${String(Math.random()).slice(2)}`;
+        const s = connect({ port, host: "127.0.0.1", localAddress: CLIENT });
+        let got = "";
+        s.on("data", (d: Buffer) => {
+          got += d.toString("latin1");
+          if (got.startsWith("HTTP/1.1 101"))
+            s.write(`GET ${tag} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s_denied\r\n\r\n`);
+        });
+        s.on("error", () => undefined);
+        s.write(
+          `GET / HTTP/1.1\r\nHost: 127.0.0.1:${String(port)}\r\nAuthorization: Bearer s_allowed\r\n` +
+            `Connection: Upgrade, HTTP2-Settings\r\nUpgrade: ${token}\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n`,
+        );
+        await new Promise((r) => setTimeout(r, 1000));
+        s.destroy();
+        assert.doesNotMatch(got, /^HTTP\/1\.1 101/, "no tunnel");
+        assert.match(got, /^HTTP\/1\.1 200/);
+        assert.equal(app.received().slice(before).includes(tag), false, "the second request reached the application");
+      });
+    }
+  });
+}
