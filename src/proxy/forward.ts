@@ -14,9 +14,27 @@ import { answer } from "./respond.js";
 /** Lengths of the {@link HOP_BY_HOP} names: a header of another length needs no lowercasing to be kept. */
 const HOP_LENGTHS = new Set([...HOP_BY_HOP].map((h) => h.length));
 /** The same for request headers, which also lose or check Expect, X-Request-Id and the X-Forwarded-* ones. */
+/**
+ * Headers in which a proxy tells the client's address (RFC 7239 `Forwarded`
+ * and the de-facto ones upstream frameworks read, such as Go chi's RealIP and
+ * Rails' remote_ip): kept as sent from a trusted proxy, dropped otherwise,
+ * so an untrusted client cannot name its own address to the upstream.
+ */
+const CLIENT_ADDRESS_HEADERS = new Set([
+  "forwarded",
+  "x-real-ip",
+  "true-client-ip",
+  "x-client-ip",
+  "client-ip",
+  "x-cluster-client-ip",
+  "cf-connecting-ip",
+  "fastly-client-ip",
+]);
+
 const REQUEST_LENGTHS = new Set([
   ...HOP_LENGTHS,
   ...["expect", "x-request-id", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"].map((h) => h.length),
+  ...[...CLIENT_ADDRESS_HEADERS].map((h) => h.length),
 ]);
 
 /**
@@ -77,7 +95,8 @@ export function isKeyfenceHeader(name: string): boolean {
  * (order, case and repeats kept), with `requestId` as X-Request-Id.
  * `keepUpgrade` keeps Connection/Upgrade for WebSocket handshakes. Client-sent
  * `X-Keyfence-*` headers, and X-Forwarded-* ones spelled with `_`, are always
- * dropped; `identity`, when given, is sent instead.
+ * dropped, and client-address headers (`Forwarded`, `X-Real-IP`...) unless the
+ * peer is a trusted proxy; `identity`, when given, is sent instead.
  */
 export function upstreamHeaders(
   req: IncomingMessage,
@@ -100,7 +119,9 @@ export function upstreamHeaders(
     }
     const lower = name.toLowerCase();
     if (lower === "x-forwarded-for" || lower === "expect" || lower === "x-request-id") continue;
-    if (lower.includes("_") && FORWARDED_HEADERS.has(lower.replace(/_/g, "-"))) continue;
+    const dashed = lower.includes("_") ? lower.replace(/_/g, "-") : lower;
+    if (dashed !== lower && FORWARDED_HEADERS.has(dashed)) continue;
+    if (!client.peerTrusted && CLIENT_ADDRESS_HEADERS.has(dashed)) continue;
     if (HOP_BY_HOP.has(lower) || listed?.has(lower)) {
       if (!(keepUpgrade && (lower === "connection" || lower === "upgrade"))) continue;
     }

@@ -88,6 +88,30 @@ describe("proxy: no trusted proxies", () => {
     assert.equal(s.headers["x-forwarded-proto"], "http");
   });
 
+  test("an untrusted client cannot name its address to the upstream in Forwarded, X-Real-IP and the like", async () => {
+    const n = fx.up.seen.length;
+    const spoofs: Array<[string, string]> = [
+      ["Forwarded", "for=203.0.113.4;proto=https;host=evil.example"],
+      ["X-Real-IP", "203.0.113.4"],
+      ["X_Real_IP", "203.0.113.4"],
+      ["True-Client-IP", "203.0.113.4"],
+      ["X-Client-IP", "203.0.113.4"],
+      ["Client-IP", "203.0.113.4"],
+      ["X-Cluster-Client-IP", "203.0.113.4"],
+      ["CF-Connecting-IP", "203.0.113.4"],
+      ["Fastly-Client-IP", "203.0.113.4"],
+    ];
+    const r = await send(`${fx.kf.url}/x`, { headers: [bearer("s_local"), ...spoofs, ["X-Other", "203.0.113.4"]] });
+    assert.equal(r.status, 200);
+    const s = fx.up.seen[n]!;
+    const values = s.rawHeaders.filter((_, i) => i % 2 === 1);
+    assert.deepEqual(
+      s.rawHeaders.filter((v, i) => i % 2 === 0 && values[(i / 2) | 0]?.includes("203.0.113.4")),
+      ["X-Other"],
+      "only the unrelated header keeps the client's claim",
+    );
+  });
+
   test("denied: 403, exact body, JSON, reason header, nothing reaches the upstream", async () => {
     const n = fx.up.seen.length;
     for (const method of ["GET", "POST", "DELETE"]) {
@@ -403,6 +427,19 @@ describe("proxy: behind trusted proxies", () => {
     });
     assert.equal(fx.up.seen.at(-1)?.headers["x-forwarded-proto"], "http");
     assert.equal(fx.up.seen.at(-1)?.headers["x-forwarded-host"], new URL(fx.kf.url).host);
+  });
+
+  test("Forwarded and X-Real-IP kept from a trusted peer, dropped from an untrusted one", async () => {
+    const claims: Array<[string, string]> = [
+      ["Forwarded", "for=198.51.100.7"],
+      ["X-Real-IP", "198.51.100.7"],
+    ];
+    await send(`${fx.kf.url}/x`, { headers: [bearer("s_open"), ...claims] });
+    assert.equal(fx.up.seen.at(-1)?.headers["forwarded"], "for=198.51.100.7");
+    assert.equal(fx.up.seen.at(-1)?.headers["x-real-ip"], "198.51.100.7");
+    await send(`${fx.kf.url}/x`, { headers: [bearer("s_open"), ...claims], localAddress: "127.0.0.2" });
+    assert.equal(fx.up.seen.at(-1)?.headers["forwarded"], undefined);
+    assert.equal(fx.up.seen.at(-1)?.headers["x-real-ip"], undefined);
   });
 
   test("denial names the canonical client IP (IPv6, mapped)", async () => {
