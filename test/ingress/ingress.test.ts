@@ -517,6 +517,10 @@ for (const [name, pkg, command, starter] of ingresses) {
         ["the same key spelled with a lowercase scheme", [["Authorization", "bearer s_allowed"]], {}, 200],
         ["the same key with a second Authorization line", [bearer("s_allowed"), bearer("s_denied")], {}, 400],
         ["another method", [bearer("s_allowed")], { method: "DELETE" }, 200],
+        // Method overrides are methods to route_scopes: an allow for POST must not serve a claimed DELETE.
+        ["a method override", [bearer("s_allowed"), ["X-HTTP-Method-Override", "DELETE"]], {}, 200],
+        ["an X-HTTP-Method override", [bearer("s_allowed"), ["X-HTTP-Method", "DELETE"]], {}, 200],
+        ["an X-Method-Override", [bearer("s_allowed"), ["X-Method-Override", "DELETE"]], {}, 200],
         ["another target", [bearer("s_allowed")], { path: "/v1/other" }, 200],
         ["another query", [bearer("s_allowed")], { path: "/v1/same?x=2" }, 200],
       ];
