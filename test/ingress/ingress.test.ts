@@ -325,6 +325,17 @@ for (const [name, pkg, command, starter] of ingresses) {
       assert.equal(seen.length, 0);
     });
 
+    test("the client's own claims of its address never reach the application", async () => {
+      const { r, seen } = await ask("/v1/x", [
+        bearer("s_allowed"),
+        ["X-Real-IP", "203.0.113.9"],
+        ["Forwarded", "for=203.0.113.9"],
+      ]);
+      assert.equal(r.status, 200, r.body);
+      assert.equal(seen[0]?.headers["x-real-ip"], CLIENT);
+      assert.equal(seen[0]?.headers["forwarded"], undefined);
+    });
+
     test("unknown key (forwarded): no key id reaches the upstream, not even a client-sent one", async () => {
       const { r, seen } = await ask("/v1/x", [bearer("nope"), ["X-Keyfence-Key-Id", "k_allowed"]]);
       assert.equal(r.status, 200);
