@@ -94,6 +94,9 @@ function envoyNeeds(doc: unknown): string[] {
     if (!(stripAt >= 0 && stripAt < authAt && removed.includes(h)))
       out.push(`a client-sent ${h} removed before ext_authz`);
   }
+  for (const h of ["x-real-ip", "forwarded"]) {
+    if (!removed.includes(h)) out.push(`a client-sent ${h} removed (the application may read it as the client)`);
+  }
   const authz = authAt < 0 ? {} : at(filters[authAt], "typed_config");
   if (authz["failure_mode_allow"] !== false) out.push("failure_mode_allow: false");
   if (authz["with_request_body"] !== undefined) out.push("no request body to keyfence");
@@ -226,6 +229,17 @@ describe("deploy/ingress/envoy against Envoy's documented fields", () => {
       "no XFF to keyfence",
       (d) => (authzOf(d)["allowed_headers"] = { patterns: [{ exact: "x-request-id" }] }),
       /x-forwarded-for/,
+    ],
+    [
+      "a client-sent X-Real-IP passed on",
+      (d) => {
+        const strip = (hcmOf(d)["http_filters"] as Doc[]).find(
+          (f) => f["name"] === "envoy.filters.http.header_mutation",
+        );
+        const m = at(strip, "typed_config", "mutations");
+        m["request_mutations"] = (m["request_mutations"] as Doc[]).filter((r) => r["remove"] !== "x-real-ip");
+      },
+      /x-real-ip removed/,
     ],
     [
       "header names with underscores passed on",
