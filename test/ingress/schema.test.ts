@@ -65,6 +65,16 @@ function traefikNeeds(staticDoc: unknown, dynamicDoc: unknown): string[] {
     if (!((r["middlewares"] as string[] | undefined) ?? []).includes(authNames[0] ?? ""))
       out.push(`router ${name} asks keyfence`);
   }
+  for (const [name, r] of Object.entries(routers)) {
+    if (r === ping) continue;
+    const removesForwarded = ((r["middlewares"] as string[] | undefined) ?? []).some((m) => {
+      const custom = (middlewares[m]?.["headers"] as Doc | undefined)?.["customRequestHeaders"] as Doc | undefined;
+      return (
+        custom !== undefined && Object.entries(custom).some(([k, v]) => k.toLowerCase() === "forwarded" && v === "")
+      );
+    });
+    if (!removesForwarded) out.push(`router ${name} removes a client-sent Forwarded`);
+  }
   const web = at(staticDoc, "entryPoints");
   for (const [name, ep] of Object.entries(web as Record<string, Doc>)) {
     if ((ep["forwardedHeaders"] as Doc | undefined)?.["insecure"] === true)
