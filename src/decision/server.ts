@@ -16,7 +16,7 @@ import type { Metrics } from "../metrics/metrics.js";
 import type { SourceTracker } from "../metrics/sources.js";
 import { compilePlaces } from "../policy/credential.js";
 import type { Decision } from "../policy/decide.js";
-import { enforceFor, ipPathOf, type StepSettings } from "../policy/enforce.js";
+import { badRequest, enforceFor, ipPathOf, type StepSettings } from "../policy/enforce.js";
 import type { KeyStore } from "../store/store.js";
 import { forwardedFor, hasBody, idleWithin, listenOn, requestIdOf, sendJson, SERVER_LIMITS } from "../util/http.js";
 
@@ -34,6 +34,24 @@ export interface OriginalRequest {
   readonly method: string;
   /** The request target as the client sent it (the enforcement step reads it as the proxy reads `req.url`). */
   readonly url: string | undefined;
+  /** Why the description cannot be trusted (two that differ, a method that is no method): the question is refused. */
+  readonly conflict?: string;
+}
+
+const METHOD_TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+
+/**
+ * The one value two header families give (`a` from the ingress's own pair,
+ * `b` from the other): a client can add the pair its ingress does not set, so
+ * two that differ are a conflict, never a choice.
+ */
+function agreed(
+  a: string | undefined,
+  b: string | undefined,
+  same: (x: string, y: string) => boolean,
+): { value: string | undefined; differ: boolean } {
+  if (a === undefined) return { value: b, differ: false };
+  return { value: a, differ: b !== undefined && !same(a, b) };
 }
 
 /** A header's single value; repeated or absent headers give undefined. */
@@ -49,14 +67,20 @@ function single(v: string | string[] | undefined): string | undefined {
  * `ext_authz` does, or a peer whose headers count for nothing) the request's own.
  */
 export function originalRequest(req: IncomingMessage, peerTrusted: boolean): OriginalRequest {
-  let method = req.method ?? "GET";
-  let uri = req.url;
-  if (peerTrusted) {
-    const h = req.headers;
-    method = single(h["x-forwarded-method"]) ?? single(h["x-original-method"]) ?? method;
-    uri = single(h["x-forwarded-uri"]) ?? single(h["x-original-uri"]) ?? uri;
-  }
-  return { method, url: uri };
+  const own = { method: req.method ?? "GET", url: req.url };
+  if (!peerTrusted) return own;
+  const h = req.headers;
+  const method = agreed(
+    single(h["x-forwarded-method"]),
+    single(h["x-original-method"]),
+    (x, y) => x.toUpperCase() === y.toUpperCase(),
+  );
+  const uri = agreed(single(h["x-forwarded-uri"]), single(h["x-original-uri"]), (x, y) => x === y);
+  const out = { method: method.value ?? own.method, url: uri.value ?? own.url };
+  if (method.differ) return { ...out, conflict: "X-Forwarded-Method and X-Original-Method differ" };
+  if (uri.differ) return { ...out, conflict: "X-Forwarded-Uri and X-Original-URI differ" };
+  if (!METHOD_TOKEN.test(out.method)) return { ...out, conflict: "the original method is not an HTTP method" };
+  return out;
 }
 
 /** Header values must be printable ASCII; messages are, but a client-chosen part never breaks the answer. */
@@ -146,14 +170,10 @@ export class DecisionServer {
     const original = originalRequest(req, client.peerTrusted);
     // A body sent along (Traefik's forwardBody, Envoy's with_request_body) is never read: once answered, the connection closes.
     if (!req.complete && hasBody(req.headers)) res.shouldKeepAlive = false;
-    const e = enforceFor(
-      req.rawHeaders,
-      original.url,
-      client,
-      this.deps.store.snapshot,
-      this.settings,
-      original.method,
-    );
+    const e =
+      original.conflict === undefined
+        ? enforceFor(req.rawHeaders, original.url, client, this.deps.store.snapshot, this.settings, original.method)
+        : badRequest(original.url, client, this.settings, original.conflict);
     const decision: Decision = e.decision;
     this.recorder.record(e, original.method, requestId, t0);
     if (e.plan.kind === "forward") {

@@ -168,6 +168,22 @@ function echoClient(client: ClientIp, target: string, path: string, settings: St
   return { decision, plan, target, path, decided: false };
 }
 
+/** A request refused with 400 `bad_request` and `message` before any key is read (its question is malformed). */
+export function badRequest(
+  url: string | undefined,
+  client: ClientIp,
+  settings: StepSettings,
+  message: string,
+): Enforcement {
+  return {
+    decision: keyless("bad_request", client, settings),
+    plan: answerPlan("bad_request", "", undefined, message),
+    target: requestTarget(url),
+    path: url ?? "",
+    decided: true,
+  };
+}
+
 /** Decides a request whose client address is already resolved (the management API resolves it first, for its throttle). */
 export function enforceFor(
   rawHeaders: readonly string[],
@@ -178,15 +194,7 @@ export function enforceFor(
   method = "GET",
 ): Enforcement {
   const target = requestTarget(url);
-  if (target === undefined) {
-    return {
-      decision: keyless("bad_request", client, settings),
-      plan: answerPlan("bad_request", "", undefined, BAD_TARGET),
-      target,
-      path: url ?? "",
-      decided: true,
-    };
-  }
+  if (target === undefined) return badRequest(url, client, settings, BAD_TARGET);
   if (settings.ipPath !== undefined && pathOf(target) === settings.ipPath) {
     return echoClient(client, target, settings.ipPath, settings);
   }
