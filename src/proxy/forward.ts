@@ -13,7 +13,6 @@ import { answer } from "./respond.js";
 
 /** Lengths of the {@link HOP_BY_HOP} names: a header of another length needs no lowercasing to be kept. */
 const HOP_LENGTHS = new Set([...HOP_BY_HOP].map((h) => h.length));
-/** The same for request headers, which also lose or check Expect, X-Request-Id and the X-Forwarded-* ones. */
 /**
  * Headers in which a proxy tells the client's address (RFC 7239 `Forwarded`
  * and the de-facto ones upstream frameworks read, such as Go chi's RealIP and
@@ -31,6 +30,7 @@ const CLIENT_ADDRESS_HEADERS = new Set([
   "fastly-client-ip",
 ]);
 
+/** The same for request headers, which also lose or check Expect, X-Request-Id and the X-Forwarded-* and client-address ones. */
 const REQUEST_LENGTHS = new Set([
   ...HOP_LENGTHS,
   ...["expect", "x-request-id", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"].map((h) => h.length),
