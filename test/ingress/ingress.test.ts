@@ -285,9 +285,16 @@ for (const [name, pkg, command, starter] of ingresses) {
         headers: [bearer("s_allowed"), ...spoofs],
         localAddress: CLIENT,
       });
-      assert.equal(r.status, 403, r.body);
-      assert.equal(r.body, '{"message":"API key lacks scope admin:write"}');
-      assert.equal(r.headers["x-keyfence-reason"], "missing_scope");
+      // An ingress that clears the pair it does not send (nginx) gets its own question decided; one that passes
+      // the client's copy on (Caddy) gets both pairs, which disagree: refused as a malformed question.
+      if (r.status === 400) {
+        assert.equal(r.body, '{"message":"X-Forwarded-Method and X-Original-Method differ"}');
+        assert.equal(r.headers["x-keyfence-reason"], "bad_request");
+      } else {
+        assert.equal(r.status, 403, r.body);
+        assert.equal(r.body, '{"message":"API key lacks scope admin:write"}');
+        assert.equal(r.headers["x-keyfence-reason"], "missing_scope");
+      }
       assert.equal(up.seen.length, n, "nothing reaches the upstream");
     });
 
