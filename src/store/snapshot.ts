@@ -9,7 +9,7 @@ import { IpError, parseCidr, type Cidr, type Ip } from "../ip/address.js";
 import { compileMatcher, type Matcher } from "../ip/matcher.js";
 import { secretHash } from "../policy/credential.js";
 import type { KeyPolicy } from "../policy/decide.js";
-import type { KeyRecord } from "./keysfile.js";
+import { leanRecord, type KeyRecord } from "./keysfile.js";
 import { changedId, type KeyChange } from "./change.js";
 import { ShardedMap, shardOfDigest } from "./shards.js";
 import { editSorted, sortSliced } from "./sorted.js";
@@ -181,7 +181,7 @@ function lean(rec: KeyRecord, old: KeyRecord | undefined, cache: MatcherCache): 
   const scopes = cache.share(rec.scopes);
   const updatedAt = rec.updatedAt !== undefined && rec.updatedAt === rec.createdAt ? rec.createdAt : rec.updatedAt;
   if (list === rec.ipAllowList && scopes === rec.scopes && updatedAt === rec.updatedAt) return rec;
-  return { ...rec, ipAllowList: list, scopes, updatedAt };
+  return leanRecord({ ...rec, ipAllowList: list, scopes, updatedAt });
 }
 
 /** The shared, never-changed maps under a snapshot's overlay ({@link ShardedMap}s: no insertion rehashes the whole store). */

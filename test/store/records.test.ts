@@ -1,0 +1,56 @@
+/**
+ * The lean record constructor against the straightforward object spread it
+ * replaces: the same fields, values and key order for every combination of
+ * optional fields.
+ */
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import fc from "fast-check";
+import { leanRecord, type KeyRecord } from "../../src/store/keysfile.js";
+
+const DETAILS = { "10.0.0.0/8": { note: "n", expiresAt: "2030-01-01T00:00:00Z" } };
+
+const recordArb: fc.Arbitrary<KeyRecord> = fc
+  .record({
+    id: fc.string({ minLength: 1 }),
+    name: fc.string(),
+    secretSha256: fc.constantFrom("0".repeat(64), "f".repeat(64)),
+    scopes: fc.array(fc.string(), { maxLength: 3 }),
+    ipAllowList: fc.array(fc.constantFrom("10.0.0.0/8", "192.0.2.1", "2001:db8::/32"), { maxLength: 3 }),
+    details: fc.constantFrom("absent", "undefined", "set"),
+    modeKey: fc.boolean(),
+    mode: fc.constantFrom(undefined, "enforce" as const, "report" as const),
+    sandbox: fc.constantFrom(undefined, true, false),
+    createdAt: fc.option(fc.constant("2026-11-30T00:00:00Z"), { nil: undefined }),
+    updatedAt: fc.option(fc.constant("2026-11-30T01:00:00Z"), { nil: undefined }),
+  })
+  .map(({ details, modeKey, sandbox, ...r }): KeyRecord => ({
+    id: r.id,
+    name: r.name,
+    secretSha256: r.secretSha256,
+    scopes: r.scopes,
+    ipAllowList: r.ipAllowList,
+    ...(details === "absent" ? {} : ({ entryDetails: details === "set" ? DETAILS : undefined } as KeyRecord)),
+    // A record built without its mode field (as some tests do) keeps lacking it.
+    ...(modeKey ? { mode: r.mode } : ({} as { mode: undefined })),
+    ...(sandbox === undefined ? {} : { sandbox }),
+    createdAt: r.createdAt,
+    updatedAt: r.updatedAt,
+  }));
+
+test("leanRecord: equal to the record, same key order, a new object sharing the lists", () => {
+  fc.assert(
+    fc.property(recordArb, (r) => {
+      // The reference: the spread the snapshot used before.
+      const want: KeyRecord = { ...r };
+      const got = leanRecord(r);
+      assert.deepStrictEqual(got, want);
+      assert.deepStrictEqual(Object.keys(got), Object.keys(want));
+      assert.equal(JSON.stringify(got), JSON.stringify(want));
+      assert.notEqual(got, r);
+      assert.equal(got.scopes, r.scopes);
+      assert.equal(got.ipAllowList, r.ipAllowList);
+    }),
+    { numRuns: 500 },
+  );
+});
