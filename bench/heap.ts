@@ -1,5 +1,5 @@
 /**
- * `node --expose-gc dist/bench/heap.js [--keys N]`: heap bytes per key of a
+ * `node --expose-gc dist/bench/heap.js [--keys N] [--name-is-id]`: heap bytes per key of a
  * replica's snapshot. Builds N records as bench/redis.ts stores them, reads
  * each back from its Redis text (so every string is one a replica holds),
  * builds the snapshot and its sorted ids, and prints heap and RSS after a
@@ -11,6 +11,8 @@ import { MatcherCache, SnapshotBuilder, type Snapshot } from "../src/store/snaps
 
 const i = process.argv.indexOf("--keys");
 const N = i >= 0 ? Number(process.argv[i + 1]) : 200_000;
+/** `--name-is-id`: keys named by their id (the keys file's default when a key has no name). */
+const nameIsId = process.argv.includes("--name-is-id");
 const gc = (globalThis as { gc?: () => void }).gc;
 if (gc === undefined) throw new Error("run with node --expose-gc");
 
@@ -25,7 +27,7 @@ async function build(n: number): Promise<Snapshot> {
   for (let k = 0; k < n; k++) {
     const text = encodeRecord({
       id: `key_${k}`,
-      name: `key ${k}`,
+      name: nameIsId ? `key_${k}` : `key ${k}`,
       secretSha256: secretHash(`secret-${k}`),
       scopes: ["messages:send"],
       ipAllowList: [`10.${(k >> 16) & 255}.${(k >> 8) & 255}.${k & 255}`, `2001:db8:${(k & 0xffff).toString(16)}::/48`],

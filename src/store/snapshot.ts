@@ -170,8 +170,9 @@ function sameList(a: readonly string[], b: readonly string[]): boolean {
 
 /**
  * `rec` made lean: its lists are the shared arrays of equal lists (`old`'s
- * list first, so a compiled matcher stays cached), and an `updatedAt` equal
- * to `createdAt` is the same string. A new object only when something changed.
+ * list first, so a compiled matcher stays cached), an `updatedAt` equal to
+ * `createdAt` is the same string, and so is a name equal to the id (the
+ * keys file's default). A new object only when something changed.
  */
 function lean(rec: KeyRecord, old: KeyRecord | undefined, cache: MatcherCache): KeyRecord {
   const list =
@@ -180,8 +181,11 @@ function lean(rec: KeyRecord, old: KeyRecord | undefined, cache: MatcherCache): 
       : cache.share(rec.ipAllowList);
   const scopes = cache.share(rec.scopes);
   const updatedAt = rec.updatedAt !== undefined && rec.updatedAt === rec.createdAt ? rec.createdAt : rec.updatedAt;
-  if (list === rec.ipAllowList && scopes === rec.scopes && updatedAt === rec.updatedAt) return rec;
-  return leanRecord({ ...rec, ipAllowList: list, scopes, updatedAt });
+  const name = rec.name === rec.id ? rec.id : rec.name;
+  if (list === rec.ipAllowList && scopes === rec.scopes && updatedAt === rec.updatedAt && name === rec.name) {
+    return rec;
+  }
+  return leanRecord({ ...rec, name, ipAllowList: list, scopes, updatedAt });
 }
 
 /** The shared, never-changed maps under a snapshot's overlay ({@link ShardedMap}s: no insertion rehashes the whole store). */

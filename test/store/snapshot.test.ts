@@ -56,7 +56,8 @@ const recordArb = fc
     id: fc.constantFrom(...IDS),
     secret: fc.constantFrom(...SECRETS),
     list: fc.constantFrom(...LISTS),
-    name: fc.constantFrom("x", "Alpha", "beta"),
+    // undefined: named by its id (the keys file's default), which the snapshot stores as the id's string.
+    name: fc.constantFrom("x", "Alpha", "beta", undefined),
     at: fc.constantFrom(undefined, "2026-11-30T00:00:00Z"),
     expiring: fc.boolean(),
   })
@@ -118,7 +119,10 @@ async function agrees(snap: Snapshot, model: ReadonlyMap<string, KeyRecord>, now
     snap.entries,
     [...model.values()].reduce((n, r) => n + r.ipAllowList.length, 0),
   );
-  for (const id of IDS) assert.deepEqual(snap.record(id), model.get(id), `record ${id}`);
+  for (const id of IDS) {
+    assert.deepEqual(snap.record(id), model.get(id), `record ${id}`);
+    assert.deepEqual(Object.keys(snap.record(id) ?? {}), Object.keys(model.get(id) ?? {}), `fields of ${id}`);
+  }
   for (const s of SECRETS) {
     const holder = [...model.values()].find((r) => r.secretSha256 === secretHash(s));
     assert.deepEqual(snap.recordByHash(secretHash(s)), holder, `by hash ${s}`);
