@@ -26,8 +26,8 @@ export default async function* quiet(source) {
     }
     if (event.type === "test:fail") {
       const { name, nesting, details, file } = event.data;
-      // Suites fail when a child does; report the leaf only.
-      if (details?.type === "suite") continue;
+      // Suites fail when a child does; report the leaf only. A suite's own failure (a hook) is reported.
+      if (details?.type === "suite" && details.error?.failureType === "subtestsFailed") continue;
       failures.push({ name, nesting, file, error: details?.error, stderr: stderr.get(name) });
     } else if (event.type === "test:diagnostic" && event.data.nesting === 0) {
       if (failures.length > 0) {
