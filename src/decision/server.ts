@@ -18,7 +18,7 @@ import { compilePlaces } from "../policy/credential.js";
 import type { Decision } from "../policy/decide.js";
 import { badRequest, enforceFor, ipPathOf, type StepSettings } from "../policy/enforce.js";
 import type { KeyStore } from "../store/store.js";
-import { forwardedFor, hasBody, idleWithin, listenOn, requestIdOf, sendJson, SERVER_LIMITS } from "../util/http.js";
+import { forwardedFor, hasBody, InFlight, listenOn, requestIdOf, sendJson, SERVER_LIMITS } from "../util/http.js";
 
 /** What the decision listener needs: the same parts as the proxy's, so decisions count, log and observe alike. */
 export interface DecisionDeps {
@@ -100,8 +100,7 @@ export class DecisionServer {
   private readonly settings: StepSettings;
   /** Metrics, observed sources and denial lines, as on the proxy listener. */
   private readonly recorder: DecisionRecorder;
-  private active = 0;
-  private idleWaiters: Array<() => void> = [];
+  private readonly inflight = new InFlight();
   /** Each connection's peer, read at its first question: an ingress asks many over one kept-alive connection. */
   private readonly peers = new WeakMap<Socket, Peer>();
 
@@ -117,7 +116,7 @@ export class DecisionServer {
       places: compilePlaces(c.keys.credentials),
       routes: c.routeScopes,
     };
-    deps.metrics.countInflightWith(() => this.active);
+    deps.metrics.countInflightWith(() => this.inflight.size);
     this.server = createServer({
       maxHeaderSize: SERVER_LIMITS.maxHeaderSize,
       headersTimeout: SERVER_LIMITS.headersTimeout,
@@ -142,9 +141,8 @@ export class DecisionServer {
   async drain(timeoutMs: number): Promise<{ cut: number }> {
     const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
     this.server.closeIdleConnections();
-    const idle = this.active === 0 ? Promise.resolve() : new Promise<void>((r) => this.idleWaiters.push(r));
-    const settled = await idleWithin(idle, timeoutMs);
-    const cut = settled ? 0 : this.active;
+    const settled = await this.inflight.idleWithin(timeoutMs);
+    const cut = settled ? 0 : this.inflight.size;
     this.server.closeAllConnections();
     await closed;
     return { cut };
@@ -162,7 +160,7 @@ export class DecisionServer {
 
   private handle(req: IncomingMessage, res: ServerResponse): void {
     const t0 = performance.now();
-    this.active++;
+    this.inflight.begin();
     // Made only when something carries it (a refusal, a log line): an allowed answer has no body to explain.
     let id: string | undefined;
     const requestId = (): string => (id ??= requestIdOf(req));
@@ -215,11 +213,6 @@ export class DecisionServer {
         listener: "decision",
       });
     }
-    this.active--;
-    if (this.active === 0 && this.idleWaiters.length > 0) {
-      const waiters = this.idleWaiters;
-      this.idleWaiters = [];
-      for (const w of waiters) w();
-    }
+    this.inflight.end();
   }
 }

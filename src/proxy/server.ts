@@ -14,7 +14,7 @@ import type { SourceTracker } from "../metrics/sources.js";
 import { compilePlaces } from "../policy/credential.js";
 import { enforce, ipPathOf, type EnforceSettings, type Enforcement } from "../policy/enforce.js";
 import type { KeyStore } from "../store/store.js";
-import { forwardedFor, hasBody, idleWithin, listenOn, requestIdOf, SERVER_LIMITS } from "../util/http.js";
+import { forwardedFor, hasBody, InFlight, listenOn, requestIdOf, SERVER_LIMITS } from "../util/http.js";
 import { Forwarder, UPSTREAM_CONNECTIONS, type ForwardResult, type Identity } from "./forward.js";
 import { answer, answerPlanned, answerPlanOnSocket, answerSocket } from "./respond.js";
 import { perProcess, type Limits } from "../config/limits.js";
@@ -42,9 +42,8 @@ export class ProxyServer {
   private readonly sandboxForwarder: Forwarder | undefined;
   private readonly upgraded = new Set<Cuttable | Duplex>();
   private readonly settings: EnforceSettings;
-  private active = 0;
+  private readonly inflight = new InFlight();
   private readonly recorder: DecisionRecorder;
-  private idleWaiters: Array<() => void> = [];
   /** This process's share of `limits` (all of it unless in a cluster). */
   private readonly limits: Limits;
   private readonly limitLog: LimitLog;
@@ -65,7 +64,7 @@ export class ProxyServer {
       places: compilePlaces(c.keys.credentials),
       routes: c.routeScopes,
     };
-    deps.metrics.countInflightWith(() => this.active);
+    deps.metrics.countInflightWith(() => this.inflight.size);
     this.recorder = new DecisionRecorder(deps.metrics, deps.sources, deps.log, undefined);
     this.forwarder = new Forwarder({ upstream: c.upstream, timeoutMs: c.upstreamTimeoutMs });
     this.sandboxForwarder =
@@ -114,28 +113,14 @@ export class ProxyServer {
   async drain(timeoutMs: number): Promise<{ cut: number }> {
     const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
     this.server.closeIdleConnections();
-    const idle = this.active === 0 ? Promise.resolve() : new Promise<void>((r) => this.idleWaiters.push(r));
-    const settled = await idleWithin(idle, timeoutMs);
-    const cut = settled ? this.upgraded.size : this.active + this.upgraded.size;
+    const settled = await this.inflight.idleWithin(timeoutMs);
+    const cut = settled ? this.upgraded.size : this.inflight.size + this.upgraded.size;
     for (const s of this.upgraded) s.destroy();
     this.server.closeAllConnections();
     await closed;
     await this.forwarder.destroy();
     await this.sandboxForwarder?.destroy();
     return { cut };
-  }
-
-  private begin(): void {
-    this.active++;
-  }
-
-  private end(): void {
-    this.active--;
-    if (this.active === 0 && this.idleWaiters.length > 0) {
-      const waiters = this.idleWaiters;
-      this.idleWaiters = [];
-      for (const w of waiters) w();
-    }
   }
 
   /** Runs the enforcement step on `req`; counts, logs and remembers the decision. */
@@ -157,7 +142,7 @@ export class ProxyServer {
 
   private handle(req: IncomingMessage, res: ServerResponse): void {
     const t0 = performance.now();
-    this.begin();
+    this.inflight.begin();
     const requestId = requestIdOf(req);
     const e = this.enforce(req, requestId, t0);
     const plan = e.plan;
@@ -290,13 +275,13 @@ export class ProxyServer {
         listener: undefined,
       });
     }
-    this.end();
+    this.inflight.end();
   }
 
   /** An upgrade request: decided by the same step; a tunnel only after the upstream's 101 (see upgrade.ts). */
   private handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
     const t0 = performance.now();
-    this.begin();
+    this.inflight.begin();
     const requestId = requestIdOf(req);
     const e = this.enforce(req, requestId, t0);
     const plan = e.plan;

@@ -79,13 +79,41 @@ export function hasBody(headers: {
   return cl !== undefined && cl !== "0";
 }
 
-/** Resolves true once `idle` has resolved, false if `timeoutMs` passes first (a listener's drain). */
-export async function idleWithin(idle: Promise<void>, timeoutMs: number): Promise<boolean> {
-  let timer: NodeJS.Timeout | undefined;
-  const timedOut = new Promise<false>((r) => {
-    timer = setTimeout(() => r(false), timeoutMs);
-  });
-  const result = await Promise.race([idle.then(() => true as const), timedOut]);
-  clearTimeout(timer);
-  return result;
+/** A listener's requests in flight: counted, and waited on while it drains. */
+export class InFlight {
+  private count = 0;
+  private waiters: Array<() => void> = [];
+
+  /** How many requests are in flight now. */
+  get size(): number {
+    return this.count;
+  }
+
+  /** A request starts. */
+  begin(): void {
+    this.count++;
+  }
+
+  /** A request has ended; the last one wakes whoever waits in {@link idleWithin}. */
+  end(): void {
+    this.count--;
+    if (this.count === 0 && this.waiters.length > 0) {
+      const waiters = this.waiters;
+      this.waiters = [];
+      for (const w of waiters) w();
+    }
+  }
+
+  /** Resolves true once no request is in flight, false if `timeoutMs` passes first (a listener's drain). */
+  async idleWithin(timeoutMs: number): Promise<boolean> {
+    if (this.count === 0) return true;
+    const idle = new Promise<void>((r) => this.waiters.push(r));
+    let timer: NodeJS.Timeout | undefined;
+    const timedOut = new Promise<false>((r) => {
+      timer = setTimeout(() => r(false), timeoutMs);
+    });
+    const result = await Promise.race([idle.then(() => true as const), timedOut]);
+    clearTimeout(timer);
+    return result;
+  }
 }
