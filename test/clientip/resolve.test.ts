@@ -226,17 +226,20 @@ describe("resolveClientIp: property against proxy-addr on well-formed input", ()
     fc.nat(4),
     fc.subarray(["loopback", "linklocal", "uniquelocal", "10.0.0.0/8", "2001:db8::/32", "198.51.100.0/24", "::1"]),
   );
+  /** proxy-addr's client for `peer` and `xff`, trusting the first `setting` hops or the listed ranges (the reference). */
+  const proxyAddrClient = (peer: string, xff: string | undefined, setting: number | readonly string[]): string => {
+    const req = {
+      socket: { remoteAddress: peer },
+      connection: { remoteAddress: peer },
+      headers: xff === undefined ? {} : { "x-forwarded-for": xff },
+    } as unknown as IncomingMessage;
+    return proxyaddr(req, typeof setting === "number" ? (_a: string, i: number) => i < setting : [...setting]);
+  };
   test("same client as proxy-addr (canonicalized)", () => {
     fc.assert(
       fc.property(addr, fc.array(addr, { maxLength: 6 }), trustSetting, (peer, chain, setting) => {
         const xff = chain.length > 0 ? chain.join(", ") : undefined;
-        const req = {
-          socket: { remoteAddress: peer },
-          connection: { remoteAddress: peer },
-          headers: xff === undefined ? {} : { "x-forwarded-for": xff },
-        } as unknown as IncomingMessage;
-        const reference = typeof setting === "number" ? (_a: string, i: number) => i < setting : [...setting];
-        const expected = proxyaddr(req, reference);
+        const expected = proxyAddrClient(peer, xff, setting);
         const ours = resolveClientIp(peer, xff, trust(typeof setting === "number" ? setting : [...setting]));
         const canonical = formatIp(
           parseIp(expected) ??
@@ -257,16 +260,10 @@ describe("resolveClientIp: property against proxy-addr on well-formed input", ()
         trustSetting,
         (peer, chains, setting) => {
           const ourTrust = trust(typeof setting === "number" ? setting : [...setting]);
-          const reference = typeof setting === "number" ? (_a: string, i: number) => i < setting : [...setting];
           const connection = peerOf(peer, ourTrust);
           for (const chain of chains) {
             const xff = chain.length > 0 ? chain.join(", ") : undefined;
-            const req = {
-              socket: { remoteAddress: peer },
-              connection: { remoteAddress: peer },
-              headers: xff === undefined ? {} : { "x-forwarded-for": xff },
-            } as unknown as IncomingMessage;
-            const expected = parseIp(proxyaddr(req, reference));
+            const expected = parseIp(proxyAddrClient(peer, xff, setting));
             assert.ok(expected !== undefined);
             const ours = resolveFromPeer(connection, xff, ourTrust);
             assert.equal(ours.text, formatIp(expected));
