@@ -51,11 +51,11 @@ const MULTIPLE = { kind: "invalid", reason: "multiple_credentials" } as const;
 const MALFORMED = { kind: "invalid", reason: "malformed_credential" } as const;
 
 /**
- * A header name as upstreams tell places apart: case folded and `_` read as
+ * A header name as upstreams tell headers apart: case folded and `_` read as
  * `-`, because CGI, WSGI, PHP and Rack hand `X_API_Key` to the application as
  * `HTTP_X_API_KEY`, the same variable as `X-API-Key`.
  */
-function headerPlaceName(name: string): string {
+export function upstreamHeaderName(name: string): string {
   return name.toLowerCase().replace(/_/g, "-");
 }
 
@@ -64,7 +64,7 @@ export function compilePlaces(list: readonly CredentialPlace[]): CompiledPlaces 
   const headers: string[] = [];
   const queries: string[] = [];
   for (const p of list) {
-    if (p.kind === "header") headers.push(headerPlaceName(p.name));
+    if (p.kind === "header") headers.push(upstreamHeaderName(p.name));
     if (p.kind === "query") queries.push(normalizeQueryName(p.name));
   }
   const bearer = list.some((p) => p.kind === "bearer");
@@ -260,7 +260,7 @@ export function readCredential(
       if (auth !== undefined) return MULTIPLE_AUTH;
       auth = rawHeaders[i + 1];
     } else if (headerCounts !== undefined) {
-      const k = places.headers.indexOf(headerPlaceName(name));
+      const k = places.headers.indexOf(upstreamHeaderName(name));
       if (k >= 0) {
         headerCounts[k] = (headerCounts[k] as number) + 1;
         headerValues[k] = rawHeaders[i + 1] as string;

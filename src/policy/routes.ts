@@ -20,7 +20,7 @@
  * a rule for GET also covers HEAD, which GET handlers answer.
  */
 
-import { normalizeQueryName } from "./credential.js";
+import { normalizeQueryName, upstreamHeaderName } from "./credential.js";
 
 /** One `route_scopes` rule, validated and compiled. */
 export interface RouteRule {
@@ -242,7 +242,7 @@ export function requestMethods(method: string, rawHeaders: readonly string[], qu
   for (let i = 0; i < rawHeaders.length; i += 2) {
     const name = rawHeaders[i] as string;
     if (name.length < 13 || (name.charCodeAt(0) | 32) !== 120) continue;
-    if (METHOD_OVERRIDE_HEADERS.includes(name.toLowerCase().replace(/_/g, "-"))) {
+    if (METHOD_OVERRIDE_HEADERS.includes(upstreamHeaderName(name))) {
       for (const m of (rawHeaders[i + 1] as string).split(",")) out.push(m.trim().toUpperCase());
     }
   }

@@ -7,6 +7,7 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Readable } from "node:stream";
 import { Pool, type Dispatcher } from "undici";
 import type { ClientIp } from "../clientip/resolve.js";
+import { upstreamHeaderName } from "../policy/credential.js";
 import { BodyIdleError } from "./body.js";
 import { HOP_BY_HOP, hasBody } from "../util/http.js";
 import { answer } from "./respond.js";
@@ -119,7 +120,7 @@ export function upstreamHeaders(
     }
     const lower = name.toLowerCase();
     if (lower === "x-forwarded-for" || lower === "expect" || lower === "x-request-id") continue;
-    const dashed = lower.includes("_") ? lower.replace(/_/g, "-") : lower;
+    const dashed = upstreamHeaderName(lower);
     if (dashed !== lower && FORWARDED_HEADERS.has(dashed)) continue;
     if (!client.peerTrusted && CLIENT_ADDRESS_HEADERS.has(dashed)) continue;
     if (HOP_BY_HOP.has(lower) || listed?.has(lower)) {
