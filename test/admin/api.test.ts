@@ -45,15 +45,7 @@ async function api(
   template: string,
   opts: Send & { path?: string; json?: unknown } = {},
 ): Promise<Reply> {
-  const headers = [...(opts.headers ?? [])];
-  let body = opts.body;
-  if (opts.json !== undefined) {
-    headers.push(["Content-Type", "application/json"]);
-    body = JSON.stringify(opts.json);
-  }
-  const reply = await send(`${kf.adminUrl}${opts.path ?? template}`, { ...opts, method, headers, body });
-  openapi.check(method, template, reply);
-  return reply;
+  return openapi.call(kf.adminUrl, method, template, opts);
 }
 
 const OPS = bearer("tok_ops");

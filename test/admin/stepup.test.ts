@@ -12,23 +12,15 @@ import { Secret } from "otpauth";
 import { needsConfirmation } from "../../src/admin/keys.js";
 import type { KeyRecord } from "../../src/store/keysfile.js";
 import { bearer, send, type Reply } from "../helpers/http.js";
+import { rec as record } from "../helpers/records.js";
 import { sidecarFixture, startTestSidecar, type TestKey, type TestSidecar } from "../helpers/sidecar.js";
 import { code, testClock, wrongCode } from "../helpers/totp.js";
 
 const sha = (s: string): string => createHash("sha256").update(s).digest("hex");
 
+/** Key `k` with `over` applied (needsConfirmation reads neither its secret nor its times). */
 function rec(over: Partial<KeyRecord> = {}): KeyRecord {
-  return {
-    id: "k",
-    name: "k",
-    secretSha256: "0".repeat(64),
-    scopes: [],
-    ipAllowList: [],
-    mode: undefined,
-    createdAt: undefined,
-    updatedAt: undefined,
-    ...over,
-  };
+  return record("k", over);
 }
 
 describe("needsConfirmation", () => {

@@ -6,7 +6,7 @@ import { fileURLToPath } from "node:url";
 import { Ajv2020 } from "ajv/dist/2020.js";
 import addFormats from "ajv-formats";
 import { parse } from "yaml";
-import type { Reply } from "./http.js";
+import { send, type Reply, type Send } from "./http.js";
 
 const FILE = resolve(fileURLToPath(import.meta.url), "../../../../docs/openapi.yaml");
 
@@ -35,6 +35,28 @@ export class OpenApi {
     let cur: unknown = this.doc;
     for (const p of path) cur = (cur as Json)[p];
     return { node: cur as Json, path };
+  }
+
+  /**
+   * Calls the management API at `adminUrl` (`opts.path`, else the path
+   * `template`), with `opts.json` sent as a JSON body, and checks the reply
+   * against the description of `method template`.
+   */
+  async call(
+    adminUrl: string,
+    method: string,
+    template: string,
+    opts: Send & { path?: string; json?: unknown } = {},
+  ): Promise<Reply> {
+    const headers = [...(opts.headers ?? [])];
+    let body = opts.body;
+    if (opts.json !== undefined) {
+      headers.push(["Content-Type", "application/json"]);
+      body = JSON.stringify(opts.json);
+    }
+    const reply = await send(`${adminUrl}${opts.path ?? template}`, { ...opts, method, headers, body });
+    this.check(method, template, reply);
+    return reply;
   }
 
   /** Asserts that `reply` is a documented answer of `method template` and that its body matches the schema. */
