@@ -83,17 +83,18 @@ export function keyfenceConfig(
   return config;
 }
 
-/** Starts keyfence from the built CLI, logging to a file; ready when /healthz answers. */
+/** Starts keyfence from the built CLI (with `nodeArgs` and `env` when given), logging to a file; ready when /healthz answers. */
 export async function startKeyfence(
   dir: string,
   config: string,
   adminPort: number,
   name = "keyfence",
+  { nodeArgs = [], env = process.env }: { nodeArgs?: readonly string[]; env?: NodeJS.ProcessEnv } = {},
 ): Promise<Proc & { startMs: number }> {
   return startLogged(
     name,
     process.execPath,
-    [join(ROOT, "dist/src/cli/main.js"), "serve", "--config", config],
+    [...nodeArgs, join(ROOT, "dist/src/cli/main.js"), "serve", "--config", config],
     join(dir, `${name}.log`),
     async () => {
       try {
@@ -102,6 +103,7 @@ export async function startKeyfence(
         return false;
       }
     },
+    env,
   );
 }
 

@@ -18,7 +18,7 @@ function schedstat(): [number, number] | undefined {
   }
 }
 
-/** Samples until stopped; `stop()` returns the longest gaps in ms. */
+/** Samples until stopped (never keeping the process alive); `stop()` returns the longest gaps in ms. */
 export function stallMonitor(): { stop(): { wallMs: number; cpuMs: number } } {
   let last = performance.now();
   let lastStat = schedstat();
@@ -33,9 +33,9 @@ export function stallMonitor(): { stop(): { wallMs: number; cpuMs: number } } {
     if (stat !== undefined && lastStat !== undefined) cpuMs = Math.max(cpuMs, (stat[0] - lastStat[0]) / 1e6);
     last = now;
     lastStat = stat;
-    setTimeout(tick, 1);
+    setTimeout(tick, 1).unref();
   };
-  setTimeout(tick, 1);
+  setTimeout(tick, 1).unref();
   return {
     stop() {
       running = false;
