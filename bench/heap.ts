@@ -6,7 +6,7 @@
  * forced collection, against the same process with no snapshot.
  */
 import { secretHash } from "../src/policy/credential.js";
-import { encodeRecord, readable } from "../src/store/redis/store.js";
+import { encodeRecord, readable } from "../src/store/redis/record.js";
 import { MatcherCache, SnapshotBuilder, type Snapshot } from "../src/store/snapshot.js";
 
 const i = process.argv.indexOf("--keys");

@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { describe, test } from "node:test";
-import { decodeRecord, encodeRecord } from "../../src/store/redis/store.js";
+import { decodeRecord, encodeRecord } from "../../src/store/redis/record.js";
 import { bearer, send } from "../helpers/http.js";
 import { sidecarFixture, startTestSidecar } from "../helpers/sidecar.js";
 

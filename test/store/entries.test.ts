@@ -4,7 +4,7 @@ import fc from "fast-check";
 import { formatIp, parseIp, type Ip } from "../../src/ip/address.js";
 import { activeEntries, expiryInstant, nextExpiry, parseEntries, type ParsedEntries } from "../../src/store/entries.js";
 import { parseKeysFile, type KeyRecord } from "../../src/store/keysfile.js";
-import { decodeRecord, encodeRecord, readable, readableReusing } from "../../src/store/redis/store.js";
+import { decodeRecord, encodeRecord, readable, readableReusing } from "../../src/store/redis/record.js";
 import { MatcherCache, Snapshot } from "../../src/store/snapshot.js";
 import { formatProblem } from "../../src/util/yaml.js";
 

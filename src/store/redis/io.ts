@@ -10,7 +10,8 @@
 import { randomBytes } from "node:crypto";
 import { createClient } from "redis";
 import type { KeyRecord } from "../keysfile.js";
-import { encodeRecord, journalAppendLua, LOG_MAX, readable, redisKeys } from "./store.js";
+import { encodeRecord, readable } from "./record.js";
+import { journalAppendLua, LOG_MAX, redisKeys } from "./store.js";
 
 /** Records per import script call. */
 const IMPORT_BATCH = 1_000;
