@@ -215,7 +215,11 @@ async function main(): Promise<void> {
       rows.push([
         `full resync of ${N.toLocaleString("en")} keys (${what}, in the bench process)`,
         `${resyncS.toFixed(1)} s; longest stall ${stall.wallMs.toFixed(0)} ms wall, ${stall.cpuMs.toFixed(0)} ms of main-thread CPU`,
-        stall.cpuMs <= 50 ? "≤ 50 ms (CPU): met" : "≤ 50 ms (CPU): missed",
+        what === "first load"
+          ? "— (no request waits: the listeners open after it)"
+          : stall.cpuMs <= 50
+            ? "≤ 50 ms (CPU): met"
+            : "≤ 50 ms (CPU): missed",
       ]);
       process.stderr.write(`${what}: ${rows.at(-1)?.[1] ?? ""}\n`);
     }

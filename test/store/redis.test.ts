@@ -242,6 +242,41 @@ describe("Redis store", { skip: redisBin.skip }, () => {
     });
   });
 
+  test("a full resync applies what differs: a key gone from the store stops working, changed and new ones take effect", async () => {
+    const prefix = redis.newPrefix();
+    await seed(prefix, [...SEED, record("k_gone", "s_gone"), record("k_same", "s_same")]);
+    const a = await start(redis.url, prefix);
+    assert.equal(await proxied(a, "s_gone"), 200);
+    await redis.withClient(async (c) => {
+      // A re-import under a new generation: the replica reads every record and compares.
+      await c.del(redisKeys(prefix).generation);
+      const restored = [record("k_open", "s_open", ["192.0.2.1"]), SEED[1] as KeyRecord, record("k_same", "s_same")];
+      await importRecords(c, prefix, [...restored, record("k_new", "s_new")]);
+    });
+    await eventually(async () => (await proxied(a, "s_new")) === 200, 7000, "the resync");
+    assert.equal(await proxied(a, "s_gone"), 401, "a key the store no longer holds");
+    assert.equal(await proxied(a, "s_open"), 403);
+    assert.equal(await proxied(a, "s_same"), 200);
+    assert.equal(await proxied(a, "s_pinned"), 403);
+  });
+
+  test("a full resync with more differences than it applies as changes builds the snapshot afresh, just as right", async () => {
+    const prefix = redis.newPrefix();
+    await seed(prefix, [...SEED, record("k_gone", "s_gone")]);
+    const a = await start(redis.url, prefix);
+    // More than DELTA_MAX (10,000) records differ.
+    const many = Array.from({ length: 10_050 }, (_, i) => record(`k_${i}`, `s_${i}`, i === 7 ? ["192.0.2.1"] : []));
+    await redis.withClient(async (c) => {
+      await c.del(redisKeys(prefix).generation);
+      await importRecords(c, prefix, [...SEED, ...many]);
+    });
+    await eventually(async () => (await proxied(a, "s_10049")) === 200, 10_000, "the resync");
+    assert.equal(await proxied(a, "s_7"), 403);
+    assert.equal(await proxied(a, "s_gone"), 401, "a key the store no longer holds");
+    assert.equal(await proxied(a, "s_pinned"), 403);
+    assert.match((await send(`${a.adminUrl}/metrics`)).body, /^keyfence_keys 10052$/m);
+  });
+
   test("a record this version cannot read is an outage, never an unknown key", async () => {
     // Skipping it would make the key unknown, and unknown keys may be forwarded unchecked.
     const prefix = redis.newPrefix();

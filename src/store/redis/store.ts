@@ -32,6 +32,7 @@ import { changedId, type KeyChange } from "../change.js";
 import { entryItems } from "../entries.js";
 import { parseKeysFile, type KeyRecord } from "../keysfile.js";
 import { Compactor, MatcherCache, Snapshot, SnapshotBuilder } from "../snapshot.js";
+import { ResyncDiff } from "./diff.js";
 import { encodeRecord, readable, readableReusing, UnreadableRecordError } from "./record.js";
 import {
   JournalWriteError,
@@ -586,16 +587,26 @@ export class RedisKeyStore implements KeyStore {
     }
   }
 
-  /** Reads every record (HSCAN in batches, yielding between them), then catches up on changes made meanwhile. */
+  /**
+   * Reads every record (HSCAN in batches, yielding between them), then
+   * catches up on changes made meanwhile. Over a snapshot already loaded,
+   * what differs is applied as changes ({@link ResyncDiff}); past
+   * {@link DELTA_MAX} differences the records are read again into a new
+   * snapshot.
+   */
   private async fullResync(client: Client, cause: ChangeCause): Promise<void> {
     const started = Date.now();
+    let rebuild = this.current === undefined;
     for (let attempt = 0; attempt < 3; attempt++) {
       const head = strings(
         await client.eval(HEAD, { keys: [this.names.version, this.names.generation], arguments: [] }),
       );
       const gen = head[0] ?? "";
       const v = Number(head[1] ?? "0");
-      const builder = new SnapshotBuilder(this.cache, this.current);
+      const previous = this.current;
+      const diff = rebuild || previous === undefined ? undefined : new ResyncDiff(previous, DELTA_MAX);
+      const builder = diff === undefined ? new SnapshotBuilder(this.cache, previous) : undefined;
+      let fits = true;
       // The next batch is asked for before this one is decoded, so Redis and this process work at once.
       let next = client.hScan(this.names.keys, "0", { COUNT: SCAN_COUNT });
       let cursor: string;
@@ -608,13 +619,21 @@ export class RedisKeyStore implements KeyStore {
           next.catch(() => undefined);
         }
         const entries = page.entries;
-        for (let i = 0; i < entries.length; i++) {
+        for (let i = 0; i < entries.length && fits; i++) {
           const e = entries[i] as { field: string; value: string };
-          builder.add(readableReusing(this.current?.record(e.field), e.field, e.value));
+          if (diff !== undefined) fits = diff.see(e.field, e.value);
+          else builder?.add(readableReusing(previous?.record(e.field), e.field, e.value));
           if ((i + 1) % DECODE_SLICE === 0) await new Promise((r) => setImmediate(r));
         }
         await new Promise((r) => setImmediate(r));
-      } while (cursor !== "0");
+      } while (cursor !== "0" && fits);
+      const changes = fits ? await diff?.finish() : undefined;
+      if (diff !== undefined && changes === undefined) {
+        // Too many differences to apply as changes: read again, into a new snapshot (not counted as an attempt).
+        rebuild = true;
+        attempt--;
+        continue;
+      }
       // What changed during the scan (HSCAN may or may not have seen it) comes from the log.
       const reply = strings(
         await client.eval(CATCH_UP, {
@@ -625,17 +644,24 @@ export class RedisKeyStore implements KeyStore {
       const [kind, gen2 = "", v2 = "0"] = reply;
       if (kind === "gone") throw new Error("its data vanished during a resync");
       if (gen2 !== gen || kind === "full") continue;
+      const logged: KeyChange[] = [];
       if (kind === "delta") {
         for (let i = 3; i + 1 < reply.length; i += 2) {
           const id = reply[i] as string;
-          const rec = (reply[i + 1] as string) === "" ? undefined : readable(id, reply[i + 1] as string);
-          if (rec === undefined) builder.remove(id);
-          else builder.add(rec);
+          const text = reply[i + 1] as string;
+          logged.push(text === "" ? { kind: "delete", id } : { kind: "update", record: readable(id, text) });
         }
       }
+      let snapshot: Snapshot;
+      if (builder !== undefined) {
+        for (const c of logged) {
+          if (c.kind === "delete") builder.remove(c.id);
+          else builder.add(c.record);
+        }
+        snapshot = builder.finish();
+      } else snapshot = (previous as Snapshot).withChanges([...(changes ?? []), ...logged]);
       this.generation = gen;
       this.version = Number(v2);
-      const snapshot = builder.finish();
       this.install(snapshot, cause);
       if (cause !== "load") {
         this.options.notice?.("store_resynced", `resynced ${snapshot.size} keys from ${this.description}`, {
