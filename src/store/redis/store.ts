@@ -75,8 +75,13 @@ export const DEFAULT_SYNC_INTERVAL_MS = 5_000;
 export const DEFAULT_JOURNAL_MAX_LEN = 100_000;
 /** Entries kept in the change log; a replica further behind resyncs in full. */
 export const LOG_MAX = 100_000;
-/** Records per HSCAN batch of a full resync. */
-const SCAN_COUNT = 5_000;
+/**
+ * Records per HSCAN batch of a full resync: few enough that a batch's reply
+ * dies young. With 5,000, replies lived long enough to be promoted, and a
+ * load of 1,000,000 keys ended with about 90 MB more in the old generation
+ * (RSS 714 MB against 616 MB with 2,000, in one process loading alone).
+ */
+const SCAN_COUNT = 2_000;
 /** Records decoded and added per turn of the event loop during a full resync. */
 const DECODE_SLICE = 1_000;
 /** Most changes a catch-up fetches at once; more means a full resync. */
