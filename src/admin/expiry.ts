@@ -10,6 +10,7 @@ import { createHash } from "node:crypto";
 import { mkdir, open, readdir, stat, unlink } from "node:fs/promises";
 import { join } from "node:path";
 import type { Logger } from "pino";
+import { changedId } from "../store/change.js";
 import { activeEntries, expiries } from "../store/entries.js";
 import type { KeyRecord } from "../store/keysfile.js";
 import type { Snapshot } from "../store/snapshot.js";
@@ -134,10 +135,10 @@ export class ExpiryWatcher {
   start(): void {
     this.trackAll(this.deps.store.snapshot);
     this.unsubscribe = this.deps.store.subscribe({
-      change: (snap, _cause, change) => {
-        if (change !== undefined) {
-          const id = change.kind === "delete" ? change.id : change.record.id;
-          this.track(id, snap.record(id), this.now());
+      change: (snap, _cause, changes) => {
+        if (changes !== undefined) {
+          const now = this.now();
+          for (const c of changes) this.track(changedId(c), snap.record(changedId(c)), now);
         } else this.trackAll(snap);
         this.schedule();
       },

@@ -375,12 +375,12 @@ export class FileKeyStore implements KeyStore {
     };
   }
 
-  private install(read: Read, cause: ChangeCause, change?: KeyChange): void {
+  private install(read: Read, cause: ChangeCause, changes?: readonly KeyChange[]): void {
     this.current = read.snapshot;
     this.contentHash = read.hash;
     this.source = read.source;
     this.seen = read.seen;
-    for (const l of this.listeners) l.change?.(read.snapshot, cause, change);
+    for (const l of this.listeners) l.change?.(read.snapshot, cause, changes);
     this.compactor.changed();
   }
 
@@ -425,7 +425,7 @@ export class FileKeyStore implements KeyStore {
     }
     await writeFileAtomic(this.options.file, parts);
     const seen = signature(await stat(this.options.file, { bigint: true }));
-    this.install({ snapshot, hash, source, seen }, "write", change);
+    this.install({ snapshot, hash, source, seen }, "write", [change]);
   }
 
   /** The source as blocks (indexed, then split a slice at a time, on the first write); undefined for a layout the blocks do not handle. */

@@ -46,8 +46,12 @@ export interface StoreHealth {
 
 /** Events a store reports; the shell logs and counts them. */
 export interface StoreListener {
-  /** A new snapshot is in force; `change` is the one change applied, when it was a single change. */
-  change?(snapshot: Snapshot, cause: ChangeCause, change?: KeyChange): void;
+  /**
+   * A new snapshot is in force; `changes` are the changes that made it from
+   * the one before, in order, when it follows from that one by them
+   * (undefined: a snapshot read afresh, to be taken whole).
+   */
+  change?(snapshot: Snapshot, cause: ChangeCause, changes?: readonly KeyChange[]): void;
   /** A reload was refused; the last good snapshot keeps serving. */
   reloadFailed?(problems: readonly StoreProblem[]): void;
   /** The store went down or came back (a file store is always up). */

@@ -544,6 +544,62 @@ describe("expiry audit events", () => {
   });
 
   const redisBin = needBinary("redis-server", "redis-server");
+  test(
+    "an expiry arriving in a catch-up of several changes, or in a full resync, is watched",
+    { skip: redisBin.skip },
+    async () => {
+      const redis = await startRedis(redisBin.path ?? "redis-server");
+      const t = Date.UTC(2030, 0, 1);
+      let now = t - 1000;
+      const key = (id: string, expiring: boolean): KeyRecord => ({
+        id,
+        name: id,
+        secretSha256: sha(`s_${id}`),
+        scopes: [],
+        ipAllowList: ["10.0.0.1", "10.0.0.2"],
+        ...(expiring ? { entryDetails: { "10.0.0.1": { expiresAt: iso(t) } } } : {}),
+        mode: undefined,
+        createdAt: undefined,
+        updatedAt: undefined,
+      });
+      const c = await connectOnce(redis.url);
+      const store = new RedisKeyStore({ url: redis.url, displayUrl: redis.url, prefix: "kfy:", maxEntries: 100 });
+      const w = new ExpiryWatcher({
+        store,
+        audit: new JournalAuditLog(store.journal),
+        marks: new RedisExpiryMarks(store),
+        log,
+        now: () => now,
+      });
+      try {
+        await importRecords(c, "kfy:", [key("k1", false), key("k2", false), key("k3", false)]);
+        await store.load();
+        w.start();
+        // One import batch into the live store: a catch-up of two changes.
+        await importRecords(c, "kfy:", [key("k1", true), key("k2", false), key("k4", false)]);
+        await store.refresh();
+        assert.ok(store.snapshot.record("k4"));
+        // A new generation: the replica reads every record and applies what differs.
+        await c.del("kfy:generation");
+        await importRecords(c, "kfy:", [key("k1", true), key("k2", true), key("k4", false)]);
+        await store.refresh();
+        assert.equal(store.snapshot.record("k3"), undefined);
+        now = t;
+        await w.check();
+        const events = (await new JournalAuditLog(store.journal).page(10)).data;
+        assert.deepEqual(events.map((e) => [e.action, e.key_id]).sort(), [
+          ["expire", "k1"],
+          ["expire", "k2"],
+        ]);
+      } finally {
+        await w.close();
+        await store.close();
+        c.destroy();
+        await redis.kill();
+      }
+    },
+  );
+
   test("replicas sharing Redis write the expiry once", { skip: redisBin.skip }, async () => {
     const redis = await startRedis(redisBin.path ?? "redis-server");
     const dir = mkdtempSync(join(tmpdir(), "keyfence-expiry-"));

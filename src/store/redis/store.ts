@@ -577,7 +577,7 @@ export class RedisKeyStore implements KeyStore {
         }
         const next = this.snapshot.withChanges(changes);
         this.version = Number(v);
-        this.install(next, cause, changes.length === 1 ? changes[0] : undefined);
+        this.install(next, cause, changes);
       }
       this.setHealth({ up: true, reason: "" });
     } catch (err) {
@@ -657,17 +657,19 @@ export class RedisKeyStore implements KeyStore {
           logged.push(text === "" ? { kind: "delete", id } : { kind: "update", record: readable(id, text) });
         }
       }
-      let snapshot: Snapshot;
+      this.generation = gen;
+      this.version = Number(v2);
       if (builder !== undefined) {
         for (const c of logged) {
           if (c.kind === "delete") builder.remove(c.id);
           else builder.add(c.record);
         }
-        snapshot = builder.finish();
-      } else snapshot = (previous as Snapshot).withChanges([...(changes ?? []), ...logged]);
-      this.generation = gen;
-      this.version = Number(v2);
-      this.install(snapshot, cause);
+        this.install(builder.finish(), cause);
+      } else {
+        const applied = [...(changes ?? []), ...logged];
+        this.install((previous as Snapshot).withChanges(applied), cause, applied);
+      }
+      const snapshot = this.snapshot;
       if (cause !== "load") {
         this.options.notice?.("store_resynced", `resynced ${snapshot.size} keys from ${this.description}`, {
           keys: snapshot.size,
@@ -759,7 +761,7 @@ export class RedisKeyStore implements KeyStore {
       if (v === this.version + 1) {
         const next = this.snapshot.withChange(change);
         this.version = v;
-        this.install(next, "write", change);
+        this.install(next, "write", [change]);
       } else if (v > this.version) {
         await this.syncNow("write");
       }
@@ -768,15 +770,15 @@ export class RedisKeyStore implements KeyStore {
     return run;
   }
 
-  private install(snapshot: Snapshot, cause: ChangeCause, change?: KeyChange): void {
+  private install(snapshot: Snapshot, cause: ChangeCause, changes?: readonly KeyChange[]): void {
     this.current = snapshot;
-    this.emitChange(snapshot, cause, change);
+    this.emitChange(snapshot, cause, changes);
     this.scheduleSnapshotFile();
     this.compactor.changed();
   }
 
-  private emitChange(snapshot: Snapshot, cause: ChangeCause, change?: KeyChange): void {
-    for (const l of this.listeners) l.change?.(snapshot, cause, change);
+  private emitChange(snapshot: Snapshot, cause: ChangeCause, changes?: readonly KeyChange[]): void {
+    for (const l of this.listeners) l.change?.(snapshot, cause, changes);
   }
 
   private setHealth(next: StoreHealth): void {
