@@ -23,7 +23,6 @@ import { Metrics } from "../metrics/metrics.js";
 import { SourceTracker, type ObservedSource } from "../metrics/sources.js";
 import { ProxyServer } from "../proxy/server.js";
 import { FileKeyStore } from "../store/filestore.js";
-import { RedisKeyStore } from "../store/redis/store.js";
 import { DEFAULT_MATCHER_CACHE, MatcherCache, type Snapshot } from "../store/snapshot.js";
 import { formatStoreProblem, problemFields, type KeyStore } from "../store/store.js";
 import { isoTimestamp } from "../util/logline.js";
@@ -52,13 +51,25 @@ export function sideFiles(keysFile: string): { audit: string; otpState: string; 
 }
 
 /**
+ * The Redis store's module, loaded only when the keys live in Redis: the
+ * `redis` client defines a class extending `String`, after which V8 keeps
+ * `String.prototype` in dictionary mode for good, and every string method
+ * called in optimised code (`charCodeAt`, `slice`...) costs a generic
+ * property load: about 9,000 instructions per decision (BENCHMARKS.md).
+ */
+function redisStoreModule(): Promise<typeof import("../store/redis/store.js")> {
+  return import("../store/redis/store.js");
+}
+
+/**
  * The key store `config` names; `log` receives what the store reports on its
  * own; `now` is the clock entries' expiry is judged by (tests inject one).
  */
-export function openStore(config: Config, log?: Logger, now: () => number = Date.now): KeyStore {
+export async function openStore(config: Config, log?: Logger, now: () => number = Date.now): Promise<KeyStore> {
   const cache = new MatcherCache(DEFAULT_MATCHER_CACHE, now);
   const where = config.keys.store;
   if (where.kind === "redis") {
+    const { RedisKeyStore } = await redisStoreModule();
     return new RedisKeyStore({
       url: where.url,
       displayUrl: where.displayUrl,
@@ -157,7 +168,7 @@ export async function startSidecar(
 ): Promise<Sidecar> {
   const role = options.role ?? "single";
   const now = options.now ?? Date.now;
-  const store = openStore(config, log, now);
+  const store = await openStore(config, log, now);
   const registry = new Registry();
   const metrics = new Metrics(registry, { version: VERSION, cache: store.matcherCache });
   watchStore(store, metrics, config, log);
@@ -308,7 +319,8 @@ async function buildAdmin(
   let sessions: SessionStore;
   let codes: CodeState;
   let marks: ExpiryMarks;
-  if (store instanceof RedisKeyStore) {
+  const redis = config.keys.store.kind === "redis" ? (await redisStoreModule()).RedisKeyStore : undefined;
+  if (redis !== undefined && store instanceof redis) {
     attempts = new RedisAttemptLimit(store, limit);
     sessions = new RedisSessionStore(store, adminConfig.operators, lifetimes);
     codes = new RedisCodeState(store);
