@@ -55,7 +55,7 @@ export function sideFiles(keysFile: string): { audit: string; otpState: string; 
  * `redis` client defines a class extending `String`, after which V8 keeps
  * `String.prototype` in dictionary mode for good, and every string method
  * called in optimised code (`charCodeAt`, `slice`...) costs a generic
- * property load: about 9,000 instructions per decision (BENCHMARKS.md).
+ * property load: about 10,000 instructions per decision (BENCHMARKS.md).
  */
 function redisStoreModule(): Promise<typeof import("../store/redis/store.js")> {
   return import("../store/redis/store.js");
