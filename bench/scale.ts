@@ -86,6 +86,8 @@ interface Stall {
   reading: number;
   wallMs: number;
   cpuMs: number;
+  /** Of the longest wall stall, the time the thread waited for a core (the machine's share, not the code's). */
+  waitMs: number;
 }
 
 function lastReading(file: string): number {
@@ -109,7 +111,7 @@ async function stallOfKeyfence(s: Started): Promise<Stall> {
 
 /** A stall as the tables show it. */
 function showStall(stall: Stall): string {
-  return `${stall.wallMs.toFixed(1)} ms (${stall.cpuMs.toFixed(1)} ms CPU)`;
+  return `${stall.wallMs.toFixed(1)} ms (${stall.waitMs.toFixed(1)} waiting for a core; longest turn ${stall.cpuMs.toFixed(1)} ms CPU)`;
 }
 
 async function api(

@@ -18,18 +18,26 @@ function schedstat(): [number, number] | undefined {
   }
 }
 
-/** Samples until stopped (never keeping the process alive); `stop()` returns the longest gaps in ms. */
-export function stallMonitor(): { stop(): { wallMs: number; cpuMs: number } } {
+/**
+ * Samples until stopped (never keeping the process alive); `stop()` returns
+ * the longest gaps in ms (wall, and main-thread CPU), and how much of the
+ * longest wall gap the thread spent waiting for a core.
+ */
+export function stallMonitor(): { stop(): { wallMs: number; cpuMs: number; waitMs: number } } {
   let last = performance.now();
   let lastStat = schedstat();
   let wallMs = 0;
   let cpuMs = 0;
+  let waitMs = 0;
   let running = true;
   const tick = (): void => {
     if (!running) return;
     const now = performance.now();
     const stat = schedstat();
-    wallMs = Math.max(wallMs, now - last);
+    if (now - last > wallMs) {
+      wallMs = now - last;
+      if (stat !== undefined && lastStat !== undefined) waitMs = (stat[1] - lastStat[1]) / 1e6;
+    }
     if (stat !== undefined && lastStat !== undefined) cpuMs = Math.max(cpuMs, (stat[0] - lastStat[0]) / 1e6);
     last = now;
     lastStat = stat;
@@ -39,7 +47,7 @@ export function stallMonitor(): { stop(): { wallMs: number; cpuMs: number } } {
   return {
     stop() {
       running = false;
-      return { wallMs, cpuMs: lastStat === undefined ? NaN : cpuMs };
+      return { wallMs, cpuMs: lastStat === undefined ? NaN : cpuMs, waitMs: lastStat === undefined ? NaN : waitMs };
     },
   };
 }

@@ -26,7 +26,7 @@
  * request ever waits for Redis.
  */
 import { readFile } from "node:fs/promises";
-import { createClient } from "redis";
+import { createClient, VerbatimString } from "redis";
 import { writeFileAtomic } from "../../util/atomic.js";
 import { changedId, type KeyChange } from "../change.js";
 import { entryItems } from "../entries.js";
@@ -46,6 +46,18 @@ import {
   type StoreHealth,
   type StoreListener,
 } from "../store.js";
+
+/*
+ * Importing \`redis\` defines \`class VerbatimString extends String\`, which
+ * leaves V8's \`String.prototype\` in dictionary mode: every string method
+ * called in optimised code then takes a generic property load (about 10,000
+ * instructions per decision, BENCHMARKS.md "Instructions per decision"). A
+ * first instance of the class (its field written on a String object) puts
+ * the prototype chain back in fast mode, so a Redis-store replica runs its
+ * requests as a file-store one does; test/store/redis-prototype.test.ts
+ * checks it on a running replica.
+ */
+new VerbatimString("txt", "");
 
 /** Options of {@link RedisKeyStore}. */
 export interface RedisKeyStoreOptions {
