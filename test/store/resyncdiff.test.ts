@@ -54,7 +54,7 @@ test("property: the snapshot held, with the diff's changes, reads as the snapsho
       );
       // A scan may return an id twice; the store holds one record per id, so the later text is the one that counts.
       const scanned = [...read, ...repeats.flatMap((r) => (read[r] === undefined ? [] : [read[r]]))];
-      const diff = new ResyncDiff(previous, 1_000);
+      const diff = await ResyncDiff.over(previous, 1_000);
       for (const k of scanned) assert.equal(diff.see(`key_${k.i}`, encodeRecord(rec(k.i, k.v))), true);
       const changes = await diff.finish();
       assert.ok(changes !== undefined);
@@ -76,19 +76,24 @@ test("property: the snapshot held, with the diff's changes, reads as the snapsho
   );
 });
 
-test("past its limit the diff gives up: see() turns false, or finish() yields nothing", async () => {
+test("table: past its limit the diff gives up (see() turns false, or finish() yields nothing); a repeated id counts once", async () => {
   const previous = new Snapshot([rec(1, 0), rec(2, 0), rec(3, 0), rec(4, 0)], new MatcherCache());
   // Two updates, within a limit of 2; two deletes found at the end make four.
-  const diff = new ResyncDiff(previous, 2);
+  const diff = await ResyncDiff.over(previous, 2);
   assert.equal(diff.see("key_1", encodeRecord(rec(1, 1))), true);
   assert.equal(diff.see("key_2", encodeRecord(rec(2, 1))), true);
   assert.equal(await diff.finish(), undefined);
-  const updates = new ResyncDiff(previous, 2);
+  const updates = await ResyncDiff.over(previous, 2);
   assert.equal(updates.see("key_1", encodeRecord(rec(1, 1))), true);
   assert.equal(updates.see("key_2", encodeRecord(rec(2, 1))), true);
   assert.equal(updates.see("key_3", encodeRecord(rec(3, 1))), false);
+  // A key read twice counts once: key_2, never read, is still found gone.
+  const twice = await ResyncDiff.over(new Snapshot([rec(1, 0), rec(2, 0)], new MatcherCache()), 10);
+  assert.equal(twice.see("key_1", encodeRecord(rec(1, 0))), true);
+  assert.equal(twice.see("key_1", encodeRecord(rec(1, 0))), true);
+  assert.deepEqual(await twice.finish(), [{ kind: "delete", id: "key_2" }]);
   // Nothing differs: no changes at all.
-  const none = new ResyncDiff(previous, 0);
+  const none = await ResyncDiff.over(previous, 0);
   for (const i of [1, 2, 3, 4]) assert.equal(none.see(`key_${i}`, encodeRecord(rec(i, 0))), true);
   assert.deepEqual(await none.finish(), []);
 });

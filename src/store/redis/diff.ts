@@ -4,28 +4,42 @@
  * few differences among a million keys: applied as changes over the
  * snapshot (its overlay), they leave its maps of every key in place, where
  * building new ones would cost seconds of CPU and leave the old ones, tens
- * of megabytes, to a major collection that stalls the proxy.
+ * of megabytes, to a major collection that stalls the proxy. Which of the
+ * held keys were read is marked in a byte array by their place in the
+ * snapshot's sorted ids, so the diff itself adds no object per key either.
  */
 import type { KeyChange } from "../change.js";
-import { ShardedMap } from "../shards.js";
 import type { Snapshot } from "../snapshot.js";
+import { lowerBound } from "../sorted.js";
 import { encodeRecord, readable } from "./record.js";
 
-/** Records looked at per turn of the event loop while the ids no longer stored are sought. */
-const SEEK_SLICE = 5_000;
+/** Held ids looked at per turn of the event loop while those not read are sought. */
+const SEEK_SLICE = 50_000;
 
-/** The differences between `previous` and the records of one full read, collected record by record. */
+/** The differences between a snapshot and the records of one full read, collected record by record. */
 export class ResyncDiff {
-  private readonly seen = new ShardedMap<true>();
-  /** Ids read that `previous` holds (each counted once). */
+  /** 1 where the held id at that place in {@link ids} was read. */
+  private readonly read: Uint8Array;
+  /** Held ids read (each counted once). */
   private found = 0;
   private readonly changes: KeyChange[] = [];
 
-  /** `limit`: most differences worth applying as changes (more: build the snapshot afresh). */
-  constructor(
+  private constructor(
     private readonly previous: Snapshot,
+    private readonly ids: readonly string[],
     private readonly limit: number,
-  ) {}
+  ) {
+    this.read = new Uint8Array(ids.length);
+  }
+
+  /**
+   * A diff against `previous` (whose sorted ids it builds, a slice at a
+   * time, when the snapshot has none yet); `limit`: most differences worth
+   * applying as changes (more: build the snapshot afresh).
+   */
+  static async over(previous: Snapshot, limit: number): Promise<ResyncDiff> {
+    return new ResyncDiff(previous, await previous.sortedIds(), limit);
+  }
 
   /**
    * Notes the record of `id` read as `text` (a repeated id, as a scan may
@@ -34,9 +48,12 @@ export class ResyncDiff {
    */
   see(id: string, text: string): boolean {
     const old = this.previous.record(id);
-    if (!this.seen.has(id)) {
-      this.seen.set(id, true);
-      if (old !== undefined) this.found++;
+    if (old !== undefined) {
+      const at = lowerBound(this.ids, id);
+      if (this.ids[at] === id && this.read[at] === 0) {
+        this.read[at] = 1;
+        this.found++;
+      }
     }
     if (old === undefined || encodeRecord(old) !== text)
       this.changes.push({ kind: "update", record: readable(id, text) });
@@ -44,17 +61,16 @@ export class ResyncDiff {
   }
 
   /**
-   * The changes that turn `previous` into what was read: every record that
-   * differs, then a delete for each id of `previous` not read (sought a
-   * slice at a time, and only when some are missing); undefined when they
-   * number more than `limit`.
+   * The changes that turn the snapshot into what was read: every record that
+   * differs, then a delete for each held id not read (sought a slice at a
+   * time, and only when some are missing); undefined when they number more
+   * than `limit`.
    */
   async finish(): Promise<KeyChange[] | undefined> {
-    if (this.found < this.previous.size) {
-      let n = 0;
-      for (const rec of this.previous.iterate()) {
-        if (!this.seen.has(rec.id)) this.changes.push({ kind: "delete", id: rec.id });
-        if (++n % SEEK_SLICE === 0) await new Promise((r) => setImmediate(r));
+    if (this.found < this.ids.length) {
+      for (let i = 0; i < this.ids.length; i++) {
+        if (this.read[i] === 0) this.changes.push({ kind: "delete", id: this.ids[i] as string });
+        if ((i + 1) % SEEK_SLICE === 0) await new Promise((r) => setImmediate(r));
       }
     }
     return this.changes.length <= this.limit ? this.changes : undefined;

@@ -621,7 +621,7 @@ export class RedisKeyStore implements KeyStore {
       const gen = head[0] ?? "";
       const v = Number(head[1] ?? "0");
       const previous = this.current;
-      const diff = rebuild || previous === undefined ? undefined : new ResyncDiff(previous, DELTA_MAX);
+      const diff = rebuild || previous === undefined ? undefined : await ResyncDiff.over(previous, DELTA_MAX);
       const builder = diff === undefined ? new SnapshotBuilder(this.cache, previous) : undefined;
       let fits = true;
       // The next batch is asked for before this one is decoded, so Redis and this process work at once.
