@@ -48,8 +48,8 @@ import {
 } from "../store.js";
 
 /*
- * Importing \`redis\` defines \`class VerbatimString extends String\`, which
- * leaves V8's \`String.prototype\` in dictionary mode: every string method
+ * Importing `redis` defines `class VerbatimString extends String`, which
+ * leaves V8's `String.prototype` in dictionary mode: every string method
  * called in optimised code then takes a generic property load (about 10,000
  * instructions per decision, BENCHMARKS.md "Instructions per decision"). A
  * first instance of the class (its field written on a String object) puts
@@ -126,7 +126,7 @@ export function redisKeys(prefix: string): {
  * Lua that appends the journal entry `entry` (a Lua expression; "" for none)
  * to the stream KEYS[k], capped at about `maxLen` entries, numbered one past
  * the last number the stream ever gave (never reused, even after a trim),
- * and sets \`seq\` to it; returns {'journal', error} when it cannot. Shared by
+ * and sets `seq` to it; returns {'journal', error} when it cannot. Shared by
  * the commit and import scripts; it runs before their first write.
  */
 export function journalAppendLua(k: number, entry: string, maxLen: string): string {
