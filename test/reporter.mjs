@@ -13,7 +13,7 @@ export default async function* quiet(source) {
   const files = new Set();
   for await (const event of source) {
     if ((event.type === "test:pass" || event.type === "test:fail") && event.data.file && !files.has(event.data.file)) {
-      // Written as seen: --test-force-exit may end the process before this loop does.
+      // Written as seen, so a runner that dies early still leaves the list of files that reported.
       files.add(event.data.file);
       if (process.env.KEYFENCE_TEST_SEEN) appendFileSync(process.env.KEYFENCE_TEST_SEEN, `${event.data.file}\n`);
     }

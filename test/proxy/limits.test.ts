@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { once } from "node:events";
-import { writeFileSync } from "node:fs";
+import { rmSync, writeFileSync } from "node:fs";
 import { createServer, type Server, type ServerResponse } from "node:http";
 import { connect, type AddressInfo, type Socket } from "node:net";
 import { join } from "node:path";
@@ -375,14 +375,20 @@ describe("limits: 1,000 idle connections from one address in a process short of 
   before(async () => {
     up = await slowUpstream();
   });
+  const cleanup: (() => void)[] = [];
   after(async () => {
     for (const s of sockets) s.destroy();
     child?.kill("SIGKILL");
     await up.close();
+    for (const c of cleanup) c();
   });
 
   test("the other addresses are still answered within a second", async () => {
-    const dir = (await startTestSidecar({ upstream: up.url, keys: [], admin: false })).dir;
+    // A directory with a keys file in it; the sidecar that wrote them stops (its listener would keep this file's process alive).
+    const scratch = await startTestSidecar({ upstream: up.url, keys: [], admin: false });
+    await scratch.stop({ keep: true });
+    const dir = scratch.dir;
+    cleanup.push(() => rmSync(dir, { recursive: true, force: true }));
     const config = join(dir, "limited.yaml");
     writeFileSync(
       config,
