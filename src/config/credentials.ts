@@ -1,12 +1,13 @@
 /** `keys.credentials` (SPEC §4): where keys travel, validated with every problem located. */
 import { normalizeQueryName, type CredentialPlace } from "../policy/credential.js";
-import { HOP_BY_HOP } from "../util/http.js";
+import { HOP_BY_HOP, isToken } from "../util/http.js";
 import type { YamlFile } from "../util/yaml.js";
 
 /** The default: the bearer token of the Authorization header only. */
 export const DEFAULT_CREDENTIALS: readonly CredentialPlace[] = [{ kind: "bearer" }];
 
-const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}$/;
+/** Longest header name accepted as a key's place. */
+const HEADER_NAME_MAX = 100;
 /** Headers that cannot carry a key as a whole value: Authorization has its own places, the others are hop-by-hop or routing. */
 const NOT_A_KEY_HEADER = new Set(["authorization", "host", "content-length", "x-forwarded-for", ...HOP_BY_HOP]);
 const QUERY_NAME = /^[A-Za-z0-9_.~-]{1,100}$/;
@@ -39,7 +40,7 @@ export function parseCredentials(y: YamlFile, raw: unknown): readonly Credential
         const field = fields[0] as string;
         const v = m[field];
         if (field === "header") {
-          if (typeof v !== "string" || !HEADER_NAME.test(v))
+          if (typeof v !== "string" || v.length > HEADER_NAME_MAX || !isToken(v))
             y.fail([...path, field], "must be a header name such as X-API-Key", v);
           else if (NOT_A_KEY_HEADER.has(v.toLowerCase())) {
             y.fail(

@@ -2,12 +2,13 @@
  * The "what and where" settings (SPEC §9): `route_scopes`, `sandbox_upstream`
  * and `forward_identity`, validated with every problem located.
  */
-import { compileRule, rulePathProblem, type RouteRule, type RouteScopes } from "../policy/routes.js";
+import { compileRule, routeScopes, rulePathProblem, type RouteRule, type RouteScopes } from "../policy/routes.js";
 import { SCOPE } from "../store/keyfields.js";
+import { isToken } from "../util/http.js";
 import type { YamlFile } from "../util/yaml.js";
 
-/** HTTP method names (RFC 9110 `token`). */
-const METHOD = /^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,32}$/;
+/** Longest method name accepted. */
+const METHOD_MAX = 32;
 
 /** True when every request `later` matches is also matched by `earlier`, which comes first. */
 function shadows(earlier: RouteRule, later: RouteRule): boolean {
@@ -24,7 +25,7 @@ function shadows(earlier: RouteRule, later: RouteRule): boolean {
  * an earlier one always matches first is a warning, since it can never apply.
  */
 export function readRouteScopes(y: YamlFile, raw: unknown, warnings: string[]): RouteScopes | undefined {
-  if (raw === undefined || raw === null) return { rules: [] };
+  if (raw === undefined || raw === null) return routeScopes([]);
   if (!Array.isArray(raw)) {
     y.fail(
       ["route_scopes"],
@@ -59,7 +60,7 @@ export function readRouteScopes(y: YamlFile, raw: unknown, warnings: string[]): 
       } else {
         methodList = [];
         methods.forEach((v: unknown, j) => {
-          if (typeof v !== "string" || !METHOD.test(v))
+          if (typeof v !== "string" || v.length > METHOD_MAX || !isToken(v))
             y.fail([...at, "methods", j], "must be a method such as POST", v);
           else methodList?.push(v);
         });
@@ -76,7 +77,7 @@ export function readRouteScopes(y: YamlFile, raw: unknown, warnings: string[]): 
       rules.push(rule);
     }
   });
-  return y.problemCount === before ? { rules } : undefined;
+  return y.problemCount === before ? routeScopes(rules) : undefined;
 }
 
 /** Validates `forward_identity` (default false). */

@@ -18,7 +18,16 @@ import { compilePlaces } from "../policy/credential.js";
 import type { Decision } from "../policy/decide.js";
 import { badRequest, enforceFor, ipPathOf, type StepSettings } from "../policy/enforce.js";
 import type { KeyStore } from "../store/store.js";
-import { forwardedFor, hasBody, InFlight, listenOn, requestIdOf, sendJson, SERVER_LIMITS } from "../util/http.js";
+import {
+  forwardedFor,
+  hasBody,
+  InFlight,
+  isToken,
+  listenOn,
+  requestIdOf,
+  sendJson,
+  SERVER_LIMITS,
+} from "../util/http.js";
 
 /** What the decision listener needs: the same parts as the proxy's, so decisions count, log and observe alike. */
 export interface DecisionDeps {
@@ -37,8 +46,6 @@ export interface OriginalRequest {
   /** Why the description cannot be trusted (two that differ, a method that is no method): the question is refused. */
   readonly conflict?: string;
 }
-
-const METHOD_TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
 
 /**
  * The one value two header families give (`a` from the ingress's own pair,
@@ -79,7 +86,7 @@ export function originalRequest(req: IncomingMessage, peerTrusted: boolean): Ori
   const out = { method: method.value ?? own.method, url: uri.value ?? own.url };
   if (method.differ) return { ...out, conflict: "X-Forwarded-Method and X-Original-Method differ" };
   if (uri.differ) return { ...out, conflict: "X-Forwarded-Uri and X-Original-URI differ" };
-  if (!METHOD_TOKEN.test(out.method)) return { ...out, conflict: "the original method is not an HTTP method" };
+  if (!isToken(out.method)) return { ...out, conflict: "the original method is not an HTTP method" };
   return out;
 }
 

@@ -56,7 +56,9 @@ const MALFORMED = { kind: "invalid", reason: "malformed_credential" } as const;
  * `HTTP_X_API_KEY`, the same variable as `X-API-Key`.
  */
 export function upstreamHeaderName(name: string): string {
-  return name.toLowerCase().replace(/_/g, "-");
+  const lower = name.toLowerCase();
+  // Called for request headers on the request path: most names have no `_`, and need no copy.
+  return lower.includes("_") ? lower.replace(/_/g, "-") : lower;
 }
 
 /** Compiles a `keys.credentials` list. */

@@ -38,6 +38,13 @@ export interface RouteRule {
 /** The compiled `route_scopes` list, in order. */
 export interface RouteScopes {
   readonly rules: readonly RouteRule[];
+  /** Every method some rule lists; any other matches the same rules as each other (those without `methods`). */
+  readonly listed: ReadonlySet<string>;
+}
+
+/** The `route_scopes` made of `rules`, in order. */
+export function routeScopes(rules: readonly RouteRule[]): RouteScopes {
+  return { rules, listed: new Set(rules.flatMap((r) => (r.methods === undefined ? [] : [...r.methods]))) };
 }
 
 /** What a request needs: the rules it falls under (deduplicated, in order), or why its path cannot be classified. */
@@ -270,9 +277,6 @@ function decodeQueryValue(raw: string): string {
   }
 }
 
-/** The methods some rule of each `RouteScopes` lists, computed once per list. */
-const LISTED = new WeakMap<RouteScopes, ReadonlySet<string>>();
-
 /**
  * `methods` with repeats dropped and every method no rule lists folded into
  * one (they all match the same rules, those without `methods`), so a request
@@ -280,11 +284,7 @@ const LISTED = new WeakMap<RouteScopes, ReadonlySet<string>>();
  * listed method once.
  */
 function distinctMethods(routes: RouteScopes, methods: readonly string[]): string[] {
-  let listed = LISTED.get(routes);
-  if (listed === undefined) {
-    listed = new Set(routes.rules.flatMap((r) => (r.methods === undefined ? [] : [...r.methods])));
-    LISTED.set(routes, listed);
-  }
+  const listed = routes.listed;
   const out: string[] = [];
   let unlisted = false;
   for (const m of methods) {

@@ -79,6 +79,13 @@ export function hasBody(headers: {
   return cl !== undefined && cl !== "0";
 }
 
+const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+
+/** True when `s` is an RFC 9110 `token` (what method and header names are made of). */
+export function isToken(s: string): boolean {
+  return TOKEN.test(s);
+}
+
 /** A listener's requests in flight: counted, and waited on while it drains. */
 export class InFlight {
   private count = 0;

@@ -6,7 +6,7 @@ import { compileMatcher } from "../../src/ip/matcher.js";
 import { BEARER_ONLY, secretHash } from "../../src/policy/credential.js";
 import type { KeyPolicy, Mode } from "../../src/policy/decide.js";
 import { enforce, ipPathOf, type EnforceSettings, type KeyLookup } from "../../src/policy/enforce.js";
-import { compileRule } from "../../src/policy/routes.js";
+import { compileRule, routeScopes } from "../../src/policy/routes.js";
 
 function key(id: string, entries: string[], mode?: Mode, scopes: string[] = []): KeyPolicy {
   const cidrs: Cidr[] = entries.map((e) => {
@@ -38,7 +38,7 @@ const strict: EnforceSettings = { ...base, unknown: "reject", missing: "reject" 
 const scoped: EnforceSettings = {
   ...base,
   ipPath: ipPathOf("/_keyfence/ping"),
-  routes: { rules: [compileRule({ methods: ["POST"], path: "/v2/messages/*", scope: "messages:send" })] },
+  routes: routeScopes([compileRule({ methods: ["POST"], path: "/v2/messages/*", scope: "messages:send" })]),
 };
 const LACKS = "API key lacks scope messages:send";
 

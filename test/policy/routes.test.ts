@@ -6,19 +6,18 @@ import {
   pathReadings,
   requestMethods,
   routeNeed,
+  routeScopes,
   rulePathProblem,
   type RouteScopes,
 } from "../../src/policy/routes.js";
 
-const ROUTES: RouteScopes = {
-  rules: [
-    compileRule({ methods: ["GET"], path: "/v2/messages/public", scope: "messages:read" }),
-    compileRule({ methods: ["POST"], path: "/v2/messages/*", scope: "messages:send" }),
-    compileRule({ path: "/v2/messages:batch", scope: "messages:batch" }),
-    compileRule({ path: "/admin/*", scope: "admin" }),
-    compileRule({ methods: ["DELETE"], path: "/v2/keys", scope: "keys:delete" }),
-  ],
-};
+const ROUTES: RouteScopes = routeScopes([
+  compileRule({ methods: ["GET"], path: "/v2/messages/public", scope: "messages:read" }),
+  compileRule({ methods: ["POST"], path: "/v2/messages/*", scope: "messages:send" }),
+  compileRule({ path: "/v2/messages:batch", scope: "messages:batch" }),
+  compileRule({ path: "/admin/*", scope: "admin" }),
+  compileRule({ methods: ["DELETE"], path: "/v2/keys", scope: "keys:delete" }),
+]);
 
 /** The scopes a request needs, or "400" when its path is refused as ambiguous. */
 function need(method: string, path: string, headers: string[] = [], query = ""): string[] | "400" {
@@ -140,7 +139,7 @@ describe("route_scopes: matching table", () => {
       const r = compileRule({ methods: ["DELETE"], path: `/v${String(i)}/things/*`, scope: `s${String(i)}` });
       return { ...r, methods: new CountingSet(r.methods) };
     });
-    const routes: RouteScopes = { rules: [...rules, compileRule({ path: "/v2/*", scope: "any" })] };
+    const routes = routeScopes([...rules, compileRule({ path: "/v2/*", scope: "any" })]);
     const claims = Array.from({ length: 8000 }, (_, i) => (i % 2 === 0 ? "DELETE" : `M${String(i)}`)).join(",");
     const methods = requestMethods("POST", ["X-HTTP-Method-Override", claims], "");
     assert.equal(methods.length, 8001);
@@ -153,7 +152,7 @@ describe("route_scopes: matching table", () => {
   });
 
   test("a rule for every route: /* covers everything", () => {
-    const all: RouteScopes = { rules: [compileRule({ path: "/*", scope: "any" })] };
+    const all = routeScopes([compileRule({ path: "/*", scope: "any" })]);
     for (const p of ["/", "/x", "/X/y/", "/x//"])
       assert.deepEqual(routeNeed(all, ["GET"], p), { kind: "rules", rules: all.rules });
   });
@@ -348,15 +347,15 @@ describe("route_scopes: property against independent reference routers", () => {
             prefix: r.prefix,
             scope: `s${String(i)}`,
           }));
-          const routes: RouteScopes = {
-            rules: refRules.map((r) =>
+          const routes = routeScopes(
+            refRules.map((r) =>
               compileRule({
                 ...(r.methods ? { methods: r.methods } : {}),
                 path: r.prefix ? `${r.path}/*` : r.path,
                 scope: r.scope,
               }),
             ),
-          };
+          );
           const path = `/${segs.join("/")}${trailing ? "/" : ""}`;
           const got = routeNeed(routes, [method], path);
           if (got.kind === "ambiguous") return;

@@ -229,6 +229,17 @@ type Client = ReturnType<typeof createClient>;
 /** The store's Redis connection, lent to the admin state shared through the same Redis (sessions, codes, attempts). */
 export type RedisClient = Client;
 
+/** The changes of a {@link CATCH_UP} `delta` reply, in order ("" for a deleted key). */
+function deltaChanges(reply: readonly string[]): KeyChange[] {
+  const changes: KeyChange[] = [];
+  for (let i = 3; i + 1 < reply.length; i += 2) {
+    const id = reply[i] as string;
+    const text = reply[i + 1] as string;
+    changes.push(text === "" ? { kind: "delete", id } : { kind: "update", record: readable(id, text) });
+  }
+  return changes;
+}
+
 function strings(reply: unknown): string[] {
   if (!Array.isArray(reply)) throw new Error("internal: unexpected reply from a keyfence script");
   return reply.map((x) => (typeof x === "string" ? x : String(x)));
@@ -580,13 +591,7 @@ export class RedisKeyStore implements KeyStore {
       if (gen !== this.generation || kind === "full" || this.current === undefined) {
         await this.fullResync(client, cause);
       } else if (kind === "delta") {
-        const changes: KeyChange[] = [];
-        for (let i = 3; i + 1 < reply.length; i += 2) {
-          const id = reply[i] as string;
-          const text = reply[i + 1] as string;
-          const rec = text === "" ? undefined : readable(id, text);
-          changes.push(rec === undefined ? { kind: "delete", id } : { kind: "update", record: rec });
-        }
+        const changes = deltaChanges(reply);
         const next = this.snapshot.withChanges(changes);
         this.version = Number(v);
         this.install(next, cause, changes);
@@ -661,14 +666,7 @@ export class RedisKeyStore implements KeyStore {
       const [kind, gen2 = "", v2 = "0"] = reply;
       if (kind === "gone") throw new Error("its data vanished during a resync");
       if (gen2 !== gen || kind === "full") continue;
-      const logged: KeyChange[] = [];
-      if (kind === "delta") {
-        for (let i = 3; i + 1 < reply.length; i += 2) {
-          const id = reply[i] as string;
-          const text = reply[i + 1] as string;
-          logged.push(text === "" ? { kind: "delete", id } : { kind: "update", record: readable(id, text) });
-        }
-      }
+      const logged = kind === "delta" ? deltaChanges(reply) : [];
       this.generation = gen;
       this.version = Number(v2);
       if (builder !== undefined) {
