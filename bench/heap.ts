@@ -5,9 +5,9 @@
  * builds the snapshot and its sorted ids, and prints heap and RSS after a
  * forced collection, against the same process with no snapshot.
  */
-import { secretHash } from "../src/policy/credential.js";
 import { encodeRecord, readable } from "../src/store/redis/record.js";
 import { MatcherCache, SnapshotBuilder, type Snapshot } from "../src/store/snapshot.js";
+import { scaleRecord } from "./lib.js";
 
 const i = process.argv.indexOf("--keys");
 const N = i >= 0 ? Number(process.argv[i + 1]) : 200_000;
@@ -25,16 +25,7 @@ function measure(): { heap: number; rss: number } {
 async function build(n: number): Promise<Snapshot> {
   const b = new SnapshotBuilder(new MatcherCache());
   for (let k = 0; k < n; k++) {
-    const text = encodeRecord({
-      id: `key_${k}`,
-      name: nameIsId ? `key_${k}` : `key ${k}`,
-      secretSha256: secretHash(`secret-${k}`),
-      scopes: ["messages:send"],
-      ipAllowList: [`10.${(k >> 16) & 255}.${(k >> 8) & 255}.${k & 255}`, `2001:db8:${(k & 0xffff).toString(16)}::/48`],
-      mode: undefined,
-      createdAt: "2026-11-30T00:00:00Z",
-      updatedAt: "2026-11-30T00:00:00Z",
-    });
+    const text = encodeRecord(scaleRecord(k, nameIsId ? `key_${k}` : `key ${k}`));
     b.add(readable(`key_${k}`, text));
   }
   const s = b.finish();

@@ -17,7 +17,7 @@ import { secretHash } from "../src/policy/credential.js";
 import type { KeyRecord } from "../src/store/keysfile.js";
 import { connectOnce, importRecords } from "../src/store/redis/io.js";
 import { RedisKeyStore } from "../src/store/redis/store.js";
-import { machine, table } from "./lib.js";
+import { machine, scaleRecord, table } from "./lib.js";
 import { stallMonitor } from "./stall.js";
 import { cpuSeconds, freePort, have, ROOT, rssMb, startLogged, type Proc } from "./procs.js";
 
@@ -33,18 +33,7 @@ const PROBE = "kf_bench_probe";
 
 function records(n: number): KeyRecord[] {
   const out: KeyRecord[] = [];
-  for (let i = 0; i < n; i++) {
-    out.push({
-      id: `key_${i}`,
-      name: `key ${i}`,
-      secretSha256: secretHash(`secret-${i}`),
-      scopes: ["messages:send"],
-      ipAllowList: [`10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}`, `2001:db8:${(i & 0xffff).toString(16)}::/48`],
-      mode: undefined,
-      createdAt: "2026-11-30T00:00:00Z",
-      updatedAt: "2026-11-30T00:00:00Z",
-    });
-  }
+  for (let i = 0; i < n; i++) out.push(scaleRecord(i));
   out.push({
     id: "bench_probe",
     name: "probe",

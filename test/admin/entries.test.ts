@@ -24,6 +24,7 @@ import { RedisKeyStore } from "../../src/store/redis/store.js";
 import { needBinary } from "../helpers/binary.js";
 import { bearer, send, type Reply, type Send } from "../helpers/http.js";
 import { OpenApi } from "../helpers/openapi.js";
+import { rec } from "../helpers/records.js";
 import { startRedis } from "../helpers/redis.js";
 import { BIN } from "../helpers/spawn.js";
 import { eventually, sidecarFixture, startTestSidecar, type TestSidecar } from "../helpers/sidecar.js";
@@ -551,17 +552,12 @@ describe("expiry audit events", () => {
       const redis = await startRedis(redisBin.path ?? "redis-server");
       const t = Date.UTC(2030, 0, 1);
       let now = t - 1000;
-      const key = (id: string, expiring: boolean): KeyRecord => ({
-        id,
-        name: id,
-        secretSha256: sha(`s_${id}`),
-        scopes: [],
-        ipAllowList: ["10.0.0.1", "10.0.0.2"],
-        ...(expiring ? { entryDetails: { "10.0.0.1": { expiresAt: iso(t) } } } : {}),
-        mode: undefined,
-        createdAt: undefined,
-        updatedAt: undefined,
-      });
+      const key = (id: string, expiring: boolean): KeyRecord =>
+        rec(id, {
+          secretSha256: sha(`s_${id}`),
+          ipAllowList: ["10.0.0.1", "10.0.0.2"],
+          ...(expiring ? { entryDetails: { "10.0.0.1": { expiresAt: iso(t) } } } : {}),
+        });
       const c = await connectOnce(redis.url);
       const store = new RedisKeyStore({ url: redis.url, displayUrl: redis.url, prefix: "kfy:", maxEntries: 100 });
       const w = new ExpiryWatcher({

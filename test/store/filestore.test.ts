@@ -1,6 +1,7 @@
 /** The file store: writes assembled in slices, the worker-thread loader for large files, reload safety. */
 import assert from "node:assert/strict";
 import { mkdtempSync, readFileSync, renameSync, rmSync, statSync, utimesSync, writeFileSync } from "node:fs";
+import type { BigIntStats } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { monitorEventLoopDelay } from "node:perf_hooks";
@@ -137,6 +138,18 @@ describe("the file's signature (a write re-reads only a file changed since we la
   const later = (): number => Date.now() + 60_000;
   /** A whole second, which utimes sets exactly (a time in nanoseconds does not survive a double). */
   const SECOND = new Date("2026-01-01T00:00:00Z");
+  /** A store loaded from `name` holding `ids`, its mtime set to {@link SECOND}, and the file's stat as loaded. */
+  const loadedAtSecond = async (
+    name: string,
+    ids: string[],
+  ): Promise<{ file: string; store: FileKeyStore; old: BigIntStats }> => {
+    const file = join(dir, name);
+    writeFileSync(file, KEYS(ids));
+    utimesSync(file, SECOND, SECOND);
+    const store = new FileKeyStore({ file, displayName: name, maxEntries: 100, now: later });
+    await store.load();
+    return { file, store, old: statSync(file, { bigint: true }) };
+  };
 
   test("a write by another writer between two of ours is seen (two stores, one file)", async () => {
     const file = join(dir, "two.yaml");
@@ -156,12 +169,7 @@ describe("the file's signature (a write re-reads only a file changed since we la
   });
 
   test("a replacement of the same size with the old mtime is seen (another inode)", async () => {
-    const file = join(dir, "replaced.yaml");
-    writeFileSync(file, KEYS(["k0", "k1"]));
-    utimesSync(file, SECOND, SECOND);
-    const store = new FileKeyStore({ file, displayName: "replaced.yaml", maxEntries: 100, now: later });
-    await store.load();
-    const old = statSync(file, { bigint: true });
+    const { file, store, old } = await loadedAtSecond("replaced.yaml", ["k0", "k1"]);
     writeFileSync(`${file}.new`, KEYS(["k0", "k2"])); // same length, another key
     utimesSync(`${file}.new`, SECOND, SECOND);
     renameSync(`${file}.new`, file);
@@ -174,12 +182,7 @@ describe("the file's signature (a write re-reads only a file changed since we la
   });
 
   test("a same-size rewrite in place with the mtime set back (cp -p, rsync -t) is seen by its ctime", async () => {
-    const file = join(dir, "inplace.yaml");
-    writeFileSync(file, KEYS(["k0", "k1"]));
-    utimesSync(file, SECOND, SECOND);
-    const store = new FileKeyStore({ file, displayName: "inplace.yaml", maxEntries: 100, now: later });
-    await store.load();
-    const old = statSync(file, { bigint: true });
+    const { file, store, old } = await loadedAtSecond("inplace.yaml", ["k0", "k1"]);
     // Rewrite until the file system's clock has ticked (ctime cannot be set back; the same tick is the residual risk).
     do {
       writeFileSync(file, KEYS(["k0", "k2"]));

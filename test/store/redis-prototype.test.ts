@@ -6,12 +6,13 @@
  * process, so the state it checks is its own.
  */
 import assert from "node:assert/strict";
-import { createHash } from "node:crypto";
 import { describe, test } from "node:test";
 import { setFlagsFromString } from "node:v8";
 import { runInThisContext } from "node:vm";
+import { secretHash } from "../../src/policy/credential.js";
 import { needBinary } from "../helpers/binary.js";
 import { bearer, send } from "../helpers/http.js";
+import { rec } from "../helpers/records.js";
 import { redisFixture } from "../helpers/redis.js";
 import { startTestSidecar } from "../helpers/sidecar.js";
 import { startUpstream } from "../helpers/upstream.js";
@@ -21,24 +22,12 @@ setFlagsFromString("--allow-natives-syntax");
 const hasFastProperties = runInThisContext("(o) => %HasFastProperties(o)") as (o: object) => boolean;
 
 const redisBin = needBinary("redis-server", "redis-server");
-const sha = (s: string): string => createHash("sha256").update(s).digest("hex");
 
 describe("Redis store and V8's String.prototype", { skip: redisBin.skip }, () => {
   const redis = redisFixture(redisBin.path, "kfp");
   test("a Redis-store sidecar answering requests keeps String.prototype with fast properties", async () => {
     const prefix = redis.newPrefix();
-    await redis.seed(prefix, [
-      {
-        id: "k_local",
-        name: "k_local",
-        secretSha256: sha("s_local"),
-        scopes: [],
-        ipAllowList: ["127.0.0.1"],
-        mode: undefined,
-        createdAt: undefined,
-        updatedAt: undefined,
-      },
-    ]);
+    await redis.seed(prefix, [rec("k_local", { secretSha256: secretHash("s_local"), ipAllowList: ["127.0.0.1"] })]);
     const up = await startUpstream();
     const kf = await startTestSidecar({
       upstream: up.url,

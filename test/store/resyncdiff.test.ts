@@ -13,19 +13,15 @@ import type { KeyRecord } from "../../src/store/keysfile.js";
 import { ResyncDiff } from "../../src/store/redis/diff.js";
 import { encodeRecord } from "../../src/store/redis/record.js";
 import { MatcherCache, Snapshot } from "../../src/store/snapshot.js";
+import { rec as record } from "../helpers/records.js";
 
 /** Key `i` in variant `v` (variants differ in list, name or secret, so a diff has something to find). */
 function rec(i: number, v: number): KeyRecord {
-  return {
-    id: `key_${i}`,
+  return record(`key_${i}`, {
     name: v % 3 === 2 ? `renamed ${i}` : `key_${i}`,
     secretSha256: secretHash(`secret-${i}-${v % 2}`),
-    scopes: [],
     ipAllowList: v % 3 === 1 ? ["192.0.2.1"] : [`10.0.0.${i}`],
-    mode: undefined,
-    createdAt: undefined,
-    updatedAt: undefined,
-  };
+  });
 }
 
 /** What a snapshot reads as: every record's stored text by id, and which id each secret finds. */
