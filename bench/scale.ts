@@ -90,21 +90,23 @@ interface Stall {
   waitMs: number;
 }
 
-function lastReading(file: string): number {
+/** The last reading in `file`; none before the first (or while the probe writes it). */
+function lastReading(file: string): Stall | undefined {
   try {
-    return (JSON.parse(readFileSync(file, "utf8")) as Stall).reading;
+    return JSON.parse(readFileSync(file, "utf8")) as Stall;
   } catch {
-    return 0;
+    return undefined;
   }
 }
 
 /** keyfence's longest event-loop stall since the previous call (the first call starts the count). */
 async function stallOfKeyfence(s: Started): Promise<Stall> {
-  const before = lastReading(s.stallFile);
+  const before = lastReading(s.stallFile)?.reading ?? 0;
   process.kill(s.kf.pid, "SIGUSR2");
   for (let i = 0; i < 500; i++) {
     await new Promise((res) => setTimeout(res, 10));
-    if (lastReading(s.stallFile) > before) return JSON.parse(readFileSync(s.stallFile, "utf8")) as Stall;
+    const now = lastReading(s.stallFile);
+    if (now !== undefined && now.reading > before) return now;
   }
   throw new Error("keyfence's stall probe did not answer within 5 s");
 }
