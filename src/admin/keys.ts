@@ -24,7 +24,6 @@ import {
 import { nameProblem, scopesProblems, isMode } from "../store/keyfields.js";
 import { KEY_FIELDS, type KeyRecord } from "../store/keysfile.js";
 import type { Snapshot } from "../store/snapshot.js";
-import { upperBound } from "../store/sorted.js";
 import { JournalWriteError, type KeyStore, type Plan } from "../store/store.js";
 import type { Actor, AuditLog, PreparedAudit } from "./audit.js";
 import { WRITE_SCOPE, type Caller } from "./auth.js";
@@ -338,7 +337,7 @@ export class KeysService {
   async list(limit: number, cursor?: string): Promise<KeyPage> {
     const snap = this.deps.store.snapshot;
     const ids = await snap.sortedIds();
-    const from = cursor === undefined ? 0 : upperBound(ids, cursor);
+    const from = cursor === undefined ? 0 : ids.upperBound(cursor);
     const data = this.records(snap, ids.slice(from, from + limit)).map(view);
     return { data, next_cursor: ids.length - from > limit ? (data.at(-1)?.id ?? null) : null };
   }
@@ -367,7 +366,7 @@ export class KeysService {
     for (let i = 0; i < ids.length; i++) {
       // A scan of every key: in slices, so proxied requests never wait for all of it.
       if (i % SEARCH_SLICE === SEARCH_SLICE - 1) await new Promise((resolve) => setImmediate(resolve));
-      const r = snap.record(ids[i] as string);
+      const r = snap.record(ids.at(i) as string);
       if (r === undefined || !matches(r)) continue;
       if (total >= start && hits.length < size) hits.push(r);
       total++;

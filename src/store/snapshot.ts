@@ -12,7 +12,7 @@ import type { KeyPolicy } from "../policy/decide.js";
 import { leanRecord, type KeyRecord } from "./keysfile.js";
 import { changedId, type KeyChange } from "./change.js";
 import { ShardedMap, shardOfDigest } from "./shards.js";
-import { editSorted, sortSliced } from "./sorted.js";
+import { sortIds, SortedIds } from "./sorted.js";
 import { activeEntries, nextExpiry } from "./entries.js";
 
 /** Most bearer tokens a snapshot remembers (see {@link Snapshot.lookupToken}). */
@@ -190,8 +190,8 @@ function lean(rec: KeyRecord, old: KeyRecord | undefined, cache: MatcherCache): 
 
 /** The shared, never-changed maps under a snapshot's overlay ({@link ShardedMap}s: no insertion rehashes the whole store). */
 interface Base {
-  readonly byHash: ReadonlyMap<string, KeyRecord>;
-  readonly byId: ReadonlyMap<string, KeyRecord>;
+  readonly byHash: ShardedMap<KeyRecord>;
+  readonly byId: ShardedMap<KeyRecord>;
 }
 
 /** Changes over a base: id (or secret hash) → its record now, or null where the base's entry is gone. */
@@ -219,7 +219,7 @@ export interface SnapshotState {
   readonly overlay: Overlay;
   readonly size: number;
   readonly entries: number;
-  readonly sorted?: readonly string[] | undefined;
+  readonly sorted?: SortedIds | undefined;
   readonly derivation?: Derivation | undefined;
 }
 
@@ -296,7 +296,7 @@ export class Snapshot {
   /** Monotonic generation number. */
   readonly generation: number;
   /** Ids in order, once built (see {@link sortedIds}). */
-  private sorted: readonly string[] | undefined;
+  private sorted: SortedIds | undefined;
   private derivation: Derivation | undefined;
 
   /** Builds a snapshot of `records` at once (see {@link SnapshotBuilder} for large stores). */
@@ -501,27 +501,40 @@ export class Snapshot {
    * snapshot and only when asked: edited from the snapshot this one was
    * changed from when that one has them, else sorted a slice at a time.
    */
-  async sortedIds(): Promise<readonly string[]> {
+  async sortedIds(): Promise<SortedIds> {
     const now = this.sortedIdsNow();
     if (now !== undefined) return now;
-    const ids: string[] = [];
-    let n = 0;
-    for (const rec of this.iterate()) {
-      ids.push(rec.id);
-      if (++n % 20_000 === 0) await new Promise((r) => setImmediate(r));
+    // The ids a shard at a time, in one array per shard: no array of every id (see sorted.ts).
+    const over = this.overlay.byId;
+    const groups: string[][] = [];
+    let collected = 0;
+    for (const shard of this.base.byId.shards()) {
+      const ids: string[] = [];
+      shard.forEach((_, id) => {
+        if (!over.has(id)) ids.push(id);
+      });
+      groups.push(ids);
+      collected += ids.length;
+      if (collected >= 20_000) {
+        collected = 0;
+        await new Promise((r) => setImmediate(r));
+      }
     }
-    const sorted = await sortSliced(ids);
+    const added: string[] = [];
+    for (const [id, rec] of over) if (rec !== null) added.push(id);
+    groups.push(added);
+    const sorted = await sortIds(groups);
     this.sorted ??= sorted;
     this.derivation = undefined;
     return this.sorted;
   }
 
   /** The sorted ids when built, or derivable by editing an ancestor's (no sort). */
-  private sortedIdsNow(): readonly string[] | undefined {
+  private sortedIdsNow(): SortedIds | undefined {
     if (this.sorted !== undefined) return this.sorted;
     const chain: Derivation[] = [];
     let d = this.derivation;
-    let base: readonly string[] | undefined;
+    let base: SortedIds | undefined;
     while (base === undefined) {
       if (d === undefined) return undefined;
       chain.push(d);
@@ -532,7 +545,7 @@ export class Snapshot {
     for (let i = chain.length - 1; i >= 0; i--) {
       for (const [id, keep] of (chain[i] as Derivation).present) present.set(id, keep);
     }
-    this.sorted = present.size === 0 ? base : editSorted(base, present);
+    this.sorted = base.edited(present);
     this.derivation = undefined;
     return this.sorted;
   }

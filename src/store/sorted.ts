@@ -1,69 +1,229 @@
 /**
- * Sorted id lists for the snapshot's index: a sort that yields to the event
- * loop between slices (a million ids sort in about a second, far too long for
- * one turn of a proxy's loop), and the edit of a sorted list by a few
- * insertions and removals.
+ * The snapshot's ids in order, for the admin API's pages and a resync's
+ * diff. At a million keys no step may make or copy one array of every id: a
+ * fresh array of a million elements costs about 30 ms in the turn that makes
+ * it, growing one by `push` up to 45 ms per doubling, and while it is young
+ * each scavenge walks all of it. So the ids live in chunks of a few thousand
+ * ({@link SortedIds}): an edit copies the chunks it touches, and the sort
+ * ({@link sortIds}) sorts small runs, then merges them into chunks, a slice
+ * per turn of the event loop.
  */
 
-/** Comparisons (or elements moved) per turn of the event loop. */
+/** Comparisons per turn of the event loop while sorting. */
 const SLICE = 20_000;
+/** Ids per run sorted by the built-in sort in one turn: about 22,000 comparisons. */
+const RUN = 2_048;
+/** Ids per chunk of a {@link SortedIds}: what an edit of one id copies. */
+export const CHUNK = 4_096;
 
 const yieldTurn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 
 const byCodeUnit = (a: string, b: string): number => (a < b ? -1 : a > b ? 1 : 0);
 
-/** `items` sorted by UTF-16 code units (the order of `<`), in place, yielding between slices of work. */
-export async function sortSliced(items: string[]): Promise<string[]> {
-  const run = 4_096;
-  for (let i = 0; i < items.length; i += run) {
-    const part = items.slice(i, i + run).sort(byCodeUnit);
-    for (let k = 0; k < part.length; k++) items[i + k] = part[k] as string;
-    if (i % SLICE < run) await yieldTurn();
-  }
-  let from = items;
-  let to: string[] = new Array<string>(items.length);
-  let work = 0;
-  for (let width = run; width < items.length; width *= 2) {
-    for (let lo = 0; lo < items.length; lo += 2 * width) {
-      const mid = Math.min(lo + width, items.length);
-      const hi = Math.min(lo + 2 * width, items.length);
-      let a = lo;
-      let b = mid;
-      let o = lo;
-      while (a < mid && b < hi) {
-        const x = from[a] as string;
-        const y = from[b] as string;
-        if (y < x) {
-          to[o++] = y;
-          b++;
-        } else {
-          to[o++] = x;
-          a++;
-        }
-        if (++work % SLICE === 0) await yieldTurn();
-      }
-      while (a < mid) to[o++] = from[a++] as string;
-      while (b < hi) to[o++] = from[b++] as string;
+/** Ids sorted by UTF-16 code units (the order of `<`), unique, immutable; held in chunks of at most twice a chunk size ({@link CHUNK}). */
+export class SortedIds implements Iterable<string> {
+  /** Where each chunk starts in the whole list. */
+  private readonly starts: number[] = [];
+  /** Number of ids. */
+  readonly length: number;
+
+  /** `chunks`: non-empty, each sorted, each wholly before the next; `chunk`: the size an edit splits a chunk to. */
+  private constructor(
+    private readonly chunks: readonly (readonly string[])[],
+    private readonly chunk: number,
+  ) {
+    let n = 0;
+    for (const c of chunks) {
+      this.starts.push(n);
+      n += c.length;
     }
-    [from, to] = [to, from];
+    this.length = n;
   }
-  return from;
+
+  /** The list of `ids`, which must be sorted and unique. */
+  static of(ids: readonly string[], chunk = CHUNK): SortedIds {
+    const chunks: string[][] = [];
+    for (let i = 0; i < ids.length; i += chunk) chunks.push(ids.slice(i, i + chunk));
+    return new SortedIds(chunks, chunk);
+  }
+
+  /** The list whose ids are `chunks` in turn: each non-empty and sorted, each wholly before the next. */
+  static ofChunks(chunks: readonly (readonly string[])[], chunk = CHUNK): SortedIds {
+    return new SortedIds(chunks, chunk);
+  }
+
+  /** The id at place `i` (0 ≤ i < length). */
+  at(i: number): string | undefined {
+    const c = this.chunkAt(i);
+    return this.chunks[c]?.[i - (this.starts[c] ?? 0)];
+  }
+
+  /** The ids from place `from` up to (not including) `to`. */
+  slice(from: number, to = this.length): string[] {
+    const out: string[] = [];
+    const end = Math.min(to, this.length);
+    for (let i = Math.max(0, from); i < end;) {
+      const c = this.chunkAt(i);
+      const chunk = this.chunks[c] as readonly string[];
+      const start = this.starts[c] as number;
+      const part = chunk.slice(i - start, end - start);
+      for (const id of part) out.push(id);
+      i += part.length;
+    }
+    return out;
+  }
+
+  /** The first place whose id is not less than `id` (length when none). */
+  lowerBound(id: string): number {
+    const c = this.chunkFor(id);
+    const chunk = this.chunks[c];
+    if (chunk === undefined) return this.length;
+    return (this.starts[c] as number) + lowerBound(chunk, id);
+  }
+
+  /** The first place whose id is greater than `id` (length when none). */
+  upperBound(id: string): number {
+    const at = this.lowerBound(id);
+    return this.at(at) === id ? at + 1 : at;
+  }
+
+  /**
+   * A new list: these ids after `present`, which says for each id whether it
+   * is in the result. Copies only the chunks it touches (and the list of
+   * chunks), so a few edits cost a few thousand ids whatever the size.
+   */
+  edited(present: ReadonlyMap<string, boolean>): SortedIds {
+    if (present.size === 0) return this;
+    const touched = new Map<number, Map<string, boolean>>();
+    for (const [id, keep] of present) {
+      const c = Math.min(this.chunkFor(id), Math.max(0, this.chunks.length - 1));
+      let edits = touched.get(c);
+      if (edits === undefined) {
+        edits = new Map();
+        touched.set(c, edits);
+      }
+      edits.set(id, keep);
+    }
+    const chunks: (readonly string[])[] = [];
+    const count = Math.max(1, this.chunks.length);
+    for (let c = 0; c < count; c++) {
+      const chunk = this.chunks[c] ?? [];
+      const edits = touched.get(c);
+      if (edits === undefined) {
+        chunks.push(chunk);
+        continue;
+      }
+      const next = editSorted(chunk, edits);
+      // A chunk grown past twice its size is split; one emptied is dropped.
+      const size = this.chunk;
+      if (next.length > 2 * size) for (let i = 0; i < next.length; i += size) chunks.push(next.slice(i, i + size));
+      else if (next.length > 0) chunks.push(next);
+    }
+    return new SortedIds(chunks, this.chunk);
+  }
+
+  *[Symbol.iterator](): IterableIterator<string> {
+    for (const c of this.chunks) yield* c;
+  }
+
+  /** The chunk holding place `i` (binary search over the chunks' starts). */
+  private chunkAt(i: number): number {
+    return upperBoundNumber(this.starts, i) - 1;
+  }
+
+  /** The first chunk whose last id is not less than `id`: where `id` is, or would go (chunks.length when after all). */
+  private chunkFor(id: string): number {
+    let lo = 0;
+    let hi = this.chunks.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      const chunk = this.chunks[mid] as readonly string[];
+      if ((chunk[chunk.length - 1] as string) < id) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
+  }
 }
 
-/** The first index of sorted `items` whose element is greater than `id` (binary search). */
-export function upperBound(items: readonly string[], id: string): number {
+/** The first place in sorted `items` whose number is greater than `n`. */
+function upperBoundNumber(items: readonly number[], n: number): number {
   let lo = 0;
   let hi = items.length;
   while (lo < hi) {
     const mid = (lo + hi) >>> 1;
-    if ((items[mid] as string) <= id) lo = mid + 1;
+    if ((items[mid] as number) <= n) lo = mid + 1;
     else hi = mid;
   }
   return lo;
 }
 
+/**
+ * The ids of `groups` (unique over all groups, in any order; the arrays are
+ * sorted in place) as a {@link SortedIds} in chunks of `chunkSize`: runs of at
+ * most {@link RUN} ids sorted about one per turn, then merged through a heap
+ * into chunks, yielding to the event loop every {@link SLICE} comparisons.
+ */
+export async function sortIds(groups: readonly string[][], chunkSize = CHUNK): Promise<SortedIds> {
+  const runs: string[][] = [];
+  let sorted = 0;
+  for (const group of groups) {
+    for (let i = 0; i < group.length; i += RUN) {
+      const run = group.length <= RUN ? group : group.slice(i, i + RUN);
+      run.sort(byCodeUnit);
+      runs.push(run);
+      sorted += run.length;
+      if (sorted >= RUN) {
+        sorted = 0;
+        await yieldTurn();
+      }
+    }
+  }
+  // A binary min-heap of the runs' cursors, by the id each is at.
+  interface Cursor {
+    readonly ids: readonly string[];
+    at: number;
+  }
+  const heap: Cursor[] = runs.map((ids) => ({ ids, at: 0 }));
+  const cursor = (i: number): Cursor => heap[i] as Cursor;
+  const key = (i: number): string => cursor(i).ids[cursor(i).at] as string;
+  let size = heap.length;
+  let work = 0;
+  const sink = (from: number): void => {
+    let i = from;
+    for (;;) {
+      const l = 2 * i + 1;
+      let m = i;
+      if (l < size && key(l) < key(m)) m = l;
+      if (l + 1 < size && key(l + 1) < key(m)) m = l + 1;
+      work += 2;
+      if (m === i) return;
+      [heap[i], heap[m]] = [cursor(m), cursor(i)];
+      i = m;
+    }
+  };
+  for (let i = (size >>> 1) - 1; i >= 0; i--) sink(i);
+  const chunks: string[][] = [];
+  let chunk: string[] = [];
+  while (size > 0) {
+    const top = cursor(0);
+    chunk.push(top.ids[top.at] as string);
+    if (chunk.length === chunkSize) {
+      chunks.push(chunk);
+      chunk = [];
+    }
+    if (++top.at === top.ids.length) heap[0] = cursor(--size);
+    sink(0);
+    if (work >= SLICE) {
+      work = 0;
+      await yieldTurn();
+    }
+  }
+  if (chunk.length > 0) chunks.push(chunk);
+  return SortedIds.ofChunks(chunks, chunkSize);
+}
+
 /** The first index of sorted `items` whose element is not less than `id`. */
-export function lowerBound(items: readonly string[], id: string): number {
+function lowerBound(items: readonly string[], id: string): number {
   let lo = 0;
   let hi = items.length;
   while (lo < hi) {

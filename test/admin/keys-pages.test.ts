@@ -12,7 +12,7 @@ import { secretHash } from "../../src/policy/credential.js";
 import type { KeyChange } from "../../src/store/change.js";
 import type { KeyRecord } from "../../src/store/keysfile.js";
 import { MatcherCache, Snapshot } from "../../src/store/snapshot.js";
-import { upperBound } from "../../src/store/sorted.js";
+import { SortedIds } from "../../src/store/sorted.js";
 import type { KeyStore } from "../../src/store/store.js";
 
 const IDS = ["a", "b", "B", "c", "key_1", "key_10", "key_2", "z-9", "_x"];
@@ -104,9 +104,9 @@ describe("KeysService pages over the sorted ids", () => {
   });
 
   test("upperBound finds the first id after a cursor", () => {
-    const ids = ["a", "b", "d"];
+    const ids = SortedIds.of(["a", "b", "d"], 2);
     assert.deepEqual(
-      ["", "a", "b", "c", "d", "e"].map((c) => upperBound(ids, c)),
+      ["", "a", "b", "c", "d", "e"].map((c) => ids.upperBound(c)),
       [0, 1, 2, 2, 3, 3],
     );
   });

@@ -11,7 +11,7 @@ import { secretHash } from "../../src/policy/credential.js";
 import type { KeyChange } from "../../src/store/change.js";
 import type { KeyRecord } from "../../src/store/keysfile.js";
 import { Compactor, MatcherCache, Snapshot } from "../../src/store/snapshot.js";
-import { editSorted, sortSliced } from "../../src/store/sorted.js";
+import { editSorted, sortIds, SortedIds } from "../../src/store/sorted.js";
 
 const IDS = ["a", "b", "B", "c", "key_1", "key_10", "key_2", "z-9", "_x"];
 const SECRETS = ["s0", "s1", "s2", "s3", "s4", "s5", "s6"];
@@ -112,6 +112,12 @@ function applyNaive(map: ReadonlyMap<string, KeyRecord>, change: KeyChange): Map
 }
 
 const byCodeUnit = (a: string, b: string): number => (a < b ? -1 : a > b ? 1 : 0);
+/** The number of leading elements of `items` for which `before` holds (a linear scan, the reference for binary searches). */
+const plainBound = (items: readonly string[], before: (x: string) => boolean): number => {
+  let i = 0;
+  while (i < items.length && before(items[i] as string)) i++;
+  return i;
+};
 
 async function agrees(snap: Snapshot, model: ReadonlyMap<string, KeyRecord>, now: number): Promise<void> {
   assert.equal(snap.size, model.size);
@@ -265,14 +271,90 @@ describe("Snapshot (overlay over a shared base)", () => {
 });
 
 describe("sorted ids", () => {
-  test("property: sortSliced sorts as Array.prototype.sort by code units, across run boundaries", async () => {
+  test("property: sortIds sorts groups as Array.prototype.sort by code units, across runs and chunks", async () => {
     await fc.assert(
-      fc.asyncProperty(fc.array(fc.string({ maxLength: 4 }), { maxLength: 10_000 }), async (items) => {
-        const expected = [...items].sort(byCodeUnit);
-        assert.deepEqual(await sortSliced([...items]), expected);
-      }),
+      fc.asyncProperty(
+        fc.array(fc.uniqueArray(fc.string({ maxLength: 4 }), { maxLength: 5_000 }), { maxLength: 4 }),
+        fc.integer({ min: 1, max: 5_000 }),
+        async (groups, chunk) => {
+          const unique = [...new Set(groups.flat())];
+          const parts = [unique.slice(0, unique.length / 3), unique.slice(unique.length / 3)];
+          const sorted = await sortIds(parts, chunk);
+          assert.deepEqual([...sorted], [...unique].sort(byCodeUnit));
+          assert.equal(sorted.length, unique.length);
+        },
+      ),
       { numRuns: 30 },
     );
+  });
+
+  test("property: SortedIds answers at, slice, lowerBound and upperBound as the plain sorted array", () => {
+    fc.assert(
+      fc.property(
+        fc.uniqueArray(fc.string({ maxLength: 3 }), { maxLength: 300 }),
+        fc.integer({ min: 1, max: 40 }),
+        fc.array(fc.string({ maxLength: 3 }), { maxLength: 20 }),
+        fc.integer({ min: -2, max: 310 }),
+        fc.integer({ min: -2, max: 310 }),
+        (items, chunk, probes, from, to) => {
+          const plain = [...items].sort(byCodeUnit);
+          const ids = SortedIds.of(plain, chunk);
+          for (let i = -1; i <= plain.length; i++) assert.equal(ids.at(i), plain[i]);
+          assert.deepEqual(ids.slice(from, to), plain.slice(Math.max(0, from), Math.max(0, to)));
+          for (const p of [...probes, ...plain]) {
+            assert.equal(
+              ids.lowerBound(p),
+              plainBound(plain, (x) => x < p),
+            );
+            assert.equal(
+              ids.upperBound(p),
+              plainBound(plain, (x) => x <= p),
+            );
+          }
+        },
+      ),
+    );
+  });
+
+  test("property: SortedIds.edited equals sorting the edited set, and shares the chunks it did not touch", () => {
+    fc.assert(
+      fc.property(
+        fc.uniqueArray(fc.string({ maxLength: 3 }), { maxLength: 300 }),
+        fc.integer({ min: 1, max: 16 }),
+        fc.array(fc.array(fc.tuple(fc.string({ maxLength: 3 }), fc.boolean()), { maxLength: 60 }), { maxLength: 4 }),
+        (items, chunk, rounds) => {
+          const set = new Set(items);
+          let ids = SortedIds.of([...items].sort(byCodeUnit), chunk);
+          for (const edits of rounds) {
+            const present = new Map(edits);
+            for (const [id, keep] of present) {
+              if (keep) set.add(id);
+              else set.delete(id);
+            }
+            ids = ids.edited(present);
+            const plain = [...set].sort(byCodeUnit);
+            assert.deepEqual([...ids], plain);
+            // Chunks stay at most twice their size: an edit never copies more than that per touched chunk.
+            for (let i = 0; i < plain.length; i++) assert.equal(ids.at(i), plain[i]);
+          }
+        },
+      ),
+    );
+  });
+
+  test("an edit of one id in a large list copies one chunk, not the list", () => {
+    const plain = Array.from({ length: 100_000 }, (_, i) => `key_${String(i).padStart(6, "0")}`);
+    const ids = SortedIds.of(plain);
+    const edited = ids.edited(new Map([["key_050000x", true]]));
+    assert.equal(edited.length, 100_001);
+    assert.equal(edited.at(50_001), "key_050000x");
+    // Untouched chunks are the same arrays: the first id's chunk is shared.
+    const chunksOf = (s: SortedIds): readonly (readonly string[])[] =>
+      (s as unknown as { chunks: readonly (readonly string[])[] }).chunks;
+    const before = chunksOf(ids);
+    const after = chunksOf(edited);
+    assert.equal(after.length, before.length);
+    assert.equal(after.filter((c, i) => c !== before[i]).length, 1);
   });
 
   test("property: editSorted (few edits and many) equals sorting the edited set", () => {

@@ -10,7 +10,7 @@
  */
 import type { KeyChange } from "../change.js";
 import type { Snapshot } from "../snapshot.js";
-import { lowerBound } from "../sorted.js";
+import type { SortedIds } from "../sorted.js";
 import { encodeRecord, readable } from "./record.js";
 
 /** Held ids looked at per turn of the event loop while those not read are sought. */
@@ -26,7 +26,7 @@ export class ResyncDiff {
 
   private constructor(
     private readonly previous: Snapshot,
-    private readonly ids: readonly string[],
+    private readonly ids: SortedIds,
     private readonly limit: number,
   ) {
     this.read = new Uint8Array(ids.length);
@@ -49,8 +49,8 @@ export class ResyncDiff {
   see(id: string, text: string): boolean {
     const old = this.previous.record(id);
     if (old !== undefined) {
-      const at = lowerBound(this.ids, id);
-      if (this.ids[at] === id && this.read[at] === 0) {
+      const at = this.ids.lowerBound(id);
+      if (this.ids.at(at) === id && this.read[at] === 0) {
         this.read[at] = 1;
         this.found++;
       }
@@ -68,9 +68,10 @@ export class ResyncDiff {
    */
   async finish(): Promise<KeyChange[] | undefined> {
     if (this.found < this.ids.length) {
-      for (let i = 0; i < this.ids.length; i++) {
-        if (this.read[i] === 0) this.changes.push({ kind: "delete", id: this.ids[i] as string });
-        if ((i + 1) % SEEK_SLICE === 0) await new Promise((r) => setImmediate(r));
+      let i = 0;
+      for (const id of this.ids) {
+        if (this.read[i] === 0) this.changes.push({ kind: "delete", id });
+        if (++i % SEEK_SLICE === 0) await new Promise((r) => setImmediate(r));
       }
     }
     return this.changes.length <= this.limit ? this.changes : undefined;

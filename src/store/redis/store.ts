@@ -667,15 +667,21 @@ export class RedisKeyStore implements KeyStore {
       if (kind === "gone") throw new Error("its data vanished during a resync");
       if (gen2 !== gen || kind === "full") continue;
       const logged = kind === "delta" ? deltaChanges(reply) : [];
-      this.generation = gen;
-      this.version = Number(v2);
       if (builder !== undefined) {
         for (const c of logged) {
           if (c.kind === "delete") builder.remove(c.id);
           else builder.add(c.record);
         }
-        this.install(builder.finish(), cause);
+        const built = builder.finish();
+        // Its sorted ids now, a slice at a time, before it serves: the next resync's diff needs them, and building
+        // them then would put the scavenges of a million young ids into the turns of a replica under load.
+        await built.sortedIds();
+        this.generation = gen;
+        this.version = Number(v2);
+        this.install(built, cause);
       } else {
+        this.generation = gen;
+        this.version = Number(v2);
         const applied = [...(changes ?? []), ...logged];
         this.install((previous as Snapshot).withChanges(applied), cause, applied);
       }
