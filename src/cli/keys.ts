@@ -10,7 +10,7 @@ import { SingleBar } from "cli-progress";
 import { lock } from "proper-lockfile";
 import { encodeJournalEntry } from "../admin/audit.js";
 import { AUDIT_DEFAULTS } from "../config/audit.js";
-import { displayPath, ENV, loadConfig, type Config } from "../config/config.js";
+import { displayPath, ENV, keyStoreName, loadConfig, type Config } from "../config/config.js";
 import { LOCK_STALE_MS } from "../store/filestore.js";
 import { parseKeysFile, readKeysText, type KeyRecord } from "../store/keysfile.js";
 import { keysFileText } from "../store/redis/store.js";
@@ -139,7 +139,7 @@ async function importKeys(config: Config, from: string): Promise<number> {
   } finally {
     bar.stop();
   }
-  process.stderr.write(`imported ${name} into ${describe(config)}: ${summary}\n`);
+  process.stderr.write(`imported ${name} into ${keyStoreName(config)}: ${summary}\n`);
   return 0;
 }
 
@@ -244,12 +244,7 @@ async function exportKeys(config: Config, to: string | undefined): Promise<numbe
   if (to === undefined) process.stdout.write(text);
   else {
     await writeFileAtomic(resolve(to), text);
-    process.stderr.write(`exported ${records.length} keys from ${describe(config)} to ${to}\n`);
+    process.stderr.write(`exported ${records.length} keys from ${keyStoreName(config)} to ${to}\n`);
   }
   return 0;
-}
-
-function describe(config: Config): string {
-  const s = config.keys.store;
-  return s.kind === "redis" ? `Redis ${s.displayUrl} (prefix ${JSON.stringify(s.prefix)})` : config.keys.displayName;
 }

@@ -17,7 +17,7 @@ import { AdminServer, type RouteInfo } from "../admin/server.js";
 import { registerDashboard } from "../admin/dashboard/routes.js";
 import { RedisAttemptLimit, RedisCodeState, RedisSessionStore } from "../admin/redis-state.js";
 import { MemorySessionStore, type SessionStore } from "../admin/sessions.js";
-import { formatListen, isLoopback, type Config } from "../config/config.js";
+import { formatListen, isLoopback, keyStoreName, type Config } from "../config/config.js";
 import { DecisionServer } from "../decision/server.js";
 import { Metrics } from "../metrics/metrics.js";
 import { SourceTracker, type ObservedSource } from "../metrics/sources.js";
@@ -389,7 +389,7 @@ export function logListening(
       mode: config.mode,
       keys: at.snapshot.size,
       allow_list_entries: at.snapshot.entries,
-      keys_file: config.keys.displayName,
+      keys_store: keyStoreName(config),
       workers: at.workers,
       trusted_proxies: trustSummary(config),
     },

@@ -154,6 +154,12 @@ export function isLoopback(host: string): boolean {
   return ip.w0 === 0 && ip.w1 === 0 && ip.w2 === 0 && ip.w3 === 1;
 }
 
+/** How logs and messages name where keys live: the keys file, or the Redis server and prefix. */
+export function keyStoreName(config: Config): string {
+  const s = config.keys.store;
+  return s.kind === "redis" ? `Redis ${s.displayUrl} (prefix ${JSON.stringify(s.prefix)})` : config.keys.displayName;
+}
+
 /** Formats a listen address for logs and URLs. */
 export function formatListen(a: ListenAddress): string {
   return a.host.includes(":") ? `[${a.host}]:${a.port}` : `${a.host}:${a.port}`;

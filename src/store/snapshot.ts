@@ -185,7 +185,7 @@ function lean(rec: KeyRecord, old: KeyRecord | undefined, cache: MatcherCache): 
   if (list === rec.ipAllowList && scopes === rec.scopes && updatedAt === rec.updatedAt && name === rec.name) {
     return rec;
   }
-  return leanRecord({ ...rec, name, ipAllowList: list, scopes, updatedAt });
+  return leanRecord(rec, name, list, scopes, updatedAt);
 }
 
 /** The shared, never-changed maps under a snapshot's overlay ({@link ShardedMap}s: no insertion rehashes the whole store). */

@@ -149,6 +149,7 @@ describe("keyfence serve: start-up log and SIGTERM drain", () => {
       const { child, exited } = kf;
       const port = new URL(kf.proxy).port;
       assert.match(kf.output(), /listening on http:\/\/127\.0\.0\.1:\d+, admin on http:\/\/127\.0\.0\.1:\d+/);
+      assert.match(kf.output(), /"keys_store":"[^"]*keys\.yaml"/);
       const seenBefore = up.seen.length;
       const inflight = send(`http://127.0.0.1:${port}/slow/700`, { headers: [bearer("s1")] });
       // Signal only once the request is in flight (the upstream holds it for 700 ms).

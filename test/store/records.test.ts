@@ -1,12 +1,14 @@
 /**
  * The lean record constructor against the straightforward object spread it
  * replaces: the same fields, values and key order for every combination of
- * optional fields.
+ * optional fields; and the Redis record codec read back against the record
+ * it stored.
  */
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import fc from "fast-check";
 import { leanRecord, type KeyRecord } from "../../src/store/keysfile.js";
+import { decodeRecord, encodeRecord } from "../../src/store/redis/record.js";
 
 const DETAILS = { "10.0.0.0/8": { note: "n", expiresAt: "2030-01-01T00:00:00Z" } };
 
@@ -43,13 +45,59 @@ test("leanRecord: equal to the record, same key order, a new object sharing the 
     fc.property(recordArb, (r) => {
       // The reference: the spread the snapshot used before.
       const want: KeyRecord = { ...r };
-      const got = leanRecord(r);
+      const got = leanRecord(r, r.name, r.ipAllowList, r.scopes, r.updatedAt);
       assert.deepStrictEqual(got, want);
       assert.deepStrictEqual(Object.keys(got), Object.keys(want));
       assert.equal(JSON.stringify(got), JSON.stringify(want));
       assert.notEqual(got, r);
       assert.equal(got.scopes, r.scopes);
       assert.equal(got.ipAllowList, r.ipAllowList);
+    }),
+    { numRuns: 500 },
+  );
+});
+
+test("leanRecord with replacements: equal to the spread that replaces them, same key order", () => {
+  fc.assert(
+    fc.property(
+      recordArb,
+      fc.string(),
+      fc.array(fc.constantFrom("10.0.0.0/8", "192.0.2.1"), { maxLength: 2 }),
+      fc.array(fc.string(), { maxLength: 2 }),
+      fc.option(fc.constant("2026-11-30T02:00:00Z"), { nil: undefined }),
+      (r, name, ipAllowList, scopes, updatedAt) => {
+        const want: KeyRecord = { ...r, name, ipAllowList, scopes, updatedAt };
+        const got = leanRecord(r, name, ipAllowList, scopes, updatedAt);
+        assert.deepStrictEqual(got, want);
+        assert.deepStrictEqual(Object.keys(got), Object.keys(want));
+        assert.equal(got.ipAllowList, ipAllowList);
+        assert.equal(got.scopes, scopes);
+      },
+    ),
+    { numRuns: 500 },
+  );
+});
+
+test("decodeRecord reads back what encodeRecord stored: every field, the canonical key order", () => {
+  fc.assert(
+    fc.property(recordArb, (r) => {
+      const details = r.entryDetails !== undefined && r.ipAllowList.includes("10.0.0.0/8") ? DETAILS : undefined;
+      const stored = { ...r, entryDetails: details };
+      const want: KeyRecord = {
+        id: r.id,
+        name: r.name,
+        secretSha256: r.secretSha256,
+        scopes: r.scopes,
+        ipAllowList: r.ipAllowList,
+        ...(details === undefined ? {} : { entryDetails: details }),
+        mode: r.mode,
+        ...(r.sandbox === true ? { sandbox: true } : {}),
+        createdAt: r.createdAt,
+        updatedAt: r.updatedAt,
+      };
+      const got = decodeRecord(r.id, encodeRecord(stored));
+      assert.deepStrictEqual(got, want);
+      assert.deepStrictEqual(Object.keys(got ?? {}), Object.keys(want));
     }),
     { numRuns: 500 },
   );

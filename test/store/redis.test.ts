@@ -376,6 +376,15 @@ describe("Redis store", { skip: redisBin.skip }, () => {
       relay.restore();
       await eventually(async () => (await proxied(b, k.secret)) === 200, 7000, "b catches up");
       assert.equal((await send(`${b.adminUrl}/readyz`)).status, 200);
+      // The real command with Redis reachable: its start line names the store, not a keys file it never reads.
+      const c = await spawnKeyfence(cfg);
+      try {
+        assert.match(c.output(), /"keys_store":"Redis redis:\/\/127\.0\.0\.1:\d+\/? \(prefix \\"/);
+        assert.doesNotMatch(c.output(), /keys_file/);
+      } finally {
+        c.child.kill();
+        await c.exited;
+      }
     } finally {
       await relay.close();
       rmSync(dir, { recursive: true, force: true });

@@ -84,6 +84,9 @@ export function readableReusing(previous: KeyRecord | undefined, id: string, tex
     : readable(id, text);
 }
 
+const isStrings = (x: unknown): x is string[] => Array.isArray(x) && x.every((s) => typeof s === "string");
+const isOptional = (x: unknown): x is string | 0 => x === 0 || typeof x === "string";
+
 /** The record of key `id` stored as `text`; undefined when `text` is not a well-formed lean record. */
 export function decodeRecord(id: string, text: string): KeyRecord | undefined {
   let v: unknown;
@@ -96,11 +99,22 @@ export function decodeRecord(id: string, text: string): KeyRecord | undefined {
   const [name, sha, scopes, list, mode, created, updated, sandbox, rawDetails] = v as unknown[];
   if (v.length === 8 && sandbox !== 1) return undefined;
   if (v.length === 9 && sandbox !== 0 && sandbox !== 1) return undefined;
-  const strings = (x: unknown): x is string[] => Array.isArray(x) && x.every((s) => typeof s === "string");
-  const optional = (x: unknown): x is string | 0 => x === 0 || typeof x === "string";
-  if (typeof name !== "string" || typeof sha !== "string" || !strings(scopes) || !strings(list)) return undefined;
-  if ((mode !== 0 && mode !== "enforce" && mode !== "report") || !optional(created) || !optional(updated)) {
+  if (typeof name !== "string" || typeof sha !== "string" || !isStrings(scopes) || !isStrings(list)) return undefined;
+  if ((mode !== 0 && mode !== "enforce" && mode !== "report") || !isOptional(created) || !isOptional(updated)) {
     return undefined;
+  }
+  if (rawDetails === undefined && sandbox !== 1) {
+    // Most records: one literal of the eight fields every key has, no intermediate object.
+    return {
+      id,
+      name,
+      secretSha256: sha,
+      scopes,
+      ipAllowList: list,
+      mode: mode === 0 ? undefined : mode,
+      createdAt: created === 0 ? undefined : created,
+      updatedAt: updated === 0 ? undefined : updated,
+    };
   }
   const entryDetails = rawDetails === undefined ? undefined : decodeDetails(rawDetails, list);
   if (rawDetails !== undefined && entryDetails === undefined) return undefined;
