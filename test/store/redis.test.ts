@@ -16,6 +16,7 @@ import { stringify } from "yaml";
 import { StoreLoadError } from "../../src/store/store.js";
 import { exportRecords, importRecords } from "../../src/store/redis/io.js";
 import { redisKeys } from "../../src/store/redis/store.js";
+import { changedId, type KeyChange } from "../../src/store/change.js";
 import type { KeyRecord } from "../../src/store/keysfile.js";
 import { needBinary } from "../helpers/binary.js";
 import { bearer, send, type Reply } from "../helpers/http.js";
@@ -78,6 +79,17 @@ async function create(kf: TestSidecar, body: unknown): Promise<{ id: string; sec
   const r = await apiCall(kf, "POST", "/v1/api-keys", body);
   assert.equal(r.status, 201, r.body);
   return r.json() as { id: string; secret: string };
+}
+
+/** The changes of each snapshot `kf`'s store installs from now on by a catch-up or resync (undefined: read afresh, taken whole). */
+function resyncsOf(kf: TestSidecar): (readonly KeyChange[] | undefined)[] {
+  const seen: (readonly KeyChange[] | undefined)[] = [];
+  kf.sidecar.store.subscribe({
+    change: (_snapshot, cause, changes) => {
+      if (cause === "reload") seen.push(changes);
+    },
+  });
+  return seen;
 }
 
 async function storeUp(kf: TestSidecar): Promise<string | undefined> {
@@ -247,6 +259,7 @@ describe("Redis store", { skip: redisBin.skip }, () => {
     await seed(prefix, [...SEED, record("k_gone", "s_gone"), record("k_same", "s_same")]);
     const a = await start(redis.url, prefix);
     assert.equal(await proxied(a, "s_gone"), 200);
+    const resyncs = resyncsOf(a);
     await redis.withClient(async (c) => {
       // A re-import under a new generation: the replica reads every record and compares.
       await c.del(redisKeys(prefix).generation);
@@ -258,12 +271,18 @@ describe("Redis store", { skip: redisBin.skip }, () => {
     assert.equal(await proxied(a, "s_open"), 403);
     assert.equal(await proxied(a, "s_same"), 200);
     assert.equal(await proxied(a, "s_pinned"), 403);
+    // Applied as changes over the snapshot held: the two that differ, the new key and the key gone.
+    assert.deepEqual(
+      resyncs.map((changes) => changes?.map((c) => `${c.kind} ${changedId(c)}`).sort()),
+      [["delete k_gone", "update k_new", "update k_open"]],
+    );
   });
 
   test("a full resync with more differences than it applies as changes builds the snapshot afresh, just as right", async () => {
     const prefix = redis.newPrefix();
     await seed(prefix, [...SEED, record("k_gone", "s_gone")]);
     const a = await start(redis.url, prefix);
+    const resyncs = resyncsOf(a);
     // More than DELTA_MAX (10,000) records differ.
     const many = Array.from({ length: 10_050 }, (_, i) => record(`k_${i}`, `s_${i}`, i === 7 ? ["192.0.2.1"] : []));
     await redis.withClient(async (c) => {
@@ -275,6 +294,8 @@ describe("Redis store", { skip: redisBin.skip }, () => {
     assert.equal(await proxied(a, "s_gone"), 401, "a key the store no longer holds");
     assert.equal(await proxied(a, "s_pinned"), 403);
     assert.match((await send(`${a.adminUrl}/metrics`)).body, /^keyfence_keys 10052$/m);
+    // Read afresh, taken whole: no list of changes.
+    assert.deepEqual(resyncs, [undefined]);
   });
 
   test("a record this version cannot read is an outage, never an unknown key", async () => {
