@@ -103,31 +103,23 @@ export function decodeRecord(id: string, text: string): KeyRecord | undefined {
   if ((mode !== 0 && mode !== "enforce" && mode !== "report") || !isOptional(created) || !isOptional(updated)) {
     return undefined;
   }
-  if (rawDetails === undefined && sandbox !== 1) {
-    // Most records: one literal of the eight fields every key has, no intermediate object.
-    return {
-      id,
-      name,
-      secretSha256: sha,
-      scopes,
-      ipAllowList: list,
-      mode: mode === 0 ? undefined : mode,
-      createdAt: created === 0 ? undefined : created,
-      updatedAt: updated === 0 ? undefined : updated,
-    };
-  }
-  const entryDetails = rawDetails === undefined ? undefined : decodeDetails(rawDetails, list);
-  if (rawDetails !== undefined && entryDetails === undefined) return undefined;
-  return {
+  const plain: KeyRecord = {
     id,
     name,
     secretSha256: sha,
     scopes,
     ipAllowList: list,
-    ...(entryDetails === undefined ? {} : { entryDetails }),
     mode: mode === 0 ? undefined : mode,
-    ...(sandbox === 1 ? { sandbox: true } : {}),
     createdAt: created === 0 ? undefined : created,
     updatedAt: updated === 0 ? undefined : updated,
+  };
+  // Most records: that one literal, no intermediate object. The rest add their entry details or sandbox flag.
+  if (rawDetails === undefined && sandbox !== 1) return plain;
+  const entryDetails = rawDetails === undefined ? undefined : decodeDetails(rawDetails, list);
+  if (rawDetails !== undefined && entryDetails === undefined) return undefined;
+  return {
+    ...plain,
+    ...(entryDetails === undefined ? {} : { entryDetails }),
+    ...(sandbox === 1 ? { sandbox: true } : {}),
   };
 }
