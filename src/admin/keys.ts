@@ -344,22 +344,23 @@ export class KeysService {
 
   /**
    * Keys ordered by id whose name, id or a scope contains `needle` (any
-   * case; every key when empty), `size` per page: page `page` (from 1,
-   * clamped to the last), the number of pages and of matches. A scan of the
+   * case; every key when empty), `size` per page: page `page` (a whole
+   * number from 1, clamped to the last), the number of pages and of matches. A scan of the
    * sorted ids, in slices, that keeps only the page's keys.
    */
   async search(needle: string, page: number, size: number): Promise<SearchPage> {
     const snap = this.deps.store.snapshot;
     const ids = await snap.sortedIds();
     const want = needle.toLowerCase();
+    // A whole page number from 1 (a query's page=1.5 or page=x reads as 1 and 1).
+    const asked = Math.max(1, Math.trunc(page) || 1);
     if (want === "") {
       const pages = Math.max(1, Math.ceil(ids.length / size));
-      const at = Math.min(pages, Math.max(1, page));
+      const at = Math.min(pages, asked);
       const data = this.records(snap, ids.slice((at - 1) * size, at * size)).map(view);
       return { data, page: at, pages, total: ids.length };
     }
     const matches = (r: KeyRecord): boolean => [r.name, r.id, ...r.scopes].some((f) => f.toLowerCase().includes(want));
-    const asked = Math.max(1, page);
     const start = (asked - 1) * size;
     let total = 0;
     const hits: KeyRecord[] = [];

@@ -58,15 +58,22 @@ export class SortedIds implements Iterable<string> {
     return this.chunks[c]?.[i - (this.starts[c] ?? 0)];
   }
 
-  /** The ids from place `from` up to (not including) `to`. */
-  slice(from: number, to = this.length): string[] {
+  /**
+   * The ids from place `start` up to (not including) `end`, bounds read as
+   * `Array.prototype.slice` reads them (truncated; negative: from the end).
+   */
+  slice(start = 0, end = this.length): string[] {
+    const place = (n: number): number => {
+      const t = Math.trunc(n) || 0;
+      return t < 0 ? Math.max(this.length + t, 0) : Math.min(t, this.length);
+    };
+    const to = place(end);
     const out: string[] = [];
-    const end = Math.min(to, this.length);
-    for (let i = Math.max(0, from); i < end;) {
+    for (let i = place(start); i < to;) {
       const c = this.chunkAt(i);
       const chunk = this.chunks[c] as readonly string[];
-      const start = this.starts[c] as number;
-      const part = chunk.slice(i - start, end - start);
+      const first = this.starts[c] as number;
+      const part = chunk.slice(i - first, to - first);
       for (const id of part) out.push(id);
       i += part.length;
     }
@@ -158,8 +165,8 @@ function upperBoundNumber(items: readonly number[], n: number): number {
 }
 
 /**
- * The ids of `groups` (unique over all groups, in any order; the arrays are
- * sorted in place) as a {@link SortedIds} in chunks of `chunkSize`: runs of a
+ * The ids of `groups` (unique over all groups, in any order; the arrays may
+ * be reordered) as a {@link SortedIds} in chunks of `chunkSize`: runs of a
  * few thousand ids ({@link RUN}) sorted about one per turn, then merged
  * through a heap into chunks, yielding to the event loop every
  * {@link SLICE} comparisons.

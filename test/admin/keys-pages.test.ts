@@ -14,6 +14,7 @@ import type { KeyRecord } from "../../src/store/keysfile.js";
 import { MatcherCache, Snapshot } from "../../src/store/snapshot.js";
 import { SortedIds } from "../../src/store/sorted.js";
 import type { KeyStore } from "../../src/store/store.js";
+import { rec } from "../helpers/records.js";
 
 const IDS = ["a", "b", "B", "c", "key_1", "key_10", "key_2", "z-9", "_x"];
 
@@ -69,7 +70,7 @@ describe("KeysService pages over the sorted ids", () => {
         fc.array(changeArb, { maxLength: 6 }),
         fc.integer({ min: 1, max: 4 }),
         fc.constantFrom("", "a", "ALPHA", "key_1", "send", "READ", "zz"),
-        fc.integer({ min: -1, max: 5 }),
+        fc.oneof(fc.integer({ min: -1, max: 5 }), fc.double({ min: -1, max: 6 }), fc.constant(Number.NaN)),
         async (initial, changes, limit, needle, page) => {
           let snap = new Snapshot(initial, new MatcherCache());
           await snap.sortedIds();
@@ -91,7 +92,7 @@ describe("KeysService pages over the sorted ids", () => {
               needle === "" || [r.name, r.id, ...r.scopes].some((f) => f.toLowerCase().includes(needle.toLowerCase())),
           );
           const pages = Math.max(1, Math.ceil(hits.length / limit));
-          const at = Math.min(pages, Math.max(1, page || 1));
+          const at = Math.min(pages, Math.max(1, Math.trunc(page) || 1));
           const found = await keys.search(needle, page, limit);
           assert.deepEqual(
             { ids: found.data.map((k) => k.id), page: found.page, pages: found.pages, total: found.total },
@@ -101,6 +102,25 @@ describe("KeysService pages over the sorted ids", () => {
       ),
       { numRuns: 100 },
     );
+  });
+
+  test("a fractional page (as ?page=1.09 gives) answers the whole page it falls in", async () => {
+    // 0.09 × 50 is 4.5000000000000036 in floating point: a slice whose bounds kept their fractions never ended.
+    const many = Array.from({ length: 120 }, (_, i) => rec(`key_${String(i).padStart(3, "0")}`));
+    const keys = service(new Snapshot(many, new MatcherCache()));
+    for (const [page, want] of [
+      [1.09, 1],
+      [2.99, 2],
+      [0.5, 1],
+      [Number.NaN, 1],
+      [Number.POSITIVE_INFINITY, 3],
+    ] as const) {
+      const found = await keys.search("", page, 50);
+      assert.equal(found.page, want, `page ${page}`);
+      assert.equal(found.data.length, want === 3 ? 20 : 50);
+      const filtered = await keys.search("key", page, 50);
+      assert.equal(filtered.page, want, `page ${page}, filtered`);
+    }
   });
 
   test("upperBound finds the first id after a cursor", () => {
