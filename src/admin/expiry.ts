@@ -138,7 +138,7 @@ export class ExpiryWatcher {
       change: (snap, _cause, changes) => {
         if (changes !== undefined) {
           const now = this.now();
-          for (const c of changes) this.track(changedId(c), snap.record(changedId(c)), now);
+          for (const id of changes.map(changedId)) this.track(id, snap.record(id), now);
         } else this.trackAll(snap);
         this.schedule();
       },

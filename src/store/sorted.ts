@@ -85,13 +85,19 @@ export class SortedIds implements Iterable<string> {
     const c = this.chunkFor(id);
     const chunk = this.chunks[c];
     if (chunk === undefined) return this.length;
-    return (this.starts[c] as number) + lowerBound(chunk, id);
+    return (this.starts[c] as number) + partitionPoint(chunk.length, (k) => (chunk[k] as string) < id);
   }
 
   /** The first place whose id is greater than `id` (length when none). */
   upperBound(id: string): number {
+    const at = this.indexOf(id);
+    return at >= 0 ? at + 1 : this.lowerBound(id);
+  }
+
+  /** The place of `id`, or -1 when it is not in the list. */
+  indexOf(id: string): number {
     const at = this.lowerBound(id);
-    return this.at(at) === id ? at + 1 : at;
+    return this.at(at) === id ? at : -1;
   }
 
   /**
@@ -135,30 +141,28 @@ export class SortedIds implements Iterable<string> {
 
   /** The chunk holding place `i` (binary search over the chunks' starts). */
   private chunkAt(i: number): number {
-    return upperBoundNumber(this.starts, i) - 1;
+    return partitionPoint(this.starts.length, (c) => (this.starts[c] as number) <= i) - 1;
   }
 
   /** The first chunk whose last id is not less than `id`: where `id` is, or would go (chunks.length when after all). */
   private chunkFor(id: string): number {
-    let lo = 0;
-    let hi = this.chunks.length;
-    while (lo < hi) {
-      const mid = (lo + hi) >>> 1;
-      const chunk = this.chunks[mid] as readonly string[];
-      if ((chunk[chunk.length - 1] as string) < id) lo = mid + 1;
-      else hi = mid;
-    }
-    return lo;
+    return partitionPoint(this.chunks.length, (c) => {
+      const chunk = this.chunks[c] as readonly string[];
+      return (chunk[chunk.length - 1] as string) < id;
+    });
   }
 }
 
-/** The first place in sorted `items` whose number is greater than `n`. */
-function upperBoundNumber(items: readonly number[], n: number): number {
+/**
+ * The first of places 0 to `count` - 1 for which `before` is false, `count`
+ * when none (a binary search: `before` holds for a prefix of the places).
+ */
+function partitionPoint(count: number, before: (place: number) => boolean): number {
   let lo = 0;
-  let hi = items.length;
+  let hi = count;
   while (lo < hi) {
     const mid = (lo + hi) >>> 1;
-    if ((items[mid] as number) <= n) lo = mid + 1;
+    if (before(mid)) lo = mid + 1;
     else hi = mid;
   }
   return lo;
@@ -232,18 +236,6 @@ export async function sortIds(groups: readonly string[][], chunkSize = CHUNK): P
   return SortedIds.ofChunks(chunks, chunkSize);
 }
 
-/** The first index of sorted `items` whose element is not less than `id`. */
-function lowerBound(items: readonly string[], id: string): number {
-  let lo = 0;
-  let hi = items.length;
-  while (lo < hi) {
-    const mid = (lo + hi) >>> 1;
-    if ((items[mid] as string) < id) lo = mid + 1;
-    else hi = mid;
-  }
-  return lo;
-}
-
 /**
  * A new sorted list: `items` (sorted, unique) after `present`, which says for
  * each id whether it is in the result. A few edits splice a copy; many merge
@@ -253,7 +245,7 @@ export function editSorted(items: readonly string[], present: ReadonlyMap<string
   if (present.size <= 32) {
     const out = items.slice();
     for (const [id, keep] of present) {
-      const at = lowerBound(out, id);
+      const at = partitionPoint(out.length, (k) => (out[k] as string) < id);
       const has = out[at] === id;
       if (keep && !has) out.splice(at, 0, id);
       else if (!keep && has) out.splice(at, 1);

@@ -296,7 +296,7 @@ describe("sorted ids", () => {
     );
   });
 
-  test("property: SortedIds answers at, slice, lowerBound and upperBound as the plain sorted array", () => {
+  test("property: SortedIds answers at, slice, lowerBound, upperBound and indexOf as the plain sorted array", () => {
     fc.assert(
       fc.property(
         fc.uniqueArray(fc.string({ maxLength: 3 }), { maxLength: 300 }),
@@ -320,6 +320,7 @@ describe("sorted ids", () => {
               ids.upperBound(p),
               plainBound(plain, (x) => x <= p),
             );
+            assert.equal(ids.indexOf(p), plain.indexOf(p));
           }
         },
       ),

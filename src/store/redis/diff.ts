@@ -49,8 +49,8 @@ export class ResyncDiff {
   see(id: string, text: string): boolean {
     const old = this.previous.record(id);
     if (old !== undefined) {
-      const at = this.ids.lowerBound(id);
-      if (this.ids.at(at) === id && this.read[at] === 0) {
+      const at = this.ids.indexOf(id);
+      if (at >= 0 && this.read[at] === 0) {
         this.read[at] = 1;
         this.found++;
       }

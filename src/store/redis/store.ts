@@ -667,25 +667,24 @@ export class RedisKeyStore implements KeyStore {
       if (kind === "gone") throw new Error("its data vanished during a resync");
       if (gen2 !== gen || kind === "full") continue;
       const logged = kind === "delta" ? deltaChanges(reply) : [];
+      let snapshot: Snapshot;
+      let applied: KeyChange[] | undefined;
       if (builder !== undefined) {
         for (const c of logged) {
           if (c.kind === "delete") builder.remove(c.id);
           else builder.add(c.record);
         }
-        const built = builder.finish();
+        snapshot = builder.finish();
         // Its sorted ids now, a slice at a time, before it serves: the next resync's diff needs them, and building
         // them then would put the scavenges of a million young ids into the turns of a replica under load.
-        await built.sortedIds();
-        this.generation = gen;
-        this.version = Number(v2);
-        this.install(built, cause);
+        await snapshot.sortedIds();
       } else {
-        this.generation = gen;
-        this.version = Number(v2);
-        const applied = [...(changes ?? []), ...logged];
-        this.install((previous as Snapshot).withChanges(applied), cause, applied);
+        applied = [...(changes ?? []), ...logged];
+        snapshot = (previous as Snapshot).withChanges(applied);
       }
-      const snapshot = this.snapshot;
+      this.generation = gen;
+      this.version = Number(v2);
+      this.install(snapshot, cause, applied);
       if (cause !== "load") {
         this.options.notice?.("store_resynced", `resynced ${snapshot.size} keys from ${this.description}`, {
           keys: snapshot.size,
