@@ -11,7 +11,7 @@ import { randomBytes } from "node:crypto";
 import { createClient } from "redis";
 import type { KeyRecord } from "../keysfile.js";
 import { encodeRecord, readable } from "./record.js";
-import { journalAppendLua, LOG_MAX, redisKeys } from "./store.js";
+import { journalAppendLua, LOG_MAX, redisKeys, scanPage } from "./store.js";
 
 /** Records per import script call. */
 const IMPORT_BATCH = 1_000;
@@ -193,11 +193,10 @@ export async function exportRecords(
   const out: KeyRecord[] = [];
   let cursor = "0";
   do {
-    const page = await client.hScan(names.keys, cursor, { COUNT: IMPORT_BATCH });
+    const page = await scanPage(client, names.keys, cursor, IMPORT_BATCH);
     cursor = page.cursor;
-    for (const e of page.entries) {
-      out.push(readable(e.field, e.value));
-    }
+    for (let i = 0; i < page.items.length; i += 2)
+      out.push(readable(page.items[i] as string, page.items[i + 1] as string));
     progress?.(out.length, total);
   } while (cursor !== "0");
   out.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
