@@ -3,11 +3,11 @@
  * A small router (exact paths and `:param` segments) with JSON errors; the
  * public listener never answers these routes.
  */
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import type { IncomingMessage, Server, ServerResponse } from "node:http";
 import type { Logger } from "pino";
 import { Registry } from "prom-client";
 import { readBearer } from "../policy/credential.js";
-import { listenOn, SERVER_LIMITS, sendJson } from "../util/http.js";
+import { createLimitedServer, listenOn, sendJson } from "../util/http.js";
 import { StoreUnavailableError } from "../store/store.js";
 import { ApiError, storeUnavailable } from "./errors.js";
 
@@ -81,12 +81,7 @@ export class AdminServer {
   private readonly routes: Route[] = [];
 
   constructor(private readonly deps: AdminDeps) {
-    this.server = createServer({
-      maxHeaderSize: SERVER_LIMITS.maxHeaderSize,
-      headersTimeout: SERVER_LIMITS.headersTimeout,
-      requestTimeout: 60_000,
-      keepAliveTimeout: 5_000,
-    });
+    this.server = createLimitedServer({ requestTimeout: 60_000, keepAliveTimeout: 5_000 });
     this.route("GET", "/healthz", { auth: PUBLIC }, (_req, res) => sendJson(res, 200, { status: "ok" }));
     this.route("GET", "/readyz", { auth: PUBLIC }, (_req, res) => {
       const r = this.deps.ready?.();

@@ -6,7 +6,7 @@
  * ever forwarded and no request body is ever read.
  */
 import { ACCESS_LINE, DecisionRecorder } from "../metrics/denials.js";
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import type { IncomingMessage, Server, ServerResponse } from "node:http";
 import type { Socket } from "node:net";
 import { performance } from "node:perf_hooks";
 import type { Logger } from "pino";
@@ -26,7 +26,7 @@ import {
   listenOn,
   requestIdOf,
   sendJson,
-  SERVER_LIMITS,
+  createLimitedServer,
 } from "../util/http.js";
 
 /** What the decision listener needs: the same parts as the proxy's, so decisions count, log and observe alike. */
@@ -124,12 +124,7 @@ export class DecisionServer {
       routes: c.routeScopes,
     };
     deps.metrics.countInflightWith(() => this.inflight.size);
-    this.server = createServer({
-      maxHeaderSize: SERVER_LIMITS.maxHeaderSize,
-      headersTimeout: SERVER_LIMITS.headersTimeout,
-      requestTimeout: SERVER_LIMITS.requestTimeout,
-      keepAliveTimeout: SERVER_LIMITS.keepAliveTimeout,
-    });
+    this.server = createLimitedServer();
     this.server.on("request", (req: IncomingMessage, res: ServerResponse) => this.handle(req, res));
     // No "upgrade" listener: Node then hands Upgrade requests to the request handler, so
     // they are asked about like any other and answered with a plain response, never a tunnel.

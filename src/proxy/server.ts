@@ -3,7 +3,7 @@
  * for a decision, then forwards (HTTP or upgrade) or answers with the JSON of
  * SPEC §4. Nothing else decides.
  */
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import type { IncomingMessage, Server, ServerResponse } from "node:http";
 import type { Socket } from "node:net";
 import { performance } from "node:perf_hooks";
 import type { Duplex, Readable } from "node:stream";
@@ -14,7 +14,7 @@ import type { SourceTracker } from "../metrics/sources.js";
 import { compilePlaces } from "../policy/credential.js";
 import { enforce, ipPathOf, type EnforceSettings, type Enforcement } from "../policy/enforce.js";
 import type { KeyStore } from "../store/store.js";
-import { forwardedFor, hasBody, InFlight, listenOn, requestIdOf, SERVER_LIMITS } from "../util/http.js";
+import { createLimitedServer, forwardedFor, hasBody, InFlight, listenOn, requestIdOf } from "../util/http.js";
 import { Forwarder, UPSTREAM_CONNECTIONS, type ForwardResult, type Identity } from "./forward.js";
 import { answer, answerPlanned, answerPlanOnSocket, answerSocket } from "./respond.js";
 import { perProcess, type Limits } from "../config/limits.js";
@@ -71,12 +71,7 @@ export class ProxyServer {
       c.sandboxUpstream === undefined
         ? undefined
         : new Forwarder({ upstream: c.sandboxUpstream, timeoutMs: c.upstreamTimeoutMs });
-    this.server = createServer({
-      maxHeaderSize: SERVER_LIMITS.maxHeaderSize,
-      headersTimeout: SERVER_LIMITS.headersTimeout,
-      requestTimeout: SERVER_LIMITS.requestTimeout,
-      keepAliveTimeout: SERVER_LIMITS.keepAliveTimeout,
-    });
+    this.server = createLimitedServer();
     this.server.on("request", (req: IncomingMessage, res: ServerResponse) => this.handle(req, res));
     this.server.on("upgrade", (req: IncomingMessage, socket: Duplex, head: Buffer) =>
       this.handleUpgrade(req, socket, head),

@@ -1,6 +1,12 @@
 /** Small HTTP helpers shared by both listeners. */
 import { randomUUID } from "node:crypto";
-import type { IncomingMessage, OutgoingHttpHeaders, Server, ServerResponse } from "node:http";
+import {
+  createServer,
+  type IncomingMessage,
+  type OutgoingHttpHeaders,
+  type Server,
+  type ServerResponse,
+} from "node:http";
 
 /** Headers that describe one connection, never forwarded (RFC 9110 §7.6.1, plus the legacy proxy ones). */
 export const HOP_BY_HOP = new Set([
@@ -47,6 +53,22 @@ export const SERVER_LIMITS = {
 export function forwardedFor(req: IncomingMessage): string | undefined {
   const h = req.headers["x-forwarded-for"];
   return typeof h === "string" || h === undefined ? h : h.join(", ");
+}
+
+/**
+ * A server with {@link SERVER_LIMITS}, `timeouts` replacing its timeouts,
+ * that reads every header line the size limit lets in. Node's default reads
+ * the first 2,000 and silently drops the rest: a credential, a forwarded
+ * address or a method override behind enough filler lines went unseen, while
+ * an ingress asking the decision listener passes them all to the application.
+ */
+export function createLimitedServer(
+  timeouts: { readonly requestTimeout?: number; readonly keepAliveTimeout?: number } = {},
+): Server {
+  const server = createServer({ ...SERVER_LIMITS, ...timeouts });
+  // 0: no limit on the count (Node's parser reads "no more than 0" as unlimited); maxHeaderSize bounds the bytes.
+  server.maxHeadersCount = 0;
+  return server;
 }
 
 /** Starts `server` on `host:port`; resolves with the bound address (port 0 picks one), rejects when it cannot bind. */

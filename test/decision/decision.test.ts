@@ -51,6 +51,9 @@ function check(c: Case, r: Reply): void {
 
 const xff = (v: string): [string, string] => ["X-Forwarded-For", v];
 
+/** 2,100 header lines of 6 bytes each: past Node's default count, within keyfence's 16 KiB of headers. */
+const FILLER: Array<[string, string]> = Array.from({ length: 2_100 }, () => ["F", "1"]);
+
 /** Behind a trusted ingress on loopback: what the ingress says about the original request counts. */
 const BEHIND_INGRESS: Case[] = [
   { desc: "allowed network", headers: [bearer("s_office"), xff("203.0.113.9")], status: 200, keyId: "k_office" },
@@ -236,6 +239,17 @@ describe("decision listener behind a trusted ingress", () => {
       const r = await send(`${fx.kf.decisionUrl}${c.path ?? "/"}`, { method: c.method, headers: c.headers });
       check(c, r);
       assert.equal(fx.up.seen.length, 0, "nothing ever reaches the upstream");
+    });
+  }
+
+  // An ingress passes every header line on to the application (Caddy sorts them by name, so a client picks
+  // which come last); Node reads only the first 2,000 unless told otherwise. Every question above, with its
+  // own headers after 2,100 others, must be decided the same: nothing said late may go unseen.
+  for (const c of BEHIND_INGRESS) {
+    test(`${c.desc}, after 2,100 other header lines`, async () => {
+      const headers = [...FILLER, ...c.headers];
+      const r = await send(`${fx.kf.decisionUrl}${c.path ?? "/"}`, { method: c.method, headers });
+      check(c, r);
     });
   }
 

@@ -109,6 +109,8 @@ export async function startUpstream(): Promise<Upstream> {
     ws.send(JSON.stringify({ hello: true, xff: req.headers["x-forwarded-for"], url: req.url, headers: req.headers }));
     ws.on("message", (data, isBinary) => ws.send(data, { binary: isBinary }));
   });
+  // Every header line recorded, as an application reading all of them would (Node's default keeps 2,000).
+  server.maxHeadersCount = 0;
   await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
   const port = (server.address() as AddressInfo).port;
   return {

@@ -24,6 +24,8 @@ const CLIENT = "127.0.0.2";
 const KEYS: TestKey[] = [
   { id: "k_allowed", secret: "s_allowed", allow: [CLIENT], scopes: ["messages:send", "reports:read"] },
   { id: "k_denied", secret: "s_denied", allow: ["203.0.113.0/24"] },
+  // Allowed from the ingress's own address only: usable by a client only if keyfence mistook the ingress for it.
+  { id: "k_ingress", secret: "s_ingress", allow: ["127.0.0.1"] },
 ];
 const DENIED_BODY = `{"message":"source IP ${CLIENT} is not allowed for this API key"}`;
 
@@ -296,6 +298,18 @@ for (const [name, pkg, command, starter] of ingresses) {
         assert.equal(r.headers["x-keyfence-reason"], "missing_scope");
       }
       assert.equal(up.seen.length, n, "nothing reaches the upstream");
+    });
+
+    test("a key and the client address said after 2,100 other header lines still count", async () => {
+      // The ingress passes every line on, Caddy sorted by name: these "B" lines come between Authorization and
+      // X-Forwarded-For. Node reads only the first 2,000 lines unless told otherwise, so keyfence once decided
+      // with the key but without the address, taking the ingress's own for the client's.
+      const filler: Array<[string, string]> = Array.from({ length: 2_100 }, () => ["B", "1"]);
+      for (const secret of ["s_denied", "s_ingress"]) {
+        const { r, seen } = await ask("/v1/x", [...filler, bearer(secret)]);
+        assert.ok(r.status >= 400 && r.status < 500, `${secret}: ${r.status} ${r.body.slice(0, 200)}`);
+        assert.equal(seen.length, 0, `${secret}: nothing reaches the upstream`);
+      }
     });
 
     test("ping: keyfence answers it, the upstream never sees it", async () => {

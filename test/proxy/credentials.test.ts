@@ -63,6 +63,20 @@ describe("Authorization spellings on the wire", () => {
       assert.equal(fx.up.seen.length, n);
     });
   }
+  test("a key after 2,100 other header lines is still checked, and every line reaches the upstream", async () => {
+    // Node reads only the first 2,000 header lines unless told otherwise: a key said later went unseen.
+    const filler = "F: 1\r\n".repeat(2_100);
+    const n = fx.up.seen.length;
+    const denied = await raw(fx.kf.url, get("/late", `${filler}Authorization: Bearer s_office\r\n`));
+    assert.equal(denied.status, 403, denied.body);
+    assert.equal(denied.reason, "ip_not_allowed");
+    assert.equal(fx.up.seen.length, n, "never forwarded");
+    const allowed = await raw(fx.kf.url, get("/late", `${filler}Authorization: Bearer s_local\r\n`));
+    assert.equal(allowed.status, 200, allowed.body);
+    const seen = fx.up.seen[n];
+    assert.equal(seen?.headers.authorization, "Bearer s_local");
+    assert.equal(seen?.rawHeaders.filter((h, i) => i % 2 === 0 && h.toLowerCase() === "f").length, 2_100);
+  });
   test("the strict form still works, with a tab too", async () => {
     assert.equal((await raw(fx.kf.url, get("/ok", "Authorization: Bearer\ts_local\r\n"))).status, 200);
     assert.equal((await raw(fx.kf.url, get("/ok", "Authorization: Bearer\ts_office\r\n"))).status, 403);
