@@ -27,6 +27,10 @@ const KEYS: TestKey[] = [
   // Allowed from the ingress's own address only: usable by a client only if keyfence mistook the ingress for it.
   { id: "k_ingress", secret: "s_ingress", allow: ["127.0.0.1"] },
 ];
+/** The header names in `raw` with an underscore: ones an application may read as a dashed name it trusts. */
+const underscored = (raw: readonly string[] | undefined): string[] =>
+  (raw ?? []).filter((name, i) => i % 2 === 0 && name.includes("_"));
+
 const DENIED_BODY = `{"message":"source IP ${CLIENT} is not allowed for this API key"}`;
 
 /** A TCP relay in front of keyfence's decision listener: counts what the ingress sends; `down` refuses everything. */
@@ -320,20 +324,40 @@ for (const [name, pkg, command, starter] of ingresses) {
       assert.equal(seen.length, 0);
     });
 
+    test("ping: a client's own X-Forwarded-Uri or X-Original-URI does not change what is asked", async () => {
+      for (const [name, value] of [
+        ["X-Forwarded-Uri", "/v1/admin/x"],
+        ["X-Forwarded-Method", "POST"],
+        ["X-Original-URI", "/v1/admin/x"],
+        ["X-Original-Method", "POST"],
+      ] as const) {
+        const { r, seen } = await ask("/_keyfence/ping", [bearer("s_allowed"), [name, value]]);
+        assert.equal(r.body, '{"message":"pong"}', `${name}: ${r.status}`);
+        assert.equal(seen.length, 0);
+      }
+    });
+
     test("identity: keyfence's scopes and sandbox flag reach the upstream, never a client-sent spelling", async () => {
+      // Underscore spellings too: CGI, PHP and WSGI applications read X-Keyfence_Key-Id as X-Keyfence-Key-Id.
       const spoofs: Array<[string, string]> = [
         ["X-Keyfence-Key-Scopes", "admin"],
         ["x-keyfence-sandbox", "true"],
         ["X-KEYFENCE-KEY-ID", "k_forged"],
+        ["X-Keyfence_Key-Id", "k_forged"],
+        ["X_Keyfence_Key_Scopes", "admin"],
+        ["X-Keyfence_Sandbox", "true"],
+        ["x_keyfence-key-id", "k_forged"],
       ];
       const { r, seen } = await ask("/v1/x", [bearer("s_allowed"), ...spoofs]);
       assert.equal(r.status, 200, r.body);
       const h = seen[0]?.headers ?? {};
+      assert.deepEqual(underscored(seen[0]?.rawHeaders), [], "no underscore spelling reaches the application");
       assert.equal(h["x-keyfence-key-id"], "k_allowed");
       assert.equal(h["x-keyfence-key-scopes"], "messages:send reports:read");
       assert.equal(h["x-keyfence-sandbox"], "false");
       const unknown = await ask("/v1/x", [bearer("nope"), ...spoofs]);
       const u = unknown.seen[0]?.headers ?? {};
+      assert.deepEqual(underscored(unknown.seen[0]?.rawHeaders), []);
       for (const name of ["x-keyfence-key-id", "x-keyfence-key-scopes", "x-keyfence-sandbox"]) {
         assert.ok(!u[name], `${name}: ${String(u[name])}`);
       }
@@ -351,10 +375,15 @@ for (const [name, pkg, command, starter] of ingresses) {
         bearer("s_allowed"),
         ["X-Real-IP", "203.0.113.9"],
         ["Forwarded", "for=203.0.113.9"],
+        ["X_Real_IP", "203.0.113.9"],
+        ["X-Real_IP", "203.0.113.9"],
+        ["X_Forwarded_For", "203.0.113.9"],
+        ["X-Forwarded_For", "203.0.113.9"],
       ]);
       assert.equal(r.status, 200, r.body);
       assert.equal(seen[0]?.headers["x-real-ip"], CLIENT);
       assert.equal(seen[0]?.headers["forwarded"], undefined);
+      assert.deepEqual(underscored(seen[0]?.rawHeaders), [], "no underscore spelling reaches the application");
     });
 
     test("unknown key (forwarded): no key id reaches the upstream, not even a client-sent one", async () => {
