@@ -192,11 +192,15 @@ function basicKeys(value: string, places: CompiledPlaces, out: string[]): Creden
 /**
  * Normalises a query parameter name the way the loosest common parsers read
  * it, so every spelling an upstream may take for NAME counts as NAME: `+` as
- * space, %XX decoded, leading spaces dropped, ASCII lowercase, a `[...]`
- * suffix dropped (PHP and qs arrays), and space, `.` and `[` as `_` (PHP).
+ * space, %XX decoded, cut at a NUL (PHP reads `api_key%00x` as `api_key`),
+ * leading spaces dropped, ASCII lowercase, a `[...]` suffix dropped (PHP and
+ * qs arrays), and space, `.` and `[` as `_` (PHP).
  */
 export function normalizeQueryName(raw: string): string {
-  let s = percentDecodeLoose(raw.replace(/\+/g, " ")).replace(/^ +/, "").toLowerCase();
+  let s = percentDecodeLoose(raw.replace(/\+/g, " "));
+  const nul = s.indexOf("\0");
+  if (nul >= 0) s = s.slice(0, nul);
+  s = s.replace(/^ +/, "").toLowerCase();
   const open = s.indexOf("[");
   if (open > 0 && s.indexOf("]", open) > open) s = s.slice(0, open);
   return s.replace(/[ .[]/g, "_");

@@ -139,6 +139,11 @@ describe("credential places", () => {
     { desc: "query name with a dot (PHP reads api_key)", target: "/a?api.key=k1", expect: TOKEN("k1") },
     { desc: "query array name", target: "/a?api_key[]=k1", expect: TOKEN("k1") },
     { desc: "query name with a leading + (space)", target: "/a?+api_key=k1", expect: TOKEN("k1") },
+    // PHP cuts a decoded name at its first NUL: each of these is $_GET['api_key'] there.
+    { desc: "query name ending in an encoded NUL", target: "/a?api_key%00=k1", expect: TOKEN("k1") },
+    { desc: "query name with an encoded NUL, then more", target: "/a?api_key%00x=k1", expect: TOKEN("k1") },
+    { desc: "query name with a NUL, twice", target: "/a?api_key=k1&api%5Fkey%00%00=k2", expect: MULTIPLE },
+    { desc: "query name cut to nothing: not the key", target: "/a?%00api_key=k1", expect: MISSING },
     { desc: "query semicolon separator", target: "/a?x=1;api_key=k1", expect: TOKEN("k1") },
     { desc: "query twice", target: "/a?api_key=k1&api_key=k1", expect: MULTIPLE },
     { desc: "query twice, spelled apart", target: "/a?api_key=k1&API%5Fkey=k2", expect: MULTIPLE },

@@ -89,6 +89,8 @@ describe("route_scopes: matching table", () => {
     ["POST", "/v2/keys", ["keys:delete"], [], "_METHOD=DELETE"],
     ["POST", "/v2/keys", ["keys:delete"], [], "+_method=DELETE"],
     ["POST", "/v2/keys", ["keys:delete"], [], "_method[]=DELETE"],
+    ["POST", "/v2/keys", ["keys:delete"], [], "_method%00=DELETE"],
+    ["POST", "/v2/keys", ["keys:delete"], [], "_method%00x=DELETE"],
     ["POST", "/v2/keys", ["keys:delete"], [], "a=1;_method=DELETE"],
     ["POST", "/v2/keys", ["keys:delete"], [], "_method=DEL%45TE"],
     ["POST", "/v2/keys", ["keys:delete"], [], "_method=+DELETE+"],

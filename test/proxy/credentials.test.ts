@@ -100,6 +100,9 @@ describe("keys.credentials: keys in every listed place", () => {
       { path: () => "/p", headers: (k) => [basic(k)] },
       { path: (k) => `/p?x=1&api_key=${k}`, headers: () => [] },
       { path: (k) => `/p?API%5Fkey=${k}`, headers: () => [] },
+      // PHP cuts a decoded parameter name at its first NUL: $_GET['api_key'] there.
+      { path: (k) => `/p?api_key%00=${k}`, headers: () => [] },
+      { path: (k) => `/p?api_key%00.x=${k}`, headers: () => [] },
     ];
     for (const p of places) {
       const what = JSON.stringify([p.path("K"), p.headers("K")]);
