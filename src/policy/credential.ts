@@ -51,14 +51,15 @@ const MULTIPLE = { kind: "invalid", reason: "multiple_credentials" } as const;
 const MALFORMED = { kind: "invalid", reason: "malformed_credential" } as const;
 
 /**
- * A header name as upstreams tell headers apart: case folded and `_` read as
- * `-`, because CGI, WSGI, PHP and Rack hand `X_API_Key` to the application as
- * `HTTP_X_API_KEY`, the same variable as `X-API-Key`.
+ * A header name as upstreams tell headers apart: case folded, and `_` and `.`
+ * read as `-`, because CGI, WSGI, PHP and Rack hand `X_API_Key` to the
+ * application as `HTTP_X_API_KEY`, the same variable as `X-API-Key`, and PHP
+ * does the same with `X.API.Key` (it turns `.` in a variable name into `_`).
  */
 export function upstreamHeaderName(name: string): string {
   const lower = name.toLowerCase();
-  // Called for request headers on the request path: most names have no `_`, and need no copy.
-  return lower.includes("_") ? lower.replace(/_/g, "-") : lower;
+  // Called for request headers on the request path: most names have neither, and need no copy.
+  return lower.includes("_") || lower.includes(".") ? lower.replace(/[_.]/g, "-") : lower;
 }
 
 /** Compiles a `keys.credentials` list. */

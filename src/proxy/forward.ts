@@ -84,18 +84,19 @@ export interface Identity {
 
 /**
  * True for a header keyfence owns (`X-Keyfence-*`), in any case and with `_`
- * for `-` anywhere in the prefix: CGI, WSGI, PHP and Rack upstreams read
- * `X_Keyfence_Key_Id` as `HTTP_X_KEYFENCE_KEY_ID`, the same variable as the real one.
+ * or `.` for `-` anywhere in the prefix: CGI, WSGI, PHP and Rack upstreams read
+ * `X_Keyfence_Key_Id` (PHP also `X.Keyfence.Key.Id`) as `HTTP_X_KEYFENCE_KEY_ID`,
+ * the same variable as the real one (see {@link upstreamHeaderName}).
  */
 export function isKeyfenceHeader(name: string): boolean {
-  return name.length > 11 && (name.charCodeAt(0) | 32) === 120 && /^x[-_]keyfence[-_]/i.test(name);
+  return name.length > 11 && (name.charCodeAt(0) | 32) === 120 && /^x[-_.]keyfence[-_.]/i.test(name);
 }
 
 /**
  * Builds the request headers for the upstream from the client's raw headers
  * (order, case and repeats kept), with `requestId` as X-Request-Id.
  * `keepUpgrade` keeps Connection/Upgrade for WebSocket handshakes. Client-sent
- * `X-Keyfence-*` headers, and X-Forwarded-* ones spelled with `_`, are always
+ * `X-Keyfence-*` headers, and X-Forwarded-* ones spelled with `_` or `.`, are always
  * dropped, and client-address headers (`Forwarded`, `X-Real-IP`...) unless the
  * peer is a trusted proxy; `identity`, when given, is sent instead.
  */

@@ -27,9 +27,9 @@ const KEYS: TestKey[] = [
   // Allowed from the ingress's own address only: usable by a client only if keyfence mistook the ingress for it.
   { id: "k_ingress", secret: "s_ingress", allow: ["127.0.0.1"] },
 ];
-/** The header names in `raw` with an underscore: ones an application may read as a dashed name it trusts. */
+/** The header names in `raw` with `_` or `.`: ones an application (CGI, PHP) may read as a dashed name it trusts. */
 const underscored = (raw: readonly string[] | undefined): string[] =>
-  (raw ?? []).filter((name, i) => i % 2 === 0 && name.includes("_"));
+  (raw ?? []).filter((name, i) => i % 2 === 0 && (name.includes("_") || name.includes(".")));
 
 const DENIED_BODY = `{"message":"source IP ${CLIENT} is not allowed for this API key"}`;
 
@@ -347,11 +347,14 @@ for (const [name, pkg, command, starter] of ingresses) {
         ["X_Keyfence_Key_Scopes", "admin"],
         ["X-Keyfence_Sandbox", "true"],
         ["x_keyfence-key-id", "k_forged"],
+        // and PHP reads `.` as `_` too
+        ["X.Keyfence.Key.Id", "k_forged"],
+        ["x-keyfence.key-scopes", "admin"],
       ];
       const { r, seen } = await ask("/v1/x", [bearer("s_allowed"), ...spoofs]);
       assert.equal(r.status, 200, r.body);
       const h = seen[0]?.headers ?? {};
-      assert.deepEqual(underscored(seen[0]?.rawHeaders), [], "no underscore spelling reaches the application");
+      assert.deepEqual(underscored(seen[0]?.rawHeaders), [], "no `_` or `.` spelling reaches the application");
       assert.equal(h["x-keyfence-key-id"], "k_allowed");
       assert.equal(h["x-keyfence-key-scopes"], "messages:send reports:read");
       assert.equal(h["x-keyfence-sandbox"], "false");
@@ -379,11 +382,13 @@ for (const [name, pkg, command, starter] of ingresses) {
         ["X-Real_IP", "203.0.113.9"],
         ["X_Forwarded_For", "203.0.113.9"],
         ["X-Forwarded_For", "203.0.113.9"],
+        ["X.Real.IP", "203.0.113.9"],
+        ["X.Forwarded.For", "203.0.113.9"],
       ]);
       assert.equal(r.status, 200, r.body);
       assert.equal(seen[0]?.headers["x-real-ip"], CLIENT);
       assert.equal(seen[0]?.headers["forwarded"], undefined);
-      assert.deepEqual(underscored(seen[0]?.rawHeaders), [], "no underscore spelling reaches the application");
+      assert.deepEqual(underscored(seen[0]?.rawHeaders), [], "no `_` or `.` spelling reaches the application");
     });
 
     test("unknown key (forwarded): no key id reaches the upstream, not even a client-sent one", async () => {

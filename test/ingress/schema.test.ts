@@ -50,6 +50,19 @@ function traefikNeeds(staticDoc: unknown, dynamicDoc: unknown): string[] {
     if (!((auth["authResponseHeaders"] as string[] | undefined) ?? []).includes(h))
       out.push(`authResponseHeaders lists ${h}`);
   }
+  // Traefik removes what the regex matches from the client's request: every spelling a CGI or PHP application
+  // reads as one of keyfence's headers (Go's (?i) prefix is JavaScript's i flag here).
+  const regex = typeof auth["authResponseHeadersRegex"] === "string" ? auth["authResponseHeadersRegex"] : "";
+  const strips = new RegExp(regex.replace(/^\(\?i\)/, ""), regex.startsWith("(?i)") ? "i" : "");
+  for (const h of [
+    "X-Keyfence-Key-Id",
+    "X_Keyfence_Key_Id",
+    "x.keyfence.key.id",
+    "X-Keyfence_Sandbox",
+    "X.Keyfence-Anything",
+  ]) {
+    if (regex === "" || !strips.test(h)) out.push(`authResponseHeadersRegex strips ${h}`);
+  }
   const decisionUrl = typeof auth["address"] === "string" ? auth["address"].replace(/\/$/, "") : "";
   const ping = Object.values(routers).find((r) => String(r["rule"]).startsWith("Path(`/_keyfence/ping`)"));
   if (ping === undefined) out.push("a router for the ping path");
@@ -84,6 +97,16 @@ function traefikNeeds(staticDoc: unknown, dynamicDoc: unknown): string[] {
 }
 
 /** What keyfence needs of the Envoy file; every unmet need, named. */
+/** Every spelling of the dashed header name `h` with `.` for one or more of its `-` (PHP reads them all as `h`). */
+function dotted(h: string): string[] {
+  const parts = h.split("-");
+  const out: string[] = [];
+  for (let mask = 1; mask < 1 << (parts.length - 1); mask++) {
+    out.push(parts.reduce((acc, part, i) => `${acc}${mask & (1 << (i - 1)) ? "." : "-"}${part}`));
+  }
+  return out;
+}
+
 function envoyNeeds(doc: unknown): string[] {
   const out: string[] = [];
   const hcm = at(doc, "static_resources", "listeners", 0, "filter_chains", 0, "filters", 0, "typed_config");
@@ -107,6 +130,9 @@ function envoyNeeds(doc: unknown): string[] {
   for (const h of ["x-real-ip", "forwarded"]) {
     if (!removed.includes(h)) out.push(`a client-sent ${h} removed (the application may read it as the client)`);
   }
+  for (const h of ["x-keyfence-key-id", "x-keyfence-key-scopes", "x-keyfence-sandbox", "x-real-ip"]) {
+    for (const v of dotted(h)) if (!removed.includes(v)) out.push(`a client-sent ${v} removed (PHP reads it as ${h})`);
+  }
   const authz = authAt < 0 ? {} : at(filters[authAt], "typed_config");
   if (authz["failure_mode_allow"] !== false) out.push("failure_mode_allow: false");
   if (authz["with_request_body"] !== undefined) out.push("no request body to keyfence");
@@ -114,6 +140,13 @@ function envoyNeeds(doc: unknown): string[] {
   if (!allowed.some((p) => p["exact"] === "x-forwarded-for")) out.push("x-forwarded-for sent to keyfence");
   for (const h of ["x-http-method-override", "x-http-method", "x-method-override"]) {
     if (!allowed.some((p) => p["exact"] === h)) out.push(`${h} sent to keyfence (route_scopes)`);
+    for (const v of dotted(h)) {
+      const sent = allowed.some((p) => {
+        const re = (p["safe_regex"] as Doc | undefined)?.["regex"];
+        return p["exact"] === v || (typeof re === "string" && new RegExp(`^(?:${re})$`).test(v));
+      });
+      if (!sent) out.push(`${v} sent to keyfence (PHP reads it as ${h})`);
+    }
   }
   const upstreamHeaders = (
     (at(authz, "http_service", "authorization_response", "allowed_upstream_headers")["patterns"] as Doc[]) ?? []
@@ -173,6 +206,11 @@ describe("deploy/ingress/traefik against Traefik's documented fields", () => {
       "no key id copied",
       (_s, d) => (at(d, "http", "middlewares", "keyfence", "forwardAuth")["authResponseHeaders"] = []),
       /X-Keyfence-Key-Id/,
+    ],
+    [
+      "client spellings with `_` or `.` kept",
+      (_s, d) => (at(d, "http", "middlewares", "keyfence", "forwardAuth")["authResponseHeadersRegex"] = "^X-Keyfence-"),
+      /authResponseHeadersRegex strips X_Keyfence_Key_Id/,
     ],
     ["no ping router", (_s, d) => delete at(d, "http", "routers")["keyfence-ping"], /ping path/],
     ["an unguarded router", (_s, d) => (at(d, "http", "routers", "app")["middlewares"] = []), /router app asks/],
@@ -250,6 +288,25 @@ describe("deploy/ingress/envoy against Envoy's documented fields", () => {
         m["request_mutations"] = (m["request_mutations"] as Doc[]).filter((r) => r["remove"] !== "x-real-ip");
       },
       /x-real-ip removed/,
+    ],
+    [
+      "a client-sent X.Keyfence.Key.Id passed on (PHP reads it as X-Keyfence-Key-Id)",
+      (d) => {
+        const strip = (hcmOf(d)["http_filters"] as Doc[]).find(
+          (f) => f["name"] === "envoy.filters.http.header_mutation",
+        );
+        const m = at(strip, "typed_config", "mutations");
+        m["request_mutations"] = (m["request_mutations"] as Doc[]).filter((r) => r["remove"] !== "x.keyfence.key.id");
+      },
+      /x\.keyfence\.key\.id removed/,
+    ],
+    [
+      "a dotted method override kept from keyfence",
+      (d) => {
+        const allowed = at(authzOf(d), "allowed_headers");
+        allowed["patterns"] = (allowed["patterns"] as Doc[]).filter((p) => p["safe_regex"] === undefined);
+      },
+      /x\.http\.method\.override sent to keyfence/,
     ],
     [
       "header names with underscores passed on",

@@ -82,6 +82,8 @@ describe("route_scopes: matching table", () => {
     // ...in every spelling an upstream reads as one: `_` for `-` in header names (CGI, WSGI, PHP,
     // Rack: HTTP_X_HTTP_METHOD_OVERRIDE), and loose query-name parsing (PHP, qs, Rack)
     ["POST", "/v2/keys", ["keys:delete"], ["X_HTTP_Method_Override", "DELETE"]],
+    ["POST", "/v2/keys", ["keys:delete"], ["X.HTTP.Method.Override", "DELETE"]],
+    ["POST", "/v2/keys", ["keys:delete"], ["x-http.method", "delete"]],
     ["POST", "/v2/keys", ["keys:delete"], ["x_http_method", "delete"]],
     ["POST", "/v2/keys", ["keys:delete"], ["X-Method_Override", "DELETE"]],
     ["POST", "/v2/keys", ["keys:delete"], [], "%5Fmethod=DELETE"],

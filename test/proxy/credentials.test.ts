@@ -116,9 +116,9 @@ describe("keys.credentials: keys in every listed place", () => {
     }
   });
 
-  test("a configured header spelled with `_` for `-` is the same place (CGI, WSGI, PHP and Rack read X_API_Key as HTTP_X_API_KEY)", async () => {
+  test("a configured header spelled with `_` or `.` for `-` is the same place (CGI, WSGI, PHP and Rack read X_API_Key, PHP also X.API.Key, as HTTP_X_API_KEY)", async () => {
     const n = fx.up.seen.length;
-    for (const name of ["X_API_Key", "x_api_key", "X-API_KEY"]) {
+    for (const name of ["X_API_Key", "x_api_key", "X-API_KEY", "X.API.Key", "x-api.key"]) {
       const denied = await send(`${fx.kf.url}/u`, { headers: [[name, "s_office"]] });
       assert.equal(denied.status, 403, `${name}: the key is checked like X-API-Key`);
       const twice = await send(`${fx.kf.url}/u`, { headers: [[name, "s_office"], bearer("s_local")] });

@@ -65,7 +65,7 @@ describe("proxy: no trusted proxies", () => {
     assert.equal(r.headers["x-keyfence-reason"], undefined, "forwarded answers carry no keyfence reason");
   });
 
-  test("X-Forwarded-* spelled with `_` never reaches the upstream (CGI, WSGI, PHP and Rack read it as the real one)", async () => {
+  test("X-Forwarded-* spelled with `_` or `.` never reaches the upstream (CGI, WSGI, PHP and Rack read it as the real one)", async () => {
     const n = fx.up.seen.length;
     const r = await send(`${fx.kf.url}/x`, {
       headers: [
@@ -74,13 +74,16 @@ describe("proxy: no trusted proxies", () => {
         ["x_forwarded_proto", "https"],
         ["X-Forwarded_Host", "evil.example"],
         ["X_FORWARDED-HOST", "evil.example"],
+        // PHP reads `.` in a name as `_` too
+        ["X.Forwarded.For", "203.0.113.4"],
+        ["x-forwarded.proto", "https"],
       ],
     });
     assert.equal(r.status, 200);
     const s = fx.up.seen[n]!;
     const names = s.rawHeaders.filter((_, i) => i % 2 === 0).map((h) => h.toLowerCase());
     assert.deepEqual(
-      names.filter((h) => /^x[-_]forwarded[-_]/.test(h)),
+      names.filter((h) => /^x[-_.]forwarded[-_.]/.test(h)),
       ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"],
       "only keyfence's own spellings",
     );
@@ -94,6 +97,7 @@ describe("proxy: no trusted proxies", () => {
       ["Forwarded", "for=203.0.113.4;proto=https;host=evil.example"],
       ["X-Real-IP", "203.0.113.4"],
       ["X_Real_IP", "203.0.113.4"],
+      ["X.Real.IP", "203.0.113.4"],
       ["True-Client-IP", "203.0.113.4"],
       ["X-Client-IP", "203.0.113.4"],
       ["Client-IP", "203.0.113.4"],

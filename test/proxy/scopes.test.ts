@@ -130,6 +130,9 @@ describe("route_scopes through the proxy", () => {
       // CGI, WSGI, PHP and Rack upstreams read these as the same variable (HTTP_X_HTTP_METHOD_OVERRIDE)
       "X_HTTP_Method_Override: GET",
       "X_HTTP_METHOD: GET",
+      // PHP also reads `.` as `_` (php -S, php-fpm behind Caddy): HTTP_X_HTTP_METHOD_OVERRIDE again
+      "X.HTTP.Method.Override: GET",
+      "X-HTTP.Method: GET",
     ]) {
       const r = await raw(f.kf.url, req("POST", "/v2/reports/1", "s_plain", `${h}\r\n`));
       assert.equal(r.status, 403, h);
@@ -335,6 +338,9 @@ const SPOOFS = [
   "X-KEYFENCE-KEY-ID: forged",
   "X_Keyfence_Key_Id: forged",
   "x_keyfence-key_id: forged",
+  "X.Keyfence.Key.Id: forged",
+  "x-keyfence.key-scopes: admin",
+  "X.Keyfence_Sandbox: true",
   "X-Keyfence_Key-Scopes: admin",
   "X-Keyfence-Sandbox: false",
   "X-Keyfence-Anything: forged",
