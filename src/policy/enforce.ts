@@ -51,6 +51,8 @@ export interface RequestFacts {
   readonly peer: string | undefined;
   /** The X-Forwarded-For value, repeated lines joined with commas. */
   readonly forwardedFor: string | undefined;
+  /** The request's HTTP version ("1.1", "1.0"); undefined skips the Host check (see {@link enforce}). */
+  readonly httpVersion?: string | undefined;
 }
 
 /**
@@ -235,8 +237,23 @@ export function enforceCredential(
   return { decision, plan: planOf(decision, ping), target, path, decided: true };
 }
 
-/** The enforcement step: credential → key → client IP → decision → plan. Pure apart from the lookup's cache; never throws. */
+/**
+ * The enforcement step: credential → key → client IP → decision → plan. Pure
+ * apart from the lookup's cache; never throws. A request to be forwarded
+ * (`httpVersion` given) with two Host headers, or none in HTTP/1.1, is
+ * refused first (RFC 9112 §3.2): an upstream would refuse it or pick one.
+ */
 export function enforce(facts: RequestFacts, keys: KeyLookup, settings: EnforceSettings): Enforcement {
   const client = resolveClientIp(facts.peer, facts.forwardedFor, settings.trust);
+  if (facts.httpVersion !== undefined) {
+    let hosts = 0;
+    for (let i = 0; i < facts.rawHeaders.length; i += 2) {
+      const name = facts.rawHeaders[i] as string;
+      if (name.length === 4 && name.toLowerCase() === "host") hosts++;
+    }
+    if (hosts > 1) return badRequest(facts.url, client, settings, "multiple Host headers");
+    if (hosts === 0 && facts.httpVersion !== "1.0")
+      return badRequest(facts.url, client, settings, "missing Host header");
+  }
   return enforceFor(facts.rawHeaders, facts.url, client, keys, settings, facts.method);
 }

@@ -71,7 +71,8 @@ export class ProxyServer {
       c.sandboxUpstream === undefined
         ? undefined
         : new Forwarder({ upstream: c.sandboxUpstream, timeoutMs: c.upstreamTimeoutMs });
-    this.server = createLimitedServer();
+    // A request without Host reaches the handler, to get keyfence's JSON 400 rather than Node's bare one.
+    this.server = createLimitedServer({ requireHostHeader: false });
     this.server.on("request", (req: IncomingMessage, res: ServerResponse) => this.handle(req, res));
     this.server.on("upgrade", (req: IncomingMessage, socket: Duplex, head: Buffer) =>
       this.handleUpgrade(req, socket, head),
@@ -127,6 +128,7 @@ export class ProxyServer {
         url: req.url,
         peer: req.socket.remoteAddress,
         forwardedFor: forwardedFor(req),
+        httpVersion: req.httpVersion,
       },
       this.deps.store.snapshot,
       this.settings,

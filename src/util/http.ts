@@ -56,16 +56,21 @@ export function forwardedFor(req: IncomingMessage): string | undefined {
 }
 
 /**
- * A server with {@link SERVER_LIMITS}, `timeouts` replacing its timeouts,
+ * A server with {@link SERVER_LIMITS}, `options` replacing its timeouts,
  * that reads every header line the size limit lets in. Node's default reads
  * the first 2,000 and silently drops the rest: a credential, a forwarded
  * address or a method override behind enough filler lines went unseen, while
  * an ingress asking the decision listener passes them all to the application.
  */
 export function createLimitedServer(
-  timeouts: { readonly requestTimeout?: number; readonly keepAliveTimeout?: number } = {},
+  options: {
+    readonly requestTimeout?: number;
+    readonly keepAliveTimeout?: number;
+    /** false: a request without Host reaches the handler (Node answers a bare 400 otherwise). */
+    readonly requireHostHeader?: boolean;
+  } = {},
 ): Server {
-  const server = createServer({ ...SERVER_LIMITS, ...timeouts });
+  const server = createServer({ ...SERVER_LIMITS, ...options });
   // 0: no limit on the count (Node's parser reads "no more than 0" as unlimited); maxHeaderSize bounds the bytes.
   server.maxHeadersCount = 0;
   return server;

@@ -77,6 +77,30 @@ describe("Authorization spellings on the wire", () => {
     assert.equal(seen?.headers.authorization, "Bearer s_local");
     assert.equal(seen?.rawHeaders.filter((h, i) => i % 2 === 0 && h.toLowerCase() === "f").length, 2_100);
   });
+  test("two Host headers, or none in HTTP/1.1: 400 bad_request with keyfence's JSON, never forwarded", async () => {
+    const n = fx.up.seen.length;
+    const cases: Array<[string, string, string]> = [
+      ["two", "Host: a\r\nHost: b\r\n", "multiple Host headers"],
+      ["two alike, in other cases", "host: a\r\nHOST: a\r\n", "multiple Host headers"],
+      ["none", "", "missing Host header"],
+    ];
+    for (const [desc, hosts, message] of cases) {
+      const request = `GET /h HTTP/1.1\r\n${hosts}Authorization: Bearer s_local\r\nConnection: close\r\n\r\n`;
+      const r = await raw(fx.kf.url, request);
+      assert.equal(r.status, 400, `${desc}: ${r.body}`);
+      assert.equal(r.reason, "bad_request", desc);
+      assert.equal(r.body, JSON.stringify({ message }), desc);
+      const r10 = await raw(fx.kf.url, request.replace("HTTP/1.1", "HTTP/1.0"));
+      if (hosts === "") assert.equal(r10.status, 200, "HTTP/1.0 needs no Host");
+      else assert.equal(r10.status, 400, `${desc}, HTTP/1.0`);
+    }
+    assert.equal(fx.up.seen.length, n + 1, "only the HTTP/1.0 request without Host is forwarded");
+    assert.equal(
+      fx.kf.logs.some((l) => l["event"] === "upstream_error"),
+      false,
+      "never an upstream error",
+    );
+  });
   test("the strict form still works, with a tab too", async () => {
     assert.equal((await raw(fx.kf.url, get("/ok", "Authorization: Bearer\ts_local\r\n"))).status, 200);
     assert.equal((await raw(fx.kf.url, get("/ok", "Authorization: Bearer\ts_office\r\n"))).status, 403);
