@@ -81,38 +81,52 @@ function accepts(port: number): Promise<boolean> {
   });
 }
 
-/** A TCP relay to a port; `cut()` drops every connection and refuses new ones until `restore()`. */
+/**
+ * A TCP relay to a port; `cut()` drops every connection and refuses new ones
+ * until `restore()`; `hold()` keeps every connection open but passes no byte
+ * either way (a Redis that hangs, as a stopped process does) until `release()`.
+ */
 export interface Relay {
   readonly url: string;
   cut(): void;
   restore(): void;
+  hold(): void;
+  release(): void;
   close(): Promise<void>;
 }
 
 /** Starts a relay on a free port to 127.0.0.1:`target`. */
 export async function startRelay(target: number): Promise<Relay> {
   const sockets = new Set<Socket>();
+  const pairs = new Set<[Socket, Socket]>();
   let open = true;
+  let held = false;
+  const join = ([client, upstream]: [Socket, Socket]): void => {
+    client.pipe(upstream);
+    upstream.pipe(client);
+  };
   const server: Server = createServer((client) => {
     if (!open) {
       client.destroy();
       return;
     }
     const upstream = connect(target, "127.0.0.1");
+    const pair: [Socket, Socket] = [client, upstream];
     sockets.add(client);
     sockets.add(upstream);
+    pairs.add(pair);
     const drop = (): void => {
       client.destroy();
       upstream.destroy();
       sockets.delete(client);
       sockets.delete(upstream);
+      pairs.delete(pair);
     };
     client.on("error", drop);
     upstream.on("error", drop);
     client.on("close", drop);
     upstream.on("close", drop);
-    client.pipe(upstream);
-    upstream.pipe(client);
+    if (!held) join(pair);
   });
   await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
   const addr = server.address();
@@ -126,6 +140,19 @@ export async function startRelay(target: number): Promise<Relay> {
     },
     restore() {
       open = true;
+    },
+    hold() {
+      held = true;
+      for (const [client, upstream] of pairs) {
+        client.unpipe(upstream);
+        upstream.unpipe(client);
+        client.pause();
+        upstream.pause();
+      }
+    },
+    release() {
+      held = false;
+      for (const pair of pairs) join(pair);
     },
     async close() {
       open = false;

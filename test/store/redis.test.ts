@@ -228,6 +228,37 @@ describe("Redis store", { skip: redisBin.skip }, () => {
     }
   });
 
+  test("a store that hangs with the connection open is an outage within seconds: readyz 503, writes 503, then back", async () => {
+    // node-redis stops timing a command once it is written: a stopped Redis used to leave writes, sign-ins and
+    // token checks waiting until it woke, with /readyz 200 all along.
+    const prefix = redis.newPrefix();
+    await seed(prefix);
+    const relay: Relay = await startRelay(redis.port);
+    try {
+      const b = await start(relay.url, prefix);
+      assert.equal((await send(`${b.adminUrl}/readyz`)).status, 200);
+      relay.hold();
+      const t0 = Date.now();
+      const w = await apiCall(b, "POST", "/v1/api-keys", { name: "refused-while-hung" });
+      assert.equal(w.status, 503, w.body);
+      assert.equal(w.headers["x-keyfence-reason"], "store_unavailable");
+      assert.ok(Date.now() - t0 < 8_000, `answered after ${Date.now() - t0} ms`);
+      await eventually(async () => (await send(`${b.adminUrl}/readyz`)).status === 503, 10_000, "readyz 503");
+      assert.equal(await storeUp(b), "0");
+      assert.equal(await proxied(b, "s_open"), 200, "the proxy keeps enforcing its last snapshot");
+      assert.equal(await proxied(b, "s_pinned"), 403);
+      relay.release();
+      await eventually(async () => (await send(`${b.adminUrl}/readyz`)).status === 200, 10_000, "readyz 200 again");
+      assert.equal(await storeUp(b), "1");
+      const keys = await apiCall(b, "GET", "/v1/api-keys");
+      assert.equal(keys.status, 200, keys.body);
+      assert.equal(keys.body.includes("refused-while-hung"), false, "the refused write was never applied");
+      assert.equal((await apiCall(b, "POST", "/v1/api-keys", { name: "after" })).status, 201);
+    } finally {
+      await relay.close();
+    }
+  });
+
   test("vanished data is an outage, never no keys, until an import restores it", async () => {
     const prefix = redis.newPrefix();
     await seed(prefix);

@@ -398,7 +398,8 @@ export class RedisKeyStore implements KeyStore {
 
   /**
    * Runs `command` on the store's connection. Throws {@link StoreUnavailableError}
-   * when Redis is not connected or the command fails, so callers fail closed.
+   * when Redis is not connected, the command fails or no answer comes within
+   * `commandTimeoutMs`, so callers fail closed.
    */
   async command<T>(command: (client: RedisClient) => Promise<T>): Promise<T> {
     const client = this.client;
@@ -406,7 +407,7 @@ export class RedisKeyStore implements KeyStore {
       throw new StoreUnavailableError(this.state.reason || `the key store ${this.description} is unavailable`);
     }
     try {
-      return await command(client);
+      return await this.timed(command(client));
     } catch (err) {
       throw new StoreUnavailableError(`the key store ${this.description} is unreachable: ${(err as Error).message}`, {
         cause: err,
@@ -441,7 +442,7 @@ export class RedisKeyStore implements KeyStore {
     try {
       await withTimeout(client.connect(), timeoutMs, `no connection within ${timeoutMs} ms`);
       const head = strings(
-        await client.eval(HEAD, { keys: [this.names.version, this.names.generation], arguments: [] }),
+        await this.timed(client.eval(HEAD, { keys: [this.names.version, this.names.generation], arguments: [] })),
       );
       if (head[0] === "") why = `it holds no keyfence data under the prefix ${JSON.stringify(this.options.prefix)}`;
       else {
@@ -588,6 +589,18 @@ export class RedisKeyStore implements KeyStore {
     })();
   }
 
+  /**
+   * `work` (a command to the store), or a rejection once `commandTimeoutMs`
+   * passes without an answer. node-redis times a command out only until it is
+   * written to the socket: a Redis that hangs with the connection open (a
+   * stopped process, a stalled network) would otherwise leave a catch-up, and
+   * every write and health report queued behind it, waiting until it wakes.
+   */
+  private timed<T>(work: Promise<T>): Promise<T> {
+    const ms = this.options.commandTimeoutMs ?? 3_000;
+    return withTimeout(work, ms, `no answer within ${ms} ms`);
+  }
+
   /** Brings the snapshot to the store's version (delta or full resync); records the store's health. */
   private sync(cause: ChangeCause): Promise<void> {
     const run = this.applying.then(() => this.syncNow(cause));
@@ -600,10 +613,12 @@ export class RedisKeyStore implements KeyStore {
     if (client === undefined || this.closed) return;
     try {
       const reply = strings(
-        await client.eval(CATCH_UP, {
-          keys: [this.names.keys, this.names.version, this.names.generation, this.names.log],
-          arguments: [String(this.generation === "" ? -1 : this.version), String(DELTA_MAX)],
-        }),
+        await this.timed(
+          client.eval(CATCH_UP, {
+            keys: [this.names.keys, this.names.version, this.names.generation, this.names.log],
+            arguments: [String(this.generation === "" ? -1 : this.version), String(DELTA_MAX)],
+          }),
+        ),
       );
       const [kind, gen = "", v = "0"] = reply;
       if (kind === "gone") {
@@ -655,13 +670,13 @@ export class RedisKeyStore implements KeyStore {
       const builder = diff === undefined ? new SnapshotBuilder(this.cache, previous) : undefined;
       let fits = true;
       // The next batch is asked for before this one is decoded, so Redis and this process work at once.
-      let next = scanPage(client, this.names.keys, "0", SCAN_COUNT);
+      let next = this.timed(scanPage(client, this.names.keys, "0", SCAN_COUNT));
       let cursor: string;
       do {
         const page = await next;
         cursor = page.cursor;
         if (cursor !== "0") {
-          next = scanPage(client, this.names.keys, cursor, SCAN_COUNT);
+          next = this.timed(scanPage(client, this.names.keys, cursor, SCAN_COUNT));
           // Awaited after this batch is decoded; a failure meanwhile must not count as unhandled.
           next.catch(() => undefined);
         }
@@ -684,10 +699,12 @@ export class RedisKeyStore implements KeyStore {
       }
       // What changed during the scan (HSCAN may or may not have seen it) comes from the log.
       const reply = strings(
-        await client.eval(CATCH_UP, {
-          keys: [this.names.keys, this.names.version, this.names.generation, this.names.log],
-          arguments: [String(v), String(DELTA_MAX)],
-        }),
+        await this.timed(
+          client.eval(CATCH_UP, {
+            keys: [this.names.keys, this.names.version, this.names.generation, this.names.log],
+            arguments: [String(v), String(DELTA_MAX)],
+          }),
+        ),
       );
       const [kind, gen2 = "", v2 = "0"] = reply;
       if (kind === "gone") throw new Error("its data vanished during a resync");
