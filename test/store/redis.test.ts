@@ -191,11 +191,20 @@ describe("Redis store", { skip: redisBin.skip }, () => {
     assert.equal(all.length, 30);
   });
 
-  test("one replica cut off keeps enforcing, answers writes 503, and catches up on what it missed", async () => {
+  /** Runs `body` with a freshly seeded prefix and a relay to the server, closed afterwards. */
+  const withRelay = async (body: (relay: Relay, prefix: string) => Promise<void>): Promise<void> => {
     const prefix = redis.newPrefix();
     await seed(prefix);
-    const relay: Relay = await startRelay(redis.port);
+    const relay = await startRelay(redis.port);
     try {
+      await body(relay, prefix);
+    } finally {
+      await relay.close();
+    }
+  };
+
+  test("one replica cut off keeps enforcing, answers writes 503, and catches up on what it missed", () =>
+    withRelay(async (relay, prefix) => {
       const a = await start(redis.url, prefix);
       const b = await start(relay.url, prefix);
       relay.cut();
@@ -223,18 +232,12 @@ describe("Redis store", { skip: redisBin.skip }, () => {
       assert.equal((await send(`${b.adminUrl}/readyz`)).status, 200);
       assert.equal(await storeUp(b), "1");
       assert.equal((await apiCall(b, "POST", "/v1/api-keys", { name: "after" })).status, 201);
-    } finally {
-      await relay.close();
-    }
-  });
+    }));
 
-  test("a store that hangs with the connection open is an outage within seconds: readyz 503, writes 503, then back", async () => {
+  test("a store that hangs with the connection open is an outage within seconds: readyz 503, writes 503, then back", () =>
     // node-redis stops timing a command once it is written: a stopped Redis used to leave writes, sign-ins and
     // token checks waiting until it woke, with /readyz 200 all along.
-    const prefix = redis.newPrefix();
-    await seed(prefix);
-    const relay: Relay = await startRelay(redis.port);
-    try {
+    withRelay(async (relay, prefix) => {
       const b = await start(relay.url, prefix);
       assert.equal((await send(`${b.adminUrl}/readyz`)).status, 200);
       relay.hold();
@@ -254,10 +257,7 @@ describe("Redis store", { skip: redisBin.skip }, () => {
       assert.equal(keys.status, 200, keys.body);
       assert.equal(keys.body.includes("refused-while-hung"), false, "the refused write was never applied");
       assert.equal((await apiCall(b, "POST", "/v1/api-keys", { name: "after" })).status, 201);
-    } finally {
-      await relay.close();
-    }
-  });
+    }));
 
   test("vanished data is an outage, never no keys, until an import restores it", async () => {
     const prefix = redis.newPrefix();
