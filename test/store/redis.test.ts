@@ -259,6 +259,41 @@ describe("Redis store", { skip: redisBin.skip }, () => {
       assert.equal((await apiCall(b, "POST", "/v1/api-keys", { name: "after" })).status, 201);
     }));
 
+  test("a store gone back to an older copy is an outage, never adopted, until a re-import under a new generation", async () => {
+    const prefix = redis.newPrefix();
+    await seed(prefix);
+    const a = await start(redis.url, prefix);
+    const names = redisKeys(prefix);
+    const [text, version] = await redis.withClient((c) =>
+      Promise.all([c.hGet(names.keys, "k_open"), c.get(names.version)]),
+    );
+    assert.equal((await apiCall(a, "PATCH", "/v1/api-keys/k_open", { ip_allow_list: ["192.0.2.1"] })).status, 200);
+    assert.equal(await proxied(a, "s_open"), 403);
+    // As after a restart from a copy saved before the change: the record and the version as they were.
+    await redis.withClient(async (c) => {
+      await c.hSet(names.keys, "k_open", text ?? "");
+      await c.set(names.version, version ?? "0");
+    });
+    await eventually(async () => (await send(`${a.adminUrl}/readyz`)).status === 503, 10_000, "readyz 503");
+    assert.match((await send(`${a.adminUrl}/readyz`)).body, /went back to an older state/);
+    assert.equal(await storeUp(a), "0");
+    assert.equal(await proxied(a, "s_open"), 403, "the restriction the lost change added stays");
+    assert.equal((await apiCall(a, "POST", "/v1/api-keys", { name: "refused" })).status, 503);
+    // Other writers pushing the version past this replica's do not end it either.
+    await redis.withClient((c) => c.set(names.version, "1000"));
+    await new Promise((r) => setTimeout(r, 1500));
+    assert.equal((await send(`${a.adminUrl}/readyz`)).status, 503);
+    // An operator restores the keys under a new generation.
+    await redis.withClient(async (c) => {
+      await c.del(names.generation);
+      await importRecords(c, prefix, [record("k_open", "s_open", ["198.51.100.0/24"]), SEED[1] as KeyRecord]);
+    });
+    await eventually(async () => (await send(`${a.adminUrl}/readyz`)).status === 200, 10_000, "readyz 200");
+    assert.equal(await proxied(a, "s_open"), 403);
+    assert.equal((await apiCall(a, "PATCH", "/v1/api-keys/k_open", { ip_allow_list: [] })).status, 200);
+    await eventually(async () => (await proxied(a, "s_open")) === 200, 2000, "writes work again");
+  });
+
   test("vanished data is an outage, never no keys, until an import restores it", async () => {
     const prefix = redis.newPrefix();
     await seed(prefix);

@@ -321,6 +321,8 @@ export class RedisKeyStore implements KeyStore {
   /** The generation and version the snapshot reflects ("" before the first sync with Redis). */
   private generation = "";
   private version = 0;
+  /** The version this replica had when it found the store's lower under the same generation (see {@link syncNow}). */
+  private rolledBackFrom: number | undefined;
   private state: StoreHealth = { up: false, reason: "not connected yet" };
   private connected = false;
   /** Snapshot changes run one at a time (catch-ups, resyncs, own commits). */
@@ -565,7 +567,8 @@ export class RedisKeyStore implements KeyStore {
 
   private onMessage(message: string): void {
     const [gen, v] = message.split(" ");
-    if (gen !== this.generation || Number(v) > this.version) this.requestSync();
+    // A lower version too: the store may have gone back (see syncNow).
+    if (gen !== this.generation || Number(v) !== this.version) this.requestSync();
   }
 
   /**
@@ -625,6 +628,19 @@ export class RedisKeyStore implements KeyStore {
         this.setHealth({
           up: false,
           reason: `the key store ${this.description} holds no keyfence data (its generation marker is gone, as after a restart without persistence); the last snapshot keeps serving until an operator restores it with \`keyfence keys import\``,
+        });
+        return;
+      }
+      // The store behind the version this replica already holds, same generation: Redis came back from an older
+      // copy and lost changes. Adopting it would bring back what they removed (a looser list, a revoked key),
+      // so it is an outage, like vanished data, until an operator restores the keys under a new generation.
+      if (gen === this.generation && this.current !== undefined && Number(v) < this.version) {
+        this.rolledBackFrom ??= this.version;
+      }
+      if (this.rolledBackFrom !== undefined && gen === this.generation) {
+        this.setHealth({
+          up: false,
+          reason: `the key store ${this.description} went back to an older state (version ${v}, this replica had ${this.rolledBackFrom}; restarted from an older copy?); the last snapshot keeps serving until an operator restores the keys under a new generation (delete the prefix's keys, then \`keyfence keys import\`)`,
         });
         return;
       }
@@ -727,6 +743,7 @@ export class RedisKeyStore implements KeyStore {
       }
       this.generation = gen;
       this.version = Number(v2);
+      this.rolledBackFrom = undefined;
       this.install(snapshot, cause, applied);
       if (cause !== "load") {
         this.options.notice?.("store_resynced", `resynced ${snapshot.size} keys from ${this.description}`, {
@@ -820,7 +837,8 @@ export class RedisKeyStore implements KeyStore {
         const next = this.snapshot.withChange(change);
         this.version = v;
         this.install(next, "write", [change]);
-      } else if (v > this.version) {
+      } else if (v !== this.version) {
+        // Others committed in between, or (lower) the store went back to an older copy: syncNow tells which.
         await this.syncNow("write");
       }
     });
