@@ -8,6 +8,7 @@
 import { randomBytes } from "node:crypto";
 import type { Operator } from "../config/config.js";
 import { secretHash } from "../policy/credential.js";
+import { StoreUnavailableError } from "../store/store.js";
 import type { createClient } from "redis";
 import type { AttemptLimit, AttemptLimitOptions, AttemptOutcome } from "./attempts.js";
 import type { CodeState } from "./confirm.js";
@@ -30,13 +31,32 @@ export interface RedisConnection {
   command<T>(command: (client: ReturnType<typeof createClient>) => Promise<T>): Promise<T>;
 }
 
-/** KEYS: the operator's last-step key. ARGV: step. Compare-and-set: 1 when `step` is later than the stored one. */
+/**
+ * KEYS: the operator's last-step key, the store's generation marker. ARGV:
+ * step. Compare-and-set: 1 when `step` is later than the stored one; -1 when
+ * the store's data is gone (the last used step may have gone with it).
+ */
 const CLAIM = `
+if redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
 local last = tonumber(redis.call('GET', KEYS[1]) or '-1')
 if tonumber(ARGV[1]) <= last then return 0 end
 redis.call('SET', KEYS[1], ARGV[1])
 return 1
 `;
+
+/** The store's generation marker, gone with the store's data (`redisKeys` in src/store/redis/store.ts, not imported: it loads the Redis client). */
+function generationKey(store: RedisConnection): string {
+  return `${store.prefix}generation`;
+}
+
+/**
+ * The error for a one-use check or an attempt count whose record the store
+ * may have lost with its data: fail closed, as when Redis is unreachable,
+ * until the keys are restored under a new generation.
+ */
+function dataGone(): StoreUnavailableError {
+  return new StoreUnavailableError("the key store holds no keyfence data (its generation marker is gone)");
+}
 
 /** The last accepted TOTP step per operator, at `<prefix>otp:<operator>`. */
 export class RedisCodeState implements CodeState {
@@ -44,17 +64,23 @@ export class RedisCodeState implements CodeState {
 
   async claim(operator: string, step: number): Promise<boolean> {
     const key = `${this.store.prefix}otp:${operator}`;
-    const reply = await this.store.command((c) => c.eval(CLAIM, { keys: [key], arguments: [String(step)] }));
+    const reply = await this.store.command((c) =>
+      c.eval(CLAIM, { keys: [key, generationKey(this.store)], arguments: [String(step)] }),
+    );
+    if (reply === -1) throw dataGone();
     return reply === 1;
   }
 }
 
 /**
- * KEYS: the client's attempt log (a sorted set, start time → random member).
- * ARGV: now, window ms, max, member. Drops starts older than the window;
- * reserves one when fewer than max remain and returns {1}, else {0, oldest}.
+ * KEYS: the client's attempt log (a sorted set, start time → random member),
+ * the store's generation marker. ARGV: now, window ms, max, member. Drops
+ * starts older than the window; reserves one when fewer than max remain and
+ * returns {1}, else {0, oldest}; {-1} when the store's data is gone (the log
+ * may have gone with it).
  */
 const RESERVE = `
+if redis.call('EXISTS', KEYS[2]) == 0 then return {-1, '0'} end
 local now, window, max = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
 if redis.call('ZCARD', KEYS[1]) >= max then
@@ -93,12 +119,13 @@ export class RedisAttemptLimit implements AttemptLimit {
     const now = this.now();
     const reply = await this.store.command((c) =>
       c.eval(RESERVE, {
-        keys: [this.key(client)],
+        keys: [this.key(client), generationKey(this.store)],
         arguments: [String(now), String(this.options.windowMs), String(this.options.max), member],
       }),
     );
     if (!Array.isArray(reply)) throw new Error("internal: unexpected reply from the attempt script");
     const [ok, oldest] = reply as unknown[];
+    if (ok === -1) throw dataGone();
     if (ok === 1) return 0;
     return Math.max(1, Math.ceil((Number(oldest) + this.options.windowMs - now) / 1000));
   }

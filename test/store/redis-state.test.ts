@@ -107,6 +107,30 @@ describe("admin state shared through Redis", { skip: redisBin.skip }, () => {
     assert.deepEqual(replies.map((r) => r.status).sort(), [201, 403, 403, 403]);
   });
 
+  test("the store's data gone: a used code is not taken again, and token checks fail closed", async () => {
+    // The last used step and the attempt log go with the data: until the keys are restored under a new
+    // generation, a code already used could be used again and the limit would start from zero.
+    const [a, b] = await pair();
+    const c = code(OTP_SECRET, clock.now());
+    const signInOtp = (kf: TestSidecar): Promise<Reply> =>
+      send(`${kf.adminUrl}/session`, {
+        method: "POST",
+        headers: [
+          ["Content-Type", "application/x-www-form-urlencoded"],
+          ["Origin", `http://${new URL(kf.adminUrl).host}`],
+        ],
+        body: `token=tok_otp&code=${c}`,
+      });
+    assert.equal((await signInOtp(a)).status, 303);
+    await redis.withClient((cl) => cl.flushAll());
+    for (const kf of [b, a]) {
+      assert.equal((await signInOtp(kf)).status, 503, "the used code");
+      const r = await send(`${kf.adminUrl}/v1/api-keys`, { headers: [bearer("tok_ops")] });
+      assert.equal(r.status, 503, r.body);
+      assert.equal(r.headers["x-keyfence-reason"], "store_unavailable");
+    }
+  });
+
   test("failed attempts count across replicas: the 11th gets 429, successes are refunded", async () => {
     const [a, b] = await pair();
     const ok = await send(`${a.adminUrl}/v1/audit?limit=1`, { headers: [bearer("tok_ops")] });
