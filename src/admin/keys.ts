@@ -7,6 +7,7 @@
  * without its entry). Checks run in the SPEC order:
  * 404, 400, 409, confirmation; so a failed request never uses up a code.
  */
+import { setImmediate as yieldTurn } from "node:timers/promises";
 import { randomBytes } from "node:crypto";
 import type { Logger } from "pino";
 import type { ClientIp } from "../clientip/resolve.js";
@@ -364,10 +365,11 @@ export class KeysService {
     const start = (asked - 1) * size;
     let total = 0;
     const hits: KeyRecord[] = [];
-    for (let i = 0; i < ids.length; i++) {
+    let i = 0;
+    for (const id of ids) {
       // A scan of every key: in slices, so proxied requests never wait for all of it.
-      if (i % SEARCH_SLICE === SEARCH_SLICE - 1) await new Promise((resolve) => setImmediate(resolve));
-      const r = snap.record(ids.at(i) as string);
+      if (i++ % SEARCH_SLICE === SEARCH_SLICE - 1) await yieldTurn();
+      const r = snap.record(id);
       if (r === undefined || !matches(r)) continue;
       if (total >= start && hits.length < size) hits.push(r);
       total++;

@@ -8,6 +8,7 @@
  * new {@link EntryBlocks} sharing every block it did not touch, so a change
  * whose write fails leaves the old one as it was.
  */
+import { setImmediate as yieldTurn } from "node:timers/promises";
 import { changedId, type KeyChange } from "./change.js";
 import { spliceChange, type EntryIndex } from "./splice.js";
 
@@ -75,7 +76,7 @@ export class EntryBlocks {
       sinceYield += to - from;
       if (sinceYield >= BUILD_SLICE) {
         sinceYield = 0;
-        await new Promise((r) => setImmediate(r));
+        await yieldTurn();
       }
     }
     const first = ids.length > 0 ? (starts[0] ?? 0) : end;

@@ -4,6 +4,7 @@
  * bounded LRU shared by all snapshots, so a store of millions of keys never
  * holds millions of compiled matchers, and a reload keeps unchanged lists warm.
  */
+import { setImmediate as yieldTurn } from "node:timers/promises";
 import { LRUCache } from "lru-cache";
 import { IpError, parseCidr, type Cidr, type Ip } from "../ip/address.js";
 import { compileMatcher, type Matcher } from "../ip/matcher.js";
@@ -386,7 +387,7 @@ export class Snapshot {
     for (const rec of this.iterate()) {
       byId.set(rec.id, rec);
       byHash.set(rec.secretSha256, rec);
-      if (++n % slice === 0) await new Promise((r) => setImmediate(r));
+      if (++n % slice === 0) await yieldTurn();
     }
     return new Snapshot([], this.cache, this, {
       base: { byId, byHash },
@@ -517,7 +518,7 @@ export class Snapshot {
       collected += ids.length;
       if (collected >= 20_000) {
         collected = 0;
-        await new Promise((r) => setImmediate(r));
+        await yieldTurn();
       }
     }
     const added: string[] = [];
@@ -589,6 +590,6 @@ export class Compactor {
 
   /** Resolves once no compaction runs (for tests and benches). */
   async idle(): Promise<void> {
-    while (this.running) await new Promise((r) => setImmediate(r));
+    while (this.running) await yieldTurn();
   }
 }

@@ -9,14 +9,14 @@
  * per turn of the event loop.
  */
 
+import { setImmediate as yieldTurn } from "node:timers/promises";
+
 /** Comparisons per turn of the event loop while sorting. */
 const SLICE = 20_000;
 /** Ids per run sorted by the built-in sort in one turn (a group of up to twice as many is one run): 22,000 to 49,000 comparisons. */
 const RUN = 2_048;
 /** Ids per chunk of a {@link SortedIds}: what an edit of one id copies. */
 export const CHUNK = 4_096;
-
-const yieldTurn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 
 const byCodeUnit = (a: string, b: string): number => (a < b ? -1 : a > b ? 1 : 0);
 
@@ -259,8 +259,7 @@ export function editSorted(items: readonly string[], present: ReadonlyMap<string
   for (const id of items) {
     while (k < adds.length && (adds[k] as string) < id) out.push(adds[k++] as string);
     if (k < adds.length && adds[k] === id) k++;
-    if (!present.has(id)) out.push(id);
-    else if (present.get(id) === true) out.push(id);
+    if (present.get(id) !== false) out.push(id);
   }
   while (k < adds.length) out.push(adds[k++] as string);
   return out;

@@ -8,6 +8,7 @@
  * held keys were read is marked in a byte array by their place in the
  * snapshot's sorted ids, so the diff itself adds no object per key either.
  */
+import { setImmediate as yieldTurn } from "node:timers/promises";
 import type { KeyChange } from "../change.js";
 import type { Snapshot } from "../snapshot.js";
 import type { SortedIds } from "../sorted.js";
@@ -71,7 +72,7 @@ export class ResyncDiff {
       let i = 0;
       for (const id of this.ids) {
         if (this.read[i] === 0) this.changes.push({ kind: "delete", id });
-        if (++i % SEEK_SLICE === 0) await new Promise((r) => setImmediate(r));
+        if (++i % SEEK_SLICE === 0) await yieldTurn();
       }
     }
     return this.changes.length <= this.limit ? this.changes : undefined;

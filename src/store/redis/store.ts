@@ -25,6 +25,7 @@
  * the generation changed. The proxy reads the in-memory snapshot only: no
  * request ever waits for Redis.
  */
+import { setImmediate as yieldTurn } from "node:timers/promises";
 import { readFile } from "node:fs/promises";
 import { createClient, VerbatimString } from "redis";
 import { writeFileAtomic } from "../../util/atomic.js";
@@ -287,7 +288,7 @@ export async function keysFileParts(records: Iterable<KeyRecord>): Promise<strin
     if (lines.length === 5_000) {
       parts.push(lines.join(""));
       lines = [];
-      await new Promise((resolve) => setImmediate(resolve));
+      await yieldTurn();
     }
   }
   parts.push(lines.join(""));
@@ -637,7 +638,8 @@ export class RedisKeyStore implements KeyStore {
       if (gen === this.generation && this.current !== undefined && Number(v) < this.version) {
         this.rolledBackFrom ??= this.version;
       }
-      if (this.rolledBackFrom !== undefined && gen === this.generation) {
+      // Until a new generation: a store pushed past this replica's version again has not got back what it lost.
+      if (gen === this.generation && this.rolledBackFrom !== undefined) {
         this.setHealth({
           up: false,
           reason: `the key store ${this.description} went back to an older state (version ${v}, this replica had ${this.rolledBackFrom}; restarted from an older copy?); the last snapshot keeps serving until an operator restores the keys under a new generation (delete the prefix's keys, then \`keyfence keys import\`)`,
@@ -702,9 +704,9 @@ export class RedisKeyStore implements KeyStore {
           const text = items[i + 1] as string;
           if (diff !== undefined) fits = diff.see(id, text);
           else builder?.add(readableReusing(previous?.record(id), id, text));
-          if ((i + 2) % (2 * DECODE_SLICE) === 0) await new Promise((r) => setImmediate(r));
+          if ((i + 2) % (2 * DECODE_SLICE) === 0) await yieldTurn();
         }
-        await new Promise((r) => setImmediate(r));
+        await yieldTurn();
       } while (cursor !== "0" && fits);
       const changes = fits ? await diff?.finish() : undefined;
       if (diff !== undefined && changes === undefined) {
