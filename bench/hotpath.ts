@@ -8,18 +8,19 @@ import { Registry } from "prom-client";
 import { compileTrust, resolveClientIp, type CompiledTrust } from "../src/clientip/resolve.js";
 import { Metrics } from "../src/metrics/metrics.js";
 import { SourceTracker } from "../src/metrics/sources.js";
-import { readBearer, secretHash } from "../src/policy/credential.js";
+import { readBearer } from "../src/policy/credential.js";
 import { decide } from "../src/policy/decide.js";
 import { MatcherCache, Snapshot } from "../src/store/snapshot.js";
 import { randomUUID } from "node:crypto";
 import { machine, opsPerSecond, table } from "./lib.js";
+import { secretDigest } from "../src/store/digest.js";
 
 const MS = process.argv.includes("--quick") ? 150 : 500;
 const secret = "kf_4Rr5nQ2bW0s9Xy7uVt1Lk3Jh6Gf8Ds2Aq0Zx9Cv7Bn";
 const records = Array.from({ length: 10_000 }, (_, i) => ({
   id: `key_${i}`,
   name: `Key ${i}`,
-  secretSha256: secretHash(i === 42 ? secret : `other-${i}`),
+  secretDigest: secretDigest(i === 42 ? secret : `other-${i}`),
   scopes: [],
   ipAllowList: [`10.${i >> 8}.${i & 255}.0/24`, "127.0.0.1"],
   mode: undefined,
@@ -42,7 +43,7 @@ const rawHeaders = [
 const metrics = new Metrics(new Registry(), { version: "bench", defaultMetrics: false });
 const sources = new SourceTracker();
 const settings = { mode: "enforce", unknown: "forward", missing: "forward" } as const;
-const hash = secretHash(secret);
+const hash = secretDigest(secret);
 const client = resolveClientIp("::ffff:127.0.0.1", undefined, none);
 const key = snapshot.lookup(hash);
 if (key === undefined || !key.restricted) throw new Error("bench key missing");
@@ -54,7 +55,7 @@ if (clientIp === undefined) throw new Error("bench client address unparsed");
 const steps: Array<[string, () => unknown, "enforce" | "adds" | "alt"]> = [
   ["readBearer (raw headers)", () => readBearer(rawHeaders), "enforce"],
   ["snapshot.lookupToken (a token seen before)", () => snapshot.lookupToken(secret), "enforce"],
-  ["secretHash (SHA-256, a token's first request)", () => secretHash(secret), "alt"],
+  ["secretDigest (SHA-256, a token's first request)", () => secretDigest(secret), "alt"],
   ["snapshot.lookup by hash (10,000 keys)", () => snapshot.lookup(hash), "alt"],
   ["resolveClientIp (socket only)", () => resolveClientIp("::ffff:127.0.0.1", undefined, none), "enforce"],
   ["resolveClientIp (trusted peer + XFF)", () => resolveClientIp("10.0.0.1", "203.0.113.9, 10.0.0.7", behind), "alt"],

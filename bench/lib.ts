@@ -1,14 +1,14 @@
 /** Shared helpers for micro benchmarks: timing loops, machine description, tables, the scale benches' keys. */
 import { cpus, totalmem } from "node:os";
-import { secretHash } from "../src/policy/credential.js";
 import type { KeyRecord } from "../src/store/keysfile.js";
+import { secretDigest } from "../src/store/digest.js";
 
 /** Key `i` of the Redis scale benches (bench:redis, bench/heap.ts): one scope, an IPv4 and an IPv6 entry, named `name`. */
 export function scaleRecord(i: number, name = `key ${i}`): KeyRecord {
   return {
     id: `key_${i}`,
     name,
-    secretSha256: secretHash(`secret-${i}`),
+    secretDigest: secretDigest(`secret-${i}`),
     scopes: ["messages:send"],
     ipAllowList: [`10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}`, `2001:db8:${(i & 0xffff).toString(16)}::/48`],
     mode: undefined,

@@ -20,6 +20,7 @@ import { RedisKeyStore } from "../src/store/redis/store.js";
 import { machine, scaleRecord, table } from "./lib.js";
 import { stallMonitor } from "./stall.js";
 import { cpuSeconds, freePort, have, ROOT, rssMb, startLogged, type Proc } from "./procs.js";
+import { secretDigest } from "../src/store/digest.js";
 
 const arg = (name: string, def: number): number => {
   const i = process.argv.indexOf(name);
@@ -37,7 +38,7 @@ function records(n: number): KeyRecord[] {
   out.push({
     id: "bench_probe",
     name: "probe",
-    secretSha256: secretHash(PROBE),
+    secretDigest: secretDigest(PROBE),
     scopes: [],
     ipAllowList: ["127.0.0.1"],
     mode: undefined,

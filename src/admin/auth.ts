@@ -8,7 +8,8 @@ import { timingSafeEqual } from "node:crypto";
 import type { IncomingMessage } from "node:http";
 import { resolveClientIp, type ClientIp, type CompiledTrust } from "../clientip/resolve.js";
 import type { Operator } from "../config/config.js";
-import { BEARER_ONLY, readBearer, secretHash } from "../policy/credential.js";
+import { BEARER_ONLY, readBearer } from "../policy/credential.js";
+import { hexOfDigest, secretDigest } from "../store/digest.js";
 import { messageOf } from "../policy/answers.js";
 import type { KeyPolicy } from "../policy/decide.js";
 import { enforceCredential, type StepSettings } from "../policy/enforce.js";
@@ -119,14 +120,14 @@ export class Authenticator {
       }
       throw missingCredential();
     }
-    const hash = secretHash(bearer.token);
+    const digest = secretDigest(bearer.token);
     type Found = { operator: Operator } | { policy: KeyPolicy; record: KeyRecord } | undefined;
     const lookup = (): Found => {
-      const operator = this.operatorByTokenHash(hash);
+      const operator = this.operatorByTokenHash(hexOfDigest(digest));
       if (operator) return { operator };
       const snapshot = this.store.snapshot;
-      const policy = snapshot.lookup(hash);
-      const record = snapshot.recordByHash(hash);
+      const policy = snapshot.lookup(digest);
+      const record = snapshot.recordByHash(digest);
       return policy === undefined || record === undefined ? undefined : { policy, record };
     };
     // A token's lookup is local and has no side effect, so it runs first: a

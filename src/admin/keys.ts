@@ -13,7 +13,7 @@ import type { Logger } from "pino";
 import type { ClientIp } from "../clientip/resolve.js";
 import { formatCidr, IpError, parseCidr } from "../ip/address.js";
 import { compileMatcher } from "../ip/matcher.js";
-import { secretHash } from "../policy/credential.js";
+import { secretDigest } from "../store/digest.js";
 import type { Mode } from "../policy/decide.js";
 import {
   activeEntries,
@@ -411,7 +411,7 @@ export class KeysService {
       const record: KeyRecord = {
         id,
         name: f.name ?? id,
-        secretSha256: secretHash(secret),
+        secretDigest: secretDigest(secret),
         scopes: f.scopes ?? [],
         ipAllowList: f.list?.entries ?? [],
         ...(f.list?.details === undefined ? {} : { entryDetails: f.list.details }),

@@ -1,6 +1,7 @@
 /** The YAML keys file (SPEC §3): parsing and validation into key records, every problem located. */
 import { readFile } from "node:fs/promises";
 import type { Mode } from "../policy/decide.js";
+import { digestOfHex, type Digest } from "./digest.js";
 import { YamlFile, type Problem } from "../util/yaml.js";
 import { parseEntries, type EntryDetailsMap } from "./entries.js";
 import { isMode, nameProblem, scopesProblems } from "./keyfields.js";
@@ -9,7 +10,8 @@ import { isMode, nameProblem, scopesProblems } from "./keyfields.js";
 export interface KeyRecord {
   readonly id: string;
   readonly name: string;
-  readonly secretSha256: string;
+  /** The secret's SHA-256 (the keys file's `secret_sha256`), held as its bytes. */
+  readonly secretDigest: Digest;
   readonly scopes: readonly string[];
   /** Canonical, deduplicated entries; empty means no restriction. */
   readonly ipAllowList: readonly string[];
@@ -42,7 +44,7 @@ export function leanRecord(
   return {
     id: r.id,
     name,
-    secretSha256: r.secretSha256,
+    secretDigest: r.secretDigest,
     scopes,
     ipAllowList,
     mode: r.mode,
@@ -211,7 +213,7 @@ function readKey(y: YamlFile, i: number, raw: unknown, maxEntries: number): KeyR
   return {
     id: id as string,
     name: typeof name === "string" ? name : (id as string),
-    secretSha256: secret as string,
+    secretDigest: digestOfHex(secret as string),
     scopes: Array.isArray(scopes) ? (scopes as string[]) : [],
     ipAllowList,
     ...(entryDetails === undefined ? {} : { entryDetails }),

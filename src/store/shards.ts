@@ -23,9 +23,9 @@ export function shardOfText(key: string): number {
 }
 
 /**
- * The part of a hex digest (a secret's SHA-256, uniformly random): a hash of
+ * The part of a digest (a secret's SHA-256, uniformly random): a hash of
  * its first 8 characters only, so the request path's lookup costs a fraction
- * of hashing all 64.
+ * of hashing all 32.
  */
 export function shardOfDigest(key: string): number {
   return fnv(key, Math.min(8, key.length));

@@ -8,7 +8,7 @@ import { setImmediate as yieldTurn } from "node:timers/promises";
 import { LRUCache } from "lru-cache";
 import { IpError, parseCidr, type Cidr, type Ip } from "../ip/address.js";
 import { compileMatcher, type Matcher } from "../ip/matcher.js";
-import { secretHash } from "../policy/credential.js";
+import { secretDigest, type Digest } from "./digest.js";
 import type { KeyPolicy } from "../policy/decide.js";
 import { leanRecord, type KeyRecord } from "./keysfile.js";
 import { changedId, type KeyChange } from "./change.js";
@@ -243,7 +243,7 @@ export class SnapshotBuilder {
   add(record: KeyRecord): void {
     this.remove(record.id);
     const rec = lean(record, this.previous?.record(record.id), this.cache);
-    this.byHash.set(rec.secretSha256, rec);
+    this.byHash.set(rec.secretDigest, rec);
     this.byId.set(rec.id, rec);
     this.entries += rec.ipAllowList.length;
   }
@@ -253,7 +253,7 @@ export class SnapshotBuilder {
     const old = this.byId.get(id);
     if (old === undefined) return;
     this.byId.delete(id);
-    this.byHash.delete(old.secretSha256);
+    this.byHash.delete(old.secretDigest);
     this.entries -= old.ipAllowList.length;
   }
 
@@ -340,7 +340,7 @@ export class Snapshot {
     };
     const drop = (rec: KeyRecord): void => {
       byId.set(rec.id, null);
-      byHash.set(rec.secretSha256, null);
+      byHash.set(rec.secretDigest, null);
       entries -= rec.ipAllowList.length;
       size--;
       present.set(rec.id, false);
@@ -351,12 +351,12 @@ export class Snapshot {
       if (old !== undefined) drop(old);
       if (change.kind === "delete") continue;
       // A secret moving between ids (possible in an import): the previous holder loses it.
-      const o = byHash.get(change.record.secretSha256);
-      const holder = o === undefined ? this.base.byHash.get(change.record.secretSha256) : (o ?? undefined);
+      const o = byHash.get(change.record.secretDigest);
+      const holder = o === undefined ? this.base.byHash.get(change.record.secretDigest) : (o ?? undefined);
       if (holder !== undefined) drop(holder);
       const rec = lean(change.record, old, this.cache);
       byId.set(id, rec);
-      byHash.set(rec.secretSha256, rec);
+      byHash.set(rec.secretDigest, rec);
       entries += rec.ipAllowList.length;
       size++;
       present.set(id, true);
@@ -386,7 +386,7 @@ export class Snapshot {
     let n = 0;
     for (const rec of this.iterate()) {
       byId.set(rec.id, rec);
-      byHash.set(rec.secretSha256, rec);
+      byHash.set(rec.secretDigest, rec);
       if (++n % slice === 0) await yieldTurn();
     }
     return new Snapshot([], this.cache, this, {
@@ -431,9 +431,9 @@ export class Snapshot {
     return depth <= MAX_DERIVATION ? { derivation: { from: this, present: new Map(), depth } } : {};
   }
 
-  /** The key whose secret hashes to `secretSha256`, if any. */
-  lookup(secretSha256: string): KeyPolicy | undefined {
-    const rec = this.recordByHash(secretSha256);
+  /** The key whose secret's SHA-256 is `digest`, if any. */
+  lookup(digest: Digest): KeyPolicy | undefined {
+    const rec = this.recordByHash(digest);
     return rec === undefined ? undefined : this.cache.policy(rec);
   }
 
@@ -448,7 +448,7 @@ export class Snapshot {
   lookupToken(token: string): KeyPolicy | undefined {
     const hit = this.tokens.get(token);
     if (hit !== undefined) return hit ?? undefined;
-    const key = this.lookup(secretHash(token));
+    const key = this.lookup(secretDigest(token));
     if (token.length <= TOKEN_CACHE_MAX_LENGTH) {
       if (this.tokens.size >= TOKEN_CACHE_MAX) this.tokens.clear();
       this.tokens.set(token, key ?? null);
@@ -465,13 +465,13 @@ export class Snapshot {
     return this.base.byId.get(id);
   }
 
-  /** The record whose secret hashes to `secretSha256`, if any. */
-  recordByHash(secretSha256: string): KeyRecord | undefined {
+  /** The record whose secret's SHA-256 is `digest`, if any. */
+  recordByHash(digest: Digest): KeyRecord | undefined {
     if (this.overlay.byHash.size > 0) {
-      const o = this.overlay.byHash.get(secretSha256);
+      const o = this.overlay.byHash.get(digest);
       if (o !== undefined) return o ?? undefined;
     }
-    return this.base.byHash.get(secretSha256);
+    return this.base.byHash.get(digest);
   }
 
   /** Every record, in no particular order. */

@@ -11,6 +11,7 @@
  * and the caller copies the 21 MB a slice at a time.
  */
 import { isMap, isSeq, parseDocument, stringify, type Document, type YAMLMap } from "yaml";
+import { hexOfDigest } from "./digest.js";
 import type { KeyRecord } from "./keysfile.js";
 import type { KeyChange } from "./change.js";
 import { entryItems } from "./entries.js";
@@ -88,7 +89,7 @@ export function toYaml(r: KeyRecord): Record<string, unknown> {
   const out: Record<string, unknown> = {
     id: r.id,
     name: r.name,
-    secret_sha256: r.secretSha256,
+    secret_sha256: hexOfDigest(r.secretDigest),
     scopes: [...r.scopes],
     ip_allow_list: entryItems(r.ipAllowList, r.entryDetails),
   };

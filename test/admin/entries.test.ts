@@ -29,6 +29,7 @@ import { startRedis } from "../helpers/redis.js";
 import { BIN } from "../helpers/spawn.js";
 import { eventually, sidecarFixture, startTestSidecar, type TestSidecar } from "../helpers/sidecar.js";
 import { code } from "../helpers/totp.js";
+import { digestOfHex } from "../../src/store/digest.js";
 
 const openapi = new OpenApi();
 const sha = (s: string): string => createHash("sha256").update(s).digest("hex");
@@ -336,7 +337,7 @@ describe("needsConfirmation: expiries", () => {
   const rec = (details: KeyRecord["entryDetails"], list = ["10.0.0.1", "10.0.0.2"]): KeyRecord => ({
     id: "k",
     name: "k",
-    secretSha256: "0".repeat(64),
+    secretDigest: digestOfHex("0".repeat(64)),
     scopes: [],
     ipAllowList: list,
     ...(details ? { entryDetails: details } : {}),
@@ -554,7 +555,7 @@ describe("expiry audit events", () => {
       let now = t - 1000;
       const key = (id: string, expiring: boolean): KeyRecord =>
         rec(id, {
-          secretSha256: sha(`s_${id}`),
+          secretDigest: digestOfHex(sha(`s_${id}`)),
           ipAllowList: ["10.0.0.1", "10.0.0.2"],
           ...(expiring ? { entryDetails: { "10.0.0.1": { expiresAt: iso(t) } } } : {}),
         });
@@ -608,7 +609,7 @@ describe("expiry audit events", () => {
       const record: KeyRecord = {
         id: "k1",
         name: "k1",
-        secretSha256: sha("s1"),
+        secretDigest: digestOfHex(sha("s1")),
         scopes: [],
         ipAllowList: ["10.0.0.1", "10.0.0.2"],
         entryDetails: { "10.0.0.1": { note: "temp", expiresAt: iso(t) } },

@@ -8,13 +8,13 @@ import fc from "fast-check";
 import pino from "pino";
 import { FileAuditLog, type AuditLog } from "../../src/admin/audit.js";
 import { KeysService } from "../../src/admin/keys.js";
-import { secretHash } from "../../src/policy/credential.js";
 import type { KeyChange } from "../../src/store/change.js";
 import type { KeyRecord } from "../../src/store/keysfile.js";
 import { MatcherCache, Snapshot } from "../../src/store/snapshot.js";
 import { SortedIds } from "../../src/store/sorted.js";
 import type { KeyStore } from "../../src/store/store.js";
 import { rec } from "../helpers/records.js";
+import { secretDigest } from "../../src/store/digest.js";
 
 const IDS = ["a", "b", "B", "c", "key_1", "key_10", "key_2", "z-9", "_x"];
 
@@ -28,7 +28,7 @@ const recordArb = fc
   .map((r): KeyRecord => ({
     id: r.id,
     name: r.name,
-    secretSha256: secretHash(r.secret),
+    secretDigest: secretDigest(r.secret),
     scopes: [r.scope],
     ipAllowList: [],
     mode: undefined,

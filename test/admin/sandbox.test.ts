@@ -6,6 +6,7 @@ import { describe, test } from "node:test";
 import { decodeRecord, encodeRecord } from "../../src/store/redis/record.js";
 import { bearer, send } from "../helpers/http.js";
 import { sidecarFixture, startTestSidecar } from "../helpers/sidecar.js";
+import { digestOfHex } from "../../src/store/digest.js";
 
 const sha = (s: string): string => createHash("sha256").update(s).digest("hex");
 
@@ -55,7 +56,7 @@ describe("the Redis encoding keeps the sandbox flag and reads old records", () =
   const base = {
     id: "k",
     name: "n",
-    secretSha256: "a".repeat(64),
+    secretDigest: digestOfHex("a".repeat(64)),
     scopes: ["s"],
     ipAllowList: ["10.0.0.0/8"],
     mode: undefined,

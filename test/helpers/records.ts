@@ -1,14 +1,14 @@
 /** Key records for store tests, and the records a keys file holds. */
-import { secretHash } from "../../src/policy/credential.js";
 import { parseKeysFile, type KeyRecord } from "../../src/store/keysfile.js";
 import { formatStoreProblem } from "../../src/store/store.js";
+import { secretDigest } from "../../src/store/digest.js";
 
 /** A plain record `id` (secret `secret-<id>`, no scopes, no list), with `over` applied. */
 export function rec(id: string, over: Partial<KeyRecord> = {}): KeyRecord {
   return {
     id,
     name: id,
-    secretSha256: secretHash(`secret-${id}`),
+    secretDigest: secretDigest(`secret-${id}`),
     scopes: [],
     ipAllowList: [],
     mode: undefined,

@@ -7,6 +7,7 @@ import { parseKeysFile, type KeyRecord } from "../../src/store/keysfile.js";
 import { decodeRecord, encodeRecord, readable, readableReusing } from "../../src/store/redis/record.js";
 import { MatcherCache, Snapshot } from "../../src/store/snapshot.js";
 import { formatProblem } from "../../src/util/yaml.js";
+import { digestOfHex } from "../../src/store/digest.js";
 
 function ip(s: string): Ip {
   const r = parseIp(s);
@@ -283,7 +284,7 @@ function record(list: unknown[]): KeyRecord {
   return {
     id: "k",
     name: "k",
-    secretSha256: "a".repeat(64),
+    secretDigest: digestOfHex("a".repeat(64)),
     scopes: [],
     ipAllowList: p.entries,
     ...(p.details ? { entryDetails: p.details } : {}),
@@ -303,7 +304,7 @@ describe("entries: matching with a clock", () => {
       [record(["10.0.0.1", { entry: "192.0.2.0/24", expires_at: at(T0 + 3 * 86400_000), note: "contractor" }])],
       cache,
     );
-    const key = snap.lookup("a".repeat(64));
+    const key = snap.lookup(digestOfHex("a".repeat(64)));
     assert.ok(key);
     assert.ok(key.contains(ip("192.0.2.9")));
     now = T0 + 3 * 86400_000 - 1;
@@ -328,7 +329,7 @@ describe("entries: matching with a clock", () => {
       ],
       cache,
     );
-    const key = snap.lookup("a".repeat(64));
+    const key = snap.lookup(digestOfHex("a".repeat(64)));
     assert.ok(key);
     assert.ok(key.contains(ip("203.0.113.1")));
     now = T0 + 1000;
@@ -339,7 +340,7 @@ describe("entries: matching with a clock", () => {
   test("an entry already expired when the snapshot is built never matches", () => {
     const cache = new MatcherCache(100, () => T0);
     const snap = new Snapshot([record(["10.0.0.1", { entry: "10.0.0.2", expires_at: at(T0) }])], cache);
-    const key = snap.lookup("a".repeat(64));
+    const key = snap.lookup(digestOfHex("a".repeat(64)));
     assert.ok(key && !key.contains(ip("10.0.0.2")) && key.contains(ip("10.0.0.1")));
   });
 
@@ -350,7 +351,7 @@ describe("entries: matching with a clock", () => {
       return T0;
     });
     const snap = new Snapshot([record(["10.0.0.1", { entry: "10.0.0.2", note: "no expiry" }])], cache);
-    const key = snap.lookup("a".repeat(64));
+    const key = snap.lookup(digestOfHex("a".repeat(64)));
     for (let i = 0; i < 10; i++) key?.contains(ip("10.0.0.2"));
     assert.equal(reads, 0);
   });
@@ -367,7 +368,7 @@ describe("entries: matching with a clock", () => {
       ],
       cache,
     );
-    const key = snap.lookup("a".repeat(64));
+    const key = snap.lookup(digestOfHex("a".repeat(64)));
     for (let i = 0; i < 5; i++) key?.contains(ip("10.0.0.1"));
     now = T0 + 1500;
     for (let i = 0; i < 5; i++) key?.contains(ip("10.0.0.1"));
@@ -391,7 +392,7 @@ describe("entries: matching with a clock", () => {
           const items = entries.map(([a, e]) =>
             e === undefined ? `10.0.0.${a}` : { entry: `10.0.0.${a}`, expires_at: at(T0 + e * 1000) },
           );
-          const key = new Snapshot([record(items)], cache).lookup("a".repeat(64));
+          const key = new Snapshot([record(items)], cache).lookup(digestOfHex("a".repeat(64)));
           for (const t of sorted) {
             now = T0 + t * 1000;
             const naive = entries.some(([a, e]) => a === probe && (e === undefined || now < T0 + e * 1000));
@@ -418,7 +419,7 @@ describe("entries: the Redis record carries details beside the sandbox flag", ()
   const base: KeyRecord = {
     id: "k",
     name: "n",
-    secretSha256: "a".repeat(64),
+    secretDigest: digestOfHex("a".repeat(64)),
     scopes: ["s"],
     ipAllowList: ["10.0.0.1", "192.0.2.0/24"],
     mode: undefined,

@@ -13,6 +13,7 @@ import { indexEntries } from "../../src/store/splice.js";
 import type { LoaderInput, LoaderMessage } from "../../src/store/loader.js";
 import { formatStoreProblem } from "../../src/store/store.js";
 import { rec, records } from "../helpers/records.js";
+import { secretDigest } from "../../src/store/digest.js";
 
 describe("a large keys file (worker-thread loader, in-place writes)", () => {
   let dir: string;
@@ -79,7 +80,7 @@ describe("a large keys file (worker-thread loader, in-place writes)", () => {
     store.subscribe({ reloadFailed: (ps) => failures.push(...ps.map(formatStoreProblem)) });
     await store.load();
     assert.equal(store.snapshot.size, N);
-    assert.equal(store.snapshot.lookup(secretHash("s7"))?.id, "key_7");
+    assert.equal(store.snapshot.lookup(secretDigest("s7"))?.id, "key_7");
 
     const updated = { ...store.snapshot.record("key_10")!, name: "Renamed", ipAllowList: ["203.0.113.0/24"] };
     await store.transact(() => ({ change: { kind: "update", record: updated }, result: undefined }));

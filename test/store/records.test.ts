@@ -7,6 +7,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import fc from "fast-check";
+import { digestOfHex } from "../../src/store/digest.js";
 import { leanRecord, type KeyRecord } from "../../src/store/keysfile.js";
 import { decodeRecord, encodeRecord } from "../../src/store/redis/record.js";
 
@@ -16,7 +17,9 @@ const recordArb: fc.Arbitrary<KeyRecord> = fc
   .record({
     id: fc.string({ minLength: 1 }),
     name: fc.string(),
-    secretSha256: fc.constantFrom("0".repeat(64), "f".repeat(64)),
+    secretDigest: fc
+      .uint8Array({ minLength: 32, maxLength: 32 })
+      .map((b) => digestOfHex(Buffer.from(b).toString("hex"))),
     scopes: fc.array(fc.string(), { maxLength: 3 }),
     ipAllowList: fc.array(fc.constantFrom("10.0.0.0/8", "192.0.2.1", "2001:db8::/32"), { maxLength: 3 }),
     details: fc.constantFrom("absent", "undefined", "set"),
@@ -29,7 +32,7 @@ const recordArb: fc.Arbitrary<KeyRecord> = fc
   .map(({ details, modeKey, sandbox, ...r }): KeyRecord => ({
     id: r.id,
     name: r.name,
-    secretSha256: r.secretSha256,
+    secretDigest: r.secretDigest,
     scopes: r.scopes,
     ipAllowList: r.ipAllowList,
     ...(details === "absent" ? {} : ({ entryDetails: details === "set" ? DETAILS : undefined } as KeyRecord)),
@@ -86,7 +89,7 @@ test("decodeRecord reads back what encodeRecord stored: every field, the eight e
       const want: KeyRecord = {
         id: r.id,
         name: r.name,
-        secretSha256: r.secretSha256,
+        secretDigest: r.secretDigest,
         scopes: r.scopes,
         ipAllowList: r.ipAllowList,
         mode: r.mode,

@@ -11,6 +11,7 @@ import { existsSync } from "node:fs";
 import { after, before, describe, test } from "node:test";
 import type { AuditEvent, AuditPage } from "../../src/admin/audit.js";
 import { sideFiles } from "../../src/cli/sidecar.js";
+import { digestOfHex } from "../../src/store/digest.js";
 import type { KeyRecord } from "../../src/store/keysfile.js";
 import { needBinary } from "../helpers/binary.js";
 import { bearer, send, type Reply } from "../helpers/http.js";
@@ -26,7 +27,7 @@ const SEED: KeyRecord[] = [
   {
     id: "k_seed",
     name: "seed",
-    secretSha256: sha("s_seed"),
+    secretDigest: digestOfHex(sha("s_seed")),
     scopes: [],
     ipAllowList: ["192.0.2.1"],
     mode: undefined,

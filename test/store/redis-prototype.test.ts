@@ -9,13 +9,13 @@ import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { setFlagsFromString } from "node:v8";
 import { runInThisContext } from "node:vm";
-import { secretHash } from "../../src/policy/credential.js";
 import { needBinary } from "../helpers/binary.js";
 import { bearer, send } from "../helpers/http.js";
 import { rec } from "../helpers/records.js";
 import { redisFixture } from "../helpers/redis.js";
 import { startTestSidecar } from "../helpers/sidecar.js";
 import { startUpstream } from "../helpers/upstream.js";
+import { secretDigest } from "../../src/store/digest.js";
 
 setFlagsFromString("--allow-natives-syntax");
 // V8's own answer; the flag above must be set before this source is compiled.
@@ -27,7 +27,7 @@ describe("Redis store and V8's String.prototype", { skip: redisBin.skip }, () =>
   const redis = redisFixture(redisBin.path, "kfp");
   test("a Redis-store sidecar answering requests keeps String.prototype with fast properties", async () => {
     const prefix = redis.newPrefix();
-    await redis.seed(prefix, [rec("k_local", { secretSha256: secretHash("s_local"), ipAllowList: ["127.0.0.1"] })]);
+    await redis.seed(prefix, [rec("k_local", { secretDigest: secretDigest("s_local"), ipAllowList: ["127.0.0.1"] })]);
     const up = await startUpstream();
     const kf = await startTestSidecar({
       upstream: up.url,

@@ -17,6 +17,7 @@ import { StoreLoadError } from "../../src/store/store.js";
 import { exportRecords, importRecords } from "../../src/store/redis/io.js";
 import { redisKeys } from "../../src/store/redis/store.js";
 import { changedId, type KeyChange } from "../../src/store/change.js";
+import { digestOfHex } from "../../src/store/digest.js";
 import type { KeyRecord } from "../../src/store/keysfile.js";
 import { needBinary } from "../helpers/binary.js";
 import { bearer, send, type Reply } from "../helpers/http.js";
@@ -34,7 +35,7 @@ function record(id: string, secret: string, allow: string[] = []): KeyRecord {
   return {
     id,
     name: id,
-    secretSha256: sha(secret),
+    secretDigest: digestOfHex(sha(secret)),
     scopes: [],
     ipAllowList: allow,
     mode: undefined,

@@ -8,18 +8,18 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import fc from "fast-check";
-import { secretHash } from "../../src/policy/credential.js";
 import type { KeyRecord } from "../../src/store/keysfile.js";
 import { ResyncDiff } from "../../src/store/redis/diff.js";
 import { encodeRecord } from "../../src/store/redis/record.js";
 import { MatcherCache, Snapshot } from "../../src/store/snapshot.js";
 import { rec as record } from "../helpers/records.js";
+import { secretDigest } from "../../src/store/digest.js";
 
 /** Key `i` in variant `v` (variants differ in list, name or secret, so a diff has something to find). */
 function rec(i: number, v: number): KeyRecord {
   return record(`key_${i}`, {
     name: v % 3 === 2 ? `renamed ${i}` : `key_${i}`,
-    secretSha256: secretHash(`secret-${i}-${v % 2}`),
+    secretDigest: secretDigest(`secret-${i}-${v % 2}`),
     ipAllowList: v % 3 === 1 ? ["192.0.2.1"] : [`10.0.0.${i}`],
   });
 }
@@ -30,7 +30,7 @@ function contents(s: Snapshot): { texts: Map<string, string>; owners: Map<string
   const owners = new Map<string, string>();
   for (const r of s.iterate()) {
     texts.set(r.id, encodeRecord(r));
-    owners.set(r.secretSha256, s.recordByHash(r.secretSha256)?.id ?? "");
+    owners.set(r.secretDigest, s.recordByHash(r.secretDigest)?.id ?? "");
   }
   return { texts, owners };
 }

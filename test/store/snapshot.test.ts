@@ -7,11 +7,11 @@ import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import fc from "fast-check";
 import { parseIp, type Ip } from "../../src/ip/address.js";
-import { secretHash } from "../../src/policy/credential.js";
 import type { KeyChange } from "../../src/store/change.js";
 import type { KeyRecord } from "../../src/store/keysfile.js";
 import { Compactor, MatcherCache, Snapshot } from "../../src/store/snapshot.js";
 import { editSorted, sortIds, SortedIds } from "../../src/store/sorted.js";
+import { secretDigest } from "../../src/store/digest.js";
 
 const IDS = ["a", "b", "B", "c", "key_1", "key_10", "key_2", "z-9", "_x"];
 const SECRETS = ["s0", "s1", "s2", "s3", "s4", "s5", "s6"];
@@ -26,7 +26,7 @@ function rec(id: string, secret: string, list: readonly string[], name = id, at?
   const r: KeyRecord = {
     id,
     name,
-    secretSha256: secretHash(secret),
+    secretDigest: secretDigest(secret),
     scopes: ["messages:send"],
     ipAllowList: [...list],
     mode: undefined,
@@ -106,7 +106,7 @@ function applyNaive(map: ReadonlyMap<string, KeyRecord>, change: KeyChange): Map
     return next;
   }
   next.delete(change.record.id);
-  for (const [id, r] of next) if (r.secretSha256 === change.record.secretSha256) next.delete(id);
+  for (const [id, r] of next) if (r.secretDigest === change.record.secretDigest) next.delete(id);
   next.set(change.record.id, change.record);
   return next;
 }
@@ -130,14 +130,14 @@ function agrees(snap: Snapshot, model: ReadonlyMap<string, KeyRecord>, now: numb
     assert.deepEqual(Object.keys(snap.record(id) ?? {}), Object.keys(model.get(id) ?? {}), `fields of ${id}`);
   }
   for (const s of SECRETS) {
-    const holder = [...model.values()].find((r) => r.secretSha256 === secretHash(s));
-    assert.deepEqual(snap.recordByHash(secretHash(s)), holder, `by hash ${s}`);
+    const holder = [...model.values()].find((r) => r.secretDigest === secretDigest(s));
+    assert.deepEqual(snap.recordByHash(secretDigest(s)), holder, `by hash ${s}`);
     assert.equal(snap.lookupToken(s)?.id, holder?.id, `token ${s}`);
     assert.equal(
-      snap.lookup(secretHash(s))?.restricted,
+      snap.lookup(secretDigest(s))?.restricted,
       holder === undefined ? undefined : holder.ipAllowList.length > 0,
     );
-    const policy = snap.lookup(secretHash(s));
+    const policy = snap.lookup(secretDigest(s));
     if (holder !== undefined && policy !== undefined) {
       for (const p of PROBES) {
         assert.equal(policy.contains(parseIp(p) as Ip), naiveContains(holder, p, now), `${s} contains ${p}`);

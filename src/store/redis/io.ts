@@ -9,6 +9,7 @@
  */
 import { randomBytes } from "node:crypto";
 import { createClient } from "redis";
+import { hexOfDigest } from "../digest.js";
 import type { KeyRecord } from "../keysfile.js";
 import { encodeRecord, readable } from "./record.js";
 import { journalAppendLua, LOG_MAX, redisKeys, scanPage } from "./store.js";
@@ -139,7 +140,7 @@ export async function importRecords(
       const batch = records.slice(i, i + IMPORT_BATCH);
       const owners = await client.hmGet(
         names.hashes,
-        batch.map((r) => r.secretSha256),
+        batch.map((r) => hexOfDigest(r.secretDigest)),
       );
       owners.forEach((owner, k) => {
         const r = batch[k];
@@ -153,7 +154,7 @@ export async function importRecords(
   for (let i = 0; i < records.length; i += IMPORT_BATCH) {
     const batch = records.slice(i, i + IMPORT_BATCH);
     const args = [names.channel, String(LOG_MAX), fresh ? "1" : "0", head, tail, String(journal?.maxLen ?? 0)];
-    for (const r of batch) args.push(r.id, encodeRecord(r), r.secretSha256);
+    for (const r of batch) args.push(r.id, encodeRecord(r), hexOfDigest(r.secretDigest));
     const n = await client.eval(IMPORT, {
       keys: [names.keys, names.hashes, names.version, names.generation, names.log, names.audit],
       arguments: args,

@@ -3,7 +3,8 @@
  * {@link encodeRecord} under the key's id, and its reading back.
  */
 import { expiryInstant, type EntryDetails, type EntryDetailsMap } from "../entries.js";
-import type { KeyRecord } from "../keysfile.js";
+import { digestOfHex, hexOfDigest } from "../digest.js";
+import { SHA256_HEX, type KeyRecord } from "../keysfile.js";
 
 /**
  * A record as stored in Redis: `[name, secret_sha256, scopes, ip_allow_list,
@@ -15,7 +16,7 @@ import type { KeyRecord } from "../keysfile.js";
 export function encodeRecord(r: KeyRecord): string {
   const fields: unknown[] = [
     r.name,
-    r.secretSha256,
+    hexOfDigest(r.secretDigest),
     r.scopes,
     r.ipAllowList,
     r.mode ?? 0,
@@ -99,14 +100,15 @@ export function decodeRecord(id: string, text: string): KeyRecord | undefined {
   const [name, sha, scopes, list, mode, created, updated, sandbox, rawDetails] = v as unknown[];
   if (v.length === 8 && sandbox !== 1) return undefined;
   if (v.length === 9 && sandbox !== 0 && sandbox !== 1) return undefined;
-  if (typeof name !== "string" || typeof sha !== "string" || !isStrings(scopes) || !isStrings(list)) return undefined;
+  if (typeof name !== "string" || typeof sha !== "string" || !SHA256_HEX.test(sha)) return undefined;
+  if (!isStrings(scopes) || !isStrings(list)) return undefined;
   if ((mode !== 0 && mode !== "enforce" && mode !== "report") || !isOptional(created) || !isOptional(updated)) {
     return undefined;
   }
   const plain: KeyRecord = {
     id,
     name,
-    secretSha256: sha,
+    secretDigest: digestOfHex(sha),
     scopes,
     ipAllowList: list,
     mode: mode === 0 ? undefined : mode,

@@ -30,6 +30,7 @@ import { readFile } from "node:fs/promises";
 import { createClient, VerbatimString } from "redis";
 import { writeFileAtomic } from "../../util/atomic.js";
 import { changedId, type KeyChange } from "../change.js";
+import { hexOfDigest } from "../digest.js";
 import { entryItems } from "../entries.js";
 import { parseKeysFile, type KeyRecord } from "../keysfile.js";
 import { Compactor, MatcherCache, Snapshot, SnapshotBuilder } from "../snapshot.js";
@@ -300,7 +301,7 @@ export function keysFileEntry(r: KeyRecord): Record<string, unknown> {
   const out: Record<string, unknown> = {
     id: r.id,
     name: r.name,
-    secret_sha256: r.secretSha256,
+    secret_sha256: hexOfDigest(r.secretDigest),
     scopes: r.scopes,
     ip_allow_list: entryItems(r.ipAllowList, r.entryDetails),
   };
@@ -794,8 +795,8 @@ export class RedisKeyStore implements KeyStore {
               id,
               before === undefined ? "" : encodeRecord(before),
               change.kind === "delete" ? "" : encodeRecord(change.record),
-              change.kind === "delete" ? "" : change.record.secretSha256,
-              before?.secretSha256 ?? "",
+              change.kind === "delete" ? "" : hexOfDigest(change.record.secretDigest),
+              before === undefined ? "" : hexOfDigest(before.secretDigest),
               this.names.channel,
               String(LOG_MAX),
               p.journal ?? "",
