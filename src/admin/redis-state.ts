@@ -74,41 +74,45 @@ export class RedisCodeState implements CodeState {
 
 /**
  * KEYS: the client's attempt log (a sorted set, start time → random member),
- * the store's generation marker. ARGV: now, window ms, max, member. Drops
- * starts older than the window; reserves one when fewer than max remain and
- * returns {1}, else {0, oldest}; {-1} when the store's data is gone (the log
- * may have gone with it).
+ * the store's generation marker. ARGV: now in ms (empty: Redis's own clock,
+ * one for every replica), window ms, max, member. Drops starts older than the
+ * window; reserves one when fewer than max remain and returns {1}, else
+ * {0, ms until the oldest leaves the window}; {-1} when the store's data is
+ * gone (the log may have gone with it).
  */
 const RESERVE = `
-if redis.call('EXISTS', KEYS[2]) == 0 then return {-1, '0'} end
-local now, window, max = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+if redis.call('EXISTS', KEYS[2]) == 0 then return {-1, 0} end
+local now = tonumber(ARGV[1])
+if now == nil then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local window, max = tonumber(ARGV[2]), tonumber(ARGV[3])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
 if redis.call('ZCARD', KEYS[1]) >= max then
   local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-  return {0, oldest[2]}
+  return {0, tonumber(oldest[2]) + window - now}
 end
 if ARGV[4] ~= '' then
   redis.call('ZADD', KEYS[1], now, ARGV[4])
   redis.call('PEXPIRE', KEYS[1], window)
 end
-return {1, '0'}
+return {1, 0}
 `;
 
 /**
  * The failed-attempt limit shared by replicas, at `<prefix>attempts:<client>`:
  * the same sliding log as {@link MemoryAttemptLimit}, reserved atomically
  * in Redis before the verification runs and refunded (removed) after a
- * success or an error.
+ * success or an error. Its window runs on Redis's clock (`options.now` only
+ * where a test injects one): replicas whose clocks disagree by more than a
+ * window would otherwise each clear the others' attempts as old.
  */
 export class RedisAttemptLimit implements AttemptLimit {
-  private readonly now: () => number;
-
   constructor(
     private readonly store: RedisConnection,
     private readonly options: AttemptLimitOptions,
-  ) {
-    this.now = options.now ?? Date.now;
-  }
+  ) {}
 
   private key(client: string): string {
     return `${this.store.prefix}attempts:${client}`;
@@ -116,18 +120,23 @@ export class RedisAttemptLimit implements AttemptLimit {
 
   /** Reserves an attempt (`member` non-empty) or only checks; the seconds to wait, 0 when reserved or free. */
   private async reserve(client: string, member: string): Promise<number> {
-    const now = this.now();
+    const now = this.options.now?.();
     const reply = await this.store.command((c) =>
       c.eval(RESERVE, {
         keys: [this.key(client), generationKey(this.store)],
-        arguments: [String(now), String(this.options.windowMs), String(this.options.max), member],
+        arguments: [
+          now === undefined ? "" : String(now),
+          String(this.options.windowMs),
+          String(this.options.max),
+          member,
+        ],
       }),
     );
     if (!Array.isArray(reply)) throw new Error("internal: unexpected reply from the attempt script");
-    const [ok, oldest] = reply as unknown[];
+    const [ok, waitMs] = reply as unknown[];
     if (ok === -1) throw dataGone();
     if (ok === 1) return 0;
-    return Math.max(1, Math.ceil((Number(oldest) + this.options.windowMs - now) / 1000));
+    return Math.max(1, Math.ceil(Number(waitMs) / 1000));
   }
 
   async attempt<T>(

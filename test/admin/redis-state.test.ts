@@ -106,6 +106,29 @@ describe("Redis admin state", { skip: redisBin.skip }, () => {
     }
   });
 
+  test("attempt limit: on Redis's clock, a replica whose clock is hours off still counts the others' attempts", async () => {
+    const [a, b] = await replicas();
+    const settings = { max: 2, windowMs: 60_000 };
+    const onA = new RedisAttemptLimit(a, settings);
+    for (let i = 0; i < 2; i++) {
+      assert.deepEqual(await onA.attempt("skewed", () => false, Boolean), { limited: false, result: false });
+    }
+    const realNow = Date.now;
+    for (const skew of [2 * 3_600_000, -2 * 3_600_000, 61_000]) {
+      // This process's clock as a replica on a badly set machine reads it.
+      Date.now = () => realNow() + skew;
+      try {
+        const onB = new RedisAttemptLimit(b, settings);
+        const got = await onB.attempt("skewed", () => false, Boolean);
+        assert.equal(got.limited, true, `clock ${skew} ms off`);
+        const wait = await onB.retryAfter("skewed");
+        assert.ok(wait >= 1 && wait <= 60, `clock ${skew} ms off: retry after ${wait} s`);
+      } finally {
+        Date.now = realNow;
+      }
+    }
+  });
+
   test("attempt limit: of 20 concurrent failing attempts on two replicas, exactly max run", async () => {
     const [a, b] = await replicas();
     const settings = { max: 10, windowMs: 60_000 };
