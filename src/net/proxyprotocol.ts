@@ -149,8 +149,9 @@ export type PreludeFailure = "invalid" | "timeout" | "closed";
  * source it names becomes the socket's `remoteAddress`/`remotePort`/
  * `remoteFamily` (so every later reader of the socket sees the client), the
  * bytes after the header are put back, and `proceed` gets the peer address.
- * A missing, malformed or truncated header, or none within `timeoutMs`,
- * closes the connection without an answer and calls `failed`.
+ * A missing, malformed or truncated header, none within `timeoutMs`, or a
+ * connection reset meanwhile closes the connection without an answer and
+ * calls `failed`.
  */
 export function readProxyHeader(
   socket: Socket,
@@ -166,6 +167,7 @@ export function readProxyHeader(
     socket.off("readable", onReadable);
     socket.off("end", onEnd);
     socket.off("close", onEnd);
+    socket.off("error", onError);
   };
   const fail = (why: PreludeFailure, reason: string): void => {
     if (settled) return;
@@ -195,6 +197,9 @@ export function readProxyHeader(
     }
   };
   const onEnd = (): void => fail("closed", "connection closed before a complete PROXY protocol header");
+  // No HTTP handler is attached yet to catch a reset: unheard, its 'error' event would end the process.
+  const onError = (err: Error): void =>
+    fail("closed", `connection failed before a complete PROXY protocol header: ${err.message}`);
   const timer = setTimeout(
     () => fail("timeout", `no complete PROXY protocol header within ${timeoutMs} ms`),
     timeoutMs,
@@ -202,4 +207,5 @@ export function readProxyHeader(
   socket.on("readable", onReadable);
   socket.on("end", onEnd);
   socket.on("close", onEnd);
+  socket.on("error", onError);
 }

@@ -277,6 +277,8 @@ export class ProxyServer {
 
   /** An upgrade request: decided by the same step; a tunnel only after the upstream's 101 (see upgrade.ts). */
   private handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
+    // Node hands the socket over without its own 'error' listener: a client's reset, unheard, would end the process.
+    socket.on("error", () => socket.destroy());
     const t0 = performance.now();
     this.inflight.begin();
     const requestId = requestIdOf(req);

@@ -172,6 +172,36 @@ describe("PROXY protocol: hand-written headers", () => {
     assert.ok(fx.kf.logs.some((l) => l["event"] === "proxy_protocol_error" && l["kind"] === "invalid"));
   });
 
+  test("a listed peer that resets mid-header, or before any byte, is dropped; keyfence keeps serving", async () => {
+    const u = new URL(fx.kf.url);
+    const partials: Array<Buffer | string> = [
+      "",
+      "PROXY TCP4 1.2",
+      "PROXY TCP4 203.0.113.7 127.0.0.1 4000 80",
+      SIG.subarray(0, 5),
+      v2Header("203.0.113.7").subarray(0, 20),
+    ];
+    for (const part of partials) {
+      for (const ms of [0, 20]) {
+        const s: Socket = connect({ host: u.hostname, port: Number(u.port), localAddress: "127.0.0.1" });
+        s.on("error", () => undefined);
+        await new Promise<void>((r) => s.once("connect", () => r()));
+        if (part.length > 0) s.write(part);
+        if (ms > 0) await new Promise((r) => setTimeout(r, ms));
+        s.resetAndDestroy();
+        await new Promise((r) => s.once("close", r));
+      }
+    }
+    await new Promise((r) => setTimeout(r, 50));
+    const x = await exchange(
+      fx.kf.url,
+      "127.0.0.1",
+      ["PROXY TCP4 203.0.113.7 127.0.0.1 4000 80\r\n", request("/x", "s_far")],
+      500,
+    );
+    assert.match(x.reply, /^HTTP\/1\.1 200 /);
+  });
+
   test("slow header: closed without an answer after 5 s", async () => {
     const x = await exchange(fx.kf.url, "127.0.0.1", ["PROXY TCP4 192.0.2.7 "], 8000);
     assert.equal(x.closed, true);

@@ -240,6 +240,39 @@ describe("upgrades to a WebSocket upstream and to the ping path", () => {
 });
 
 /** keyfence_request_duration_seconds_count{outcome} from /metrics. */
+/** Connects, writes `bytes`, and after `ms` resets the connection (RST, not FIN) before or while keyfence answers. */
+async function resetAfter(port: number, bytes: string, ms: number): Promise<void> {
+  const s = connect(port, "127.0.0.1");
+  s.on("error", () => undefined);
+  await new Promise<void>((r) => s.once("connect", () => r()));
+  s.write(bytes);
+  if (ms > 0) await new Promise((r) => setTimeout(r, ms));
+  s.resetAndDestroy();
+  await new Promise((r) => s.once("close", r));
+}
+
+describe("clients that reset their connection after an upgrade request", () => {
+  const fx = sidecarFixture((up) => startTestSidecar({ upstream: up.url, keys: KEYS }));
+
+  const cases: Array<[string, string, string | undefined]> = [
+    ["the ping path with no key", "/_keyfence/ping", undefined],
+    ["the ping path with an allowed key", "/_keyfence/ping", "s_local"],
+    ["an unknown key", "/ws", "nope"],
+    ["a key denied from this address", "/ws", "s_office"],
+    ["an allowed key, to a WebSocket upstream", "/ws", "s_local"],
+  ];
+  for (const [what, path, key] of cases) {
+    test(`${what}: the connection is dropped and keyfence keeps serving`, async () => {
+      const port = Number(new URL(fx.kf.url).port);
+      // At once, while the answer is written, and after it: each a read or a write that fails on a reset socket.
+      for (const ms of [0, 1, 5, 20, 50, 200]) await resetAfter(port, upgradeRequest(path, key), ms);
+      await new Promise((r) => setTimeout(r, 50));
+      const r = await send(`${fx.kf.url}/_keyfence/ping`, { headers: [["Authorization", "Bearer s_local"]] });
+      assert.equal(r.status, 200);
+    });
+  }
+});
+
 async function requestCount(adminUrl: string, outcome: string): Promise<number> {
   const body = (await send(`${adminUrl}/metrics`)).body;
   const m = new RegExp(`^keyfence_request_duration_seconds_count\\{outcome="${outcome}"\\} (\\d+)`, "m").exec(body);
