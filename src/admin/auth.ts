@@ -14,6 +14,7 @@ import { messageOf } from "../policy/answers.js";
 import type { KeyPolicy } from "../policy/decide.js";
 import { enforceCredential, type StepSettings } from "../policy/enforce.js";
 import type { KeyRecord } from "../store/keysfile.js";
+import type { Snapshot } from "../store/snapshot.js";
 import type { KeyStore } from "../store/store.js";
 import { forwardedFor } from "../util/http.js";
 import { ApiError, invalidCredential, missingCredential, tooManyAttempts } from "./errors.js";
@@ -146,17 +147,38 @@ export class Authenticator {
     if (found === undefined) {
       throw invalidCredential();
     }
-    const { policy, record } = found;
-    const plan = enforceCredential(bearer, "/", client, { lookupToken: () => policy }, ADMIN_POLICY).plan;
-    if (plan.kind === "answer") {
-      const reason = plan.reason === "ip_not_allowed" ? plan.reason : "invalid_client_ip";
-      throw new ApiError(reason, plan.message);
-    }
-    if (!record.scopes.includes(WRITE_SCOPE)) {
-      throw new ApiError("missing_scope", `this API key lacks the ${WRITE_SCOPE} scope`);
-    }
-    return { kind: "key", record };
+    authorizeKey(found.policy, found.record, client);
+    return { kind: "key", record: found.record };
   }
+}
+
+/** Throws the API error a key gets unless it may manage keys from `client`: allowed from there, holding {@link WRITE_SCOPE}. */
+function authorizeKey(policy: KeyPolicy, record: KeyRecord, client: ClientIp): void {
+  const token = { kind: "token", token: "" } as const;
+  const plan = enforceCredential(token, "/", client, { lookupToken: () => policy }, ADMIN_POLICY).plan;
+  if (plan.kind === "answer") {
+    const reason = plan.reason === "ip_not_allowed" ? plan.reason : "invalid_client_ip";
+    throw new ApiError(reason, plan.message);
+  }
+  if (!record.scopes.includes(WRITE_SCOPE)) {
+    throw new ApiError("missing_scope", `this API key lacks the ${WRITE_SCOPE} scope`);
+  }
+}
+
+/**
+ * Authorizes a key caller again against `snapshot`, the store as a change is
+ * about to be made (under its lock): a key deleted, narrowed away from
+ * `client` or stripped of {@link WRITE_SCOPE} since its request was
+ * authenticated gets the answer it would get now, so a change queued behind
+ * its own revocation never undoes it. Operators are not affected.
+ */
+export function reauthorize(snapshot: Snapshot, caller: Caller, client: ClientIp): void {
+  if (caller.kind !== "key") return;
+  const digest = caller.record.secretDigest;
+  const record = snapshot.recordByHash(digest);
+  const policy = snapshot.lookup(digest);
+  if (record === undefined || policy === undefined || record.id !== caller.record.id) throw invalidCredential();
+  authorizeKey(policy, record, client);
 }
 
 /** Resolves the client IP of an admin request exactly as the proxy does. */

@@ -27,7 +27,7 @@ import { KEY_FIELDS, type KeyRecord } from "../store/keysfile.js";
 import type { Snapshot } from "../store/snapshot.js";
 import { JournalWriteError, type KeyStore, type Plan } from "../store/store.js";
 import type { Actor, AuditLog, PreparedAudit } from "./audit.js";
-import { WRITE_SCOPE, type Caller } from "./auth.js";
+import { reauthorize, WRITE_SCOPE, type Caller } from "./auth.js";
 import { ApiError, invalid, type FieldError } from "./errors.js";
 
 /** A key as the API shows it (never its secret or hash). */
@@ -315,10 +315,17 @@ export class KeysService {
     return (this.deps.now ?? Date.now)();
   }
 
-  /** Runs a change through the store; a store that could not write the change's audit entry made no change: 503. */
-  private async transact<T>(plan: (snap: Snapshot) => Promise<Plan<T>>): Promise<T> {
+  /**
+   * Runs a change through the store, its caller authorized again against the
+   * store as the change is made (see {@link reauthorize}); a store that could
+   * not write the change's audit entry made no change: 503.
+   */
+  private async transact<T>(ctx: ChangeContext, plan: (snap: Snapshot) => Promise<Plan<T>>): Promise<T> {
     try {
-      return await this.deps.store.transact(plan);
+      return await this.deps.store.transact((snap) => {
+        reauthorize(snap, ctx.caller, ctx.client);
+        return plan(snap);
+      });
     } catch (err) {
       if (err instanceof JournalWriteError) throw this.auditFailed(err, "change", "");
       throw err;
@@ -399,7 +406,7 @@ export class KeysService {
 
   /** Creates a key with a fresh secret; the secret is in the result only. */
   create(body: unknown, ctx: ChangeContext): Promise<KeyView & { secret: string }> {
-    return this.transact(async (snap) => {
+    return this.transact(ctx, async (snap) => {
       const f = readFields(body, CREATE_FIELDS, this.deps.maxEntries, this.now());
       const errors = Array.isArray(f) ? f : f.name === undefined ? [{ field: "name", message: "is required" }] : [];
       if (errors.length > 0 || Array.isArray(f)) throw invalid(errors);
@@ -426,7 +433,7 @@ export class KeysService {
 
   /** Updates name, scopes, list and mode; omitted or null fields stay; a list replaces the old one whole. */
   update(id: string, body: unknown, ctx: ChangeContext): Promise<KeyView> {
-    return this.transact(async (snap) => {
+    return this.transact(ctx, async (snap) => {
       const before = snap.record(id);
       if (before === undefined) throw notFound(id);
       const now = this.now();
@@ -482,7 +489,7 @@ export class KeysService {
 
   /** Deletes a key; a restricted key needs confirmation. */
   delete(id: string, ctx: ChangeContext): Promise<void> {
-    return this.transact(async (snap) => {
+    return this.transact(ctx, async (snap) => {
       const before = snap.record(id);
       if (before === undefined) throw notFound(id);
       return this.planChange("delete", ctx, before, undefined, undefined);
