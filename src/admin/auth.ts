@@ -170,15 +170,17 @@ function authorizeKey(policy: KeyPolicy, record: KeyRecord, client: ClientIp): v
  * about to be made (under its lock): a key deleted, narrowed away from
  * `client` or stripped of {@link WRITE_SCOPE} since its request was
  * authenticated gets the answer it would get now, so a change queued behind
- * its own revocation never undoes it. Operators are not affected.
+ * its own revocation never undoes it. Returns the key's record as
+ * authorized (undefined for an operator, who is not affected).
  */
-export function reauthorize(snapshot: Snapshot, caller: Caller, client: ClientIp): void {
-  if (caller.kind !== "key") return;
+export function reauthorize(snapshot: Snapshot, caller: Caller, client: ClientIp): KeyRecord | undefined {
+  if (caller.kind !== "key") return undefined;
   const digest = caller.record.secretDigest;
   const record = snapshot.recordByHash(digest);
   const policy = snapshot.lookup(digest);
   if (record === undefined || policy === undefined || record.id !== caller.record.id) throw invalidCredential();
   authorizeKey(policy, record, client);
+  return record;
 }
 
 /** Resolves the client IP of an admin request exactly as the proxy does. */

@@ -322,9 +322,11 @@ export class KeysService {
    */
   private async transact<T>(ctx: ChangeContext, plan: (snap: Snapshot) => Promise<Plan<T>>): Promise<T> {
     try {
-      return await this.deps.store.transact((snap) => {
-        reauthorize(snap, ctx.caller, ctx.client);
-        return plan(snap);
+      return await this.deps.store.transact(async (snap) => {
+        const caller = reauthorize(snap, ctx.caller, ctx.client);
+        const p = await plan(snap);
+        // A store without a lock (Redis) commits only if the key is still as authorized.
+        return caller === undefined ? p : { ...p, reads: [{ id: caller.id, record: caller }] };
       });
     } catch (err) {
       if (err instanceof JournalWriteError) throw this.auditFailed(err, "change", "");

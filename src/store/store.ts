@@ -7,6 +7,7 @@
  */
 import { formatProblem, type Problem } from "../util/yaml.js";
 import type { KeyChange } from "./change.js";
+import type { KeyRecord } from "./keysfile.js";
 import type { MatcherCache, Snapshot } from "./snapshot.js";
 
 export type { KeyChange } from "./change.js";
@@ -111,6 +112,13 @@ export interface Plan<T> {
    * then rejects with the original error.
    */
   readonly onAbort?: () => Promise<void>;
+  /**
+   * Records the plan relied on as it read them (undefined: absent): the
+   * change is made only if each is still so when it commits, else the plan
+   * runs again on the newer snapshot. A store that plans under a lock no
+   * other writer passes (the keys file) has nothing to check.
+   */
+  readonly reads?: ReadonlyArray<{ readonly id: string; readonly record: KeyRecord | undefined }>;
 }
 
 /** A source of key records that the proxy and the management API share. */

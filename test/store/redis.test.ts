@@ -295,6 +295,51 @@ describe("Redis store", { skip: redisBin.skip }, () => {
     await eventually(async () => (await proxied(a, "s_open")) === 200, 2000, "writes work again");
   });
 
+  test("a key's change is not committed when another replica revoked the key after this one authorized it", async () => {
+    const writer: KeyRecord = { ...record("k_writer", "s_writer", ["127.0.0.1"]), scopes: ["api_keys:write"] };
+    const revocations: Array<[string, unknown, number]> = [
+      ["its write scope removed", { scopes: [] }, 403],
+      ["narrowed away from its caller", { ip_allow_list: ["203.0.113.9"] }, 403],
+      ["deleted", undefined, 401],
+    ];
+    for (const [what, patch, status] of revocations) {
+      const prefix = redis.newPrefix();
+      await seed(prefix, [...SEED, writer]);
+      const a = await start(redis.url, prefix);
+      const b = await start(redis.url, prefix);
+      // Between replica A's catch-up (the plan authorizes the key) and its commit, an operator revokes the key on B.
+      const store = a.sidecar.store;
+      const transact = store.transact.bind(store);
+      let revoked = false;
+      store.transact = (plan) =>
+        transact(async (snap) => {
+          const p = await plan(snap);
+          if (!revoked) {
+            revoked = true;
+            const r =
+              patch === undefined
+                ? await apiCall(b, "DELETE", "/v1/api-keys/k_writer")
+                : await apiCall(b, "PATCH", "/v1/api-keys/k_writer", patch);
+            assert.ok(r.status === 200 || r.status === 204, r.body);
+          }
+          return p;
+        });
+      try {
+        const r = await send(`${a.adminUrl}/v1/api-keys/k_open`, {
+          method: "PATCH",
+          headers: [bearer("s_writer"), ["Content-Type", "application/json"]],
+          body: JSON.stringify({ name: `renamed by a key ${what}` }),
+        });
+        assert.equal(r.status, status, `${what}: ${r.body}`);
+        assert.ok(revoked);
+      } finally {
+        delete (store as { transact?: unknown }).transact;
+      }
+      const stored = await redis.withClient((c) => c.hGet(redisKeys(prefix).keys, "k_open"));
+      assert.equal(JSON.parse(stored ?? "[]")[0], "k_open", `${what}: k_open's name unchanged`);
+    }
+  });
+
   test("vanished data is an outage, never no keys, until an import restores it", async () => {
     const prefix = redis.newPrefix();
     await seed(prefix);

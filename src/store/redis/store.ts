@@ -163,7 +163,8 @@ return {'ok', tostring(seq)}
  * KEYS: keys, hashes, version, generation, log, audit. ARGV: generation,
  * kind, id, expected record ("" for none), new record, new secret hash, old
  * secret hash, channel, log length, journal entry ("" for none), journal
- * length. Checks everything, then writes the journal entry, before it
+ * length, then pairs of an id and its record as the plan read it ("" for
+ * none; any other record there is a conflict). Checks everything, then writes the journal entry, before it
  * changes anything (a script that returns early is not rolled back).
  * Returns {'ok', version, journal seq (0 without an entry)} or why not.
  */
@@ -171,6 +172,9 @@ const COMMIT = `
 local gen = redis.call('GET', KEYS[4])
 if not gen then return {'gone'} end
 if gen ~= ARGV[1] then return {'conflict'} end
+for i = 12, #ARGV, 2 do
+  if (redis.call('HGET', KEYS[1], ARGV[i]) or '') ~= ARGV[i + 1] then return {'conflict'} end
+end
 local cur = redis.call('HGET', KEYS[1], ARGV[3])
 if ARGV[2] == 'create' then
   if cur then return {'conflict'} end
@@ -801,6 +805,7 @@ export class RedisKeyStore implements KeyStore {
               String(LOG_MAX),
               p.journal ?? "",
               String(this.options.journalMaxLen ?? DEFAULT_JOURNAL_MAX_LEN),
+              ...(p.reads ?? []).flatMap((r) => [r.id, r.record === undefined ? "" : encodeRecord(r.record)]),
             ],
           }),
         );
