@@ -5,13 +5,12 @@
  * keys file. A progress bar shows on a terminal (stderr).
  */
 import { hostname, userInfo } from "node:os";
-import { basename, dirname, join, resolve } from "node:path";
+import { resolve } from "node:path";
 import { SingleBar } from "cli-progress";
-import { lock } from "proper-lockfile";
 import { encodeJournalEntry } from "../admin/audit.js";
 import { AUDIT_DEFAULTS } from "../config/audit.js";
 import { displayPath, ENV, keyStoreName, loadConfig, type Config } from "../config/config.js";
-import { LOCK_STALE_MS } from "../store/filestore.js";
+import { lockBeside } from "../util/lock.js";
 import { parseKeysFile, readKeysText, type KeyRecord } from "../store/keysfile.js";
 import { keysFileText } from "../store/redis/store.js";
 import { connectOnce, exportRecords, ImportRefused, importRecords, IMPORTED_IDS } from "../store/redis/io.js";
@@ -180,11 +179,9 @@ async function importIntoFile(
   progress: (done: number, total: number) => void,
 ): Promise<string> {
   const file = config.keys.file;
-  const release = await lock(file, {
-    realpath: false,
-    lockfilePath: join(dirname(file), `.${basename(file)}.lock`),
-    stale: LOCK_STALE_MS,
-    retries: { retries: 100, minTimeout: 10, maxTimeout: 200 },
+  const release = await lockBeside(file, (err) => {
+    // As proper-lockfile does by default: a lock lost mid-import ends the import before it writes.
+    throw err;
   });
   try {
     const read = await readKeysText(file, config.keys.displayName);

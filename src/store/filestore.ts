@@ -20,10 +20,10 @@ import { createHash } from "node:crypto";
 import { watch, type FSWatcher } from "node:fs";
 import type { BigIntStats } from "node:fs";
 import { stat } from "node:fs/promises";
-import { basename, dirname, join } from "node:path";
-import { lock } from "proper-lockfile";
+import { dirname } from "node:path";
 import { isMap, isSeq, parseDocument } from "yaml";
 import { writeFileAtomic } from "../util/atomic.js";
+import { lockBeside } from "../util/lock.js";
 import type { Problem } from "../util/yaml.js";
 import { Worker } from "node:worker_threads";
 import { parseKeysFile, readKeysText, type KeyRecord } from "./keysfile.js";
@@ -51,9 +51,6 @@ export const WORKER_THRESHOLD_BYTES = 512 * 1024;
 
 /** Records per message from the loader thread (each takes a few milliseconds to receive). */
 const CHUNK = 2000;
-
-/** A lock older than this (its holder stopped refreshing it) is taken over. */
-export const LOCK_STALE_MS = 10_000;
 
 /** Options of {@link FileKeyStore}. */
 export interface FileKeyStoreOptions {
@@ -214,16 +211,8 @@ export class FileKeyStore implements KeyStore {
 
   /** Takes the lock other processes writing this file take too (waits up to ~30 s for it). */
   private lockFile(): Promise<() => Promise<void>> {
-    const file = this.options.file;
-    return lock(file, {
-      realpath: false,
-      lockfilePath: join(dirname(file), `.${basename(file)}.lock`),
-      stale: LOCK_STALE_MS,
-      update: LOCK_STALE_MS / 4,
-      retries: { retries: 300, minTimeout: 5, maxTimeout: 100, factor: 1.5, randomize: true },
-      onCompromised: (err) => {
-        this.emitFailed([this.problem(`the keys file lock was lost: ${err.message}`)]);
-      },
+    return lockBeside(this.options.file, (err) => {
+      this.emitFailed([this.problem(`the keys file lock was lost: ${err.message}`)]);
     });
   }
 
