@@ -7,6 +7,7 @@
 import { readFile } from "node:fs/promises";
 import { Secret, TOTP } from "otpauth";
 import { writeFileAtomic } from "../util/atomic.js";
+import { lockBeside } from "../util/lock.js";
 
 /** The result of checking a code. */
 export type CodeCheck = "ok" | "invalid";
@@ -21,9 +22,14 @@ export interface CodeState {
   claim(operator: string, step: number): Promise<boolean>;
 }
 
-/** Code state in a JSON file, loaded once; claims run one at a time. */
+/**
+ * Code state in a JSON file that processes sharing a keys file share too: a
+ * claim takes the file's lock (see {@link lockBeside}), reads the file
+ * afresh, and writes it back before the lock is released, so a code used by
+ * one process is refused by every other. Claims of this process run one at
+ * a time.
+ */
 export class FileCodeState implements CodeState {
-  private state: Promise<Record<string, number>> | undefined;
   private queue: Promise<unknown> = Promise.resolve();
 
   constructor(
@@ -31,27 +37,29 @@ export class FileCodeState implements CodeState {
     private readonly file: string,
   ) {}
 
-  private load(): Promise<Record<string, number>> {
-    this.state ??= (async () => {
-      try {
-        const data = JSON.parse(await readFile(this.file, "utf8")) as { last_step?: Record<string, number> };
-        return { ...data.last_step };
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code === "ENOENT") return {};
-        this.state = undefined; // read again on the next claim
-        throw err;
-      }
-    })();
-    return this.state;
+  private async read(): Promise<Record<string, number>> {
+    try {
+      const data = JSON.parse(await readFile(this.file, "utf8")) as { last_step?: Record<string, number> };
+      return { ...data.last_step };
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === "ENOENT") return {};
+      throw err;
+    }
   }
 
   claim(operator: string, step: number): Promise<boolean> {
     const run = this.queue.then(async () => {
-      const last = await this.load();
-      if (step <= (last[operator] ?? -1)) return false;
-      await writeFileAtomic(this.file, `${JSON.stringify({ last_step: { ...last, [operator]: step } })}\n`);
-      last[operator] = step;
-      return true;
+      let lost: Error | undefined;
+      const release = await lockBeside(this.file, (err) => (lost = err));
+      try {
+        const last = await this.read();
+        if (step <= (last[operator] ?? -1)) return false;
+        if (lost !== undefined) throw lost;
+        await writeFileAtomic(this.file, `${JSON.stringify({ last_step: { ...last, [operator]: step } })}\n`);
+        return true;
+      } finally {
+        await release().catch(() => undefined);
+      }
     });
     this.queue = run.catch(() => undefined);
     return run;
