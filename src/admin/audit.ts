@@ -11,10 +11,11 @@
  *   stream), whose entry the store commits in the same atomic write as the
  *   change; every replica reads the same log.
  */
-import { open, rename, unlink, type FileHandle } from "node:fs/promises";
+import { open, rename, stat, unlink, type FileHandle } from "node:fs/promises";
 import { dirname } from "node:path";
 import { AUDIT_DEFAULTS, type AuditSettings } from "../config/audit.js";
 import type { Journal } from "../store/store.js";
+import { lockBeside } from "../util/lock.js";
 
 /** Who made a change. */
 export interface Actor {
@@ -141,14 +142,22 @@ async function* linesBackwards(file: string): AsyncGenerator<Buffer> {
   }
 }
 
-/** Append-only, size-rotated audit file, written ahead of each change. */
+/**
+ * Append-only, size-rotated audit file, written ahead of each change.
+ * Processes sharing a keys file share it too: appends, withdrawals and
+ * rotations take the file's lock (see {@link lockBeside}), and an append
+ * reads the newest id from the file's end again only when the file is not
+ * as this process left it (another process wrote or rotated it).
+ */
 export class FileAuditLog implements AuditLog {
   private nextId = 1;
   /** The last line was torn (a crash mid-append): the next append starts a new line first. */
   private torn = false;
-  /** Where the last append began, so a change that then fails can withdraw its line. */
-  private last: { id: number; offset: number } | undefined;
-  /** Appends and withdrawals run one at a time. */
+  /** The current file as this process last left it (inode and size); undefined: read its end again. */
+  private seen: { ino: number; size: number } | undefined;
+  /** Where the last append went, so a change that then fails can withdraw its line. */
+  private last: { id: number; ino: number; offset: number; length: number } | undefined;
+  /** Appends and withdrawals of this process run one at a time. */
   private queue: Promise<unknown> = Promise.resolve();
 
   private constructor(
@@ -159,17 +168,50 @@ export class FileAuditLog implements AuditLog {
   /** Opens the log: reads the end of its newest file once, for the next id. */
   static async open(file: string, options: AuditSettings = AUDIT_DEFAULTS): Promise<FileAuditLog> {
     const log = new FileAuditLog(file, options);
-    log.torn = await endsTorn(file);
-    for (const f of log.files()) {
+    await log.readEnd();
+    return log;
+  }
+
+  /** The current file's inode and size (0 and 0 when it does not exist). */
+  private async fileNow(): Promise<{ ino: number; size: number }> {
+    try {
+      const st = await stat(this.file);
+      return { ino: st.ino, size: st.size };
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === "ENOENT") return { ino: 0, size: 0 };
+      throw err;
+    }
+  }
+
+  /** Reads the next id and whether the last line is torn from the newest file's end (older files when it has none). */
+  private async readEnd(): Promise<void> {
+    this.seen = await this.fileNow();
+    this.torn = await endsTorn(this.file);
+    this.nextId = 1;
+    for (const f of this.files()) {
       for await (const line of linesBackwards(f)) {
         const id = lineId(line);
         if (id !== undefined && parses(line)) {
-          log.nextId = id + 1;
-          return log;
+          this.nextId = id + 1;
+          return;
         }
       }
     }
-    return log;
+  }
+
+  /** Runs `task` under the log's lock, after this process's earlier tasks. */
+  private locked<T>(task: () => Promise<T>): Promise<T> {
+    return this.serial(async () => {
+      let lost: Error | undefined;
+      const release = await lockBeside(this.file, (err) => (lost = err));
+      try {
+        const out = await task();
+        if (lost !== undefined) throw lost;
+        return out;
+      } finally {
+        await release().catch(() => undefined);
+      }
+    });
   }
 
   /** The files, newest first. */
@@ -213,7 +255,9 @@ export class FileAuditLog implements AuditLog {
    * resolving; rejects, leaving no line behind, when it cannot be written.
    */
   append(event: AuditDraft): Promise<AuditEvent> {
-    return this.serial(async () => {
+    return this.locked(async () => {
+      const now = await this.fileNow();
+      if (this.seen === undefined || now.ino !== this.seen.ino || now.size !== this.seen.size) await this.readEnd();
       const full: AuditEvent = { id: this.nextId, time: new Date().toISOString(), ...event };
       const line = Buffer.from(`${this.torn ? "\n" : ""}${JSON.stringify(full)}\n`);
       let fh = await open(this.file, "a", 0o600);
@@ -224,7 +268,9 @@ export class FileAuditLog implements AuditLog {
         fh = await open(this.file, "a", 0o600);
         offset = (await fh.stat()).size;
       }
+      let ino: number;
       try {
+        ino = (await fh.stat()).ino;
         await fh.writeFile(line);
         await fh.sync();
       } catch (err) {
@@ -234,25 +280,46 @@ export class FileAuditLog implements AuditLog {
         await fh.close();
       }
       this.torn = false;
-      this.last = { id: full.id, offset };
+      this.last = { id: full.id, ino, offset, length: line.length };
+      this.seen = { ino, size: offset + line.length };
       this.nextId++;
       return full;
     });
   }
 
-  /** Removes `event`, the last one appended, because its change could not be made. */
+  /**
+   * Removes `event`, the last one this process appended, because its change
+   * could not be made; lines other processes appended after it stay.
+   */
   withdraw(event: AuditEvent): Promise<void> {
-    return this.serial(async () => {
-      if (this.last?.id !== event.id) return;
-      const fh = await open(this.file, "r+");
+    return this.locked(async () => {
+      const last = this.last;
+      if (last?.id !== event.id) return;
+      this.last = undefined;
+      // The file it went to, also when another process has rotated it since.
+      let file: string | undefined;
+      for (const f of this.files()) {
+        const st = await stat(f).catch(() => undefined);
+        if (st?.ino === last.ino) {
+          file = f;
+          break;
+        }
+      }
+      if (file === undefined) return;
+      const fh = await open(file, "r+");
       try {
-        await fh.truncate(this.last.offset);
+        const size = (await fh.stat()).size;
+        const end = last.offset + last.length;
+        const after = Buffer.alloc(Math.max(0, size - end));
+        if (after.length > 0) await fh.read(after, 0, after.length, end);
+        await fh.truncate(last.offset);
+        if (after.length > 0) await fh.write(after, 0, after.length, last.offset);
         await fh.sync();
       } finally {
         await fh.close();
       }
-      this.nextId = event.id;
-      this.last = undefined;
+      // The next append reads the end again: the id is free only if no line followed.
+      this.seen = undefined;
     });
   }
 

@@ -113,6 +113,66 @@ describe("audit log (unit)", () => {
     }
   });
 
+  test("processes sharing one log: unique ids in order, every event paged, across rotations, with concurrent appends", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "keyfence-audit-"));
+    try {
+      const file = join(dir, "keys.audit.jsonl");
+      const settings = { rotateBytes: 4096, keep: 20, maxEntries: 100_000 };
+      // Three opened before any line, as three processes started together.
+      const logs = await Promise.all([0, 1, 2].map(() => FileAuditLog.open(file, settings)));
+      const made: AuditEvent[] = [];
+      for (let i = 0; i < 30; i++) made.push(await (logs[i % 3] as FileAuditLog).append({ ...EVENT, key_id: `s${i}` }));
+      // Then at once: appends of different processes interleave.
+      made.push(
+        ...(await Promise.all(
+          Array.from({ length: 30 }, (_, i) => (logs[i % 3] as FileAuditLog).append({ ...EVENT, key_id: `c${i}` })),
+        )),
+      );
+      const ids = made.map((e) => e.id);
+      assert.equal(new Set(ids).size, 60, "no id given twice");
+      assert.deepEqual(
+        ids.slice(0, 30),
+        Array.from({ length: 30 }, (_, i) => i + 1),
+        "in order",
+      );
+      assert.ok(readdirSync(dir).length > 2, "it rotated");
+      for (const log of logs) {
+        assert.deepEqual(
+          await allIds(log, 7),
+          Array.from({ length: 60 }, (_, i) => 60 - i),
+          "every event, paged",
+        );
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test("a withdrawal keeps the lines another process appended after it", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "keyfence-audit-"));
+    try {
+      const file = join(dir, "a.jsonl");
+      const [a, b] = await Promise.all([FileAuditLog.open(file), FileAuditLog.open(file)]);
+      const kept = await a.append({ ...EVENT, key_id: "kept" });
+      const withdrawn = await a.append({ ...EVENT, key_id: "withdrawn" });
+      const other = await b.append({ ...EVENT, key_id: "other" });
+      await a.withdraw(withdrawn);
+      const next = await a.append({ ...EVENT, key_id: "next" });
+      assert.deepEqual(
+        (await b.page(10)).data.map((x) => [x.id, x.key_id]),
+        [
+          [next.id, "next"],
+          [other.id, "other"],
+          [kept.id, "kept"],
+        ],
+      );
+      assert.ok(next.id > other.id, "no id given twice");
+      for (const line of readFileSync(file, "utf8").trimEnd().split("\n")) JSON.parse(line);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   test("admin.audit_rotate_bytes, audit_keep and audit_max_entries: defaults, located errors, warnings", () => {
     const parse = (admin: string, keys = "  file: keys.yaml\n"): ReturnType<typeof parseConfig> =>
       parseConfig(

@@ -1,7 +1,8 @@
 /**
- * SPEC §5, §6: a confirmation code is accepted once across sidecars sharing
- * one keys file (and so one code-state file beside it), in sequence and
- * concurrently. Two sidecars in this process on one directory, each with its
+ * SPEC §5, §6: sidecars sharing one keys file share the files beside it: a
+ * confirmation code is accepted once across them, in sequence and
+ * concurrently, and their changes land in one audit log with distinct ids,
+ * every one of them listed by either. Two sidecars in this process on one directory, each with its
  * own store and code state, as two processes would have.
  */
 import assert from "node:assert/strict";
@@ -63,4 +64,32 @@ test("of one code sent to two sidecars at once, exactly one use is accepted", as
   const otp = code(SECRET, clock.now());
   const replies = await Promise.all(Array.from({ length: 6 }, (_, i) => confirmedCreate(i % 2 ? b : a, otp)));
   assert.deepEqual(replies.map((r) => r.status).sort(), [201, 403, 403, 403, 403, 403]);
+});
+
+test("changes through either sidecar get distinct audit ids, and either lists them all", async () => {
+  const rename = (kf: TestSidecar, id: string, name: string): Promise<Reply> =>
+    send(`${kf.adminUrl}/v1/api-keys/${id}`, {
+      method: "PATCH",
+      headers: [bearer("tok_ops"), ["Content-Type", "application/json"]],
+      body: JSON.stringify({ name }),
+    });
+  const made = await confirmedCreate(a, code(SECRET, clock.now(), 1));
+  assert.equal(made.status, 201, made.body);
+  const id = (made.json() as { id: string }).id;
+  const replies = await Promise.all(Array.from({ length: 10 }, (_, i) => rename(i % 2 ? b : a, id, `name ${i}`)));
+  for (const r of replies) assert.equal(r.status, 200, r.body);
+  for (const kf of [a, b]) {
+    const ids: number[] = [];
+    let cursor = "";
+    for (;;) {
+      const page = await send(`${kf.adminUrl}/v1/audit?limit=3${cursor}`, { headers: [bearer("tok_ops")] });
+      const body = page.json() as { data: Array<{ id: number }>; next_cursor: string | null };
+      ids.push(...body.data.map((e) => e.id));
+      if (body.next_cursor === null) break;
+      cursor = `&cursor=${body.next_cursor}`;
+    }
+    assert.equal(new Set(ids).size, ids.length, "no id twice");
+    // The creates of the tests before (three) and this one, and the ten renames.
+    assert.equal(ids.length, 14);
+  }
 });
