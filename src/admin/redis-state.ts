@@ -5,7 +5,7 @@
  * script; when Redis cannot be reached they throw StoreUnavailableError
  * (503 `store_unavailable`) rather than skip the limit or the one-use check.
  */
-import { randomBytes } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import type { Operator } from "../config/config.js";
 import { secretHash } from "../policy/credential.js";
 import { StoreUnavailableError } from "../store/store.js";
@@ -179,11 +179,19 @@ redis.call('HSET', KEYS[1], 'confirmed', ARGV[1])
 return 1
 `;
 
+/** A digest of an operator's configured credentials, kept with each of its sessions. */
+function credentialsOf(operator: Operator): string {
+  return createHash("sha256")
+    .update(`${operator.tokenSha256}\n${operator.totpSecret ?? ""}`)
+    .digest("hex");
+}
+
 /**
  * Dashboard sessions shared by replicas: a hash per session at
- * `<prefix>session:<SHA-256 of the cookie>` (operator name, CSRF token,
- * times), expiring after the idle time or at the maximum age, whichever
- * comes first. A session whose operator left the configuration is gone.
+ * `<prefix>session:<SHA-256 of the cookie>` (operator name, a digest of its
+ * credentials, CSRF token, times), expiring after the idle time or at the
+ * maximum age, whichever comes first. A session whose operator left the
+ * configuration, or whose token or TOTP secret changed since, is gone.
  */
 export class RedisSessionStore implements SessionStore {
   private readonly now: () => number;
@@ -214,7 +222,13 @@ export class RedisSessionStore implements SessionStore {
     await this.store.command((c) =>
       c
         .multi()
-        .hSet(key, { operator: operator.name, csrf: session.csrf, created: String(t), seen: String(t) })
+        .hSet(key, {
+          operator: operator.name,
+          credentials: credentialsOf(operator),
+          csrf: session.csrf,
+          created: String(t),
+          seen: String(t),
+        })
         .pExpire(key, this.ttl(t, t))
         .exec(),
     );
@@ -226,7 +240,14 @@ export class RedisSessionStore implements SessionStore {
     const id = secretHash(cookie);
     const key = this.key(id);
     const h = await this.store.command((c) => c.hGetAll(key));
-    const operator = this.operators.get(h["operator"] ?? "");
+    // A session ends with the credentials it was opened with: a token or TOTP secret changed since (a rotation
+    // after a leak, on any replica's restart) signs it out, as the restart of a process holding sessions would.
+    const named = this.operators.get(h["operator"] ?? "");
+    const operator = named !== undefined && h["credentials"] === credentialsOf(named) ? named : undefined;
+    if (named !== undefined && operator === undefined) {
+      await this.store.command((c) => c.del(key));
+      return undefined;
+    }
     const created = Number(h["created"]);
     const seen = Number(h["seen"]);
     const csrf = h["csrf"];

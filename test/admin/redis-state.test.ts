@@ -244,6 +244,25 @@ describe("Redis admin state", { skip: redisBin.skip }, () => {
     assert.equal(await without.get(fourth.cookie), undefined);
   });
 
+  test("sessions end when their operator's token or TOTP secret changes (a replica restarted with rotated credentials)", async () => {
+    const [a, b] = await replicas();
+    const options = { idleMs: 60_000, maxAgeMs: 600_000, confirmWindowMs: 60_000, now: () => 1_000_000 };
+    const withTotp: Operator = { ...OPS, totpSecret: "JBSWY3DPEHPK3PXP" };
+    const rotations: Array<[string, Operator, Operator]> = [
+      ["a new token", OPS, { ...OPS, tokenSha256: "2".repeat(64) }],
+      ["a TOTP secret added", OPS, withTotp],
+      ["a new TOTP secret", withTotp, { ...withTotp, totpSecret: "KRSXG5CTMVRXEZLUKRSXG5CTMVRXEZLU" }],
+      ["the TOTP secret removed", withTotp, OPS],
+    ];
+    for (const [what, before, after] of rotations) {
+      const opened = await new RedisSessionStore(a, [before], options).create(before);
+      assert.ok(await new RedisSessionStore(b, [before], options).get(opened.cookie), `${what}: same credentials`);
+      const rotated = new RedisSessionStore(b, [after], options);
+      assert.equal(await rotated.get(opened.cookie), undefined, `${what}: signed out`);
+      assert.equal(await new RedisSessionStore(a, [before], options).get(opened.cookie), undefined, `${what}: gone`);
+    }
+  });
+
   test("a store that cannot reach Redis fails closed", async () => {
     const [a] = await replicas();
     await a.close();
