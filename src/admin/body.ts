@@ -26,10 +26,34 @@ export function nestsDeeper(text: string, max: number): boolean {
   return false;
 }
 
-/** Reads and parses a JSON body: 415 for another media type, 413 beyond `limit`, 400 for malformed JSON. */
+/** Decodes UTF-8 strictly (a BOM is kept, so JSON.parse refuses it as before): bytes that are not UTF-8 throw. */
+const UTF8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
+
+/** The `charset` parameter of a Content-Type value, lowercased and unquoted; undefined when absent. */
+function charsetOf(contentType: string): string | undefined {
+  for (const param of contentType.split(";").slice(1)) {
+    const eq = param.indexOf("=");
+    if (eq < 0 || param.slice(0, eq).trim().toLowerCase() !== "charset") continue;
+    return param
+      .slice(eq + 1)
+      .trim()
+      .replace(/^"(.*)"$/, "$1")
+      .toLowerCase();
+  }
+  return undefined;
+}
+
+/**
+ * Reads and parses a JSON body: 415 for another media type or a charset
+ * other than UTF-8 (RFC 8259 §8.1), 413 beyond `limit`, 400 for bytes that
+ * are not UTF-8 or malformed JSON, so text is stored exactly as sent or not
+ * at all (never with replacement characters).
+ */
 export async function readJson(req: IncomingMessage, limit = MAX_BODY_BYTES): Promise<unknown> {
-  const type = (req.headers["content-type"] ?? "").split(";")[0]?.trim().toLowerCase();
-  if (type !== "application/json") {
+  const contentType = req.headers["content-type"] ?? "";
+  const type = contentType.split(";")[0]?.trim().toLowerCase();
+  const charset = charsetOf(contentType);
+  if (type !== "application/json" || (charset !== undefined && charset !== "utf-8" && charset !== "utf8")) {
     req.resume();
     throw new ApiError("unsupported_media_type");
   }
@@ -44,7 +68,12 @@ export async function readJson(req: IncomingMessage, limit = MAX_BODY_BYTES): Pr
     if (size > limit) throw new ApiError("payload_too_large", `the body is larger than ${limit} bytes`);
     chunks.push(chunk);
   }
-  const text = Buffer.concat(chunks).toString("utf8");
+  let text: string;
+  try {
+    text = UTF8.decode(Buffer.concat(chunks));
+  } catch (err) {
+    throw new ApiError("invalid_request", "malformed JSON: the body is not UTF-8", { cause: err });
+  }
   // Deep nesting is refused before parsing: every later step may recurse.
   if (nestsDeeper(text, MAX_JSON_DEPTH)) {
     throw new ApiError("invalid_request", `malformed JSON: nested deeper than ${MAX_JSON_DEPTH} levels`);

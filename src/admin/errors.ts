@@ -23,7 +23,10 @@ const TABLE = {
   not_found: { status: 404, message: "not found" },
   method_not_allowed: { status: 405, message: "method not allowed" },
   invalid_request: { status: 400, message: "invalid request" },
-  unsupported_media_type: { status: 415, message: "the body must be JSON (Content-Type: application/json)" },
+  unsupported_media_type: {
+    status: 415,
+    message: "the body must be JSON in UTF-8 (Content-Type: application/json, no other charset)",
+  },
   payload_too_large: { status: 413, message: "the body is too large" },
   self_lockout: { status: 409, message: "the change would lock the calling key out" },
   confirmation_required: { status: 403, message: "confirmation required" },

@@ -380,6 +380,45 @@ describe("management API", () => {
       assert.equal(notFoundFirst.status, 404, "404 is checked before 400");
     });
 
+    test("bodies are UTF-8 or refused, never stored with replacement characters", async () => {
+      const path = "/v1/api-keys/k_reader";
+      const before = (await api(fx.kf, "GET", "/v1/api-keys/{id}", { path, headers: [OPS] })).body;
+      const name = (bytes: number[]): Buffer =>
+        Buffer.concat([Buffer.from('{"name":"bad'), Buffer.from(bytes), Buffer.from('"}')]);
+      // A lone byte, an overlong slash, an encoded surrogate, a truncated sequence, a code point past U+10FFFF.
+      for (const bytes of [[0xff], [0xc0, 0xaf], [0xed, 0xa0, 0x80], [0xe2, 0x82], [0xf4, 0x90, 0x80, 0x80]]) {
+        const r = await api(fx.kf, "PATCH", "/v1/api-keys/{id}", {
+          path,
+          headers: [OPS, ["Content-Type", "application/json"]],
+          body: name(bytes),
+        });
+        assert.equal(r.status, 400, `${bytes.join(",")}: ${r.body}`);
+        assert.match((r.json() as { message: string }).message, /not UTF-8/);
+      }
+      for (const type of [
+        "application/json; charset=utf-16",
+        "application/json;charset=latin1",
+        'application/json; charset="ISO-8859-1"',
+      ]) {
+        const r = await api(fx.kf, "PATCH", "/v1/api-keys/{id}", {
+          path,
+          headers: [OPS, ["Content-Type", type]],
+          body: '{"name":"x"}',
+        });
+        assert.equal(r.status, 415, type);
+      }
+      assert.equal((await api(fx.kf, "GET", "/v1/api-keys/{id}", { path, headers: [OPS] })).body, before, "unchanged");
+      for (const type of ['application/json; charset="UTF-8"', "application/json; charset=utf8"]) {
+        const r = await api(fx.kf, "PATCH", "/v1/api-keys/{id}", {
+          path,
+          headers: [OPS, ["Content-Type", type]],
+          body: Buffer.from('{"name":"Zürich ✓"}'),
+        });
+        assert.equal(r.status, 200, type);
+        assert.equal((r.json() as { name: string }).name, "Zürich ✓");
+      }
+    });
+
     test("max_entries is enforced, counted after duplicates merge", async () => {
       const many = Array.from({ length: 1001 }, (_, i) => `10.${i >> 8}.${i & 255}.1`);
       const r = await api(fx.kf, "POST", "/v1/api-keys", {
