@@ -268,6 +268,13 @@ export function parseConfig(file: string, text: string, env: NodeJS.ProcessEnv =
   const admin = readAdminSection(cx, top["admin"], keys?.store.kind);
   const limits = readLimits(y, top["limits"]);
   const proxyProtocol = readProxyProtocol(y, top["proxy_protocol"], warnings);
+  const hops = top["trusted_proxies"];
+  if (proxyProtocol !== undefined && !proxyProtocol.none && typeof hops === "number" && hops > 0) {
+    // The PROXY header's source is the first hop, and a hop count trusts it whatever its address.
+    warnings.push(
+      `trusted_proxies: ${String(hops)} with proxy_protocol trusts the address the PROXY header names as a proxy hop: right only when another HTTP proxy, which sets X-Forwarded-For, stands in front of the TCP balancer; when clients reach the balancer directly, any client chooses its own IP with X-Forwarded-For. List the proxies' addresses instead (or trusted_proxies: 0)`,
+    );
+  }
 
   const decision = readDecision(y, top["decision"], (path, raw) => listenAt(cx, path, raw, ""));
   if (trustedProxies) warnings.push(...decisionWarnings(decision, trustedProxies.none, isLoopback, formatListen));

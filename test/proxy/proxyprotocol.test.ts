@@ -281,6 +281,28 @@ describe("PROXY protocol: configuration", () => {
     const none = parseConfig("/k.yaml", base);
     assert.ok(none.ok && none.config.proxyProtocol.none);
   });
+
+  test("a hop count beside proxy_protocol warns: the PROXY header's source would be trusted as a proxy", async () => {
+    const { parseConfig } = await import("../../src/config/config.js");
+    const base = 'upstream: "http://127.0.0.1:3000"\nkeys:\n  file: keys.yaml\n';
+    const cases: Array<[string, boolean]> = [
+      ["proxy_protocol: [127.0.0.1]\ntrusted_proxies: 1\n", true],
+      ["proxy_protocol: [loopback, 10.0.0.0/8]\ntrusted_proxies: 3\n", true],
+      ["proxy_protocol: [127.0.0.1]\ntrusted_proxies: 0\n", false],
+      ["proxy_protocol: [127.0.0.1]\ntrusted_proxies: [127.0.0.1]\n", false],
+      ["proxy_protocol: []\ntrusted_proxies: 1\n", false],
+      ["trusted_proxies: 2\n", false],
+    ];
+    for (const [yaml, warns] of cases) {
+      const r = parseConfig("/k.yaml", `${base}${yaml}`);
+      assert.ok(r.ok, yaml);
+      assert.equal(
+        /with proxy_protocol trusts the address the PROXY header names/.test(r.config.warnings.join("\n")),
+        warns,
+        yaml,
+      );
+    }
+  });
 });
 
 async function freePort(host: string): Promise<number> {
