@@ -20,7 +20,7 @@ const HOP_LENGTHS = new Set([...HOP_BY_HOP].map((h) => h.length));
  * Rails' remote_ip): kept as sent from a trusted proxy, dropped otherwise,
  * so an untrusted client cannot name its own address to the upstream.
  */
-const CLIENT_ADDRESS_HEADERS = new Set([
+export const CLIENT_ADDRESS_HEADERS: ReadonlySet<string> = new Set([
   "forwarded",
   "x-real-ip",
   "true-client-ip",

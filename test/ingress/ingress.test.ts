@@ -19,6 +19,7 @@ import { needBinary } from "../helpers/binary.js";
 import { bearer, send, type Reply } from "../helpers/http.js";
 import { eventually, startTestSidecar, type TestKey, type TestSidecar } from "../helpers/sidecar.js";
 import { startUpstream, type Upstream } from "../helpers/upstream.js";
+import { CLIENT_ADDRESS_HEADERS } from "../../src/proxy/forward.js";
 
 const CLIENT = "127.0.0.2";
 const KEYS: TestKey[] = [
@@ -384,10 +385,16 @@ for (const [name, pkg, command, starter] of ingresses) {
         ["X-Forwarded_For", "203.0.113.9"],
         ["X.Real.IP", "203.0.113.9"],
         ["X.Forwarded.For", "203.0.113.9"],
+        // Every other header the proxy listener drops from clients, in the case clients send it.
+        ...[...CLIENT_ADDRESS_HEADERS]
+          .filter((h) => h !== "x-real-ip" && h !== "forwarded")
+          .map((h, i): [string, string] => [i % 2 ? h.toUpperCase() : h, "203.0.113.9"]),
       ]);
       assert.equal(r.status, 200, r.body);
       assert.equal(seen[0]?.headers["x-real-ip"], CLIENT);
-      assert.equal(seen[0]?.headers["forwarded"], undefined);
+      for (const h of CLIENT_ADDRESS_HEADERS) {
+        if (h !== "x-real-ip") assert.equal(seen[0]?.headers[h], undefined, `${h} reached the application`);
+      }
       assert.deepEqual(underscored(seen[0]?.rawHeaders), [], "no `_` or `.` spelling reaches the application");
     });
 

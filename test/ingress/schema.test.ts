@@ -13,6 +13,7 @@ import { fileURLToPath } from "node:url";
 import { describe, test } from "node:test";
 import { Ajv, type ValidateFunction } from "ajv";
 import { parse } from "yaml";
+import { CLIENT_ADDRESS_HEADERS } from "../../src/proxy/forward.js";
 
 const DIR = resolve(fileURLToPath(import.meta.url), "../../../../deploy/ingress");
 const load = (file: string): unknown => parse(readFileSync(join(DIR, file), "utf8")) as unknown;
@@ -80,13 +81,14 @@ function traefikNeeds(staticDoc: unknown, dynamicDoc: unknown): string[] {
   }
   for (const [name, r] of Object.entries(routers)) {
     if (r === ping) continue;
-    const removesForwarded = ((r["middlewares"] as string[] | undefined) ?? []).some((m) => {
-      const custom = (middlewares[m]?.["headers"] as Doc | undefined)?.["customRequestHeaders"] as Doc | undefined;
-      return (
-        custom !== undefined && Object.entries(custom).some(([k, v]) => k.toLowerCase() === "forwarded" && v === "")
-      );
-    });
-    if (!removesForwarded) out.push(`router ${name} removes a client-sent Forwarded`);
+    // Traefik sets X-Real-Ip itself; every other header the proxy listener drops from clients goes here.
+    for (const h of [...CLIENT_ADDRESS_HEADERS].filter((x) => x !== "x-real-ip")) {
+      const removes = ((r["middlewares"] as string[] | undefined) ?? []).some((m) => {
+        const custom = (middlewares[m]?.["headers"] as Doc | undefined)?.["customRequestHeaders"] as Doc | undefined;
+        return custom !== undefined && Object.entries(custom).some(([k, v]) => k.toLowerCase() === h && v === "");
+      });
+      if (!removes) out.push(`router ${name} removes a client-sent ${h}`);
+    }
   }
   const web = at(staticDoc, "entryPoints");
   for (const [name, ep] of Object.entries(web as Record<string, Doc>)) {
@@ -127,10 +129,15 @@ function envoyNeeds(doc: unknown): string[] {
     if (!(stripAt >= 0 && stripAt < authAt && removed.includes(h)))
       out.push(`a client-sent ${h} removed before ext_authz`);
   }
-  for (const h of ["x-real-ip", "forwarded"]) {
+  for (const h of CLIENT_ADDRESS_HEADERS) {
     if (!removed.includes(h)) out.push(`a client-sent ${h} removed (the application may read it as the client)`);
   }
-  for (const h of ["x-keyfence-key-id", "x-keyfence-key-scopes", "x-keyfence-sandbox", "x-real-ip"]) {
+  for (const h of [
+    "x-keyfence-key-id",
+    "x-keyfence-key-scopes",
+    "x-keyfence-sandbox",
+    ...[...CLIENT_ADDRESS_HEADERS].filter((h) => h !== "forwarded"),
+  ]) {
     for (const v of dotted(h)) if (!removed.includes(v)) out.push(`a client-sent ${v} removed (PHP reads it as ${h})`);
   }
   const authz = authAt < 0 ? {} : at(filters[authAt], "typed_config");
