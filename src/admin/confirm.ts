@@ -7,6 +7,7 @@
 import { readFile } from "node:fs/promises";
 import { Secret, TOTP } from "otpauth";
 import { writeFileAtomic } from "../util/atomic.js";
+import type { AttemptLimit } from "./attempts.js";
 import { lockBeside } from "../util/lock.js";
 
 /** The result of checking a code. */
@@ -69,11 +70,17 @@ export class FileCodeState implements CodeState {
 /**
  * TOTP verification with replay protection, shared by the API and the
  * dashboard; `now` is the clock codes are judged by (tests inject one).
+ * With `limit`, each operator's codes are also one attempt of that operator:
+ * SPEC §5 limits attempts per client IP, which a holder of a stolen token
+ * with many addresses (an IPv6 /64) would otherwise spread guesses over; past
+ * the limit every code is refused unverified, and `limited` hears of it.
  */
 export class Confirmations {
   constructor(
     private readonly state: CodeState,
     private readonly now: () => number = Date.now,
+    private readonly limit?: AttemptLimit,
+    private readonly limited?: (operator: string) => void,
   ) {}
 
   private totp(secret: string): TOTP {
@@ -83,6 +90,18 @@ export class Confirmations {
   /** Checks `code` for `operator` and, when valid and unused, marks it used (durably) before answering ok. */
   async consume(operator: string, secret: string, code: string): Promise<CodeCheck> {
     if (!/^\d{6}$/.test(code)) return "invalid";
+    if (this.limit === undefined) return this.check(operator, secret, code);
+    const outcome = await this.limit.attempt(
+      `operator ${operator}`,
+      () => this.check(operator, secret, code),
+      (c) => c === "ok",
+    );
+    if (!outcome.limited) return outcome.result;
+    this.limited?.(operator);
+    return "invalid";
+  }
+
+  private async check(operator: string, secret: string, code: string): Promise<CodeCheck> {
     const totp = this.totp(secret);
     const timestamp = this.now();
     const delta = totp.validate({ token: code, timestamp, window: 1 });

@@ -341,7 +341,12 @@ async function buildAdmin(
     log,
     now,
   });
-  const confirmations = new Confirmations(codes, now);
+  const confirmations = new Confirmations(codes, now, attempts, (operator) =>
+    log.warn(
+      { event: "code_attempts_exhausted", operator },
+      `operator ${operator}: ${AUTH_FAILURES_PER_MINUTE} wrong confirmation codes within a minute, from any address; every code is refused until the minute has passed (is its token in someone else's hands?)`,
+    ),
+  );
   registerApi(admin, { keys, audit, auth, confirmations, sources: sourcesOf, trust: config.trustedProxies });
   registerDashboard(admin, {
     keys,

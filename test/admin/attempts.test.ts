@@ -25,6 +25,18 @@ const OPERATORS = [
   { name: "twofa", token_sha256: sha("tok_2fa"), totp_secret: SECRET },
   { name: "twofb", token_sha256: sha("tok_2fb"), totp_secret: OTHER_SECRET },
 ];
+/** The last code step `operator` used, from the code state file beside the keys file (undefined: none). */
+function usedStep(kf: TestSidecar, operator: string): number | undefined {
+  try {
+    const state = JSON.parse(readFileSync(join(kf.dir, "keys.otp-state.json"), "utf8")) as {
+      last_step?: Record<string, number>;
+    };
+    return state.last_step?.[operator];
+  } catch {
+    return undefined;
+  }
+}
+
 /** The sidecars' clock: codes are computed for it, and it stands still. */
 const clock = testClock();
 
@@ -250,14 +262,16 @@ describe("attempt limit under concurrency, over HTTP", () => {
     const last = await rightOne.reply;
     assert.equal(last.status, 429, "the right token and code are not even tried");
     assert.ok(Number(last.retryAfter) >= 1 && Number(last.retryAfter) <= 60);
-    // The code the limit refused was never used: from another address it signs in.
+    assert.equal(usedStep(fx.kf, "twofa"), undefined, "the code the limit refused was never used");
+    // From another address it is refused as well: the ten wrong codes used up the operator's own minute.
     const other = await send(`${fx.kf.adminUrl}/session`, {
       method: "POST",
       headers: Object.entries(right.headers),
       body: right.body,
       localAddress: "127.0.5.2",
     });
-    assert.equal(other.status, 303);
+    assert.equal(other.status, 401);
+    assert.equal(usedStep(fx.kf, "twofa"), undefined);
   });
 
   test("200 PATCHes with wrong codes at once: 10 verified, 190 get 429; the right code then gets 429 unverified", async () => {
@@ -293,6 +307,8 @@ describe("attempt limit under concurrency, over HTTP", () => {
       localAddress: from,
     });
     assert.equal(right.status, 429);
+    assert.equal(usedStep(fx.kf, "twofb"), undefined, "the refused code was never used");
+    // From another address it is refused as well: the ten wrong codes used up the operator's own minute.
     const elsewhere = await send(`${fx.kf.adminUrl}/v1/api-keys/${id}`, {
       method: "PATCH",
       headers: [
@@ -303,7 +319,8 @@ describe("attempt limit under concurrency, over HTTP", () => {
       body,
       localAddress: "127.0.6.2",
     });
-    assert.equal(elsewhere.status, 200, "the refused code was never used");
+    assert.equal(elsewhere.status, 403);
+    assert.equal(usedStep(fx.kf, "twofb"), undefined);
   });
 
   test("unknown credentials at once: 10 answered 401, the rest 429; successes are refunded", async () => {
