@@ -378,3 +378,15 @@ export function canonicalEntry(s: string): string | IpError {
   const c = parseCidr(s);
   return c instanceof IpError ? c : formatCidr(c);
 }
+
+/**
+ * What a per-address limit counts the address `text` (parsed: `ip`) as: an
+ * IPv6 address's /64, since one host or site is handed a whole /64 and
+ * counting single addresses would let one client hold any number of slots;
+ * an IPv4 address (mapped ones included), and text that is no address, as
+ * itself.
+ */
+export function limitKey(text: string, ip: Ip | undefined = parseIp(text)): string {
+  if (ip === undefined || ip.family === 4) return text;
+  return formatCidr({ ip: networkOf(ip, 64), prefix: 64 });
+}

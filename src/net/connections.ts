@@ -8,7 +8,7 @@ import type { Server } from "node:http";
 import type { Socket } from "node:net";
 import type { Logger } from "pino";
 import type { CompiledTrust } from "../clientip/resolve.js";
-import { parseIp } from "../ip/address.js";
+import { limitKey, parseIp } from "../ip/address.js";
 import { PROXY_HEADER_TIMEOUT_MS, readProxyHeader } from "./proxyprotocol.js";
 
 /** Why the gate closed a connection. */
@@ -61,9 +61,9 @@ export class ConnectionGate {
     return this.open;
   }
 
-  /** Connections open now from `peer`. */
+  /** Connections open now from `peer` (an IPv6 peer: from its /64). */
   fromPeer(peer: string): number {
-    return this.perPeer.get(peer) ?? 0;
+    return this.perPeer.get(limitKey(peer)) ?? 0;
   }
 
   private accept(socket: Socket, admit: (socket: Socket) => void): void {
@@ -83,17 +83,18 @@ export class ConnectionGate {
 
   private admitPeer(socket: Socket, peer: string, admit: (socket: Socket) => void): void {
     if (socket.destroyed) return;
-    const n = this.perPeer.get(peer) ?? 0;
+    const key = limitKey(peer);
+    const n = this.perPeer.get(key) ?? 0;
     if (n >= this.options.connectionsPerPeer) {
       socket.destroy();
       this.options.refused("connections_per_peer", peer);
       return;
     }
-    this.perPeer.set(peer, n + 1);
+    this.perPeer.set(key, n + 1);
     socket.once("close", () => {
-      const left = (this.perPeer.get(peer) ?? 1) - 1;
-      if (left <= 0) this.perPeer.delete(peer);
-      else this.perPeer.set(peer, left);
+      const left = (this.perPeer.get(key) ?? 1) - 1;
+      if (left <= 0) this.perPeer.delete(key);
+      else this.perPeer.set(key, left);
     });
     admit(socket);
   }

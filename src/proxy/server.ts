@@ -11,6 +11,7 @@ import type { Logger } from "pino";
 import type { Config } from "../config/config.js";
 import type { Metrics, RequestOutcome } from "../metrics/metrics.js";
 import type { SourceTracker } from "../metrics/sources.js";
+import { limitKey } from "../ip/address.js";
 import { compilePlaces } from "../policy/credential.js";
 import { enforce, ipPathOf, type EnforceSettings, type Enforcement } from "../policy/enforce.js";
 import type { KeyStore } from "../store/store.js";
@@ -166,21 +167,23 @@ export class ProxyServer {
     t0: number,
   ): void {
     const client = e.decision.client.text;
-    if (!this.slots.take(client)) {
+    // Slots are counted per address, an IPv6 client per /64 (see limitKey).
+    const slot = limitKey(client, e.decision.client.ip);
+    if (!this.slots.take(slot)) {
       this.limited("inflight_per_client", client);
       answer(res, "too_many_requests", { requestId });
       this.completed(req, res.statusCode, t0, requestId, "answered", e);
       return;
     }
     const answered = (limit: LimitKind, reason: "upstream_busy" | "body_timeout"): void => {
-      this.slots.give(client);
+      this.slots.give(slot);
       this.limited(limit, client);
       answer(res, reason, { requestId });
       this.completed(req, res.statusCode, t0, requestId, "answered", e);
     };
     const done = (result: ForwardResult): void => {
       this.upstreamGate.release();
-      this.slots.give(client);
+      this.slots.give(slot);
       let outcome: RequestOutcome = "forwarded";
       if (result === "aborted") outcome = "aborted";
       else if (result === "body_idle") {
@@ -212,7 +215,7 @@ export class ProxyServer {
         // The client left while waiting: its place in the queue goes to the next one.
         gone = () => {
           withdraw();
-          this.slots.give(client);
+          this.slots.give(slot);
           this.completed(req, res.statusCode, t0, requestId, "aborted", e);
         };
         res.once("close", gone);
@@ -225,7 +228,7 @@ export class ProxyServer {
     readBody(req, this.limits.bufferBodyBytes, this.limits.bodyIdleMs, (start) => {
       if (start.kind === "idle") answered("body_idle", "body_timeout");
       else if (start.kind === "aborted") {
-        this.slots.give(client);
+        this.slots.give(slot);
         this.completed(req, res.statusCode, t0, requestId, "aborted", e);
       } else send(start.body);
     });

@@ -2,7 +2,15 @@ import assert from "node:assert/strict";
 import { isIPv6 } from "node:net";
 import { describe, test } from "node:test";
 import fc from "fast-check";
-import { canonicalEntry, explainAddress, formatIp, IpError, parseCidr, parseIp } from "../../src/ip/address.js";
+import {
+  canonicalEntry,
+  explainAddress,
+  formatIp,
+  IpError,
+  limitKey,
+  parseCidr,
+  parseIp,
+} from "../../src/ip/address.js";
 
 describe("parseIp: accepted forms and their canonical text", () => {
   const cases: Array<[string, string]> = [
@@ -241,6 +249,37 @@ describe("parseIp properties", () => {
         assert.equal(parseIp(s) !== undefined, reference(s), `disagreement on ${JSON.stringify(s)}`);
       }),
       { numRuns: 20000 },
+    );
+  });
+});
+
+describe("limitKey: what per-address limits count", () => {
+  test("table: IPv4 and mapped addresses as themselves, IPv6 by /64, anything else as its text", () => {
+    const table: Array<[string, string]> = [
+      ["192.0.2.7", "192.0.2.7"],
+      ["::ffff:192.0.2.7", "::ffff:192.0.2.7"],
+      ["2001:db8:1:2:3:4:5:6", "2001:db8:1:2::/64"],
+      ["2001:db8:1:2::", "2001:db8:1:2::/64"],
+      ["::1", "::/64"],
+      ["fe80::1", "fe80::/64"],
+      ["not an address", "not an address"],
+      ["", ""],
+    ];
+    for (const [text, key] of table) assert.equal(limitKey(text), key, text);
+  });
+
+  test("property: two IPv6 addresses share a key exactly when their first 64 bits agree", () => {
+    const groups = fc.array(fc.integer({ min: 0, max: 0xffff }), { minLength: 8, maxLength: 8 });
+    // Mapped addresses (::ffff:0:0/96) are IPv4 to every limit.
+    const mapped = (g: number[]): boolean => g.slice(0, 5).every((x) => x === 0) && g[5] === 0xffff;
+    const text = (g: number[]): string => g.map((x) => x.toString(16)).join(":");
+    fc.assert(
+      fc.property(groups, groups, fc.boolean(), (ga, gb, share) => {
+        const b = share ? [...ga.slice(0, 4), ...gb.slice(4)] : gb;
+        fc.pre(!mapped(ga) && !mapped(b));
+        const same = ga.slice(0, 4).every((x, i) => x === b[i]);
+        assert.equal(limitKey(text(ga)) === limitKey(text(b)), same, `${text(ga)} ${text(b)}`);
+      }),
     );
   });
 });

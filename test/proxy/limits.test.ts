@@ -228,6 +228,28 @@ describe("limits: one address cannot starve the others", () => {
     for (const s of attack) s.destroy();
   });
 
+  test("an IPv6 client's slots count per /64: its other addresses share them, another /64 has its own", async () => {
+    const kf = await start({ inflight_per_client: 4 }, { trusted_proxies: ["127.0.0.1"] });
+    const from = (ip: string, i: number): string =>
+      `GET /trickle/v6-${i} HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: ${ip}\r\n\r\n`;
+    const replies: string[] = [];
+    const attack: Socket[] = [];
+    for (let i = 0; i < 12; i++) {
+      // Twelve addresses of one /64, one request each.
+      attack.push(...(await rawMany(1, kf.url, "127.0.0.1", () => from(`2001:db8:7:7::${(i + 1).toString(16)}`, i))));
+    }
+    for (const s of attack) s.once("data", (d: Buffer) => replies.push(d.toString("latin1")));
+    sockets.push(...attack);
+    await eventually(() => replies.length === 12, 10_000, "an answer on every connection");
+    assert.equal(replies.filter((r) => r.startsWith("HTTP/1.1 200")).length, 4, "4 slots for the /64");
+    assert.equal(replies.filter((r) => r.startsWith("HTTP/1.1 429")).length, 8);
+    const other = await rawMany(1, kf.url, "127.0.0.1", () => from("2001:db8:7:8::1", 99));
+    sockets.push(...other);
+    const reply = await new Promise<string>((r) => other[0]?.once("data", (d: Buffer) => r(d.toString("latin1"))));
+    assert.match(reply, /^HTTP\/1\.1 200/, "another /64 has its own slots");
+    for (const s of [...attack, ...other]) s.destroy();
+  });
+
   test("upstream pool exhausted: a request that waits longer than queue_ms gets 503 upstream_busy", async () => {
     const kf = await start({ queue_ms: 300, inflight_per_client: 100 });
     // Three addresses hold all 256 upstream connections.

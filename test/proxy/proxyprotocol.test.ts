@@ -260,6 +260,44 @@ describe("PROXY protocol: hand-written headers", () => {
       for (const s of held) s.destroy();
     }
   });
+
+  test("an IPv6 client counts per /64: other addresses of its /64 share its connections", async () => {
+    const u = new URL(fx.kf.url);
+    const open = async (src: string): Promise<Socket> => {
+      const s = connect({ host: u.hostname, port: Number(u.port), localAddress: "127.0.0.1" });
+      s.on("error", () => undefined);
+      await new Promise<void>((r) => s.once("connect", () => r()));
+      s.write(`PROXY TCP6 ${src} ::1 5000 80\r\n`);
+      return s;
+    };
+    const held = [await open("2001:db8:1:1::1"), await open("2001:db8:1:1:ffff:ffff:ffff:ffff")];
+    try {
+      await eventually(async () => {
+        const m = await fx.kf.sidecar.registry.getSingleMetricAsString("keyfence_open_connections");
+        return / 2$/m.test(m);
+      });
+      for (const src of ["2001:db8:1:1::2", "2001:db8:1:1:abcd::9", "2001:db8:1:1::1"]) {
+        const x = await exchange(
+          fx.kf.url,
+          "127.0.0.1",
+          [`PROXY TCP6 ${src} ::1 5000 80\r\n${request("/x", "s_far")}`],
+          2000,
+        );
+        assert.equal(x.reply, "", `${src}: a third connection of 2001:db8:1:1::/64 is closed`);
+      }
+      for (const src of ["2001:db8:1:2::1", "2001:db8:1:0:ffff:ffff:ffff:ffff"]) {
+        const x = await exchange(
+          fx.kf.url,
+          "127.0.0.1",
+          [`PROXY TCP6 ${src} ::1 5000 80\r\n${request("/x", "s_far")}`],
+          500,
+        );
+        assert.equal(body(x), denied(src), `${src}, in another /64, gets in`);
+      }
+    } finally {
+      for (const s of held) s.destroy();
+    }
+  });
 });
 
 describe("PROXY protocol: configuration", () => {
