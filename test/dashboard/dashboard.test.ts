@@ -12,7 +12,7 @@ import { fileURLToPath } from "node:url";
 import { chromium, type Browser, type Page } from "playwright-core";
 import { needBinary } from "../helpers/binary.js";
 import { code, testClock, wrongCode } from "../helpers/totp.js";
-import { bearer, send } from "../helpers/http.js";
+import { bearer, send, type Reply } from "../helpers/http.js";
 import { startTestSidecar, type TestSidecar } from "../helpers/sidecar.js";
 import { startUpstream, type Upstream } from "../helpers/upstream.js";
 
@@ -354,6 +354,59 @@ describe("dashboard in a real browser", { skip: CHROMIUM.skip }, () => {
     assert.match(cssHref ?? "", /^\/assets\/app\.[0-9a-f]{12}\.css$/);
     const css = await send(`${kf.adminUrl}${cssHref ?? ""}`);
     assert.match(String(css.headers["cache-control"]), /immutable/);
+    await context.close();
+  });
+
+  test("saving a rename keeps what another operator changed meanwhile: only the edited fields are sent", async () => {
+    const api = (method: string, path: string, body: unknown, otp?: string): Promise<Reply> =>
+      send(`${kf.adminUrl}${path}`, {
+        method,
+        headers: [
+          bearer(BOB),
+          ["Content-Type", "application/json"],
+          ...(otp === undefined ? [] : ([["X-Keyfence-OTP", otp]] as Array<[string, string]>)),
+        ],
+        body: JSON.stringify(body),
+      });
+    clock.advance(60_000);
+    const made = await api(
+      "POST",
+      "/v1/api-keys",
+      { name: "Shared", ip_allow_list: ["198.51.100.1", "198.51.100.2"] },
+      code(BOB_TOTP, clock.now()),
+    );
+    assert.equal(made.status, 201, made.body);
+    const id = (made.json() as { id: string }).id;
+    // Alice signs in and opens the key as it is now.
+    const context = await browser.newContext();
+    const page = await context.newPage();
+    await page.goto(kf.adminUrl);
+    await page.fill("#token", TOKEN);
+    await page.fill("#code", code(TOTP, clock.now()));
+    await Promise.all([page.waitForURL(`${kf.adminUrl}/`), page.click("button[type=submit]")]);
+    await page.goto(`${kf.adminUrl}/keys/${id}`);
+    await page.waitForSelector("#name");
+    // Meanwhile Bob removes an entry and adds a scope.
+    clock.advance(30_000);
+    const narrowed = await api(
+      "PATCH",
+      `/v1/api-keys/${id}`,
+      { ip_allow_list: ["198.51.100.1"], scopes: ["reports:read"] },
+      code(BOB_TOTP, clock.now()),
+    );
+    assert.equal(narrowed.status, 200, narrowed.body);
+    // Alice renames the key and saves: no confirmation needed, and Bob's changes stay.
+    await page.fill("#name", "Shared (renamed)");
+    await page.click("#save");
+    await page.locator("#form-status", { hasText: "Saved." }).waitFor();
+    const now = (await send(`${kf.adminUrl}/v1/api-keys/${id}`, { headers: [bearer(BOB)] })).json() as {
+      name: string;
+      scopes: string[];
+      ip_allow_list: string[];
+    };
+    assert.equal(now.name, "Shared (renamed)");
+    assert.deepEqual(now.ip_allow_list, ["198.51.100.1"], "the removed entry stays removed");
+    assert.deepEqual(now.scopes, ["reports:read"]);
     await context.close();
   });
 

@@ -222,6 +222,24 @@ function listBody(lines: readonly string[]): unknown[] {
   });
 }
 
+/** The key form as a request body. */
+function formBody(lines: ReadonlyArray<{ text: string }>): Record<string, unknown> {
+  const name = byId<HTMLInputElement>("name")?.value.trim() ?? "";
+  const scopes = (byId<HTMLInputElement>("scopes")?.value ?? "").split(/[\s,]+/).filter((s) => s !== "");
+  const modeValue = byId<HTMLSelectElement>("mode")?.value ?? "";
+  const sandbox = byId<HTMLInputElement>("sandbox")?.checked ?? false;
+  const body: Record<string, unknown> = { name, scopes, ip_allow_list: listBody(lines.map((l) => l.text)), sandbox };
+  if (modeValue !== "") body["mode"] = modeValue;
+  return body;
+}
+
+/** The fields of `body` whose values differ from `shown`'s. */
+function changedFields(body: Record<string, unknown>, shown: Record<string, unknown>): Record<string, unknown> {
+  return Object.fromEntries(
+    Object.entries(body).filter(([field, value]) => JSON.stringify(value) !== JSON.stringify(shown[field])),
+  );
+}
+
 /** Rebuilds the rows from the server's view of the key. */
 function resetDetails(entries: readonly EntryBody[]): void {
   const body = document.querySelector("#entry-details tbody");
@@ -306,16 +324,15 @@ function setupKeyForm(): void {
   }
 
   const formStatus = byId("form-status");
+  // The key as the page showed it (loaded or last saved): a save sends only the fields changed since, so a
+  // rename never puts back an entry another operator removed meanwhile.
+  let shown = id === "" ? undefined : formBody(entries(textarea));
   const save = async (): Promise<void> => {
     if (formError) formError.textContent = "";
     if (formStatus) formStatus.textContent = "";
     const lines = entries(textarea);
-    const name = byId<HTMLInputElement>("name")?.value.trim() ?? "";
-    const scopes = (byId<HTMLInputElement>("scopes")?.value ?? "").split(/[\s,]+/).filter((s) => s !== "");
-    const modeValue = byId<HTMLSelectElement>("mode")?.value ?? "";
-    const sandbox = byId<HTMLInputElement>("sandbox")?.checked ?? false;
-    const body: Record<string, unknown> = { name, scopes, ip_allow_list: listBody(lines.map((l) => l.text)), sandbox };
-    if (modeValue !== "") body["mode"] = modeValue;
+    const full = formBody(lines);
+    const body = shown === undefined ? full : changedFields(full, shown);
     const { status, json } =
       id === ""
         ? await call("POST", "/v1/api-keys", body)
@@ -351,6 +368,7 @@ function setupKeyForm(): void {
       errors = new Map();
       renderLines(textarea, errors);
       resetDetails(k.ip_allow_list_entries);
+      if (id !== "") shown = formBody(entries(textarea));
       if (k.secret !== undefined) showSecret(form, k.id, k.secret);
       else if (formStatus) formStatus.textContent = "Saved.";
       return;
