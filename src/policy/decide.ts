@@ -5,7 +5,7 @@
 import type { ClientIp } from "../clientip/resolve.js";
 import type { Ip } from "../ip/address.js";
 import type { CredentialFailure } from "./credential.js";
-import { routeNeed, type RouteScopes } from "./routes.js";
+import { routeNeedOf, type RouteScopes } from "./routes.js";
 
 /** Enforcement mode: `report` forwards would-be rejections and counts them. */
 export type Mode = "enforce" | "report";
@@ -25,10 +25,11 @@ export interface KeyPolicy {
   readonly sandbox: boolean;
 }
 
-/** What the route check reads of a request: its methods (own and overrides) and its path without the query. */
+/** What the route check reads of a request: its methods (own and overrides) and its paths without the query. */
 export interface RouteQuestion {
   readonly methods: readonly string[];
-  readonly path: string;
+  /** The request line's path, then any a path-override header names. */
+  readonly paths: readonly string[];
 }
 
 /** The credential a request carries, as read from its Authorization header(s). */
@@ -119,7 +120,7 @@ export function decide(
     if (routes === undefined || routes.rules.length === 0 || route === undefined) {
       return result("allowed", true, undefined, key, mode, client);
     }
-    const need = routeNeed(routes, route.methods, route.path);
+    const need = routeNeedOf(routes, route.methods, route.paths);
     if (need.kind === "ambiguous") {
       reason = "ambiguous_path";
       detail = need.why;

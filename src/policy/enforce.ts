@@ -16,7 +16,7 @@ import {
   type KeyPolicy,
   type RouteQuestion,
 } from "./decide.js";
-import { requestMethods } from "./routes.js";
+import { overridePaths, requestMethods } from "./routes.js";
 
 /** Where the step looks keys up (a store snapshot satisfies it). */
 export interface KeyLookup {
@@ -207,12 +207,12 @@ export function enforceFor(
   return enforceCredential(readCredential(rawHeaders, target, settings.places), target, client, keys, settings, route);
 }
 
-/** The route question of a request (its methods, overrides included, and its path). */
+/** The route question of a request (its methods and paths, overrides included). */
 export function routeQuestion(method: string, rawHeaders: readonly string[], target: string): RouteQuestion {
   const q = target.indexOf("?");
   return {
     methods: requestMethods(method, rawHeaders, q < 0 ? "" : target.slice(q + 1)),
-    path: q < 0 ? target : target.slice(0, q),
+    paths: [q < 0 ? target : target.slice(0, q), ...overridePaths(rawHeaders)],
   };
 }
 

@@ -16,7 +16,8 @@
  * percent-encoding, encoded control characters, and bytes that must be
  * encoded. Method overrides (`X-HTTP-Method-Override`, `X-HTTP-Method`,
  * `X-Method-Override`, `?_method=`, in every spelling upstreams read alike)
- * count as methods of the request too, and
+ * count as methods of the request too, the paths in `X-Original-URL` and
+ * `X-Rewrite-URL` as its paths, and
  * a rule for GET also covers HEAD, which GET handlers answer.
  */
 
@@ -58,6 +59,32 @@ export const METHOD_OVERRIDE_HEADERS: readonly string[] = [
   "x-http-method",
   "x-method-override",
 ];
+
+/**
+ * Headers by which some upstreams take the request's path from the request
+ * instead of its line (lowercase): Symfony and Zend before their 2018 fixes,
+ * IIS URL Rewrite's own. Their paths count as readings of the request too.
+ */
+export const PATH_OVERRIDE_HEADERS: readonly string[] = ["x-original-url", "x-rewrite-url"];
+
+/**
+ * The paths a request's {@link PATH_OVERRIDE_HEADERS} name, in any spelling
+ * upstreams read alike (`_` or `.` for `-`), each without its query or
+ * fragment.
+ */
+export function overridePaths(rawHeaders: readonly string[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const name = rawHeaders[i] as string;
+    // "x-rewrite-url" and "x-original-url": only names of those lengths can be them.
+    if (name.length !== 13 && name.length !== 14) continue;
+    if (!PATH_OVERRIDE_HEADERS.includes(upstreamHeaderName(name))) continue;
+    const value = (rawHeaders[i + 1] as string).trim();
+    const end = value.search(/[?#]/);
+    out.push(end < 0 ? value : value.slice(0, end));
+  }
+  return out;
+}
 
 /** Characters a rule path may hold: RFC 3986 `pchar` and `/`, without `%` and `;` (rules are written decoded). */
 const RULE_PATH = /^\/[A-Za-z0-9\-._~!$&'()*+,=:@/]*$/;
@@ -296,6 +323,25 @@ function distinctMethods(routes: RouteScopes, methods: readonly string[]): strin
     }
   }
   return out;
+}
+
+/**
+ * {@link routeNeed} over every path a request may be routed by: its own and
+ * those its path-override headers name ({@link overridePaths}), the rules
+ * of all of them; ambiguous when any is, or when an override names no
+ * absolute path (an upstream would then route by a path no rule can judge).
+ */
+export function routeNeedOf(routes: RouteScopes, methods: readonly string[], paths: readonly string[]): RouteNeed {
+  const found: RouteRule[] = [];
+  for (const [i, path] of paths.entries()) {
+    if (i > 0 && !path.startsWith("/")) {
+      return { kind: "ambiguous", why: "X-Original-URL or X-Rewrite-URL names no absolute path" };
+    }
+    const need = routeNeed(routes, methods, path);
+    if (need.kind === "ambiguous") return need;
+    for (const rule of need.rules) if (!found.includes(rule)) found.push(rule);
+  }
+  return { kind: "rules", rules: found };
 }
 
 /**

@@ -4,8 +4,10 @@ import fc from "fast-check";
 import {
   compileRule,
   pathReadings,
+  overridePaths,
   requestMethods,
   routeNeed,
+  routeNeedOf,
   routeScopes,
   rulePathProblem,
   type RouteScopes,
@@ -390,6 +392,52 @@ describe("route_scopes: property against independent reference routers", () => {
         assert.ok(Array.isArray(r));
         assert.ok(r.every((x) => x.path === p));
       }),
+    );
+  });
+});
+
+describe("route_scopes: paths named by path-override headers", () => {
+  test("table: each spelling's path joins the request's; a path that is not absolute is ambiguous", () => {
+    const cases: Array<[string[], string[] | "400"]> = [
+      [[], []],
+      [["X-Original-URL", "/admin/x"], ["admin"]],
+      [["x-rewrite-url", "/admin/x?q=1"], ["admin"]],
+      [["X_ORIGINAL_URL", "/admin"], ["admin"]],
+      [["X.Rewrite.Url", " /admin/y "], ["admin"]],
+      [
+        ["X-Original-URL", "/admin/x", "X-Rewrite-URL", "/v2/messages/public"],
+        ["admin", "messages:read"],
+      ],
+      [["X-Original-URL", "https://host/admin"], "400"],
+      [["X-Original-URL", ""], "400"],
+      [["X-Original-URL", "/admin/%2e%2e/x"], "400"],
+      [["X-Original-URLs", "/admin"], []],
+      [["X-Original-UR", "/admin"], []],
+    ];
+    for (const [headers, want] of cases) {
+      const n = routeNeedOf(ROUTES, ["GET"], ["/public", ...overridePaths(headers)]);
+      assert.deepEqual(n.kind === "ambiguous" ? "400" : n.rules.map((r) => r.scope), want, headers.join(" "));
+    }
+  });
+
+  test("property: the rules of several paths are the union of each path's rules", () => {
+    const path = fc.constantFrom("/admin/x", "/v2/messages/public", "/v2/messages/send", "/v2/keys", "/other", "/");
+    fc.assert(
+      fc.property(
+        fc.array(path, { minLength: 1, maxLength: 4 }),
+        fc.constantFrom("GET", "POST", "DELETE"),
+        (paths, m) => {
+          const got = routeNeedOf(ROUTES, [m], paths);
+          assert.equal(got.kind, "rules");
+          const union = new Set(
+            paths.flatMap((p) => {
+              const n = routeNeed(ROUTES, [m], p);
+              return n.kind === "rules" ? n.rules.map((r) => r.scope) : [];
+            }),
+          );
+          assert.deepEqual(new Set(got.kind === "rules" ? got.rules.map((r) => r.scope) : []), union);
+        },
+      ),
     );
   });
 });

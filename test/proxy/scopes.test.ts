@@ -143,6 +143,34 @@ describe("route_scopes through the proxy", () => {
     }
   });
 
+  test("a path-override header's path counts as a path of the request", async () => {
+    for (const h of [
+      "X-Original-URL: /v2/exact",
+      "x-rewrite-url: /v2/exact?x=1",
+      "X-Original-URL:    /v2/exact#f",
+      // Every spelling an upstream reads alike: HTTP_X_ORIGINAL_URL.
+      "X_Original_URL: /v2/exact",
+      "X.Rewrite.URL: /v2/exact",
+      "X-Original_URL: /v2/Exact",
+    ]) {
+      const r = await raw(f.kf.url, req("GET", "/elsewhere", "s_plain", `${h}\r\n`));
+      assert.equal(r.status, 403, h);
+      assert.equal(r.body, LACKS("exact:read"), h);
+      const ok = await raw(f.kf.url, req("GET", "/elsewhere", "s_sender", `${h}\r\n`));
+      assert.equal(ok.status, 200, `${h}: the key with the scope gets through`);
+    }
+    for (const h of [
+      "X-Original-URL: http://x/v2/exact",
+      "X-Rewrite-URL: v2/exact",
+      "X-Original-URL: /v2/../v2/exact",
+    ]) {
+      const r = await raw(f.kf.url, req("GET", "/elsewhere", "s_sender", `${h}\r\n`));
+      assert.equal(r.status, 400, h);
+    }
+    // Without such a header nothing changes.
+    assert.equal((await raw(f.kf.url, req("GET", "/elsewhere", "s_plain"))).status, 200);
+  });
+
   test("the IP check comes first; unknown and missing keys follow keys.unknown/missing", async () => {
     const r = await raw(f.kf.url, req("POST", "/v2/messages/send", "s_elsewhere"));
     assert.equal(r.status, 403);
