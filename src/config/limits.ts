@@ -21,6 +21,8 @@ export interface Limits {
   readonly connectionsPerPeer: number;
   /** An upgraded tunnel with no traffic either way for this long is closed. */
   readonly tunnelIdleMs: number;
+  /** The per-address counts take an IPv6 client as its network of this prefix length (128: each address alone). */
+  readonly ipv6Prefix: number;
 }
 
 /** The SPEC's defaults. */
@@ -32,6 +34,7 @@ export const DEFAULT_LIMITS: Limits = {
   connections: 10_000,
   connectionsPerPeer: 1_000,
   tunnelIdleMs: 600_000,
+  ipv6Prefix: 64,
 };
 
 /** Each YAML field, the Limits property it sets, and its range. */
@@ -43,6 +46,7 @@ const FIELDS: ReadonlyArray<readonly [string, keyof Limits, number, number]> = [
   ["connections", "connections", 1, 10_000_000],
   ["connections_per_peer", "connectionsPerPeer", 1, 10_000_000],
   ["tunnel_idle_ms", "tunnelIdleMs", 1, 86_400_000],
+  ["ipv6_prefix", "ipv6Prefix", 32, 128],
 ];
 
 /** Validates the `limits` mapping (absent: the defaults); problems go to `y`. */
@@ -93,6 +97,7 @@ export function limitsSummary(l: Limits): string {
   return (
     `body buffered up to ${l.bufferBodyBytes} B, body idle ${l.bodyIdleMs} ms, ` +
     `${l.inflightPerClient} in flight per client, queue ${l.queueMs} ms, ` +
-    `${l.connections} connections (${l.connectionsPerPeer} per peer), tunnel idle ${l.tunnelIdleMs} ms`
+    `${l.connections} connections (${l.connectionsPerPeer} per peer), tunnel idle ${l.tunnelIdleMs} ms, ` +
+    `an IPv6 client counted per /${l.ipv6Prefix}`
   );
 }

@@ -381,12 +381,12 @@ export function canonicalEntry(s: string): string | IpError {
 
 /**
  * What a per-address limit counts the address `text` (parsed: `ip`) as: an
- * IPv6 address's /64, since one host or site is handed a whole /64 and
- * counting single addresses would let one client hold any number of slots;
- * an IPv4 address (mapped ones included), and text that is no address, as
- * itself.
+ * IPv6 address's network of `v6prefix` bits (64 by default: one host or site
+ * is handed a whole /64, and counting single addresses would let one client
+ * hold any number of slots); an IPv4 address (mapped ones included), an IPv6
+ * one with `v6prefix` 128, and text that is no address, as itself.
  */
-export function limitKey(text: string, ip: Ip | undefined = parseIp(text)): string {
-  if (ip === undefined || ip.family === 4) return text;
-  return formatCidr({ ip: networkOf(ip, 64), prefix: 64 });
+export function limitKey(text: string, ip: Ip | undefined = parseIp(text), v6prefix = 64): string {
+  if (ip === undefined || ip.family === 4 || v6prefix >= 128) return text;
+  return formatCidr({ ip: networkOf(ip, v6prefix), prefix: v6prefix });
 }

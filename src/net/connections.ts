@@ -26,6 +26,8 @@ export interface GateOptions {
   readonly connections: number;
   /** Most connections open at once from one peer address. */
   readonly connectionsPerPeer: number;
+  /** An IPv6 peer counts as its network of this prefix length (see {@link limitKey}); 64 when absent. */
+  readonly ipv6Prefix?: number;
   /** Told of every connection closed by a cap, with the peer address it counted against. */
   readonly refused: (why: Refusal, peer: string) => void;
   /** For sockets it returns true for, runs before HTTP and may name another peer (PROXY protocol). */
@@ -61,9 +63,9 @@ export class ConnectionGate {
     return this.open;
   }
 
-  /** Connections open now from `peer` (an IPv6 peer: from its /64). */
+  /** Connections open now from `peer` (an IPv6 peer: from its network, see {@link GateOptions.ipv6Prefix}). */
   fromPeer(peer: string): number {
-    return this.perPeer.get(limitKey(peer)) ?? 0;
+    return this.perPeer.get(limitKey(peer, undefined, this.options.ipv6Prefix)) ?? 0;
   }
 
   private accept(socket: Socket, admit: (socket: Socket) => void): void {
@@ -83,7 +85,7 @@ export class ConnectionGate {
 
   private admitPeer(socket: Socket, peer: string, admit: (socket: Socket) => void): void {
     if (socket.destroyed) return;
-    const key = limitKey(peer);
+    const key = limitKey(peer, undefined, this.options.ipv6Prefix);
     const n = this.perPeer.get(key) ?? 0;
     if (n >= this.options.connectionsPerPeer) {
       socket.destroy();

@@ -86,6 +86,7 @@ export class ProxyServer {
     this.connections = new ConnectionGate(this.server, {
       connections: this.limits.connections,
       connectionsPerPeer: this.limits.connectionsPerPeer,
+      ipv6Prefix: this.limits.ipv6Prefix,
       refused: (why, peer) => this.limited(why, peer),
       prelude: proxyProtocolPrelude(c.proxyProtocol, deps.log),
     });
@@ -167,8 +168,8 @@ export class ProxyServer {
     t0: number,
   ): void {
     const client = e.decision.client.text;
-    // Slots are counted per address, an IPv6 client per /64 (see limitKey).
-    const slot = limitKey(client, e.decision.client.ip);
+    // Slots are counted per address, an IPv6 client per its network (limits.ipv6_prefix, see limitKey).
+    const slot = limitKey(client, e.decision.client.ip, this.limits.ipv6Prefix);
     if (!this.slots.take(slot)) {
       this.limited("inflight_per_client", client);
       answer(res, "too_many_requests", { requestId });

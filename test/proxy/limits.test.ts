@@ -248,6 +248,20 @@ describe("limits: one address cannot starve the others", () => {
     const reply = await new Promise<string>((r) => other[0]?.once("data", (d: Buffer) => r(d.toString("latin1"))));
     assert.match(reply, /^HTTP\/1\.1 200/, "another /64 has its own slots");
     for (const s of [...attack, ...other]) s.destroy();
+    // limits.ipv6_prefix: 128 counts each address on its own again.
+    const each = await start({ inflight_per_client: 4, ipv6_prefix: 128 }, { trusted_proxies: ["127.0.0.1"] });
+    const own: string[] = [];
+    const held: Socket[] = [];
+    for (let i = 0; i < 6; i++) {
+      held.push(
+        ...(await rawMany(1, each.url, "127.0.0.1", () => from(`2001:db8:7:7::${(i + 1).toString(16)}`, 50 + i))),
+      );
+    }
+    for (const s of held) s.once("data", (d: Buffer) => own.push(d.toString("latin1")));
+    sockets.push(...held);
+    await eventually(() => own.length === 6, 10_000, "an answer on every connection");
+    assert.equal(own.filter((r) => r.startsWith("HTTP/1.1 200")).length, 6, "each address its own slots");
+    for (const s of held) s.destroy();
   });
 
   test("upstream pool exhausted: a request that waits longer than queue_ms gets 503 upstream_busy", async () => {

@@ -29,6 +29,7 @@ describe("limits: configuration", () => {
       connections: 10000,
       connectionsPerPeer: 1000,
       tunnelIdleMs: 600000,
+      ipv6Prefix: 64,
     });
   });
 
@@ -48,6 +49,7 @@ describe("limits: configuration", () => {
       "  connections: 10",
       "  connections_per_peer: 20",
       "  tunnel_idle: 5",
+      "  ipv6_prefix: 129",
     ].join("\n");
     const r = parseConfig(FILE, text);
     assert.equal(r.ok, false);
@@ -58,6 +60,7 @@ describe("limits: configuration", () => {
       /:7:13: limits\.queue_ms \("5s"\): must be an integer/,
       /:9:25: limits\.connections_per_peer \("20"\): must not exceed limits\.connections \(10\)/,
       /:10:3: limits\.tunnel_idle: unknown field/,
+      /:11:16: limits\.ipv6_prefix \("129"\): must be an integer from 32 to 128/,
     ];
     assert.equal(p.length, expect.length, p.join("\n"));
     for (const re of expect)
@@ -85,7 +88,7 @@ describe("limits: configuration", () => {
       assert.equal(r.status, 0, r.stderr);
       assert.match(
         r.stdout,
-        /^ {2}limits {11}body buffered up to 65536 B, body idle 10000 ms, 128 in flight per client, queue 250 ms, 10000 connections \(50 per peer\), tunnel idle 600000 ms$/m,
+        /^ {2}limits {11}body buffered up to 65536 B, body idle 10000 ms, 128 in flight per client, queue 250 ms, 10000 connections \(50 per peer\), tunnel idle 600000 ms, an IPv6 client counted per \/64$/m,
       );
     } finally {
       rmSync(dir, { recursive: true, force: true });
