@@ -316,17 +316,22 @@ async function buildAdmin(
   };
   // With Redis, replicas share the limit, the code state and the sessions (SPEC §6).
   let attempts: AttemptLimit;
+  // Wrong codes per operator: a limit of its own, so a flood of failures from new addresses (which the per-IP
+  // limit forgets the oldest of past its size) never pushes an operator's count out.
+  let operatorAttempts: AttemptLimit;
   let sessions: SessionStore;
   let codes: CodeState;
   let marks: ExpiryMarks;
   const redis = config.keys.store.kind === "redis" ? (await redisStoreModule()).RedisKeyStore : undefined;
   if (redis !== undefined && store instanceof redis) {
     attempts = new RedisAttemptLimit(store, limit);
+    operatorAttempts = attempts; // keys in Redis expire on their own; none is pushed out by others
     sessions = new RedisSessionStore(store, adminConfig.operators, lifetimes);
     codes = new RedisCodeState(store);
     marks = new RedisExpiryMarks(store);
   } else {
     attempts = new MemoryAttemptLimit(limit);
+    operatorAttempts = new MemoryAttemptLimit(limit);
     sessions = new MemorySessionStore(lifetimes);
     codes = new FileCodeState(files.otpState);
     marks = new FileExpiryMarks(files.expiries);
@@ -341,7 +346,7 @@ async function buildAdmin(
     log,
     now,
   });
-  const confirmations = new Confirmations(codes, now, attempts, (operator) =>
+  const confirmations = new Confirmations(codes, now, operatorAttempts, (operator) =>
     log.warn(
       { event: "code_attempts_exhausted", operator },
       `operator ${operator}: ${AUTH_FAILURES_PER_MINUTE} wrong confirmation codes within a minute, from any address; every code is refused until the minute has passed (is its token in someone else's hands?)`,

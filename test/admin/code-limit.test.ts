@@ -56,3 +56,21 @@ test("ten wrong codes from ten addresses use up the operator's minute; the right
   // Another operator's codes are not affected (the same code is theirs too: one secret).
   assert.equal((await create("tok_other", code(SECRET, clock.now()), "127.0.0.21")).status, 201);
 });
+
+test("a flood of failures from 10,050 new addresses does not reset the operator's count", async () => {
+  clock.advance(60_000); // a fresh step for codes; the limits run on the real clock, so "ops" is still limited
+  const wrong = wrongCode(SECRET, clock.now());
+  assert.equal((await create("tok_ops", wrong, "127.0.1.1")).status, 403);
+  // Unknown tokens, each from its own address: the per-IP limit keeps 10,000 clients and forgets the oldest.
+  const addresses = Array.from({ length: 10_050 }, (_, i) => `127.2.${Math.floor(i / 250)}.${(i % 250) + 1}`);
+  for (let i = 0; i < addresses.length; i += 200) {
+    await Promise.all(
+      addresses.slice(i, i + 200).map(async (from) => {
+        const r = await send(`${fx.kf.adminUrl}/v1/api-keys`, { headers: [bearer("not-a-token")], localAddress: from });
+        assert.equal(r.status, 401);
+      }),
+    );
+  }
+  const right = await create("tok_ops", code(SECRET, clock.now()), "127.0.1.2");
+  assert.equal(right.status, 403, `still limited: ${right.body}`);
+});
