@@ -199,15 +199,19 @@ export class FileAuditLog implements AuditLog {
     }
   }
 
-  /** Runs `task` under the log's lock, after this process's earlier tasks. */
-  private locked<T>(task: () => Promise<T>): Promise<T> {
+  /**
+   * Runs `task` under the log's lock, after this process's earlier tasks;
+   * `task` calls its argument right before it writes, which throws once the
+   * lock is lost (another process may hold it by then).
+   */
+  private locked<T>(task: (stillHeld: () => void) => Promise<T>): Promise<T> {
     return this.serial(async () => {
       let lost: Error | undefined;
       const release = await lockBeside(this.file, (err) => (lost = err));
       try {
-        const out = await task();
-        if (lost !== undefined) throw lost;
-        return out;
+        return await task(() => {
+          if (lost !== undefined) throw lost;
+        });
       } finally {
         await release().catch(() => undefined);
       }
@@ -255,7 +259,7 @@ export class FileAuditLog implements AuditLog {
    * resolving; rejects, leaving no line behind, when it cannot be written.
    */
   append(event: AuditDraft): Promise<AuditEvent> {
-    return this.locked(async () => {
+    return this.locked(async (stillHeld) => {
       const now = await this.fileNow();
       if (this.seen === undefined || now.ino !== this.seen.ino || now.size !== this.seen.size) await this.readEnd();
       const full: AuditEvent = { id: this.nextId, time: new Date().toISOString(), ...event };
@@ -271,6 +275,7 @@ export class FileAuditLog implements AuditLog {
       let ino: number;
       try {
         ino = (await fh.stat()).ino;
+        stillHeld();
         await fh.writeFile(line);
         await fh.sync();
       } catch (err) {
@@ -292,7 +297,7 @@ export class FileAuditLog implements AuditLog {
    * could not be made; lines other processes appended after it stay.
    */
   withdraw(event: AuditEvent): Promise<void> {
-    return this.locked(async () => {
+    return this.locked(async (stillHeld) => {
       const last = this.last;
       if (last?.id !== event.id) return;
       this.last = undefined;
@@ -312,8 +317,10 @@ export class FileAuditLog implements AuditLog {
         const end = last.offset + last.length;
         const after = Buffer.alloc(Math.max(0, size - end));
         if (after.length > 0) await fh.read(after, 0, after.length, end);
-        await fh.truncate(last.offset);
+        stillHeld();
+        // The lines after it move up first, then the end is cut: a crash in between leaves a line twice, never one lost.
         if (after.length > 0) await fh.write(after, 0, after.length, last.offset);
+        await fh.truncate(last.offset + after.length);
         await fh.sync();
       } finally {
         await fh.close();
