@@ -12,7 +12,7 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { needBinary } from "../helpers/binary.js";
 import { bearer, send } from "../helpers/http.js";
-import { eventually, sidecarFixture, startTestSidecar, type TestKey } from "../helpers/sidecar.js";
+import { eventually, sidecarFixture, startTestSidecar, type TestKey, type TestSidecar } from "../helpers/sidecar.js";
 
 /** A key that works from nowhere near loopback: its 403 names the client IP keyfence resolved. */
 const FAR: TestKey = { id: "k_far", secret: "s_far", allow: ["203.0.113.0/24"] };
@@ -76,6 +76,24 @@ async function exchange(
   const wasClosed = await closed;
   s.destroy();
   return { reply, closed: wasClosed, ms: performance.now() - t0 };
+}
+
+/** Two connections from 127.0.0.1 to `kf`, each opened with its PROXY header line and held open, once `kf` counts both. */
+async function holdTwo(kf: TestSidecar, first: string, second: string): Promise<Socket[]> {
+  const u = new URL(kf.url);
+  const held: Socket[] = [];
+  for (const line of [first, second]) {
+    const s = connect({ host: u.hostname, port: Number(u.port), localAddress: "127.0.0.1" });
+    s.on("error", () => undefined);
+    await new Promise<void>((r) => s.once("connect", () => r()));
+    s.write(`${line}\r\n`);
+    held.push(s);
+  }
+  await eventually(async () => {
+    const m = await kf.sidecar.registry.getSingleMetricAsString("keyfence_open_connections");
+    return / 2$/m.test(m);
+  });
+  return held;
 }
 
 function body(x: Exchange): string {
@@ -226,20 +244,12 @@ describe("PROXY protocol: hand-written headers", () => {
   });
 
   test("connections_per_peer counts the PROXY source, not the balancer", async () => {
-    const u = new URL(fx.kf.url);
-    const open = async (src: string): Promise<Socket> => {
-      const s = connect({ host: u.hostname, port: Number(u.port), localAddress: "127.0.0.1" });
-      s.on("error", () => undefined);
-      await new Promise<void>((r) => s.once("connect", () => r()));
-      s.write(`PROXY TCP4 ${src} 127.0.0.1 5000 80\r\n`);
-      return s;
-    };
-    const held = [await open("192.0.2.50"), await open("192.0.2.50")];
+    const held = await holdTwo(
+      fx.kf,
+      "PROXY TCP4 192.0.2.50 127.0.0.1 5000 80",
+      "PROXY TCP4 192.0.2.50 127.0.0.1 5000 80",
+    );
     try {
-      await eventually(async () => {
-        const m = await fx.kf.sidecar.registry.getSingleMetricAsString("keyfence_open_connections");
-        return / 2$/m.test(m);
-      });
       const third = await exchange(
         fx.kf.url,
         "127.0.0.1",
@@ -262,20 +272,12 @@ describe("PROXY protocol: hand-written headers", () => {
   });
 
   test("an IPv6 client counts per /64: other addresses of its /64 share its connections", async () => {
-    const u = new URL(fx.kf.url);
-    const open = async (src: string): Promise<Socket> => {
-      const s = connect({ host: u.hostname, port: Number(u.port), localAddress: "127.0.0.1" });
-      s.on("error", () => undefined);
-      await new Promise<void>((r) => s.once("connect", () => r()));
-      s.write(`PROXY TCP6 ${src} ::1 5000 80\r\n`);
-      return s;
-    };
-    const held = [await open("2001:db8:1:1::1"), await open("2001:db8:1:1:ffff:ffff:ffff:ffff")];
+    const held = await holdTwo(
+      fx.kf,
+      "PROXY TCP6 2001:db8:1:1::1 ::1 5000 80",
+      "PROXY TCP6 2001:db8:1:1:ffff:ffff:ffff:ffff ::1 5000 80",
+    );
     try {
-      await eventually(async () => {
-        const m = await fx.kf.sidecar.registry.getSingleMetricAsString("keyfence_open_connections");
-        return / 2$/m.test(m);
-      });
       for (const src of ["2001:db8:1:1::2", "2001:db8:1:1:abcd::9", "2001:db8:1:1::1"]) {
         const x = await exchange(
           fx.kf.url,
