@@ -15,7 +15,7 @@ import { open, rename, stat, unlink, type FileHandle } from "node:fs/promises";
 import { dirname } from "node:path";
 import { AUDIT_DEFAULTS, type AuditSettings } from "../config/audit.js";
 import type { Journal } from "../store/store.js";
-import { lockBeside } from "../util/lock.js";
+import { withLockBeside } from "../util/lock.js";
 
 /** Who made a change. */
 export interface Actor {
@@ -145,7 +145,7 @@ async function* linesBackwards(file: string): AsyncGenerator<Buffer> {
 /**
  * Append-only, size-rotated audit file, written ahead of each change.
  * Processes sharing a keys file share it too: appends, withdrawals and
- * rotations take the file's lock (see {@link lockBeside}), and an append
+ * rotations take the file's lock (see {@link withLockBeside}), and an append
  * reads the newest id from the file's end again only when the file is not
  * as this process left it (another process wrote or rotated it).
  */
@@ -199,23 +199,9 @@ export class FileAuditLog implements AuditLog {
     }
   }
 
-  /**
-   * Runs `task` under the log's lock, after this process's earlier tasks;
-   * `task` calls its argument right before it writes, which throws once the
-   * lock is lost (another process may hold it by then).
-   */
+  /** Runs `task` under the log's lock ({@link withLockBeside}), after this process's earlier tasks. */
   private locked<T>(task: (stillHeld: () => void) => Promise<T>): Promise<T> {
-    return this.serial(async () => {
-      let lost: Error | undefined;
-      const release = await lockBeside(this.file, (err) => (lost = err));
-      try {
-        return await task(() => {
-          if (lost !== undefined) throw lost;
-        });
-      } finally {
-        await release().catch(() => undefined);
-      }
-    });
+    return this.serial(() => withLockBeside(this.file, task));
   }
 
   /** The files, newest first. */

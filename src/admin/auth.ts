@@ -127,9 +127,8 @@ export class Authenticator {
       const operator = this.operatorByTokenHash(hexOfDigest(digest));
       if (operator) return { operator };
       const snapshot = this.store.snapshot;
-      const policy = snapshot.lookup(digest);
       const record = snapshot.recordByHash(digest);
-      return policy === undefined || record === undefined ? undefined : { policy, record };
+      return record === undefined ? undefined : { policy: snapshot.cache.policy(record), record };
     };
     // A token's lookup is local and has no side effect, so it runs first: a
     // known token holds no attempt (concurrent API calls of one script, also
@@ -175,11 +174,9 @@ function authorizeKey(policy: KeyPolicy, record: KeyRecord, client: ClientIp): v
  */
 export function reauthorize(snapshot: Snapshot, caller: Caller, client: ClientIp): KeyRecord | undefined {
   if (caller.kind !== "key") return undefined;
-  const digest = caller.record.secretDigest;
-  const record = snapshot.recordByHash(digest);
-  const policy = snapshot.lookup(digest);
-  if (record === undefined || policy === undefined || record.id !== caller.record.id) throw invalidCredential();
-  authorizeKey(policy, record, client);
+  const record = snapshot.recordByHash(caller.record.secretDigest);
+  if (record === undefined || record.id !== caller.record.id) throw invalidCredential();
+  authorizeKey(snapshot.cache.policy(record), record, client);
   return record;
 }
 

@@ -8,7 +8,7 @@ import { readFile } from "node:fs/promises";
 import { Secret, TOTP } from "otpauth";
 import { writeFileAtomic } from "../util/atomic.js";
 import type { AttemptLimit } from "./attempts.js";
-import { lockBeside } from "../util/lock.js";
+import { withLockBeside } from "../util/lock.js";
 
 /** The result of checking a code. */
 export type CodeCheck = "ok" | "invalid";
@@ -25,7 +25,7 @@ export interface CodeState {
 
 /**
  * Code state in a JSON file that processes sharing a keys file share too: a
- * claim takes the file's lock (see {@link lockBeside}), reads the file
+ * claim takes the file's lock (see {@link withLockBeside}), reads the file
  * afresh, and writes it back before the lock is released, so a code used by
  * one process is refused by every other. Claims of this process run one at
  * a time.
@@ -50,17 +50,13 @@ export class FileCodeState implements CodeState {
 
   claim(operator: string, step: number): Promise<boolean> {
     const run = this.queue.then(async () => {
-      let lost: Error | undefined;
-      const release = await lockBeside(this.file, (err) => (lost = err));
-      try {
+      return withLockBeside(this.file, async (stillHeld) => {
         const last = await this.read();
         if (step <= (last[operator] ?? -1)) return false;
-        if (lost !== undefined) throw lost;
+        stillHeld();
         await writeFileAtomic(this.file, `${JSON.stringify({ last_step: { ...last, [operator]: step } })}\n`);
         return true;
-      } finally {
-        await release().catch(() => undefined);
-      }
+      });
     });
     this.queue = run.catch(() => undefined);
     return run;

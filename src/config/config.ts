@@ -14,7 +14,7 @@ import { readProxyProtocol } from "./proxyprotocol.js";
 import type { CredentialPlace } from "../policy/credential.js";
 import type { Mode } from "../policy/decide.js";
 import { parseCredentials } from "./credentials.js";
-import { SHA256_HEX } from "../store/keysfile.js";
+import { SHA256_HEX } from "../store/digest.js";
 import { YamlFile, type Problem, type YamlPath } from "../util/yaml.js";
 import { decisionWarnings, readDecision, type DecisionConfig } from "./decision.js";
 import { AUDIT_FIELDS, FILE_AUDIT_FIELDS, readAuditSettings, type AuditSettings } from "./audit.js";

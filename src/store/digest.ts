@@ -7,7 +7,9 @@
  * is the compiler's to enforce.
  */
 import { hash } from "node:crypto";
-import { SHA256_HEX } from "./keysfile.js";
+
+/** A SHA-256 in lowercase hex, as the keys file, Redis and the configuration write it. */
+export const SHA256_HEX = /^[0-9a-f]{64}$/;
 
 declare const digestBrand: unique symbol;
 
@@ -20,10 +22,16 @@ export function secretDigest(secret: string): Digest {
   return hash("sha256", secret, "binary") as Digest;
 }
 
-/** The digest written as `hex` (64 lowercase hex digits, as the keys file stores it); throws on anything else. */
+/** The digest written as `hex` (64 lowercase hex digits, as the keys file stores it); undefined for anything else. */
+export function parseDigest(hex: string): Digest | undefined {
+  return SHA256_HEX.test(hex) ? (Buffer.from(hex, "hex").toString("latin1") as Digest) : undefined;
+}
+
+/** {@link parseDigest} of hex already validated; throws on anything else. */
 export function digestOfHex(hex: string): Digest {
-  if (!SHA256_HEX.test(hex)) throw new Error("internal: a secret_sha256 that is not 64 lowercase hex digits");
-  return Buffer.from(hex, "hex").toString("latin1") as Digest;
+  const digest = parseDigest(hex);
+  if (digest === undefined) throw new Error("internal: a secret_sha256 that is not 64 lowercase hex digits");
+  return digest;
 }
 
 /** The 64 lowercase hex digits of `digest`, as the keys file, Redis and the API write it. */

@@ -1,7 +1,7 @@
 /** The YAML keys file (SPEC §3): parsing and validation into key records, every problem located. */
 import { readFile } from "node:fs/promises";
 import type { Mode } from "../policy/decide.js";
-import { digestOfHex, type Digest } from "./digest.js";
+import { digestOfHex, SHA256_HEX, type Digest } from "./digest.js";
 import { YamlFile, type Problem } from "../util/yaml.js";
 import { parseEntries, type EntryDetailsMap } from "./entries.js";
 import { isMode, nameProblem, scopesProblems } from "./keyfields.js";
@@ -55,8 +55,6 @@ export function leanRecord(
 
 /** Allowed key ids. */
 export const KEY_ID = /^[A-Za-z0-9_-]{1,64}$/;
-/** A SHA-256 in lowercase hex. */
-export const SHA256_HEX = /^[0-9a-f]{64}$/;
 const RFC3339 = /^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$/;
 
 /** Field names a key entry may have. */

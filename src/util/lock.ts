@@ -24,3 +24,20 @@ export function lockBeside(file: string, compromised: (err: Error) => void): Pro
     onCompromised: compromised,
   });
 }
+
+/**
+ * Runs `task` holding the lock on `file` ({@link lockBeside}) and releases it
+ * after; `task` calls its argument right before each write, which throws once
+ * the lock was lost (another process may hold it by then).
+ */
+export async function withLockBeside<T>(file: string, task: (stillHeld: () => void) => Promise<T>): Promise<T> {
+  let lost: Error | undefined;
+  const release = await lockBeside(file, (err) => (lost = err));
+  try {
+    return await task(() => {
+      if (lost !== undefined) throw lost;
+    });
+  } finally {
+    await release().catch(() => undefined);
+  }
+}

@@ -16,6 +16,7 @@ import { bearer, send } from "../helpers/http.js";
 import { sidecarFixture, startTestSidecar, type TestSidecar } from "../helpers/sidecar.js";
 import { code, testClock, wrongCode } from "../helpers/totp.js";
 import { startUpstream } from "../helpers/upstream.js";
+import { sideFiles } from "../../src/cli/sidecar.js";
 
 const sha = (s: string): string => createHash("sha256").update(s).digest("hex");
 const SECRET = "JBSWY3DPEHPK3PXPJBSWY3DP";
@@ -28,12 +29,14 @@ const OPERATORS = [
 /** The last code step `operator` used, from the code state file beside the keys file (undefined: none). */
 function usedStep(kf: TestSidecar, operator: string): number | undefined {
   try {
-    const state = JSON.parse(readFileSync(join(kf.dir, "keys.otp-state.json"), "utf8")) as {
+    const state = JSON.parse(readFileSync(sideFiles(kf.keysFile).otpState, "utf8")) as {
       last_step?: Record<string, number>;
     };
     return state.last_step?.[operator];
-  } catch {
-    return undefined;
+  } catch (err) {
+    // No file yet: no code used. Anything else (a wrong path would read as "unused" forever) fails the test.
+    if ((err as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+    throw err;
   }
 }
 

@@ -3,8 +3,8 @@
  * {@link encodeRecord} under the key's id, and its reading back.
  */
 import { expiryInstant, type EntryDetails, type EntryDetailsMap } from "../entries.js";
-import { digestOfHex, hexOfDigest } from "../digest.js";
-import { SHA256_HEX, type KeyRecord } from "../keysfile.js";
+import { hexOfDigest, parseDigest } from "../digest.js";
+import type { KeyRecord } from "../keysfile.js";
 
 /**
  * A record as stored in Redis: `[name, secret_sha256, scopes, ip_allow_list,
@@ -100,15 +100,15 @@ export function decodeRecord(id: string, text: string): KeyRecord | undefined {
   const [name, sha, scopes, list, mode, created, updated, sandbox, rawDetails] = v as unknown[];
   if (v.length === 8 && sandbox !== 1) return undefined;
   if (v.length === 9 && sandbox !== 0 && sandbox !== 1) return undefined;
-  if (typeof name !== "string" || typeof sha !== "string" || !SHA256_HEX.test(sha)) return undefined;
-  if (!isStrings(scopes) || !isStrings(list)) return undefined;
+  const digest = typeof sha === "string" ? parseDigest(sha) : undefined;
+  if (typeof name !== "string" || digest === undefined || !isStrings(scopes) || !isStrings(list)) return undefined;
   if ((mode !== 0 && mode !== "enforce" && mode !== "report") || !isOptional(created) || !isOptional(updated)) {
     return undefined;
   }
   const plain: KeyRecord = {
     id,
     name,
-    secretDigest: digestOfHex(sha),
+    secretDigest: digest,
     scopes,
     ipAllowList: list,
     mode: mode === 0 ? undefined : mode,
