@@ -684,7 +684,7 @@ export class RedisKeyStore implements KeyStore {
     let rebuild = this.current === undefined;
     for (let attempt = 0; attempt < 3; attempt++) {
       const head = strings(
-        await client.eval(HEAD, { keys: [this.names.version, this.names.generation], arguments: [] }),
+        await this.timed(client.eval(HEAD, { keys: [this.names.version, this.names.generation], arguments: [] })),
       );
       const gen = head[0] ?? "";
       const v = Number(head[1] ?? "0");
