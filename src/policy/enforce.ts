@@ -16,7 +16,7 @@ import {
   type KeyPolicy,
   type RouteQuestion,
 } from "./decide.js";
-import { overridePaths, requestMethods } from "./routes.js";
+import { requestRoute } from "./routes.js";
 
 /** Where the step looks keys up (a store snapshot satisfies it). */
 export interface KeyLookup {
@@ -203,17 +203,8 @@ export function enforceFor(
   const route =
     settings.routes === undefined || settings.routes.rules.length === 0
       ? undefined
-      : routeQuestion(method, rawHeaders, target);
+      : requestRoute(method, rawHeaders, target);
   return enforceCredential(readCredential(rawHeaders, target, settings.places), target, client, keys, settings, route);
-}
-
-/** The route question of a request (its methods and paths, overrides included). */
-export function routeQuestion(method: string, rawHeaders: readonly string[], target: string): RouteQuestion {
-  const q = target.indexOf("?");
-  return {
-    methods: requestMethods(method, rawHeaders, q < 0 ? "" : target.slice(q + 1)),
-    paths: [q < 0 ? target : target.slice(0, q), ...overridePaths(rawHeaders)],
-  };
 }
 
 /** `<ping_path>/ip` for a ping path. */

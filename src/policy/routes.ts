@@ -67,25 +67,6 @@ export const METHOD_OVERRIDE_HEADERS: readonly string[] = [
  */
 export const PATH_OVERRIDE_HEADERS: readonly string[] = ["x-original-url", "x-rewrite-url"];
 
-/**
- * The paths a request's {@link PATH_OVERRIDE_HEADERS} name, in any spelling
- * upstreams read alike (`_` or `.` for `-`), each without its query or
- * fragment.
- */
-export function overridePaths(rawHeaders: readonly string[]): string[] {
-  const out: string[] = [];
-  for (let i = 0; i < rawHeaders.length; i += 2) {
-    const name = rawHeaders[i] as string;
-    // "x-rewrite-url" and "x-original-url": only names of those lengths can be them.
-    if (name.length !== 13 && name.length !== 14) continue;
-    if (!PATH_OVERRIDE_HEADERS.includes(upstreamHeaderName(name))) continue;
-    const value = (rawHeaders[i + 1] as string).trim();
-    const end = value.search(/[?#]/);
-    out.push(end < 0 ? value : value.slice(0, end));
-  }
-  return out;
-}
-
 /** Characters a rule path may hold: RFC 3986 `pchar` and `/`, without `%` and `;` (rules are written decoded). */
 const RULE_PATH = /^\/[A-Za-z0-9\-._~!$&'()*+,=:@/]*$/;
 
@@ -265,33 +246,49 @@ function pathMatches(rule: RouteRule, r: Reading): boolean {
 }
 
 /**
- * The methods a request may be taken for: its own and any override it
- * carries. Override header names count with `_` for `-` (CGI, WSGI, PHP and
+ * What the route check reads of a request, in one pass over its headers: the
+ * methods it may be taken for (its own, any method-override header's, and
+ * `?_method=`) and the paths it may be routed by (`target`'s, then any
+ * {@link PATH_OVERRIDE_HEADERS} value's), each path without its query or
+ * fragment. Header names count with `_` or `.` for `-` (CGI, WSGI, PHP and
  * Rack read `X_HTTP_Method_Override` as `HTTP_X_HTTP_METHOD_OVERRIDE`), and a
  * query name counts as `_method` under every spelling a loose parser takes
  * for it ({@link normalizeQueryName}: `%5Fmethod`, `_METHOD`, `+_method`, `_method[]`).
  */
-export function requestMethods(method: string, rawHeaders: readonly string[], query: string): string[] {
-  const out = [method.toUpperCase()];
+export function requestRoute(
+  method: string,
+  rawHeaders: readonly string[],
+  target: string,
+): { methods: string[]; paths: string[] } {
+  const q = target.indexOf("?");
+  const methods = [method.toUpperCase()];
+  const paths = [q < 0 ? target : target.slice(0, q)];
   for (let i = 0; i < rawHeaders.length; i += 2) {
     const name = rawHeaders[i] as string;
+    // Every override header's name starts with X and has at least 13 characters.
     if (name.length < 13 || (name.charCodeAt(0) | 32) !== 120) continue;
-    if (METHOD_OVERRIDE_HEADERS.includes(upstreamHeaderName(name))) {
-      for (const m of (rawHeaders[i + 1] as string).split(",")) out.push(m.trim().toUpperCase());
+    const dashed = upstreamHeaderName(name);
+    if (METHOD_OVERRIDE_HEADERS.includes(dashed)) {
+      for (const m of (rawHeaders[i + 1] as string).split(",")) methods.push(m.trim().toUpperCase());
+    } else if (PATH_OVERRIDE_HEADERS.includes(dashed)) {
+      const value = (rawHeaders[i + 1] as string).trim();
+      const end = value.search(/[?#]/);
+      paths.push(end < 0 ? value : value.slice(0, end));
     }
   }
+  const query = q < 0 ? "" : target.slice(q + 1);
   if (/method|%/i.test(query)) {
     for (const part of query.split(/[&;]/)) {
       const eq = part.indexOf("=");
       if (eq < 0 || normalizeQueryName(part.slice(0, eq)) !== "_method") continue;
-      out.push(
+      methods.push(
         decodeQueryValue(part.slice(eq + 1))
           .trim()
           .toUpperCase(),
       );
     }
   }
-  return out;
+  return { methods, paths };
 }
 
 /** A query value as form decoders read it: `+` as space, then %XX (each valid escape as its byte, the rest kept). */
@@ -327,7 +324,7 @@ function distinctMethods(routes: RouteScopes, methods: readonly string[]): strin
 
 /**
  * {@link routeNeed} over every path a request may be routed by: its own and
- * those its path-override headers name ({@link overridePaths}), the rules
+ * those its path-override headers name ({@link requestRoute}), the rules
  * of all of them; ambiguous when any is, or when an override names no
  * absolute path (an upstream would then route by a path no rule can judge).
  */

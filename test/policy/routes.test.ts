@@ -4,8 +4,7 @@ import fc from "fast-check";
 import {
   compileRule,
   pathReadings,
-  overridePaths,
-  requestMethods,
+  requestRoute,
   routeNeed,
   routeNeedOf,
   routeScopes,
@@ -23,7 +22,7 @@ const ROUTES: RouteScopes = routeScopes([
 
 /** The scopes a request needs, or "400" when its path is refused as ambiguous. */
 function need(method: string, path: string, headers: string[] = [], query = ""): string[] | "400" {
-  const n = routeNeed(ROUTES, requestMethods(method, headers, query), path);
+  const n = routeNeed(ROUTES, requestRoute(method, headers, query === "" ? path : `${path}?${query}`).methods, path);
   return n.kind === "ambiguous" ? "400" : n.rules.map((r) => r.scope);
 }
 
@@ -147,7 +146,7 @@ describe("route_scopes: matching table", () => {
     });
     const routes = routeScopes([...rules, compileRule({ path: "/v2/*", scope: "any" })]);
     const claims = Array.from({ length: 8000 }, (_, i) => (i % 2 === 0 ? "DELETE" : `M${String(i)}`)).join(",");
-    const methods = requestMethods("POST", ["X-HTTP-Method-Override", claims], "");
+    const methods = requestRoute("POST", ["X-HTTP-Method-Override", claims], "/").methods;
     assert.equal(methods.length, 8001);
     const got = routeNeed(routes, methods, "/v2/Mess%61ges;x=1//send.json/");
     assert.deepEqual(got.kind === "rules" ? got.rules.map((r) => r.scope) : got, ["any"]);
@@ -415,7 +414,7 @@ describe("route_scopes: paths named by path-override headers", () => {
       [["X-Original-UR", "/admin"], []],
     ];
     for (const [headers, want] of cases) {
-      const n = routeNeedOf(ROUTES, ["GET"], ["/public", ...overridePaths(headers)]);
+      const n = routeNeedOf(ROUTES, ["GET"], requestRoute("GET", headers, "/public").paths);
       assert.deepEqual(n.kind === "ambiguous" ? "400" : n.rules.map((r) => r.scope), want, headers.join(" "));
     }
   });
