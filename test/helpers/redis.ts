@@ -31,14 +31,17 @@ export function freePort(): Promise<number> {
   });
 }
 
-/** Starts `binary` on a free port; resolves once it accepts connections (up to 10 s). */
-export async function startRedis(binary: string): Promise<RedisServer> {
+/** Starts `binary` on a free port, with `extraArgs` (`--requirepass pw`); resolves once it accepts connections (up to 10 s). */
+export async function startRedis(binary: string, extraArgs: readonly string[] = []): Promise<RedisServer> {
   const port = await freePort();
   let child: ChildProcess | undefined;
   const launch = async (): Promise<void> => {
     const c = spawn(
       binary,
-      ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--loglevel", "warning"],
+      [
+        ...["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--loglevel", "warning"],
+        ...extraArgs,
+      ],
       { stdio: ["ignore", "pipe", "pipe"] },
     );
     child = c;
@@ -75,7 +78,8 @@ function accepts(port: number): Promise<boolean> {
     });
     s.once("data", (d: Buffer) => {
       s.destroy();
-      resolve(d.toString().startsWith("+PONG"));
+      // Ready: PONG, or NOAUTH from a server with a password (still loading would be -LOADING).
+      resolve(/^(\+PONG|-NOAUTH)/.test(d.toString()));
     });
     s.once("error", () => resolve(false));
   });

@@ -100,7 +100,14 @@ export async function startTestSidecar(opts: {
       cb();
     },
   });
-  const sidecar = await startSidecar(parsed.config, createLogger(sink), opts.now ? { now: opts.now } : {});
+  let sidecar: Sidecar;
+  try {
+    sidecar = await startSidecar(parsed.config, createLogger(sink), opts.now ? { now: opts.now } : {});
+  } catch (err) {
+    // A start the test expects to fail leaves no directory behind (one it was given stays).
+    if (opts.dir === undefined) rmSync(dir, { recursive: true, force: true });
+    throw err;
+  }
   let n = 0;
   return {
     url: `http://127.0.0.1:${sidecar.proxyAddress?.port ?? 0}`,

@@ -14,14 +14,14 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { stringify } from "yaml";
 import { StoreLoadError } from "../../src/store/store.js";
-import { exportRecords, importRecords } from "../../src/store/redis/io.js";
+import { connectOnce, exportRecords, importRecords } from "../../src/store/redis/io.js";
 import { redisKeys } from "../../src/store/redis/store.js";
 import { changedId, type KeyChange } from "../../src/store/change.js";
 import { digestOfHex } from "../../src/store/digest.js";
 import type { KeyRecord } from "../../src/store/keysfile.js";
 import { needBinary } from "../helpers/binary.js";
 import { bearer, send, type Reply } from "../helpers/http.js";
-import { redisFixture, startRelay, type Relay } from "../helpers/redis.js";
+import { redisFixture, startRedis, startRelay, type Relay } from "../helpers/redis.js";
 import { eventually, startTestSidecar, type TestSidecar } from "../helpers/sidecar.js";
 import { spawnKeyfence } from "../helpers/spawn.js";
 import { startUpstream, type Upstream } from "../helpers/upstream.js";
@@ -521,6 +521,40 @@ describe("Redis store", { skip: redisBin.skip }, () => {
     } finally {
       await relay.close();
       rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe("Redis store behind a password (SPEC §6: user:password@ in the URL)", { skip: redisBin.skip }, () => {
+  test("the password in the URL is used for every connection; a wrong one is a clear start-up error", async () => {
+    const server = await startRedis(redisBin.path ?? "redis-server", ["--requirepass", "s3cret"]);
+    const up = await startUpstream();
+    const started: TestSidecar[] = [];
+    try {
+      const url = `redis://:s3cret@127.0.0.1:${server.port}`;
+      const seeded = await connectOnce(url);
+      try {
+        await importRecords(seeded, "pw:", SEED);
+      } finally {
+        seeded.destroy();
+      }
+      const a = await replica(up, url, "pw:");
+      const b = await replica(up, url, "pw:");
+      started.push(a, b);
+      assert.equal(await proxied(a, "s_open"), 200);
+      assert.equal(await proxied(b, "s_pinned"), 403);
+      // Writes and the shared admin state (attempts, sessions) use the same connection.
+      const made = await create(a, { name: "with a password", ip_allow_list: ["127.0.0.1"] });
+      await eventually(async () => (await proxied(b, made.secret)) === 200, 2000, "B enforces A's change");
+      assert.equal((await send(`${b.adminUrl}/readyz`)).status, 200);
+      await assert.rejects(
+        replica(up, `redis://:wrong@127.0.0.1:${server.port}`, "pw:"),
+        (err: unknown) => err instanceof StoreLoadError && /unavailable/.test(err.problems[0]?.message ?? ""),
+      );
+    } finally {
+      await Promise.all(started.map((kf) => kf.stop()));
+      await up.close();
+      await server.kill();
     }
   });
 });
