@@ -19,9 +19,12 @@ export interface Running {
   readonly exited: Promise<number | null>;
 }
 
-/** Starts `keyfence serve --config FILE` and waits for its start-up line (up to 15 s). */
-export async function spawnKeyfence(config: string): Promise<Running> {
-  const child = spawn(process.execPath, [BIN, "serve", "--config", config], { stdio: ["ignore", "pipe", "pipe"] });
+/** Starts `keyfence serve --config FILE` (`env` added to this process's) and waits for its start-up line (up to 15 s). */
+export async function spawnKeyfence(config: string, env: Record<string, string> = {}): Promise<Running> {
+  const child = spawn(process.execPath, [BIN, "serve", "--config", config], {
+    stdio: ["ignore", "pipe", "pipe"],
+    env: { ...process.env, ...env },
+  });
   let out = "";
   child.stdout.on("data", (d: Buffer) => (out += d.toString()));
   child.stderr.on("data", (d: Buffer) => (out += d.toString()));

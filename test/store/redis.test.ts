@@ -7,6 +7,7 @@
  * while Redis is down uses the snapshot file or exits 1.
  */
 import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -21,9 +22,9 @@ import { digestOfHex } from "../../src/store/digest.js";
 import type { KeyRecord } from "../../src/store/keysfile.js";
 import { needBinary } from "../helpers/binary.js";
 import { bearer, send, type Reply } from "../helpers/http.js";
-import { redisFixture, startRedis, startRelay, type Relay } from "../helpers/redis.js";
+import { freePort, redisFixture, startRedis, startRelay, type Relay } from "../helpers/redis.js";
 import { eventually, startTestSidecar, type TestSidecar } from "../helpers/sidecar.js";
-import { spawnKeyfence } from "../helpers/spawn.js";
+import { spawnKeyfence, type Running } from "../helpers/spawn.js";
 import { startUpstream, type Upstream } from "../helpers/upstream.js";
 
 const redisBin = needBinary("redis-server", "redis-server");
@@ -547,9 +548,14 @@ describe("Redis store behind a password (SPEC §6: user:password@ in the URL)", 
       const made = await create(a, { name: "with a password", ip_allow_list: ["127.0.0.1"] });
       await eventually(async () => (await proxied(b, made.secret)) === 200, 2000, "B enforces A's change");
       assert.equal((await send(`${b.adminUrl}/readyz`)).status, 200);
+      for (const kf of [a, b]) assert.doesNotMatch(kf.logText(), /s3cret/, "the password is never logged");
       await assert.rejects(
         replica(up, `redis://:wrong@127.0.0.1:${server.port}`, "pw:"),
-        (err: unknown) => err instanceof StoreLoadError && /unavailable/.test(err.problems[0]?.message ?? ""),
+        (err: unknown) =>
+          err instanceof StoreLoadError &&
+          /unavailable/.test(err.problems[0]?.message ?? "") &&
+          // The URL's password is never repeated (README: never logged).
+          !err.problems.some((p) => p.message.includes("wrong")),
       );
     } finally {
       await Promise.all(started.map((kf) => kf.stop()));
@@ -557,4 +563,97 @@ describe("Redis store behind a password (SPEC §6: user:password@ in the URL)", 
       await server.kill();
     }
   });
+});
+
+describe("Redis store over TLS (SPEC §6: rediss://)", { skip: redisBin.skip }, () => {
+  const openssl = needBinary("openssl", "openssl");
+  test(
+    "a replica reads the store through rediss:// with the CA it trusts, and refuses a server it cannot verify",
+    {
+      skip: openssl.skip,
+    },
+    async () => {
+      const dir = mkdtempSync(join(tmpdir(), "keyfence-tls-"));
+      const ssl = (...args: string[]): void => {
+        execFileSync(openssl.path ?? "openssl", args, { cwd: dir, stdio: "ignore" });
+      };
+      ssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=keyfence test CA",
+      );
+      ssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "srv.key", "-out", "srv.csr", "-subj", "/CN=127.0.0.1");
+      writeFileSync(join(dir, "san.ext"), "subjectAltName=IP:127.0.0.1\n");
+      ssl(
+        "x509",
+        "-req",
+        "-in",
+        "srv.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "srv.pem",
+        "-days",
+        "1",
+        "-extfile",
+        "san.ext",
+      );
+      const tlsPort = await freePort();
+      const server = await startRedis(redisBin.path ?? "redis-server", [
+        ...["--tls-port", String(tlsPort), "--tls-auth-clients", "no"],
+        ...["--tls-cert-file", join(dir, "srv.pem"), "--tls-key-file", join(dir, "srv.key")],
+        ...["--tls-ca-cert-file", join(dir, "ca.pem")],
+      ]);
+      const up = await startUpstream();
+      let running: Running | undefined;
+      try {
+        // Seeded over the plain port; the replica uses TLS only.
+        const seeded = await connectOnce(server.url);
+        try {
+          await importRecords(seeded, "tls:", SEED);
+        } finally {
+          seeded.destroy();
+        }
+        const cfg = join(dir, "keyfence.yaml");
+        writeFileSync(
+          cfg,
+          stringify({
+            listen: "127.0.0.1:0",
+            upstream: up.url,
+            keys: {
+              store: "redis",
+              unknown: "reject",
+              redis: { url: `rediss://127.0.0.1:${tlsPort}`, prefix: "tls:" },
+            },
+          }),
+        );
+        await assert.rejects(spawnKeyfence(cfg), /exited with 1[\s\S]*key store Redis .* is unavailable/);
+        running = await spawnKeyfence(cfg, { NODE_EXTRA_CA_CERTS: join(dir, "ca.pem") });
+        const call = (secret: string): Promise<Reply> =>
+          send(`${running?.proxy ?? ""}/x`, { headers: [bearer(secret)] });
+        assert.equal((await call("s_open")).status, 200);
+        assert.equal((await call("s_pinned")).status, 403);
+        assert.equal((await call("nope")).status, 401);
+      } finally {
+        running?.child.kill("SIGTERM");
+        await running?.exited;
+        await up.close();
+        await server.kill();
+        rmSync(dir, { recursive: true, force: true });
+      }
+    },
+  );
 });
