@@ -45,6 +45,28 @@ function record(id: string, secret: string, allow: string[] = []): KeyRecord {
   };
 }
 
+/** Initializes the store under `prefix` at `url` with {@link SEED} over a one-off connection. */
+async function seedAt(url: string, prefix: string): Promise<void> {
+  const client = await connectOnce(url);
+  try {
+    await importRecords(client, prefix, SEED);
+  } finally {
+    client.destroy();
+  }
+}
+
+/** A `keyfence serve` configuration in `dir` for the Redis store `redis` in front of `up`; its path. */
+function serveConfig(
+  dir: string,
+  up: Upstream,
+  redis: { url: string; prefix: string },
+  keys: Record<string, unknown> = {},
+): string {
+  const cfg = join(dir, "keyfence.yaml");
+  writeFileSync(cfg, stringify({ listen: "127.0.0.1:0", upstream: up.url, keys: { store: "redis", ...keys, redis } }));
+  return cfg;
+}
+
 /** The initial store: one key usable from loopback, one pinned elsewhere. */
 const SEED = [record("k_open", "s_open"), record("k_pinned", "s_pinned", ["203.0.113.0/24"])];
 
@@ -486,15 +508,7 @@ describe("Redis store", { skip: redisBin.skip }, () => {
           err instanceof StoreLoadError && /unavailable.*snapshot_file/s.test(err.problems[0]?.message ?? ""),
       );
       // The real command exits 1 saying so.
-      const cfg = join(dir, "keyfence.yaml");
-      writeFileSync(
-        cfg,
-        stringify({
-          listen: "127.0.0.1:0",
-          upstream: up.url,
-          keys: { store: "redis", redis: { url: relay.url, prefix } },
-        }),
-      );
+      const cfg = serveConfig(dir, up, { url: relay.url, prefix });
       await assert.rejects(spawnKeyfence(cfg), /exited with 1[\s\S]*key store Redis .* is unavailable/);
       // With it: starts, says so, enforces the snapshot, not ready.
       const b = await start(relay.url, prefix, { snapshot_file: snapshotFile });
@@ -533,12 +547,7 @@ describe("Redis store behind a password (SPEC §6: user:password@ in the URL)", 
     const started: TestSidecar[] = [];
     try {
       const url = `redis://:s3cret@127.0.0.1:${server.port}`;
-      const seeded = await connectOnce(url);
-      try {
-        await importRecords(seeded, "pw:", SEED);
-      } finally {
-        seeded.destroy();
-      }
+      await seedAt(url, "pw:");
       const a = await replica(up, url, "pw:");
       const b = await replica(up, url, "pw:");
       started.push(a, b);
@@ -621,24 +630,12 @@ describe("Redis store over TLS (SPEC §6: rediss://)", { skip: redisBin.skip }, 
       let running: Running | undefined;
       try {
         // Seeded over the plain port; the replica uses TLS only.
-        const seeded = await connectOnce(server.url);
-        try {
-          await importRecords(seeded, "tls:", SEED);
-        } finally {
-          seeded.destroy();
-        }
-        const cfg = join(dir, "keyfence.yaml");
-        writeFileSync(
-          cfg,
-          stringify({
-            listen: "127.0.0.1:0",
-            upstream: up.url,
-            keys: {
-              store: "redis",
-              unknown: "reject",
-              redis: { url: `rediss://127.0.0.1:${tlsPort}`, prefix: "tls:" },
-            },
-          }),
+        await seedAt(server.url, "tls:");
+        const cfg = serveConfig(
+          dir,
+          up,
+          { url: `rediss://127.0.0.1:${tlsPort}`, prefix: "tls:" },
+          { unknown: "reject" },
         );
         await assert.rejects(spawnKeyfence(cfg), /exited with 1[\s\S]*key store Redis .* is unavailable/);
         running = await spawnKeyfence(cfg, { NODE_EXTRA_CA_CERTS: join(dir, "ca.pem") });
