@@ -51,7 +51,10 @@ export async function startRedis(binary: string, extraArgs: readonly string[] = 
     const end = Date.now() + 10_000;
     for (;;) {
       if (await accepts(port)) return;
-      if (c.exitCode !== null || Date.now() > end) throw new Error(`redis-server did not start:\n${out}`);
+      if (c.exitCode !== null || Date.now() > end) {
+        c.kill("SIGKILL"); // never leave a server behind a failed start
+        throw new Error(`redis-server did not start:\n${out}`);
+      }
       await new Promise((r) => setTimeout(r, 20));
     }
   };
