@@ -6,11 +6,13 @@
  * agents; and nginx (geo + map per-key check, upstream keepalive, one worker)
  * when installed; keyfence's decision endpoint (allowed, denied) beside a
  * bare node:http 200 answer, and the shipped nginx ingress asking it (CPU of
- * nginx and keyfence together), with and without its optional decision cache;
- * then 10 MiB uploads through that ingress, keyfence as the proxy and nginx
- * alone. Rounds are interleaved; medians are reported with requests/s,
+ * nginx and keyfence together, and each one's share), with and without its
+ * optional decision cache, and the same file asking the bare node:http answer
+ * instead (the floor of any Node decision service behind nginx) and asking an
+ * nginx that only answers 200 (the floor of any decision service); then 10 MiB
+ * uploads through that ingress, keyfence as the proxy and nginx alone. Rounds are interleaved; medians are reported with requests/s,
  * p50/p99 latency and the proxy's CPU microseconds per request. A full run
- * takes about 9 minutes (17 contenders × (1 s warm-up + 5 rounds × 5 s)).
+ * takes about 10 minutes (19 contenders × (1 s warm-up + 5 rounds × 5 s)).
  *
  * Options: --quick (1 s runs, 1 round), --rounds N, --seconds S,
  * --connections C, --tool wrk|autocannon, --only id,id (quick and partial
@@ -56,6 +58,8 @@ interface Contender {
   readonly expect: number;
   /** Processes whose CPU time is the proxy's (none for the upstream itself; nginx and keyfence for an ingress asking keyfence). */
   readonly pids: readonly number[];
+  /** Names of `pids` when there are several: the table then shows each one's share. */
+  readonly parts?: readonly string[];
   /** Bytes per upload: loaded with POSTs of this size (runUploads) instead of small GETs. */
   readonly upload?: number;
 }
@@ -275,65 +279,93 @@ async function main(): Promise<void> {
         expect: 403,
         pids: [ng.pid],
       });
-      // The shipped deploy/ingress/nginx configuration asking keyfence's decision endpoint.
-      const ingPort = await freePort();
-      const ingDir = join(dir, "ingress");
-      mkdirSync(ingDir);
-      const ingConf = nginxIngressConfig(ingDir, { port: ingPort, decisionPort: decPort, appPort: up.port });
-      const ing = await startLogged("nginx-ingress", "nginx", ["-c", ingConf, "-p", ingDir], join(ingDir, "out"), () =>
-        fetch(`http://127.0.0.1:${ingPort}/_keyfence/ping`).then(
-          () => true,
-          () => false,
-        ),
-      );
-      procs.push(ing);
+      // The shipped deploy/ingress/nginx configuration in a directory of its own, asking `decisionPort`.
+      const startIngress = async (name: string, decisionPort: number, edit?: (site: string) => string) => {
+        const ingPort = await freePort();
+        const ingDir = join(dir, name);
+        mkdirSync(ingDir);
+        const conf = nginxIngressConfig(ingDir, { port: ingPort, decisionPort, appPort: up.port, edit });
+        const proc = await startLogged(name, "nginx", ["-c", conf, "-p", ingDir], join(ingDir, "out"), () =>
+          fetch(`http://127.0.0.1:${ingPort}/_keyfence/ping`).then(
+            () => true,
+            () => false,
+          ),
+        );
+        procs.push(proc);
+        return { pid: proc.pid, url: `http://127.0.0.1:${ingPort}/` };
+      };
+      const ing = await startIngress("nginx-ingress", decPort);
       contenders.push({
         id: "nginx-decision",
         label: "nginx + keyfence decision, allowed",
-        url: `http://127.0.0.1:${ingPort}/`,
+        url: ing.url,
         headers: { authorization: `Bearer ${ALLOWED}` },
         expect: 200,
         pids: [ing.pid, dec.pid],
+        parts: ["nginx", "keyfence"],
       });
-      // The same with the shipped file's optional decision cache switched on.
-      const cachedPort = await freePort();
-      const cachedDir = join(dir, "ingress-cached");
-      mkdirSync(cachedDir);
-      chmodSync(dir, 0o711); // nginx's workers (an unprivileged user when started as root) reach the cache through it
-      const cachedConf = nginxIngressConfig(cachedDir, {
-        port: cachedPort,
-        decisionPort: decPort,
-        appPort: up.port,
-        edit: (site) => withDecisionCache(site, join(cachedDir, "decisions")),
-      });
-      const cached = await startLogged(
-        "nginx-ingress-cached",
+      // The floor of any Node decision service behind nginx: the same file asking the bare node:http 200 answer.
+      const node200 = contenders.find((c) => c.id === "node-200");
+      if (node200 !== undefined) {
+        const floor = await startIngress("nginx-ingress-node", Number(new URL(node200.url).port));
+        contenders.push({
+          id: "nginx-node-200",
+          label: "nginx + node:http bare 200 as the decision",
+          url: floor.url,
+          headers: { authorization: `Bearer ${ALLOWED}` },
+          expect: 200,
+          pids: [floor.pid, ...node200.pids],
+          parts: ["nginx", "node:http"],
+        });
+      }
+      // The floor of any decision service at all: the same file asking an nginx that only answers 200.
+      const answerPort = await freePort();
+      const answerDir = join(dir, "nginx-answer");
+      mkdirSync(answerDir);
+      const answerConf = writeNginxConf(
+        answerDir,
+        true,
+        `  server { listen 127.0.0.1:${answerPort}; location / { add_header X-Keyfence-Key-Id bench_allowed; return 200; } }\n`,
+      );
+      const answer = await startLogged(
+        "nginx-answer",
         "nginx",
-        ["-c", cachedConf, "-p", cachedDir],
-        join(cachedDir, "out"),
+        ["-c", answerConf, "-p", answerDir],
+        join(answerDir, "out"),
         () =>
-          fetch(`http://127.0.0.1:${cachedPort}/_keyfence/ping`).then(
+          fetch(`http://127.0.0.1:${answerPort}/`).then(
             () => true,
             () => false,
           ),
       );
-      procs.push(cached);
+      procs.push(answer);
+      const nginxFloor = await startIngress("nginx-ingress-nginx", answerPort);
+      contenders.push({
+        id: "nginx-nginx-200",
+        label: "nginx + nginx's bare 200 as the decision",
+        url: nginxFloor.url,
+        headers: { authorization: `Bearer ${ALLOWED}` },
+        expect: 200,
+        pids: [nginxFloor.pid, answer.pid],
+        parts: ["nginx", "nginx answering"],
+      });
+      // The same with the shipped file's optional decision cache switched on.
+      chmodSync(dir, 0o711); // nginx's workers (an unprivileged user when started as root) reach the cache through it
+      const cached = await startIngress("nginx-ingress-cached", decPort, (site) =>
+        withDecisionCache(site, join(dir, "nginx-ingress-cached", "decisions")),
+      );
       contenders.push({
         id: "nginx-decision-cached",
         label: "nginx + keyfence decision, cached, allowed",
-        url: `http://127.0.0.1:${cachedPort}/`,
+        url: cached.url,
         headers: { authorization: `Bearer ${ALLOWED}` },
         expect: 200,
         pids: [cached.pid, dec.pid],
+        parts: ["nginx", "keyfence"],
       });
       // 10 MB uploads: through nginx asking keyfence, through keyfence as the proxy, through nginx alone.
       const uploads: Array<[string, string, string, readonly number[]]> = [
-        [
-          "upload-nginx-decision",
-          "10 MB upload: nginx + keyfence decision",
-          `http://127.0.0.1:${ingPort}/`,
-          [ing.pid, dec.pid],
-        ],
+        ["upload-nginx-decision", "10 MB upload: nginx + keyfence decision", ing.url, [ing.pid, dec.pid]],
         ["upload-nginx", "10 MB upload: nginx alone", `http://127.0.0.1:${port}/`, [ng.pid]],
       ];
       const kfProxy = contenders.find((c) => c.id === "keyfence");
@@ -355,7 +387,7 @@ async function main(): Promise<void> {
     }
 
     const selected = ONLY.length > 0 ? contenders.filter((c) => ONLY.includes(c.id)) : contenders;
-    const runs = new Map<string, Array<LoadResult & { cpuUsPerReq: number }>>();
+    const runs = new Map<string, Array<LoadResult & { cpuUsPerReq: number; partsUsPerReq: number[] }>>();
     const run = TOOL === "wrk" ? runWrk : runAutocannon;
     process.stderr.write(
       `${machine()}; ${TOOL}, ${CONNECTIONS} connections, ${SECONDS} s per run, ${ROUNDS} interleaved rounds\n`,
@@ -364,17 +396,21 @@ async function main(): Promise<void> {
       c.upload !== undefined
         ? runUploads({ url: c.url, headers: c.headers, bytes: c.upload, seconds, connections: UPLOAD_CONNECTIONS })
         : run({ url: c.url, headers: c.headers, seconds, connections: CONNECTIONS, expect: c.expect });
+    /** `parts` as "nginx 54.1 + keyfence 40.2" (µs per request); empty for a single process. */
+    const split = (c: Contender, parts: readonly number[]): string =>
+      c.parts === undefined ? "" : c.parts.map((name, i) => `${name} ${(parts[i] ?? NaN).toFixed(1)}`).join(" + ");
     for (const c of selected) await load(c, 1); // warm-up
     for (let round = 1; round <= ROUNDS; round++) {
       for (const c of selected) {
-        const cpu = (): number => c.pids.reduce((n, pid) => n + cpuSeconds(pid), 0);
-        const cpu0 = cpu();
+        const before = c.pids.map(cpuSeconds);
         const r = await load(c, SECONDS);
-        const cpu1 = cpu();
-        const cpuUsPerReq = c.pids.length > 0 && r.requests > 0 ? ((cpu1 - cpu0) * 1e6) / r.requests : NaN;
-        runs.set(c.id, [...(runs.get(c.id) ?? []), { ...r, cpuUsPerReq }]);
+        const partsUsPerReq = c.pids.map((pid, i) =>
+          r.requests > 0 ? ((cpuSeconds(pid) - (before[i] ?? NaN)) * 1e6) / r.requests : NaN,
+        );
+        const cpuUsPerReq = c.pids.length > 0 ? partsUsPerReq.reduce((a, b) => a + b, 0) : NaN;
+        runs.set(c.id, [...(runs.get(c.id) ?? []), { ...r, cpuUsPerReq, partsUsPerReq }]);
         process.stderr.write(
-          `round ${round}/${ROUNDS} ${c.label.padEnd(36)} ${r.rps.toFixed(0).padStart(7)} req/s  p50 ${r.p50ms.toFixed(2)} ms  p99 ${r.p99ms.toFixed(2)} ms  ${Number.isNaN(cpuUsPerReq) ? "" : `${cpuUsPerReq.toFixed(1)} µs CPU/req`}${r.unexpected + r.errors > 0 ? `  (${r.unexpected} unexpected, ${r.errors} errors)` : ""}\n`,
+          `round ${round}/${ROUNDS} ${c.label.padEnd(36)} ${r.rps.toFixed(0).padStart(7)} req/s  p50 ${r.p50ms.toFixed(2)} ms  p99 ${r.p99ms.toFixed(2)} ms  ${Number.isNaN(cpuUsPerReq) ? "" : `${cpuUsPerReq.toFixed(1)} µs CPU/req`}${c.parts === undefined ? "" : ` (${split(c, partsUsPerReq)})`}${r.unexpected + r.errors > 0 ? `  (${r.unexpected} unexpected, ${r.errors} errors)` : ""}\n`,
         );
       }
     }
@@ -387,6 +423,11 @@ async function main(): Promise<void> {
         p50ms: median(rs.map((r) => r.p50ms)),
         p99ms: median(rs.map((r) => r.p99ms)),
         cpuUsPerReq: median(rs.map((r) => r.cpuUsPerReq)),
+        /** Each process's own median, so the parts need not add up to the total's median. */
+        cpuSplit: split(
+          c,
+          c.pids.map((_, i) => median(rs.map((r) => r.partsUsPerReq[i] ?? NaN))),
+        ),
         unexpected: rs.reduce((n, r) => n + r.unexpected, 0),
         errors: rs.reduce((n, r) => n + r.errors, 0),
       };
@@ -415,6 +456,21 @@ async function main(): Promise<void> {
       ["keyfence decision denied CPU/req ÷ node:http fixed 403", cpu("decision-denied", "node-403"), "—"],
       ["nginx + keyfence decision CPU/allowed req ÷ keyfence (proxy)", cpu("nginx-decision", "keyfence"), "≤ 0.7×"],
       ["nginx + keyfence decision CPU/allowed req ÷ nginx alone", cpu("nginx-decision", "nginx"), "—"],
+      [
+        "floor: nginx + node:http bare 200 as the decision CPU/allowed req ÷ keyfence (proxy)",
+        cpu("nginx-node-200", "keyfence"),
+        "—",
+      ],
+      [
+        "floor: nginx + nginx's bare 200 as the decision CPU/allowed req ÷ keyfence (proxy)",
+        cpu("nginx-nginx-200", "keyfence"),
+        "—",
+      ],
+      [
+        "nginx + keyfence decision ÷ nginx + node:http bare 200 as the decision",
+        cpu("nginx-decision", "nginx-node-200"),
+        "—",
+      ],
       ["nginx + decision, cached: CPU/allowed req ÷ uncached", cpu("nginx-decision-cached", "nginx-decision"), "—"],
       [
         "nginx + decision, cached: req/s ÷ uncached",
@@ -429,7 +485,7 @@ async function main(): Promise<void> {
       `Machine: ${machine()}. Load: ${TOOL}, 1 thread, ${CONNECTIONS} connections, ${SECONDS} s per run, ${ROUNDS} interleaved rounds, medians. CPU is the proxy process tree's user+system time per request (from /proc).`,
       "",
       table(
-        ["contender", "req/s", "p50 ms", "p99 ms", "proxy CPU µs/req"],
+        ["contender", "req/s", "p50 ms", "p99 ms", "proxy CPU µs/req", "per process (medians)"],
         summary
           .filter((s) => !isUpload(s.id))
           .map((s) => [
@@ -438,6 +494,7 @@ async function main(): Promise<void> {
             s.p50ms.toFixed(2),
             s.p99ms.toFixed(2),
             Number.isFinite(s.cpuUsPerReq) ? s.cpuUsPerReq.toFixed(1) : "—",
+            s.cpuSplit,
           ]),
       ),
       "",
