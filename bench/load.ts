@@ -252,17 +252,27 @@ async function main(): Promise<void> {
     });
 
     if (have("nginx")) {
+      /** Starts nginx on `conf` with prefix `prefix`, ready once `readyUrl` answers at all. */
+      const startNginx = async (name: string, conf: string, prefix: string, readyUrl: string): Promise<Proc> => {
+        const proc = await startLogged(name, "nginx", ["-c", conf, "-p", prefix], join(prefix, `${name}.out`), () =>
+          fetch(readyUrl).then(
+            () => true,
+            () => false,
+          ),
+        );
+        procs.push(proc);
+        return proc;
+      };
+      /** An allowed request through `url`, whose CPU is that of `pids`, named `parts`. */
+      const allowedThrough = (
+        id: string,
+        label: string,
+        url: string,
+        pids: readonly number[],
+        parts: readonly string[],
+      ): Contender => ({ id, label, url, headers: { authorization: `Bearer ${ALLOWED}` }, expect: 200, pids, parts });
       const port = await freePort();
-      const conf = nginxConfig(dir, port, up.port);
-      const ng = await startLogged("nginx", "nginx", ["-c", conf, "-p", dir], join(dir, "nginx.out"), async () => {
-        try {
-          await fetch(`http://127.0.0.1:${port}/`);
-          return true;
-        } catch {
-          return false;
-        }
-      });
-      procs.push(ng);
+      const ng = await startNginx("nginx", nginxConfig(dir, port, up.port), dir, `http://127.0.0.1:${port}/`);
       contenders.push({
         id: "nginx",
         label: "nginx, allowed (1 worker)",
@@ -285,38 +295,32 @@ async function main(): Promise<void> {
         const ingDir = join(dir, name);
         mkdirSync(ingDir);
         const conf = nginxIngressConfig(ingDir, { port: ingPort, decisionPort, appPort: up.port, edit });
-        const proc = await startLogged(name, "nginx", ["-c", conf, "-p", ingDir], join(ingDir, "out"), () =>
-          fetch(`http://127.0.0.1:${ingPort}/_keyfence/ping`).then(
-            () => true,
-            () => false,
-          ),
-        );
-        procs.push(proc);
+        const proc = await startNginx(name, conf, ingDir, `http://127.0.0.1:${ingPort}/_keyfence/ping`);
         return { pid: proc.pid, url: `http://127.0.0.1:${ingPort}/` };
       };
       const ing = await startIngress("nginx-ingress", decPort);
-      contenders.push({
-        id: "nginx-decision",
-        label: "nginx + keyfence decision, allowed",
-        url: ing.url,
-        headers: { authorization: `Bearer ${ALLOWED}` },
-        expect: 200,
-        pids: [ing.pid, dec.pid],
-        parts: ["nginx", "keyfence"],
-      });
+      contenders.push(
+        allowedThrough(
+          "nginx-decision",
+          "nginx + keyfence decision, allowed",
+          ing.url,
+          [ing.pid, dec.pid],
+          ["nginx", "keyfence"],
+        ),
+      );
       // The floor of any Node decision service behind nginx: the same file asking the bare node:http 200 answer.
       const node200 = contenders.find((c) => c.id === "node-200");
       if (node200 !== undefined) {
         const floor = await startIngress("nginx-ingress-node", Number(new URL(node200.url).port));
-        contenders.push({
-          id: "nginx-node-200",
-          label: "nginx + node:http bare 200 as the decision",
-          url: floor.url,
-          headers: { authorization: `Bearer ${ALLOWED}` },
-          expect: 200,
-          pids: [floor.pid, ...node200.pids],
-          parts: ["nginx", "node:http"],
-        });
+        contenders.push(
+          allowedThrough(
+            "nginx-node-200",
+            "nginx + node:http bare 200 as the decision",
+            floor.url,
+            [floor.pid, ...node200.pids],
+            ["nginx", "node:http"],
+          ),
+        );
       }
       // The floor of any decision service at all: the same file asking an nginx that only answers 200.
       const answerPort = await freePort();
@@ -327,42 +331,31 @@ async function main(): Promise<void> {
         true,
         `  server { listen 127.0.0.1:${answerPort}; location / { add_header X-Keyfence-Key-Id bench_allowed; return 200; } }\n`,
       );
-      const answer = await startLogged(
-        "nginx-answer",
-        "nginx",
-        ["-c", answerConf, "-p", answerDir],
-        join(answerDir, "out"),
-        () =>
-          fetch(`http://127.0.0.1:${answerPort}/`).then(
-            () => true,
-            () => false,
-          ),
-      );
-      procs.push(answer);
+      const answer = await startNginx("nginx-answer", answerConf, answerDir, `http://127.0.0.1:${answerPort}/`);
       const nginxFloor = await startIngress("nginx-ingress-nginx", answerPort);
-      contenders.push({
-        id: "nginx-nginx-200",
-        label: "nginx + nginx's bare 200 as the decision",
-        url: nginxFloor.url,
-        headers: { authorization: `Bearer ${ALLOWED}` },
-        expect: 200,
-        pids: [nginxFloor.pid, answer.pid],
-        parts: ["nginx", "nginx answering"],
-      });
+      contenders.push(
+        allowedThrough(
+          "nginx-nginx-200",
+          "nginx + nginx's bare 200 as the decision",
+          nginxFloor.url,
+          [nginxFloor.pid, answer.pid],
+          ["nginx", "nginx answering"],
+        ),
+      );
       // The same with the shipped file's optional decision cache switched on.
       chmodSync(dir, 0o711); // nginx's workers (an unprivileged user when started as root) reach the cache through it
       const cached = await startIngress("nginx-ingress-cached", decPort, (site) =>
         withDecisionCache(site, join(dir, "nginx-ingress-cached", "decisions")),
       );
-      contenders.push({
-        id: "nginx-decision-cached",
-        label: "nginx + keyfence decision, cached, allowed",
-        url: cached.url,
-        headers: { authorization: `Bearer ${ALLOWED}` },
-        expect: 200,
-        pids: [cached.pid, dec.pid],
-        parts: ["nginx", "keyfence"],
-      });
+      contenders.push(
+        allowedThrough(
+          "nginx-decision-cached",
+          "nginx + keyfence decision, cached, allowed",
+          cached.url,
+          [cached.pid, dec.pid],
+          ["nginx", "keyfence"],
+        ),
+      );
       // 10 MB uploads: through nginx asking keyfence, through keyfence as the proxy, through nginx alone.
       const uploads: Array<[string, string, string, readonly number[]]> = [
         ["upload-nginx-decision", "10 MB upload: nginx + keyfence decision", ing.url, [ing.pid, dec.pid]],
