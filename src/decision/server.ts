@@ -184,6 +184,10 @@ export class DecisionServer {
         headers["x-keyfence-key-id"] = key.id;
         headers["x-keyfence-key-scopes"] = key.scopes.join(" ");
         headers["x-keyfence-sandbox"] = key.sandbox ? "true" : "false";
+      } else {
+        // An allow of no key (keys.missing or keys.unknown: forward) is not an ingress cache's to keep: a
+        // cache keyed by the credential has nothing of this request's to key it by.
+        headers["cache-control"] = "no-store";
       }
       res.writeHead(200, headers);
       res.end();

@@ -39,6 +39,9 @@ function check(c: Case, r: Reply): void {
     assert.equal(r.headers["content-length"], "0", `${c.desc}: no body`);
     assert.equal(r.headers["x-keyfence-reason"], undefined, `${c.desc}: no reason`);
     assert.equal(r.headers["x-keyfence-message"], undefined, `${c.desc}: no message`);
+    // An allow of no key is never an ingress cache's to keep (nothing of the request's credential to key it by).
+    const keep = c.keyId === undefined ? "no-store" : undefined;
+    assert.equal(r.headers["cache-control"], keep, `${c.desc}: Cache-Control`);
     return;
   }
   assert.match(String(r.headers["x-request-id"]), /^[0-9a-f-]{36}$/, `${c.desc}: request id, as in the log line`);

@@ -40,18 +40,25 @@ interface Relay {
   bytesIn: number;
   /** While down, every connection (kept-alive ones included) is cut. */
   setDown(down: boolean): void;
+  /** While stalled, kept-alive connections are cut and new ones are taken but never answered (a frozen keyfence). */
+  setStalled(stalled: boolean): void;
   close(): Promise<void>;
 }
 
 async function startRelay(targetPort: number): Promise<Relay> {
   const sockets = new Set<Socket>();
   let down = false;
+  let stalled = false;
   const relay: Relay = {
     port: 0,
     bytesIn: 0,
     setDown(d) {
       down = d;
       if (d) for (const s of sockets) s.destroy();
+    },
+    setStalled(st) {
+      stalled = st;
+      if (st) for (const s of sockets) s.destroy();
     },
     close: async () => {
       for (const s of sockets) s.destroy();
@@ -61,6 +68,13 @@ async function startRelay(targetPort: number): Promise<Relay> {
   const server = createServer((client) => {
     if (down) {
       client.destroy();
+      return;
+    }
+    if (stalled) {
+      sockets.add(client);
+      client.on("close", () => sockets.delete(client));
+      client.on("error", () => undefined);
+      client.resume();
       return;
     }
     const upstream = connect(targetPort, "127.0.0.1");
@@ -351,6 +365,10 @@ for (const [name, pkg, command, starter] of ingresses) {
         // and PHP reads `.` as `_` too
         ["X.Keyfence.Key.Id", "k_forged"],
         ["x-keyfence.key-scopes", "admin"],
+        // every other name keyfence uses
+        ["X-Keyfence-Reason", "pong"],
+        ["X-Keyfence-Message", "forged"],
+        ["X-Keyfence-OTP", "123456"],
       ];
       const { r, seen } = await ask("/v1/x", [bearer("s_allowed"), ...spoofs]);
       assert.equal(r.status, 200, r.body);
@@ -359,6 +377,8 @@ for (const [name, pkg, command, starter] of ingresses) {
       assert.equal(h["x-keyfence-key-id"], "k_allowed");
       assert.equal(h["x-keyfence-key-scopes"], "messages:send reports:read");
       assert.equal(h["x-keyfence-sandbox"], "false");
+      const keyfence = Object.keys(h).filter((name) => name.startsWith("x-keyfence-"));
+      assert.deepEqual(keyfence.sort(), ["x-keyfence-key-id", "x-keyfence-key-scopes", "x-keyfence-sandbox"]);
       const unknown = await ask("/v1/x", [bearer("nope"), ...spoofs]);
       const u = unknown.seen[0]?.headers ?? {};
       assert.deepEqual(underscored(unknown.seen[0]?.rawHeaders), []);
@@ -434,6 +454,19 @@ for (const [name, pkg, command, starter] of ingresses) {
       }
       assert.equal(up.seen.length, n, "nothing reaches the upstream");
       assert.ok(relay.bytesIn - before < 4096);
+    });
+
+    test("keyfence not answering: refused within seconds, never open", async () => {
+      relay.setStalled(true);
+      try {
+        const t0 = Date.now();
+        const { r, seen } = await ask("/v1/messages", [bearer("s_allowed")]);
+        assert.ok(r.status >= 500, `status ${r.status}`);
+        assert.ok(Date.now() - t0 < 8_000, `answered after ${Date.now() - t0} ms`);
+        assert.equal(seen.length, 0);
+      } finally {
+        relay.setStalled(false);
+      }
     });
 
     test("keyfence unreachable: closed, never open", async () => {
@@ -606,6 +639,150 @@ for (const [name, pkg, command, starter] of ingresses) {
         if (desc.includes("second Authorization")) assert.equal(seen.length, 0);
         else assert.ok(asked, "answered from another request's cache entry");
         assert.equal(seen.length, status === 200 ? 1 : 0);
+      });
+    }
+  });
+}
+
+// The same cache with keys in the query and in Basic, keyless requests let through and route scopes: requests
+// built so that the text of their cache key equals another's must never be served that other's allow.
+{
+  const bin = needBinary("nginx-light", "nginx");
+  describe("nginx decision cache: a request built to share another's cache key", { skip: bin.skip }, () => {
+    let up: Upstream;
+    let kf: TestSidecar;
+    let relay: Relay;
+    let ingress: Proc | undefined;
+    let dir: string;
+    let url: string;
+    before(async () => {
+      up = await startUpstream();
+      kf = await startTestSidecar({
+        upstream: up.url,
+        keys: KEYS,
+        keysConfig: {
+          missing: "forward",
+          unknown: "forward",
+          credentials: ["bearer", { basic: "password" }, { query: "api_key" }],
+        },
+        config: {
+          trusted_proxies: ["127.0.0.1"],
+          decision: { listen: "127.0.0.1:0" },
+          route_scopes: [{ path: "/v1/admin/*", scope: "admin:write" }],
+        },
+      });
+      relay = await startRelay(kf.sidecar.decisionAddress?.port ?? 0);
+      dir = mkdtempSync(join(tmpdir(), "keyfence-nginx-cache-key-"));
+      const port = await freePort();
+      const conf = nginxIngressConfig(dir, {
+        port,
+        decisionPort: relay.port,
+        appPort: up.port,
+        edit: (site) => withDecisionCache(site, join(dir, "decisions")),
+      });
+      ingress = await startLogged(
+        "nginx",
+        bin.path ?? "nginx",
+        ["-c", conf, "-p", dir],
+        join(dir, "nginx.out"),
+        ready(port),
+      );
+      url = `http://127.0.0.1:${port}`;
+    });
+    after(async () => {
+      await ingress?.stop();
+      await relay.close();
+      await kf.stop();
+      await up.close();
+      if (process.env["KEEP"] === undefined) rmSync(dir, { recursive: true, force: true });
+    });
+
+    /** Sends one request from the client (a `|` in its target goes as written); returns the answer, what reached the upstream, and whether keyfence was asked. */
+    const ask = async (
+      target: string,
+      headers: Array<[string, string]>,
+    ): Promise<{ r: Reply; seen: Upstream["seen"]; asked: boolean }> => {
+      const n = up.seen.length;
+      const before = relay.bytesIn;
+      const r = await send(`${url}${target}`, { headers, localAddress: CLIENT });
+      return { r, seen: up.seen.slice(n), asked: relay.bytesIn > before };
+    };
+
+    const basic = (secret: string): string => `Basic ${Buffer.from(`u:${secret}`).toString("base64")}`;
+    // [what, the request that is allowed first, the request whose cache key text would equal it with "|" as the
+    // separator, what keyfence answers that second request]
+    const pairs: Array<
+      [
+        string,
+        (n: number) => [string, Array<[string, string]>],
+        (n: number) => [string, Array<[string, string]>],
+        number,
+      ]
+    > = [
+      [
+        "a key in the query after a keyless allow",
+        (n) => [`/v1/d${n}?z=`, [["Authorization", "&api_key=s_denied|"]]],
+        (n) => [`/v1/d${n}?z=|&api_key=s_denied`, []],
+        403,
+      ],
+      [
+        "a Basic key after a keyless allow",
+        (n) => [`/v1/d${n}?q=`, [["Authorization", `|${basic("s_denied")}`]]],
+        (n) => [`/v1/d${n}?q=|`, [["Authorization", basic("s_denied")]]],
+        403,
+      ],
+      [
+        "a second query key after an allowed one",
+        (n) => [`/v1/d${n}?api_key=s_allowed&z=`, [["Authorization", "x|&api_key=s_denied|"]]],
+        (n) => [`/v1/d${n}?api_key=s_allowed&z=|x|&api_key=s_denied`, []],
+        400,
+      ],
+      [
+        "an override value cut elsewhere",
+        (n) => [`/v1/d${n}`, [bearer("s_allowed"), ["X-HTTP-Method-Override", "GET,"], ["X-HTTP-Method", ""]]],
+        (n) => [`/v1/d${n}`, [bearer("s_allowed"), ["X-HTTP-Method-Override", "GET"], ["X-HTTP-Method", ","]]],
+        200,
+      ],
+    ];
+    for (const [desc, firstOf, secondOf, status] of pairs) {
+      test(`never served from another's entry: ${desc}`, async () => {
+        for (let i = 0; i < 3; i++) {
+          // A path of each round's own: an allowed second request is cached too, and must not answer the next round.
+          const [firstTarget, firstHeaders] = firstOf(i);
+          const [target, headers] = secondOf(i);
+          const first = await ask(firstTarget, firstHeaders);
+          assert.equal(first.r.status, 200, first.r.body);
+          const { r, seen, asked } = await ask(target, headers);
+          assert.ok(asked, "answered from another request's cache entry");
+          assert.equal(r.status, status, r.body);
+          assert.equal(seen.length, status === 200 ? 1 : 0);
+        }
+      });
+    }
+
+    test("an allow of no key is never cached", async () => {
+      for (let i = 0; i < 2; i++) {
+        const { r, asked } = await ask("/v1/keyless", []);
+        assert.equal(r.status, 200, r.body);
+        assert.ok(asked, `request ${i + 1} was answered without asking keyfence`);
+      }
+    });
+
+    for (const name of ["X-Original-URL", "X-Rewrite-URL"]) {
+      test(`${name}: a scoped path never rides an unscoped allow to the application`, async () => {
+        for (let i = 0; i < 3; i++) {
+          const first = await ask("/v1/public", [bearer("s_allowed")]);
+          assert.equal(first.r.status, 200, first.r.body);
+          const { r, seen } = await ask("/v1/public", [bearer("s_allowed"), [name, "/v1/admin/x"]]);
+          // Cached or asked, the application never reads the override the key lacks the scope for.
+          if (r.status === 200) {
+            assert.equal(seen.length, 1);
+            assert.equal(seen[0]?.headers[name.toLowerCase()], undefined, `${name} reached the application`);
+          } else {
+            assert.equal(r.status, 403, r.body);
+            assert.equal(seen.length, 0);
+          }
+        }
       });
     }
   });

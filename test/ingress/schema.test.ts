@@ -129,6 +129,9 @@ function envoyNeeds(doc: unknown): string[] {
     if (!(stripAt >= 0 && stripAt < authAt && removed.includes(h)))
       out.push(`a client-sent ${h} removed before ext_authz`);
   }
+  for (const h of ["x-keyfence-reason", "x-keyfence-message", "x-keyfence-otp"]) {
+    if (!removed.includes(h)) out.push(`a client-sent ${h} removed (SPEC §9: none reaches the application)`);
+  }
   for (const h of CLIENT_ADDRESS_HEADERS) {
     if (!removed.includes(h)) out.push(`a client-sent ${h} removed (the application may read it as the client)`);
   }
