@@ -35,6 +35,9 @@ function at(doc: unknown, ...path: Array<string | number>): Doc {
   return v as Doc;
 }
 
+/** Headers in which a trusted ingress describes another request: on the ping route, only a client could have sent them. */
+const PING_QUESTION = ["x-forwarded-uri", "x-forwarded-method", "x-original-uri", "x-original-method"];
+
 /** What keyfence needs of the Traefik files; every unmet need, named. */
 function traefikNeeds(staticDoc: unknown, dynamicDoc: unknown): string[] {
   const out: string[] = [];
@@ -73,6 +76,13 @@ function traefikNeeds(staticDoc: unknown, dynamicDoc: unknown): string[] {
     const servers = (at(services, String(ping["service"]), "loadBalancer")["servers"] ?? []) as Doc[];
     if (servers[0]?.["url"] !== decisionUrl) out.push("the ping router goes to keyfence's decision listener");
     if (typeof ping["priority"] !== "number" || ping["priority"] < 100) out.push("the ping router wins by priority");
+    for (const h of PING_QUESTION) {
+      const removes = ((ping["middlewares"] as string[] | undefined) ?? []).some((m) => {
+        const custom = (middlewares[m]?.["headers"] as Doc | undefined)?.["customRequestHeaders"] as Doc | undefined;
+        return custom !== undefined && Object.entries(custom).some(([k, v]) => k.toLowerCase() === h && v === "");
+      });
+      if (!removes) out.push(`the ping router removes a client-sent ${h}`);
+    }
   }
   for (const [name, r] of Object.entries(routers)) {
     if (r === ping) continue;
@@ -175,6 +185,13 @@ function envoyNeeds(doc: unknown): string[] {
       Doc | undefined;
     if (perRoute?.["disabled"] !== true) out.push("ext_authz disabled on the ping route (keyfence answers it)");
   }
+  for (const r of routes.filter((r) => String((r["match"] as Doc)["path"]).startsWith("/_keyfence/ping"))) {
+    const removed = (r["request_headers_to_remove"] as string[] | undefined) ?? [];
+    for (const h of PING_QUESTION) {
+      if (!removed.includes(h))
+        out.push(`the route for ${String((r["match"] as Doc)["path"])} removes a client-sent ${h}`);
+    }
+  }
   return out;
 }
 
@@ -223,6 +240,11 @@ describe("deploy/ingress/traefik against Traefik's documented fields", () => {
       /authResponseHeadersRegex strips X_Keyfence_Key_Id/,
     ],
     ["no ping router", (_s, d) => delete at(d, "http", "routers")["keyfence-ping"], /ping path/],
+    [
+      "a client's X-Original-URI asked about on the ping",
+      (_s, d) => delete at(d, "http", "routers", "keyfence-ping")["middlewares"],
+      /the ping router removes a client-sent x-original-uri/,
+    ],
     ["an unguarded router", (_s, d) => (at(d, "http", "routers", "app")["middlewares"] = []), /router app asks/],
     [
       "every client trusted",
@@ -295,6 +317,12 @@ describe("deploy/ingress/envoy against Envoy's documented fields", () => {
       /x-forwarded-for/,
     ],
     ["a client-sent X-Real-IP passed on", (d) => keepHeader(d, "x-real-ip"), /x-real-ip removed/],
+    [
+      "a client's X-Forwarded-Uri asked about on the ping",
+      (d) =>
+        delete (at(hcmOf(d), "route_config", "virtual_hosts", 0)["routes"] as Doc[])[0]?.["request_headers_to_remove"],
+      /the route for \/_keyfence\/ping removes a client-sent x-forwarded-uri/,
+    ],
     [
       "a client-sent X.Keyfence.Key.Id passed on (PHP reads it as X-Keyfence-Key-Id)",
       (d) => keepHeader(d, "x.keyfence.key.id"),
