@@ -185,8 +185,8 @@ export class DecisionServer {
         headers["x-keyfence-key-scopes"] = key.scopes.join(" ");
         headers["x-keyfence-sandbox"] = key.sandbox ? "true" : "false";
       } else {
-        // An allow of no key (keys.missing or keys.unknown: forward) is not an ingress cache's to keep: a
-        // cache keyed by the credential has nothing of this request's to key it by.
+        // An allow of no key (keys.missing or keys.unknown: forward) is never an ingress cache's to keep: it
+        // vouches for no credential, yet a request built to share its cache key would ride it (README "Caching decisions").
         headers["cache-control"] = "no-store";
       }
       res.writeHead(200, headers);
