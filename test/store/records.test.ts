@@ -10,6 +10,7 @@ import fc from "fast-check";
 import { digestOfHex } from "../../src/store/digest.js";
 import { leanRecord, type KeyRecord } from "../../src/store/keysfile.js";
 import { decodeRecord, encodeRecord } from "../../src/store/redis/record.js";
+import { parseAllowList } from "../../src/ip/list.js";
 
 const DETAILS = { "10.0.0.0/8": { note: "n", expiresAt: "2030-01-01T00:00:00Z" } };
 
@@ -103,5 +104,45 @@ test("decodeRecord reads back what encodeRecord stored: every field, the eight e
       assert.deepStrictEqual(Object.keys(got ?? {}), Object.keys(want));
     }),
     { numRuns: 500 },
+  );
+});
+
+// Lists written into Redis by other means than keyfence: each entry the keys file would refuse makes the record
+// unreadable (an outage), never a list a request first finds it cannot compile (that crashed the process).
+const stored = (list: unknown[]): string => JSON.stringify(["n", "a".repeat(64), [], list, 0, 0, 0]);
+
+test("decodeRecord refuses a list entry the keys file would refuse", () => {
+  const refused = [
+    "garbage",
+    "0.0.0.0/0",
+    "::/0",
+    "198.51.100.7/24",
+    "300.1.2.3",
+    "1.2.3",
+    "0177.0.0.1",
+    "10.0.0.1/33",
+    "",
+  ];
+  for (const entry of refused) {
+    assert.equal(decodeRecord("k", stored(["192.0.2.1", entry])), undefined, JSON.stringify(entry));
+  }
+  for (const entry of ["192.0.2.1", "10.0.0.0/8", "2001:db8::/32", "::1"]) {
+    assert.deepEqual(decodeRecord("k", stored([entry]))?.ipAllowList, [entry], entry);
+  }
+});
+
+test("decodeRecord reads a stored list exactly when the keys file's validator accepts every entry", () => {
+  const entryArb = fc.oneof(
+    fc.constantFrom("192.0.2.1", "10.0.0.0/8", "2001:db8::/32", "0.0.0.0/0", "10.0.0.1/8", "::ffff:1.2.3.4"),
+    fc.ipV4(),
+    fc.ipV6(),
+    fc.string({ maxLength: 12 }),
+    fc.tuple(fc.ipV4(), fc.integer({ min: 0, max: 40 })).map(([ip, p]) => `${ip}/${p}`),
+  );
+  fc.assert(
+    fc.property(fc.array(entryArb, { maxLength: 4 }), (list) => {
+      const accepted = !Array.isArray(parseAllowList(list, Infinity));
+      assert.equal(decodeRecord("k", stored(list)) !== undefined, accepted);
+    }),
   );
 });

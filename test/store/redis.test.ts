@@ -458,6 +458,29 @@ describe("Redis store", { skip: redisBin.skip }, () => {
     });
   });
 
+  test("an allow-list entry written into Redis by other means is an outage, never a crash on the key's request", async () => {
+    // Before: the record was read, and the first request with the key found the entry would not compile and ended the process.
+    const prefix = redis.newPrefix();
+    await seed(prefix);
+    const a = await start(redis.url, prefix);
+    const names = redisKeys(prefix);
+    for (const entry of ["garbage", "0.0.0.0/0", "198.51.100.7/24", "300.1.2.3"]) {
+      await redis.withClient(async (c) => {
+        // A change as a commit announces it: the record, the version, the log entry naming the key, the notice.
+        await c.hSet(names.keys, "k_pinned", JSON.stringify(["k_pinned", sha("s_pinned"), [], [entry], 0, 0, 0]));
+        const v = await c.incr(names.version);
+        await c.xAdd(names.log, `${v}-0`, { id: "k_pinned" });
+        await c.publish(names.channel, `${(await c.get(names.generation)) ?? ""} ${v}`);
+      });
+      await eventually(async () => (await send(`${a.adminUrl}/readyz`)).status === 503, 7000, `readyz 503 (${entry})`);
+      assert.equal(await proxied(a, "s_pinned"), 403, "the last snapshot's restriction still holds");
+      assert.equal(await proxied(a, "s_open"), 200, "and the process still answers");
+    }
+    await redis.withClient((c) => importRecords(c, prefix, SEED));
+    await eventually(async () => (await send(`${a.adminUrl}/readyz`)).status === 200, 7000, "readyz 200");
+    assert.equal(await proxied(a, "s_pinned"), 403);
+  });
+
   test("redis-server killed and restarted: fail-static, 503, then catch-up once the store is restored", async () => {
     const prefix = redis.newPrefix();
     await seed(prefix);

@@ -4,6 +4,7 @@
  */
 import { expiryInstant, type EntryDetails, type EntryDetailsMap } from "../entries.js";
 import { hexOfDigest, parseDigest } from "../digest.js";
+import { IpError, parseCidr } from "../../ip/address.js";
 import type { KeyRecord } from "../keysfile.js";
 
 /**
@@ -86,6 +87,12 @@ export function readableReusing(previous: KeyRecord | undefined, id: string, tex
 }
 
 const isStrings = (x: unknown): x is string[] => Array.isArray(x) && x.every((s) => typeof s === "string");
+/**
+ * True when every entry is one the keys file and the API accept (an address or
+ * a range, no host bits, no catch-all): a list written into Redis by other
+ * means is checked where it is read, never first when a request compiles it.
+ */
+const isEntries = (list: readonly string[]): boolean => list.every((e) => !(parseCidr(e) instanceof IpError));
 const isOptional = (x: unknown): x is string | 0 => x === 0 || typeof x === "string";
 
 /** The record of key `id` stored as `text`; undefined when `text` is not a well-formed lean record. */
@@ -102,6 +109,7 @@ export function decodeRecord(id: string, text: string): KeyRecord | undefined {
   if (v.length === 9 && sandbox !== 0 && sandbox !== 1) return undefined;
   const digest = typeof sha === "string" ? parseDigest(sha) : undefined;
   if (typeof name !== "string" || digest === undefined || !isStrings(scopes) || !isStrings(list)) return undefined;
+  if (!isEntries(list)) return undefined;
   if ((mode !== 0 && mode !== "enforce" && mode !== "report") || !isOptional(created) || !isOptional(updated)) {
     return undefined;
   }
