@@ -513,6 +513,29 @@ describe("Redis store", { skip: redisBin.skip }, () => {
     }
   });
 
+  test("snapshot_file is written at start, before any change, so a replica that saw none can start from it", async () => {
+    const prefix = redis.newPrefix();
+    await seed(prefix);
+    const dir = mkdtempSync(join(tmpdir(), "keyfence-redis-"));
+    const relay = await startRelay(redis.port);
+    try {
+      const snapshotFile = join(dir, "keys.snapshot");
+      await start(redis.url, prefix, { snapshot_file: snapshotFile });
+      await eventually(() => existsSync(snapshotFile), 3000, "the snapshot file, with no change made");
+      relay.cut();
+      const b = await start(relay.url, prefix, { snapshot_file: snapshotFile });
+      assert.ok(
+        b.logs.some((l) => l["event"] === "store_snapshot_file"),
+        b.logText(),
+      );
+      assert.equal(await proxied(b, "s_pinned"), 403);
+      assert.equal(await proxied(b, "s_open"), 200);
+    } finally {
+      await relay.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   test("a replica started while Redis is down starts from snapshot_file, else exits 1", async () => {
     const prefix = redis.newPrefix();
     await seed(prefix);

@@ -871,6 +871,8 @@ export class RedisKeyStore implements KeyStore {
     if (was.up !== next.up || (!next.up && was.reason !== next.reason)) {
       for (const l of this.listeners) l.health?.(next);
     }
+    // The first load and every recovery write the file too: a replica that never saw a change still leaves one.
+    if (!was.up && next.up) this.scheduleSnapshotFile();
   }
 
   /** Writes the snapshot file a moment after changes settle (never on the request path). */
