@@ -17,6 +17,7 @@ import { stringify } from "yaml";
 import { StoreLoadError } from "../../src/store/store.js";
 import { connectOnce, exportRecords, importRecords } from "../../src/store/redis/io.js";
 import { redisKeys } from "../../src/store/redis/store.js";
+import { encodeRecord } from "../../src/store/redis/record.js";
 import { changedId, type KeyChange } from "../../src/store/change.js";
 import { digestOfHex } from "../../src/store/digest.js";
 import type { KeyRecord } from "../../src/store/keysfile.js";
@@ -456,6 +457,25 @@ describe("Redis store", { skip: redisBin.skip }, () => {
       await eventually(async () => (await send(`${a.adminUrl}/readyz`)).status === 200, 7000, "readyz 200");
       assert.equal(await proxied(a, "s_pinned"), 403);
     });
+  });
+
+  test("a change whose notice never came is enforced within about a second (SPEC §6), by the version check alone", async () => {
+    const prefix = redis.newPrefix();
+    await seed(prefix);
+    const a = await start(redis.url, prefix);
+    const names = redisKeys(prefix);
+    // A commit's writes without its PUBLISH, as when a notice is lost; four times, so a check landing early by luck
+    // (the check ran every 5 s before) cannot pass for all of them.
+    for (let i = 0; i < 4; i++) {
+      const narrowed = i % 2 === 0;
+      await redis.withClient(async (c) => {
+        await c.hSet(names.keys, "k_open", encodeRecord(record("k_open", "s_open", narrowed ? ["192.0.2.1"] : [])));
+        const v = await c.incr(names.version);
+        await c.xAdd(names.log, `${v}-0`, { id: "k_open" });
+      });
+      const want = narrowed ? 403 : 200;
+      await eventually(async () => (await proxied(a, "s_open")) === want, 2000, `change ${i + 1} within 2 s`);
+    }
   });
 
   test("an allow-list entry written into Redis by other means is an outage, never a crash on the key's request", async () => {

@@ -84,7 +84,7 @@ export interface RedisKeyStoreOptions {
 }
 
 /** Default of {@link RedisKeyStoreOptions.syncIntervalMs}. */
-export const DEFAULT_SYNC_INTERVAL_MS = 5_000;
+export const DEFAULT_SYNC_INTERVAL_MS = 1_000;
 /** Default of {@link RedisKeyStoreOptions.journalMaxLen}. */
 export const DEFAULT_JOURNAL_MAX_LEN = 100_000;
 /** Entries kept in the change log; a replica further behind resyncs in full. */
