@@ -640,6 +640,33 @@ describe("Redis store behind a password (SPEC §6: user:password@ in the URL)", 
   });
 });
 
+describe("Redis store on a server that may evict keys", { skip: redisBin.skip }, () => {
+  test("a replica warns when maxmemory-policy is not noeviction, and only then", async () => {
+    const evicting = await startRedis(redisBin.path ?? "redis-server", ["--maxmemory-policy", "allkeys-lru"]);
+    const keeping = await startRedis(redisBin.path ?? "redis-server");
+    const up = await startUpstream();
+    const started: TestSidecar[] = [];
+    const warned = (kf: TestSidecar): Array<Record<string, unknown>> =>
+      kf.logs.filter((l) => l["event"] === "store_eviction_policy");
+    try {
+      for (const server of [evicting, keeping]) await seedAt(`redis://127.0.0.1:${server.port}`, "ev:");
+      const a = await replica(up, `redis://127.0.0.1:${evicting.port}`, "ev:");
+      const b = await replica(up, `redis://127.0.0.1:${keeping.port}`, "ev:");
+      started.push(a, b);
+      await eventually(() => warned(a).length > 0, 3000, "the warning");
+      assert.equal(warned(a)[0]?.["maxmemory_policy"], "allkeys-lru");
+      assert.match(String(warned(a)[0]?.["msg"]), /set maxmemory-policy noeviction/);
+      assert.equal(await proxied(a, "s_open"), 200, "a warning, not a refusal");
+      assert.deepEqual(warned(b), []);
+    } finally {
+      await Promise.all(started.map((kf) => kf.stop()));
+      await up.close();
+      await evicting.kill();
+      await keeping.kill();
+    }
+  });
+});
+
 describe("Redis store over TLS (SPEC §6: rediss://)", { skip: redisBin.skip }, () => {
   const openssl = needBinary("openssl", "openssl");
   test(

@@ -330,6 +330,8 @@ export class RedisKeyStore implements KeyStore {
   /** The version this replica had when it found the store's lower under the same generation (see {@link syncNow}). */
   private rolledBackFrom: number | undefined;
   private state: StoreHealth = { up: false, reason: "not connected yet" };
+  /** The eviction policy last warned about (see checkEviction). */
+  private evictionWarned: string | undefined;
   private connected = false;
   /** Snapshot changes run one at a time (catch-ups, resyncs, own commits). */
   private applying: Promise<unknown> = Promise.resolve();
@@ -548,8 +550,31 @@ export class RedisKeyStore implements KeyStore {
       this.connected = true;
       // Connect and reconnect: catch up on whatever happened meanwhile.
       if (this.current !== undefined) this.requestSync();
+      void this.checkEviction(client);
     });
     return client;
+  }
+
+  /**
+   * Warns (once per policy seen) when the server may evict keys under memory
+   * pressure: a record, the generation marker, a session or a code's one-use
+   * marker could then vanish without a write. Read on every connect, as a
+   * failover may bring another server; a server that refuses INFO is left alone.
+   */
+  private async checkEviction(client: Client): Promise<void> {
+    let policy: string | undefined;
+    try {
+      policy = /^maxmemory_policy:(\S+)/m.exec(await this.timed(client.info("memory")))?.[1];
+    } catch {
+      return;
+    }
+    if (policy === undefined || policy === "noeviction" || policy === this.evictionWarned) return;
+    this.evictionWarned = policy;
+    this.options.notice?.(
+      "store_eviction_policy",
+      `the key store ${this.description} has maxmemory-policy ${policy}: under memory pressure Redis may evict keyfence's records, sessions or confirmation-code markers; set maxmemory-policy noeviction`,
+      { maxmemory_policy: policy },
+    );
   }
 
   private async startSubscriber(): Promise<void> {
