@@ -640,6 +640,51 @@ describe("Redis store behind a password (SPEC §6: user:password@ in the URL)", 
   });
 });
 
+describe("Redis store restarted from an older copy while a replica was cut off", { skip: redisBin.skip }, () => {
+  test("the cut-off replica, back, finds its version written by another history: an outage, not a silent divergence", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "keyfence-redis-rdb-"));
+    // An RDB in `dir`, read again when the server starts: SAVE now, a crash later, and it comes back as saved.
+    const server = await startRedis(redisBin.path ?? "redis-server", ["--dir", dir]);
+    const up = await startUpstream();
+    const relay = await startRelay(server.port);
+    const started: TestSidecar[] = [];
+    try {
+      await seedAt(server.url, "rb:");
+      const a = await replica(up, server.url, "rb:");
+      const b = await replica(up, relay.url, "rb:");
+      started.push(a, b);
+      const saver = await connectOnce(server.url);
+      await saver.sendCommand(["SAVE"]);
+      await saver.quit();
+      // Three keys made after the copy; B (through the relay) holds them too.
+      const made: Array<{ id: string; secret: string }> = [];
+      for (let i = 0; i < 3; i++) made.push(await create(a, { name: `after-the-copy-${i}` }));
+      await eventually(async () => (await proxied(b, made[2]?.secret ?? "")) === 200, 3000, "B has the third");
+      relay.cut();
+      await server.kill();
+      await server.start(); // from the copy: the three keys and their versions are gone
+      // A fresh replica cannot tell, and writes the store past B's version: another history of the same numbers.
+      const c = await replica(up, server.url, "rb:");
+      started.push(c);
+      assert.equal((await apiCall(c, "DELETE", "/v1/api-keys/k_open")).status, 204);
+      for (let i = 0; i < 3; i++) await create(c, { name: `another-history-${i}` });
+      relay.restore();
+      // Back in touch with the store (readyz said "unreachable" while cut off), B names what happened.
+      const said = async (): Promise<Reply> => send(`${b.adminUrl}/readyz`);
+      await eventually(async () => /went back to an older state/.test((await said()).body), 7000, "B reports it");
+      assert.equal((await said()).status, 503);
+      // A was connected when the copy came back: it saw the version fall, and says the same.
+      assert.equal((await send(`${a.adminUrl}/readyz`)).status, 503);
+    } finally {
+      await Promise.all(started.map((kf) => kf.stop()));
+      await relay.close();
+      await up.close();
+      await server.kill();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
 describe("Redis store on a server that may evict keys", { skip: redisBin.skip }, () => {
   test("a replica warns when maxmemory-policy is not noeviction, and only then", async () => {
     const evicting = await startRedis(redisBin.path ?? "redis-server", ["--maxmemory-policy", "allkeys-lru"]);

@@ -12,7 +12,7 @@ import { createClient } from "redis";
 import { hexOfDigest } from "../digest.js";
 import type { KeyRecord } from "../keysfile.js";
 import { encodeRecord, readable } from "./record.js";
-import { journalAppendLua, LOG_MAX, redisKeys, scanPage } from "./store.js";
+import { journalAppendLua, LOG_MAX, newStamp, redisKeys, scanPage } from "./store.js";
 
 /** Records per import script call. */
 const IMPORT_BATCH = 1_000;
@@ -21,13 +21,13 @@ const IMPORT_BATCH = 1_000;
  * KEYS: keys, hashes, version, generation, log, audit. ARGV: channel, log
  * length, fresh ("1"/"0"), journal entry head and tail ("" for none; the
  * entry is head, the JSON array of the ids written, tail), journal length,
- * then id, record, secret hash triples. Finds what changed, writes the
+ * the batch's stamp (see COMMIT in store.ts), then id, record, secret hash triples. Finds what changed, writes the
  * batch's journal entry, then the changes. Returns the number written, or
  * {'journal', error}.
  */
 const IMPORT = `
 local changed, prev = {}, {}
-for i = 7, #ARGV, 3 do
+for i = 8, #ARGV, 3 do
   local cur = redis.call('HGET', KEYS[1], ARGV[i])
   if cur ~= ARGV[i + 1] then
     table.insert(changed, i)
@@ -54,7 +54,7 @@ end
 if ARGV[3] == '1' then return #changed end
 local v = redis.call('INCR', KEYS[3])
 for j, i in ipairs(changed) do
-  redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[2], v .. '-' .. j, 'id', ARGV[i])
+  redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[2], v .. '-' .. j, 'id', ARGV[i], 'n', ARGV[7])
 end
 local gen = redis.call('GET', KEYS[4])
 if gen then redis.call('PUBLISH', ARGV[1], gen .. ' ' .. v) end
@@ -153,7 +153,15 @@ export async function importRecords(
   let changed = 0;
   for (let i = 0; i < records.length; i += IMPORT_BATCH) {
     const batch = records.slice(i, i + IMPORT_BATCH);
-    const args = [names.channel, String(LOG_MAX), fresh ? "1" : "0", head, tail, String(journal?.maxLen ?? 0)];
+    const args = [
+      names.channel,
+      String(LOG_MAX),
+      fresh ? "1" : "0",
+      head,
+      tail,
+      String(journal?.maxLen ?? 0),
+      newStamp(),
+    ];
     for (const r of batch) args.push(r.id, encodeRecord(r), hexOfDigest(r.secretDigest));
     const n = await client.eval(IMPORT, {
       keys: [names.keys, names.hashes, names.version, names.generation, names.log, names.audit],

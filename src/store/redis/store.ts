@@ -25,6 +25,7 @@
  * the generation changed. The proxy reads the in-memory snapshot only: no
  * request ever waits for Redis.
  */
+import { randomBytes } from "node:crypto";
 import { setImmediate as yieldTurn } from "node:timers/promises";
 import { readFile } from "node:fs/promises";
 import { createClient, VerbatimString } from "redis";
@@ -163,16 +164,19 @@ return {'ok', tostring(seq)}
  * KEYS: keys, hashes, version, generation, log, audit. ARGV: generation,
  * kind, id, expected record ("" for none), new record, new secret hash, old
  * secret hash, channel, log length, journal entry ("" for none), journal
- * length, then pairs of an id and its record as the plan read it ("" for
- * none; any other record there is a conflict). Checks everything, then writes the journal entry, before it
- * changes anything (a script that returns early is not rolled back).
+ * length, the commit's stamp (a random token the log entry carries, so a
+ * replica can tell the version it holds from the same number written by
+ * another history, see CATCH_UP), then pairs of an id and its record as the
+ * plan read it ("" for none; any other record there is a conflict). Checks
+ * everything, then writes the journal entry, before it changes anything (a
+ * script that returns early is not rolled back).
  * Returns {'ok', version, journal seq (0 without an entry)} or why not.
  */
 const COMMIT = `
 local gen = redis.call('GET', KEYS[4])
 if not gen then return {'gone'} end
 if gen ~= ARGV[1] then return {'conflict'} end
-for i = 12, #ARGV, 2 do
+for i = 13, #ARGV, 2 do
   if (redis.call('HGET', KEYS[1], ARGV[i]) or '') ~= ARGV[i + 1] then return {'conflict'} end
 end
 local cur = redis.call('HGET', KEYS[1], ARGV[3])
@@ -194,27 +198,45 @@ else
   redis.call('HSET', KEYS[2], ARGV[6], ARGV[3])
 end
 local v = redis.call('INCR', KEYS[3])
-redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[9], v .. '-0', 'id', ARGV[3])
+redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[9], v .. '-0', 'id', ARGV[3], 'n', ARGV[12])
 redis.call('PUBLISH', ARGV[8], gen .. ' ' .. v)
 return {'ok', tostring(v), tostring(seq)}
 `;
 
 /**
  * KEYS: keys, version, generation, log. ARGV: the caller's version, most
- * changes. Returns {'gone'}, {'same', gen, v}, {'full', gen, v} (the log no
- * longer reaches back, or too many changes) or {'delta', gen, v, id1,
- * record1, ...} with "" for a deleted key; all read at one instant.
+ * changes, the caller's generation and the stamp of its version ("": not
+ * known, nothing checked). Returns {'gone'}; {'diverged', gen, v} when the
+ * log entry of the caller's version, same generation, carries another stamp
+ * (the store came back from an older copy and was written past that version
+ * again); else the stamp of the store's version ("" when its entry carries
+ * none) after gen and v: {'same', gen, v, stamp}, {'full', gen, v, stamp}
+ * (the log no longer reaches back, or too many changes) or {'delta', gen, v,
+ * stamp, id1, record1, ...} with "" for a deleted key; all read at one instant.
  */
 const CATCH_UP = `
 local gen = redis.call('GET', KEYS[3])
 if not gen then return {'gone'} end
 local v = redis.call('GET', KEYS[2]) or '0'
 local from = tonumber(ARGV[1])
-if tonumber(v) <= from then return {'same', gen, v} end
-if tonumber(v) - from > tonumber(ARGV[2]) then return {'full', gen, v} end
+local function stampOf(entries, at)
+  local e = entries[1]
+  if not e or tonumber(string.match(e[1], '^(%d+)')) ~= at then return '' end
+  for i = 1, #e[2], 2 do
+    if e[2][i] == 'n' then return e[2][i + 1] end
+  end
+  return ''
+end
+if ARGV[4] ~= '' and ARGV[3] == gen and from > 0 then
+  local held = stampOf(redis.call('XRANGE', KEYS[4], from, from, 'COUNT', 1), from)
+  if held ~= '' and held ~= ARGV[4] then return {'diverged', gen, v} end
+end
+local stamp = stampOf(redis.call('XREVRANGE', KEYS[4], '+', '-', 'COUNT', 1), tonumber(v))
+if tonumber(v) <= from then return {'same', gen, v, stamp} end
+if tonumber(v) - from > tonumber(ARGV[2]) then return {'full', gen, v, stamp} end
 local entries = redis.call('XRANGE', KEYS[4], (from + 1) .. '-0', '+')
-if #entries == 0 or tonumber(string.match(entries[1][1], '^(%d+)')) ~= from + 1 then return {'full', gen, v} end
-local out = {'delta', gen, v}
+if #entries == 0 or tonumber(string.match(entries[1][1], '^(%d+)')) ~= from + 1 then return {'full', gen, v, stamp} end
+local out = {'delta', gen, v, stamp}
 local seen = {}
 for _, e in ipairs(entries) do
   local id = e[2][2]
@@ -227,6 +249,11 @@ end
 return out
 `;
 
+/** A new commit stamp: random, so two histories never write the same one (see COMMIT). */
+export function newStamp(): string {
+  return randomBytes(8).toString("hex");
+}
+
 /** KEYS: version, generation. Returns {gen or false, version}. */
 const HEAD = `return {redis.call('GET', KEYS[2]) or '', redis.call('GET', KEYS[1]) or '0'}`;
 
@@ -238,7 +265,7 @@ export type RedisClient = Client;
 /** The changes of a {@link CATCH_UP} `delta` reply, in order ("" for a deleted key). */
 function deltaChanges(reply: readonly string[]): KeyChange[] {
   const changes: KeyChange[] = [];
-  for (let i = 3; i + 1 < reply.length; i += 2) {
+  for (let i = 4; i + 1 < reply.length; i += 2) {
     const id = reply[i] as string;
     const text = reply[i + 1] as string;
     changes.push(text === "" ? { kind: "delete", id } : { kind: "update", record: readable(id, text) });
@@ -329,6 +356,8 @@ export class RedisKeyStore implements KeyStore {
   private version = 0;
   /** The version this replica had when it found the store's lower under the same generation (see {@link syncNow}). */
   private rolledBackFrom: number | undefined;
+  /** The stamp of the log entry of `version` ("" when not known): which history that version belongs to. */
+  private stamp = "";
   private state: StoreHealth = { up: false, reason: "not connected yet" };
   /** The eviction policy last warned about (see checkEviction). */
   private evictionWarned: string | undefined;
@@ -650,7 +679,12 @@ export class RedisKeyStore implements KeyStore {
         await this.timed(
           client.eval(CATCH_UP, {
             keys: [this.names.keys, this.names.version, this.names.generation, this.names.log],
-            arguments: [String(this.generation === "" ? -1 : this.version), String(DELTA_MAX)],
+            arguments: [
+              String(this.generation === "" ? -1 : this.version),
+              String(DELTA_MAX),
+              this.generation,
+              this.stamp,
+            ],
           }),
         ),
       );
@@ -668,6 +702,8 @@ export class RedisKeyStore implements KeyStore {
       if (gen === this.generation && this.current !== undefined && Number(v) < this.version) {
         this.rolledBackFrom ??= this.version;
       }
+      // The same number written by another history: it went back, then was written past this replica's version again.
+      if (kind === "diverged" && this.current !== undefined) this.rolledBackFrom ??= this.version;
       // Until a new generation: a store pushed past this replica's version again has not got back what it lost.
       if (gen === this.generation && this.rolledBackFrom !== undefined) {
         this.setHealth({
@@ -682,7 +718,10 @@ export class RedisKeyStore implements KeyStore {
         const changes = deltaChanges(reply);
         const next = this.snapshot.withChanges(changes);
         this.version = Number(v);
+        this.stamp = reply[3] ?? "";
         this.install(next, cause, changes);
+      } else if (kind === "same" && Number(v) === this.version && this.stamp === "") {
+        this.stamp = reply[3] ?? "";
       }
       this.setHealth({ up: true, reason: "" });
     } catch (err) {
@@ -750,7 +789,7 @@ export class RedisKeyStore implements KeyStore {
         await this.timed(
           client.eval(CATCH_UP, {
             keys: [this.names.keys, this.names.version, this.names.generation, this.names.log],
-            arguments: [String(v), String(DELTA_MAX)],
+            arguments: [String(v), String(DELTA_MAX), "", ""],
           }),
         ),
       );
@@ -775,6 +814,7 @@ export class RedisKeyStore implements KeyStore {
       }
       this.generation = gen;
       this.version = Number(v2);
+      this.stamp = reply[3] ?? "";
       this.rolledBackFrom = undefined;
       this.install(snapshot, cause, applied);
       if (cause !== "load") {
@@ -806,6 +846,7 @@ export class RedisKeyStore implements KeyStore {
       const change = p.change;
       const id = changedId(change);
       const before = base.record(id);
+      const stamp = newStamp();
       let reply: string[];
       try {
         reply = strings(
@@ -830,6 +871,7 @@ export class RedisKeyStore implements KeyStore {
               String(LOG_MAX),
               p.journal ?? "",
               String(this.options.journalMaxLen ?? DEFAULT_JOURNAL_MAX_LEN),
+              stamp,
               ...(p.reads ?? []).flatMap((r) => [r.id, r.record === undefined ? "" : encodeRecord(r.record)]),
             ],
           }),
@@ -855,7 +897,7 @@ export class RedisKeyStore implements KeyStore {
           { message: "another key already has this secret" },
         ]);
       }
-      await this.applyOwn(change, Number(v));
+      await this.applyOwn(change, Number(v), stamp);
       for (const hook of this.commitHooks) await hook();
       if (p.afterCommit) await p.afterCommit(p.journal === undefined ? {} : { journalSeq: Number(seq) });
       return p.result;
@@ -864,11 +906,12 @@ export class RedisKeyStore implements KeyStore {
   }
 
   /** Puts this process's own committed change in force (or catches up when others committed in between). */
-  private applyOwn(change: KeyChange, v: number): Promise<void> {
+  private applyOwn(change: KeyChange, v: number, stamp: string): Promise<void> {
     const run = this.applying.then(async () => {
       if (v === this.version + 1) {
         const next = this.snapshot.withChange(change);
         this.version = v;
+        this.stamp = stamp;
         this.install(next, "write", [change]);
       } else if (v !== this.version) {
         // Others committed in between, or (lower) the store went back to an older copy: syncNow tells which.
