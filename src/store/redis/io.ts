@@ -21,9 +21,9 @@ const IMPORT_BATCH = 1_000;
  * KEYS: keys, hashes, version, generation, log, audit. ARGV: channel, log
  * length, fresh ("1"/"0"), journal entry head and tail ("" for none; the
  * entry is head, the JSON array of the ids written, tail), journal length,
- * the batch's stamp (see COMMIT in store.ts), then id, record, secret hash triples. Finds what changed, writes the
- * batch's journal entry, then the changes. Returns the number written, or
- * {'journal', error}.
+ * the batch's stamp (see COMMIT in store.ts), then id, record, secret hash
+ * triples. Finds what changed, writes the batch's journal entry, then the
+ * changes. Returns the number written, or {'journal', error}.
  */
 const IMPORT = `
 local changed, prev = {}, {}
