@@ -482,62 +482,72 @@ for (const [name, pkg, command, starter] of ingresses) {
   });
 }
 
+/** What a test asks through the cached nginx ingress: the answer, what reached the upstream, whether keyfence was asked. */
+type CachedAsk = (
+  target: string,
+  headers: Array<[string, string]>,
+  opts?: { from?: string; method?: string },
+) => Promise<{ r: Reply; seen: Upstream["seen"]; asked: boolean }>;
+
+/**
+ * Starts, in the calling describe's hooks, a keyfence sidecar (`keysConfig`,
+ * `config`) behind a byte-counting relay, and the shipped nginx file with its
+ * decision cache switched on in front of an upstream; returns how to ask it
+ * and the sidecar (once started).
+ */
+function cachedIngress(
+  nginxPath: string,
+  keysConfig: Record<string, unknown>,
+  config: Record<string, unknown>,
+): { ask: CachedAsk; sidecar: () => TestSidecar } {
+  let up: Upstream;
+  let kf: TestSidecar;
+  let relay: Relay;
+  let ingress: Proc | undefined;
+  let dir: string;
+  let url: string;
+  before(async () => {
+    up = await startUpstream();
+    kf = await startTestSidecar({ upstream: up.url, keys: KEYS, keysConfig, config });
+    relay = await startRelay(kf.sidecar.decisionAddress?.port ?? 0);
+    dir = mkdtempSync(join(tmpdir(), "keyfence-nginx-cache-"));
+    const port = await freePort();
+    const conf = nginxIngressConfig(dir, {
+      port,
+      decisionPort: relay.port,
+      appPort: up.port,
+      edit: (site) => withDecisionCache(site, join(dir, "decisions")),
+    });
+    ingress = await startLogged("nginx", nginxPath, ["-c", conf, "-p", dir], join(dir, "nginx.out"), ready(port));
+    url = `http://127.0.0.1:${port}`;
+  });
+  after(async () => {
+    await ingress?.stop();
+    await relay.close();
+    await kf.stop();
+    await up.close();
+    if (process.env["KEEP"] === undefined) rmSync(dir, { recursive: true, force: true });
+  });
+  // A `|` in the target goes as written.
+  const ask: CachedAsk = async (target, headers, opts = {}) => {
+    const n = up.seen.length;
+    const before = relay.bytesIn;
+    const r = await send(`${url}${target}`, { headers, localAddress: opts.from ?? CLIENT, method: opts.method });
+    return { r, seen: up.seen.slice(n), asked: relay.bytesIn > before };
+  };
+  return { ask, sidecar: () => kf };
+}
+
 // The shipped nginx file's optional decision cache ("#cache " lines switched on): what it reuses and what it never does.
 {
   const bin = needBinary("nginx-light", "nginx");
   describe("nginx with deploy/ingress and its optional decision cache", { skip: bin.skip }, () => {
     const OTHER_CLIENT = "127.0.0.3";
-    let up: Upstream;
-    let kf: TestSidecar;
-    let relay: Relay;
-    let ingress: Proc | undefined;
-    let dir: string;
-    let url: string;
-    before(async () => {
-      up = await startUpstream();
-      kf = await startTestSidecar({
-        upstream: up.url,
-        keys: KEYS,
-        keysConfig: { missing: "reject", unknown: "reject" },
-        config: { trusted_proxies: ["127.0.0.1"], decision: { listen: "127.0.0.1:0" } },
-      });
-      relay = await startRelay(kf.sidecar.decisionAddress?.port ?? 0);
-      dir = mkdtempSync(join(tmpdir(), "keyfence-nginx-cache-"));
-      const port = await freePort();
-      const conf = nginxIngressConfig(dir, {
-        port,
-        decisionPort: relay.port,
-        appPort: up.port,
-        edit: (site) => withDecisionCache(site, join(dir, "decisions")),
-      });
-      ingress = await startLogged(
-        "nginx",
-        bin.path ?? "nginx",
-        ["-c", conf, "-p", dir],
-        join(dir, "nginx.out"),
-        ready(port),
-      );
-      url = `http://127.0.0.1:${port}`;
-    });
-    after(async () => {
-      await ingress?.stop();
-      await relay.close();
-      await kf.stop();
-      await up.close();
-      if (process.env["KEEP"] === undefined) rmSync(dir, { recursive: true, force: true });
-    });
-
-    /** Sends one request; returns the answer, what reached the upstream, and whether keyfence was asked. */
-    const ask = async (
-      path: string,
-      headers: Array<[string, string]>,
-      opts: { from?: string; method?: string } = {},
-    ): Promise<{ r: Reply; seen: Upstream["seen"]; asked: boolean }> => {
-      const n = up.seen.length;
-      const before = relay.bytesIn;
-      const r = await send(`${url}${path}`, { headers, localAddress: opts.from ?? CLIENT, method: opts.method });
-      return { r, seen: up.seen.slice(n), asked: relay.bytesIn > before };
-    };
+    const { ask, sidecar } = cachedIngress(
+      bin.path ?? "nginx",
+      { missing: "reject", unknown: "reject" },
+      { trusted_proxies: ["127.0.0.1"], decision: { listen: "127.0.0.1:0" } },
+    );
 
     /** Sends an allowed request until one is answered by keyfence (a fresh cache entry for it); fails after 10 s. */
     const prime = async (path: string, headers: Array<[string, string]> = [bearer("s_allowed")]): Promise<void> => {
@@ -570,7 +580,7 @@ for (const [name, pkg, command, starter] of ingresses) {
 
     test("the TTL bounds staleness: a key narrowed in keyfence stops working within seconds", async () => {
       await prime("/v1/stale");
-      kf.writeKeys([{ id: "k_allowed", secret: "s_allowed", allow: ["203.0.113.0/24"] }, KEYS[1] as TestKey]);
+      sidecar().writeKeys([{ id: "k_allowed", secret: "s_allowed", allow: ["203.0.113.0/24"] }, KEYS[1] as TestKey]);
       try {
         const changed = Date.now();
         let status = 200;
@@ -580,7 +590,7 @@ for (const [name, pkg, command, starter] of ingresses) {
         }
         assert.equal(status, 403, "still allowed 15 s after the change");
       } finally {
-        kf.writeKeys(KEYS);
+        sidecar().writeKeys(KEYS);
         await eventually(
           async () => (await ask("/v1/back", [bearer("s_allowed")])).r.status === 200,
           15_000,
@@ -649,64 +659,19 @@ for (const [name, pkg, command, starter] of ingresses) {
 {
   const bin = needBinary("nginx-light", "nginx");
   describe("nginx decision cache: a request built to share another's cache key", { skip: bin.skip }, () => {
-    let up: Upstream;
-    let kf: TestSidecar;
-    let relay: Relay;
-    let ingress: Proc | undefined;
-    let dir: string;
-    let url: string;
-    before(async () => {
-      up = await startUpstream();
-      kf = await startTestSidecar({
-        upstream: up.url,
-        keys: KEYS,
-        keysConfig: {
-          missing: "forward",
-          unknown: "forward",
-          credentials: ["bearer", { basic: "password" }, { query: "api_key" }],
-        },
-        config: {
-          trusted_proxies: ["127.0.0.1"],
-          decision: { listen: "127.0.0.1:0" },
-          route_scopes: [{ path: "/v1/admin/*", scope: "admin:write" }],
-        },
-      });
-      relay = await startRelay(kf.sidecar.decisionAddress?.port ?? 0);
-      dir = mkdtempSync(join(tmpdir(), "keyfence-nginx-cache-key-"));
-      const port = await freePort();
-      const conf = nginxIngressConfig(dir, {
-        port,
-        decisionPort: relay.port,
-        appPort: up.port,
-        edit: (site) => withDecisionCache(site, join(dir, "decisions")),
-      });
-      ingress = await startLogged(
-        "nginx",
-        bin.path ?? "nginx",
-        ["-c", conf, "-p", dir],
-        join(dir, "nginx.out"),
-        ready(port),
-      );
-      url = `http://127.0.0.1:${port}`;
-    });
-    after(async () => {
-      await ingress?.stop();
-      await relay.close();
-      await kf.stop();
-      await up.close();
-      if (process.env["KEEP"] === undefined) rmSync(dir, { recursive: true, force: true });
-    });
-
-    /** Sends one request from the client (a `|` in its target goes as written); returns the answer, what reached the upstream, and whether keyfence was asked. */
-    const ask = async (
-      target: string,
-      headers: Array<[string, string]>,
-    ): Promise<{ r: Reply; seen: Upstream["seen"]; asked: boolean }> => {
-      const n = up.seen.length;
-      const before = relay.bytesIn;
-      const r = await send(`${url}${target}`, { headers, localAddress: CLIENT });
-      return { r, seen: up.seen.slice(n), asked: relay.bytesIn > before };
-    };
+    const { ask } = cachedIngress(
+      bin.path ?? "nginx",
+      {
+        missing: "forward",
+        unknown: "forward",
+        credentials: ["bearer", { basic: "password" }, { query: "api_key" }],
+      },
+      {
+        trusted_proxies: ["127.0.0.1"],
+        decision: { listen: "127.0.0.1:0" },
+        route_scopes: [{ path: "/v1/admin/*", scope: "admin:write" }],
+      },
+    );
 
     const basic = (secret: string): string => `Basic ${Buffer.from(`u:${secret}`).toString("base64")}`;
     // [what, the request that is allowed first, the request whose cache key text would equal it with "|" as the
