@@ -533,36 +533,45 @@ describe("Redis store", { skip: redisBin.skip }, () => {
     }
   });
 
-  test("snapshot_file is written at start, before any change, so a replica that saw none can start from it", async () => {
+  /** Runs `body` with a seeded prefix, a relay to the server and a snapshot file's path in a directory of its own. */
+  const withSnapshotFile = async (
+    body: (s: { prefix: string; dir: string; relay: Relay; snapshotFile: string }) => Promise<void>,
+  ): Promise<void> => {
     const prefix = redis.newPrefix();
     await seed(prefix);
     const dir = mkdtempSync(join(tmpdir(), "keyfence-redis-"));
     const relay = await startRelay(redis.port);
     try {
-      const snapshotFile = join(dir, "keys.snapshot");
-      await start(redis.url, prefix, { snapshot_file: snapshotFile });
-      await eventually(() => existsSync(snapshotFile), 3000, "the snapshot file, with no change made");
-      relay.cut();
-      const b = await start(relay.url, prefix, { snapshot_file: snapshotFile });
-      assert.ok(
-        b.logs.some((l) => l["event"] === "store_snapshot_file"),
-        b.logText(),
-      );
-      assert.equal(await proxied(b, "s_pinned"), 403);
-      assert.equal(await proxied(b, "s_open"), 200);
+      await body({ prefix, dir, relay, snapshotFile: join(dir, "keys.snapshot") });
     } finally {
       await relay.close();
       rmSync(dir, { recursive: true, force: true });
     }
+  };
+
+  /** A replica started on `url` (Redis unreachable through it) from `snapshotFile`: says so, enforces the seed. */
+  const fromSnapshot = async (url: string, prefix: string, snapshotFile: string): Promise<TestSidecar> => {
+    const b = await start(url, prefix, { snapshot_file: snapshotFile });
+    assert.ok(
+      b.logs.some((l) => l["event"] === "store_snapshot_file"),
+      b.logText(),
+    );
+    assert.equal(await proxied(b, "s_pinned"), 403);
+    assert.equal(await proxied(b, "s_open"), 200);
+    return b;
+  };
+
+  test("snapshot_file is written at start, before any change, so a replica that saw none can start from it", async () => {
+    await withSnapshotFile(async ({ prefix, relay, snapshotFile }) => {
+      await start(redis.url, prefix, { snapshot_file: snapshotFile });
+      await eventually(() => existsSync(snapshotFile), 3000, "the snapshot file, with no change made");
+      relay.cut();
+      await fromSnapshot(relay.url, prefix, snapshotFile);
+    });
   });
 
   test("a replica started while Redis is down starts from snapshot_file, else exits 1", async () => {
-    const prefix = redis.newPrefix();
-    await seed(prefix);
-    const dir = mkdtempSync(join(tmpdir(), "keyfence-redis-"));
-    const relay = await startRelay(redis.port);
-    try {
-      const snapshotFile = join(dir, "keys.snapshot");
+    await withSnapshotFile(async ({ prefix, dir, relay, snapshotFile }) => {
       const a = await start(redis.url, prefix, { snapshot_file: snapshotFile });
       await create(a, { name: "in-snapshot", ip_allow_list: ["198.51.100.0/24"] });
       await eventually(() => existsSync(snapshotFile), 3000, "the snapshot file");
@@ -577,13 +586,7 @@ describe("Redis store", { skip: redisBin.skip }, () => {
       const cfg = serveConfig(dir, up, { url: relay.url, prefix });
       await assert.rejects(spawnKeyfence(cfg), /exited with 1[\s\S]*key store Redis .* is unavailable/);
       // With it: starts, says so, enforces the snapshot, not ready.
-      const b = await start(relay.url, prefix, { snapshot_file: snapshotFile });
-      assert.ok(
-        b.logs.some((l) => l["event"] === "store_snapshot_file"),
-        b.logText(),
-      );
-      assert.equal(await proxied(b, "s_pinned"), 403);
-      assert.equal(await proxied(b, "s_open"), 200);
+      const b = await fromSnapshot(relay.url, prefix, snapshotFile);
       assert.equal(b.sidecar.store.snapshot.size, 3);
       assert.equal((await send(`${b.adminUrl}/readyz`)).status, 503);
       const k = await create(a, { name: "while-b-was-down" });
@@ -599,10 +602,7 @@ describe("Redis store", { skip: redisBin.skip }, () => {
         c.child.kill();
         await c.exited;
       }
-    } finally {
-      await relay.close();
-      rmSync(dir, { recursive: true, force: true });
-    }
+    });
   });
 });
 
