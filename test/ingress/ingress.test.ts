@@ -185,6 +185,70 @@ function upload(url: string, size: number, headers: Array<[string, string]>): Pr
   });
 }
 
+/**
+ * One ingress suite's set-up, made in the calling describe's hooks: an
+ * upstream, a keyfence sidecar (`keysConfig`, `config`) whose decision
+ * listener sits behind a byte-counting relay, and the ingress `start` makes
+ * in front of them; its fields are set once the suite has started.
+ */
+class IngressSuite {
+  up!: Upstream;
+  kf!: TestSidecar;
+  relay!: Relay;
+  /** Where clients reach the ingress. */
+  url = "";
+
+  constructor(start: Starter, keysConfig: Record<string, unknown>, config: Record<string, unknown>) {
+    let ingress: Proc | undefined;
+    let dir = "";
+    before(async () => {
+      this.up = await startUpstream();
+      this.kf = await startTestSidecar({ upstream: this.up.url, keys: KEYS, keysConfig, config });
+      this.relay = await startRelay(this.kf.sidecar.decisionAddress?.port ?? 0);
+      dir = mkdtempSync(join(tmpdir(), "keyfence-ingress-"));
+      const port = await freePort();
+      ingress = await start(dir, port, this.relay.port, this.up.port);
+      this.url = `http://127.0.0.1:${port}`;
+    });
+    after(async () => {
+      await ingress?.stop();
+      await this.relay.close();
+      await this.kf.stop();
+      await this.up.close();
+      if (process.env["KEEP"] === undefined) rmSync(dir, { recursive: true, force: true });
+    });
+  }
+
+  /**
+   * Sends one request from the client address (`opts.from` for another; a
+   * `|` in the target goes as written); returns the answer, what reached the
+   * upstream, and whether keyfence was asked.
+   */
+  readonly ask = async (
+    target: string,
+    headers: Array<[string, string]>,
+    opts: { from?: string; method?: string } = {},
+  ): Promise<{ r: Reply; seen: Upstream["seen"]; asked: boolean }> => {
+    const n = this.up.seen.length;
+    const before = this.relay.bytesIn;
+    const r = await send(`${this.url}${target}`, { headers, localAddress: opts.from ?? CLIENT, method: opts.method });
+    return { r, seen: this.up.seen.slice(n), asked: this.relay.bytesIn > before };
+  };
+}
+
+/** The shipped nginx file with its decision cache switched on (every "#cache " mark removed). */
+const startCachedNginx =
+  (bin: string): Starter =>
+  async (dir, port, decisionPort, appPort) => {
+    const conf = nginxIngressConfig(dir, {
+      port,
+      decisionPort,
+      appPort,
+      edit: (site) => withDecisionCache(site, join(dir, "decisions")),
+    });
+    return startLogged("nginx", bin, ["-c", conf, "-p", dir], join(dir, "nginx.out"), ready(port));
+  };
+
 const ingresses: Array<[string, string, string, (bin: string) => Starter]> = [
   ["nginx", "nginx-light", "nginx", startNginx],
   ["Caddy", "caddy", "caddy", startCaddy],
@@ -193,47 +257,16 @@ const ingresses: Array<[string, string, string, (bin: string) => Starter]> = [
 for (const [name, pkg, command, starter] of ingresses) {
   const bin = needBinary(pkg, command);
   describe(`${name} with deploy/ingress and keyfence's decision endpoint`, { skip: bin.skip }, () => {
-    let up: Upstream;
-    let kf: TestSidecar;
-    let relay: Relay;
-    let ingress: Proc | undefined;
-    let dir: string;
-    let url: string;
-    before(async () => {
-      up = await startUpstream();
-      kf = await startTestSidecar({
-        upstream: up.url,
-        keys: KEYS,
-        keysConfig: { missing: "reject" },
-        config: {
-          trusted_proxies: ["127.0.0.1"],
-          decision: { listen: "127.0.0.1:0" },
-          route_scopes: [{ methods: ["POST"], path: "/v1/admin/*", scope: "admin:write" }],
-        },
-      });
-      relay = await startRelay(kf.sidecar.decisionAddress?.port ?? 0);
-      dir = mkdtempSync(join(tmpdir(), `keyfence-${command}-`));
-      const port = await freePort();
-      ingress = await starter(bin.path ?? command)(dir, port, relay.port, up.port);
-      url = `http://127.0.0.1:${port}`;
-    });
-    after(async () => {
-      await ingress?.stop();
-      await relay.close();
-      await kf.stop();
-      await up.close();
-      if (process.env["KEEP"] === undefined) rmSync(dir, { recursive: true, force: true });
-    });
-
-    /** Sends from the client address; returns the answer and what reached the upstream. */
-    const ask = async (
-      path: string,
-      headers: Array<[string, string]>,
-    ): Promise<{ r: Reply; seen: Upstream["seen"] }> => {
-      const n = up.seen.length;
-      const r = await send(`${url}${path}`, { headers, localAddress: CLIENT });
-      return { r, seen: up.seen.slice(n) };
-    };
+    const suite = new IngressSuite(
+      starter(bin.path ?? command),
+      { missing: "reject" },
+      {
+        trusted_proxies: ["127.0.0.1"],
+        decision: { listen: "127.0.0.1:0" },
+        route_scopes: [{ methods: ["POST"], path: "/v1/admin/*", scope: "admin:write" }],
+      },
+    );
+    const ask = suite.ask;
 
     test("allowed: forwarded with the key id keyfence matched", async () => {
       const { r, seen } = await ask("/v1/messages?to=a", [bearer("s_allowed"), ["X-Keyfence-Key-Id", "k_forged"]]);
@@ -279,7 +312,7 @@ for (const [name, pkg, command, starter] of ingresses) {
       test(`refused: ${desc}`, async (t) => {
         if (reason === "malformed_authorization" && desc.includes("misread")) {
           // SPEC §4 names `Bearer=k` malformed; keyfence's parser before the hardening pass reads it as no key.
-          const direct = await send(`${kf.decisionUrl}/`, { headers });
+          const direct = await send(`${suite.kf.decisionUrl}/`, { headers });
           if (direct.status !== 400) return t.skip("needs the strict credential syntax of SPEC §4");
         }
         const { r, seen } = await ask(path, headers);
@@ -300,8 +333,8 @@ for (const [name, pkg, command, starter] of ingresses) {
         ["X-Original-Method", "GET"],
         ["X-Original-URI", "/v1/public"],
       ];
-      const n = up.seen.length;
-      const r = await send(`${url}/v1/admin/x`, {
+      const n = suite.up.seen.length;
+      const r = await send(`${suite.url}/v1/admin/x`, {
         method: "POST",
         headers: [bearer("s_allowed"), ...spoofs],
         localAddress: CLIENT,
@@ -316,7 +349,7 @@ for (const [name, pkg, command, starter] of ingresses) {
         assert.equal(r.body, '{"message":"API key lacks scope admin:write"}');
         assert.equal(r.headers["x-keyfence-reason"], "missing_scope");
       }
-      assert.equal(up.seen.length, n, "nothing reaches the upstream");
+      assert.equal(suite.up.seen.length, n, "nothing reaches the upstream");
     });
 
     test("a key and the client address said after 2,100 other header lines still count", async () => {
@@ -427,22 +460,22 @@ for (const [name, pkg, command, starter] of ingresses) {
 
     test("a 10 MB streamed upload arrives whole; keyfence never sees the body", async () => {
       const size = 10 * 1024 * 1024;
-      const n = up.seen.length;
-      const before = relay.bytesIn;
-      const r = await upload(`${url}/upload`, size, [bearer("s_allowed")]);
+      const n = suite.up.seen.length;
+      const before = suite.relay.bytesIn;
+      const r = await upload(`${suite.url}/upload`, size, [bearer("s_allowed")]);
       assert.equal(r.status, 200, r.body);
-      const seen = up.seen.slice(n);
+      const seen = suite.up.seen.slice(n);
       assert.equal(seen.length, 1);
       assert.equal(seen[0]?.bodyBytes, size, "every byte arrives");
       assert.equal(seen[0]?.bodySha256, r.sha256, "unchanged");
-      const asked = relay.bytesIn - before;
+      const asked = suite.relay.bytesIn - before;
       assert.ok(asked > 0 && asked < 4096, `keyfence got ${asked} bytes: the question, never the body`);
     });
 
     test("a denied upload is refused before its body is taken", async () => {
-      const n = up.seen.length;
-      const before = relay.bytesIn;
-      const r = await upload(`${url}/upload`, 10 * 1024 * 1024, [bearer("s_denied")]).catch((err: unknown) => {
+      const n = suite.up.seen.length;
+      const before = suite.relay.bytesIn;
+      const r = await upload(`${suite.url}/upload`, 10 * 1024 * 1024, [bearer("s_denied")]).catch((err: unknown) => {
         // The ingress may close the connection after its answer while the client still writes.
         if ((err as NodeJS.ErrnoException).code === "EPIPE" || (err as NodeJS.ErrnoException).code === "ECONNRESET")
           return undefined;
@@ -452,12 +485,12 @@ for (const [name, pkg, command, starter] of ingresses) {
         assert.equal(r.status, 403);
         assert.equal(r.body, DENIED_BODY);
       }
-      assert.equal(up.seen.length, n, "nothing reaches the upstream");
-      assert.ok(relay.bytesIn - before < 4096);
+      assert.equal(suite.up.seen.length, n, "nothing reaches the upstream");
+      assert.ok(suite.relay.bytesIn - before < 4096);
     });
 
     test("keyfence not answering: refused within seconds, never open", async () => {
-      relay.setStalled(true);
+      suite.relay.setStalled(true);
       try {
         const t0 = Date.now();
         const { r, seen } = await ask("/v1/messages", [bearer("s_allowed")]);
@@ -465,77 +498,21 @@ for (const [name, pkg, command, starter] of ingresses) {
         assert.ok(Date.now() - t0 < 8_000, `answered after ${Date.now() - t0} ms`);
         assert.equal(seen.length, 0);
       } finally {
-        relay.setStalled(false);
+        suite.relay.setStalled(false);
       }
     });
 
     test("keyfence unreachable: closed, never open", async () => {
-      relay.setDown(true);
+      suite.relay.setDown(true);
       try {
         const { r, seen } = await ask("/v1/messages", [bearer("s_allowed")]);
         assert.ok(r.status >= 500, `status ${r.status}`);
         assert.equal(seen.length, 0);
       } finally {
-        relay.setDown(false);
+        suite.relay.setDown(false);
       }
     });
   });
-}
-
-/** What a test asks through the cached nginx ingress: the answer, what reached the upstream, whether keyfence was asked. */
-type CachedAsk = (
-  target: string,
-  headers: Array<[string, string]>,
-  opts?: { from?: string; method?: string },
-) => Promise<{ r: Reply; seen: Upstream["seen"]; asked: boolean }>;
-
-/**
- * Starts, in the calling describe's hooks, a keyfence sidecar (`keysConfig`,
- * `config`) behind a byte-counting relay, and the shipped nginx file with its
- * decision cache switched on in front of an upstream; returns how to ask it
- * and the sidecar (once started).
- */
-function cachedIngress(
-  nginxPath: string,
-  keysConfig: Record<string, unknown>,
-  config: Record<string, unknown>,
-): { ask: CachedAsk; sidecar: () => TestSidecar } {
-  let up: Upstream;
-  let kf: TestSidecar;
-  let relay: Relay;
-  let ingress: Proc | undefined;
-  let dir: string;
-  let url: string;
-  before(async () => {
-    up = await startUpstream();
-    kf = await startTestSidecar({ upstream: up.url, keys: KEYS, keysConfig, config });
-    relay = await startRelay(kf.sidecar.decisionAddress?.port ?? 0);
-    dir = mkdtempSync(join(tmpdir(), "keyfence-nginx-cache-"));
-    const port = await freePort();
-    const conf = nginxIngressConfig(dir, {
-      port,
-      decisionPort: relay.port,
-      appPort: up.port,
-      edit: (site) => withDecisionCache(site, join(dir, "decisions")),
-    });
-    ingress = await startLogged("nginx", nginxPath, ["-c", conf, "-p", dir], join(dir, "nginx.out"), ready(port));
-    url = `http://127.0.0.1:${port}`;
-  });
-  after(async () => {
-    await ingress?.stop();
-    await relay.close();
-    await kf.stop();
-    await up.close();
-    if (process.env["KEEP"] === undefined) rmSync(dir, { recursive: true, force: true });
-  });
-  // A `|` in the target goes as written.
-  const ask: CachedAsk = async (target, headers, opts = {}) => {
-    const n = up.seen.length;
-    const before = relay.bytesIn;
-    const r = await send(`${url}${target}`, { headers, localAddress: opts.from ?? CLIENT, method: opts.method });
-    return { r, seen: up.seen.slice(n), asked: relay.bytesIn > before };
-  };
-  return { ask, sidecar: () => kf };
 }
 
 // The shipped nginx file's optional decision cache ("#cache " lines switched on): what it reuses and what it never does.
@@ -543,11 +520,12 @@ function cachedIngress(
   const bin = needBinary("nginx-light", "nginx");
   describe("nginx with deploy/ingress and its optional decision cache", { skip: bin.skip }, () => {
     const OTHER_CLIENT = "127.0.0.3";
-    const { ask, sidecar } = cachedIngress(
-      bin.path ?? "nginx",
+    const suite = new IngressSuite(
+      startCachedNginx(bin.path ?? "nginx"),
       { missing: "reject", unknown: "reject" },
       { trusted_proxies: ["127.0.0.1"], decision: { listen: "127.0.0.1:0" } },
     );
+    const ask = suite.ask;
 
     /** Sends an allowed request until one is answered by keyfence (a fresh cache entry for it); fails after 10 s. */
     const prime = async (path: string, headers: Array<[string, string]> = [bearer("s_allowed")]): Promise<void> => {
@@ -580,7 +558,7 @@ function cachedIngress(
 
     test("the TTL bounds staleness: a key narrowed in keyfence stops working within seconds", async () => {
       await prime("/v1/stale");
-      sidecar().writeKeys([{ id: "k_allowed", secret: "s_allowed", allow: ["203.0.113.0/24"] }, KEYS[1] as TestKey]);
+      suite.kf.writeKeys([{ id: "k_allowed", secret: "s_allowed", allow: ["203.0.113.0/24"] }, KEYS[1] as TestKey]);
       try {
         const changed = Date.now();
         let status = 200;
@@ -590,7 +568,7 @@ function cachedIngress(
         }
         assert.equal(status, 403, "still allowed 15 s after the change");
       } finally {
-        sidecar().writeKeys(KEYS);
+        suite.kf.writeKeys(KEYS);
         await eventually(
           async () => (await ask("/v1/back", [bearer("s_allowed")])).r.status === 200,
           15_000,
@@ -659,8 +637,8 @@ function cachedIngress(
 {
   const bin = needBinary("nginx-light", "nginx");
   describe("nginx decision cache: a request built to share another's cache key", { skip: bin.skip }, () => {
-    const { ask } = cachedIngress(
-      bin.path ?? "nginx",
+    const { ask } = new IngressSuite(
+      startCachedNginx(bin.path ?? "nginx"),
       {
         missing: "forward",
         unknown: "forward",
