@@ -195,7 +195,8 @@ function credentialsOf(operator: Operator): string {
  */
 export class RedisSessionStore implements SessionStore {
   private readonly now: () => number;
-  private readonly operators: ReadonlyMap<string, Operator>;
+  /** Each configured operator by name, with the digest of its credentials (computed once, not per request). */
+  private readonly operators: ReadonlyMap<string, { operator: Operator; credentials: string }>;
 
   constructor(
     private readonly store: RedisConnection,
@@ -203,7 +204,7 @@ export class RedisSessionStore implements SessionStore {
     readonly options: SessionOptions,
   ) {
     this.now = options.now ?? Date.now;
-    this.operators = new Map(operators.map((o) => [o.name, o]));
+    this.operators = new Map(operators.map((o) => [o.name, { operator: o, credentials: credentialsOf(o) }]));
   }
 
   private key(id: string): string {
@@ -243,7 +244,7 @@ export class RedisSessionStore implements SessionStore {
     // A session ends with the credentials it was opened with: a token or TOTP secret changed since (a rotation
     // after a leak, on any replica's restart) signs it out, as the restart of a process holding sessions would.
     const named = this.operators.get(h["operator"] ?? "");
-    const operator = named !== undefined && h["credentials"] === credentialsOf(named) ? named : undefined;
+    const operator = named !== undefined && h["credentials"] === named.credentials ? named.operator : undefined;
     if (named !== undefined && operator === undefined) {
       await this.store.command((c) => c.del(key));
       return undefined;
